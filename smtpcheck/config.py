@@ -1,0 +1,188 @@
+"""The one place that reads configuration from the environment.
+
+Nothing reads the environment at import time: callers ask for
+``Settings.from_env()`` when they start, and tests build ``Settings``
+directly or pass their own mapping.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_ALLOWED_PORTS = (25, 465, 587, 2525)
+DEFAULT_BIND = "127.0.0.1:8025"
+DEFAULT_RESULT_TTL = 7 * 24 * 3600
+
+
+class ConfigError(ValueError):
+    """An environment variable holds something we cannot use."""
+
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(f"{variable}: {reason}")
+        self.variable = variable
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Default and maximum per-check deadlines, in seconds."""
+
+    connect: float = 10.0
+    command: float = 30.0
+    total: float = 60.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps a caller cannot lift; every one is visible in openapi.yaml."""
+
+    max_recipients: int = 20
+    max_message_bytes: int = 1024 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_wait: int = 60
+    max_timeouts: Timeouts = Timeouts(connect=60.0, command=120.0, total=300.0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None
+    secret_key: str | None = None
+    api_keys: str = ""
+    auth_enabled: bool = True
+    allow_networks: tuple[IPNetwork, ...] = ()
+    allowed_ports: frozenset[int] = frozenset(DEFAULT_ALLOWED_PORTS)
+    helo_name: str = "smtpcheck.invalid"
+    dns_servers: tuple[tuple[str, int], ...] = ()
+    vantage: str = "default"
+    result_ttl: int = DEFAULT_RESULT_TTL
+    bind: str = DEFAULT_BIND
+    ca_file: str | None = None
+    data_dir: Path = Path(".smtpcheck")
+    log_level: str = "INFO"
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            if value is None or not value.strip():
+                return None
+            return value.strip()
+
+        kwargs: dict[str, Any] = {}
+        kwargs["redis_url"] = get("REDIS_URL")
+        kwargs["secret_key"] = get("SMTPCHECK_SECRET_KEY")
+        kwargs["api_keys"] = get("SMTPCHECK_API_KEYS") or ""
+        auth = (get("SMTPCHECK_AUTH") or "on").lower()
+        if auth not in ("on", "off"):
+            raise ConfigError("SMTPCHECK_AUTH", f"must be 'on' or 'off', not {auth!r}")
+        kwargs["auth_enabled"] = auth == "on"
+        kwargs["allow_networks"] = parse_networks(
+            "SMTPCHECK_ALLOW_NETWORKS", get("SMTPCHECK_ALLOW_NETWORKS")
+        )
+        ports = get("SMTPCHECK_ALLOWED_PORTS")
+        if ports is not None:
+            kwargs["allowed_ports"] = parse_ports("SMTPCHECK_ALLOWED_PORTS", ports)
+        kwargs["helo_name"] = get("SMTPCHECK_HELO_NAME") or default_helo_name()
+        kwargs["dns_servers"] = parse_dns_servers(
+            "SMTPCHECK_DNS_SERVERS", get("SMTPCHECK_DNS_SERVERS")
+        )
+        kwargs["vantage"] = get("SMTPCHECK_VANTAGE") or "default"
+        ttl = get("SMTPCHECK_RESULT_TTL")
+        if ttl is not None:
+            kwargs["result_ttl"] = parse_positive_int("SMTPCHECK_RESULT_TTL", ttl)
+        kwargs["bind"] = get("SMTPCHECK_BIND") or DEFAULT_BIND
+        kwargs["ca_file"] = get("SMTPCHECK_CA_FILE")
+        kwargs["data_dir"] = Path(get("SMTPCHECK_DATA_DIR") or ".smtpcheck")
+        kwargs["log_level"] = (get("SMTPCHECK_LOG_LEVEL") or "INFO").upper()
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def is_allowed_network(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(address in net for net in self.allow_networks if net.version == address.version)
+
+
+def default_helo_name() -> str:
+    """This machine's fully qualified name, if it has one that looks like a FQDN."""
+    name = socket.getfqdn()
+    if "." in name and not name.endswith(".localdomain") and name != "localhost":
+        return name
+    return "smtpcheck.invalid"
+
+
+def parse_networks(variable: str, value: str | None) -> tuple[IPNetwork, ...]:
+    if not value:
+        return ()
+    networks = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ConfigError(variable, f"{item!r} is not a CIDR network ({exc})") from None
+    return tuple(networks)
+
+
+def parse_ports(variable: str, value: str) -> frozenset[int]:
+    ports = set()
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ConfigError(variable, f"{item!r} is not a TCP port (1-65535)")
+        ports.add(int(item))
+    if not ports:
+        raise ConfigError(variable, "lists no port")
+    return frozenset(ports)
+
+
+def parse_dns_servers(variable: str, value: str | None) -> tuple[tuple[str, int], ...]:
+    if not value:
+        return ()
+    servers = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, port = item, 53
+        if item.startswith("["):  # [2001:db8::1]:5353
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                if not rest.startswith(":") or not rest[1:].isdigit():
+                    raise ConfigError(variable, f"{item!r} is not ip, ip:port or [ipv6]:port")
+                port = int(rest[1:])
+        elif item.count(":") == 1:
+            host, _, port_text = item.partition(":")
+            if not port_text.isdigit():
+                raise ConfigError(variable, f"{item!r} has a port that is not a number")
+            port = int(port_text)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(variable, f"{host!r} is not an IP address") from None
+        if not 1 <= port <= 65535:
+            raise ConfigError(variable, f"{item!r} has a port outside 1-65535")
+        servers.append((host, port))
+    return tuple(servers)
+
+
+def parse_positive_int(variable: str, value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise ConfigError(variable, f"{value!r} is not a positive whole number")
+    return int(value)

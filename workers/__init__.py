@@ -1,0 +1,1 @@
+"""RQ workers and the SMTP engine. Never imports Flask or ``service``."""
