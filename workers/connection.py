@@ -1,0 +1,140 @@
+"""The driver: one stream, one reply reader, one transcript.
+
+Owns the socket, the deadlines and the TLS upgrade; records every line where
+it crosses the wire. The SMTP rules themselves are in ``workers.protocol``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import time
+
+from workers import protocol
+from workers.errors import ConnectionClosed, ReadTimeout, RemoteProtocolError
+from workers.protocol import NEED_DATA, ClientState, Reply, ReplyReader, printable
+from workers.stream import Stream
+from workers.transcript import CLIENT, SERVER, Transcript
+
+MAX_MESSAGE_LINES_SHOWN = 200
+
+
+class Connection:
+    def __init__(self, transcript: Transcript, *, command_timeout: float, deadline: float) -> None:
+        self.transcript = transcript
+        self.command_timeout = command_timeout
+        self.deadline = deadline  # the whole check's, on the monotonic clock
+        self.reader = ReplyReader()
+        self.state = ClientState()
+        self.stream: Stream | None = None
+
+    # -- deadlines ---------------------------------------------------------
+
+    def reply_deadline(self) -> float:
+        return min(time.monotonic() + self.command_timeout, self.deadline)
+
+    @property
+    def total_expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    # -- connection --------------------------------------------------------
+
+    def open(
+        self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, timeout: float
+    ) -> None:
+        self.stream = Stream.connect(address, port, min(time.monotonic() + timeout, self.deadline))
+
+    @property
+    def is_tls(self) -> bool:
+        return self.stream is not None and self.stream.is_tls
+
+    def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> ssl.SSLSocket:
+        assert self.stream is not None
+        if self.reader.buffered:
+            # Bytes sent before the handshake would be read as if they came
+            # through TLS (the STARTTLS injection of CVE-2011-0411's kind).
+            raise RemoteProtocolError("server sent data after its STARTTLS reply, before TLS")
+        self.stream = self.stream.start_tls(context, server_hostname, self.reply_deadline())
+        ssl_object = self.stream.get_extra_info("ssl_object")
+        assert isinstance(ssl_object, ssl.SSLSocket)
+        return ssl_object
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+    # -- replies -----------------------------------------------------------
+
+    def read_reply(self) -> Reply:
+        assert self.stream is not None
+        deadline = self.reply_deadline()
+        while True:
+            event = self.reader.next_line()
+            if event is NEED_DATA:
+                try:
+                    data = self.stream.read(deadline)
+                except ReadTimeout as exc:
+                    exc.total = self.total_expired
+                    raise
+                if not data:
+                    partial = " in the middle of a reply" if self.reader.in_reply else ""
+                    self.reader.receive_data(b"")
+                    raise ConnectionClosed(f"the server closed the connection{partial}")
+                self.reader.receive_data(data)
+                continue
+            assert not isinstance(event, protocol.NeedData)
+            self.transcript.record(SERVER, printable(event.raw, 1000), tls=self.is_tls)
+            if event.reply is not None:
+                return event.reply
+
+    def read_banner(self) -> Reply:
+        reply = self.read_reply()
+        self.state.greeted()
+        return reply
+
+    # -- commands ----------------------------------------------------------
+
+    def send_line(self, line: bytes, shown: str) -> None:
+        """Write one line; ``shown`` is what the transcript keeps (redacted)."""
+        assert self.stream is not None
+        self.transcript.record(CLIENT, shown, tls=self.is_tls)
+        self.stream.write(line, self.reply_deadline())
+
+    def command(self, verb: str, *args: str, shown: str | None = None) -> Reply:
+        """Send a command and read its reply; ``shown`` replaces the logged line."""
+        self.state.check(verb)
+        line = protocol.command(verb, *args)
+        self.send_line(line, shown if shown is not None else line.decode("utf-8").rstrip("\r\n"))
+        reply = self.read_reply()
+        self.state.replied(verb, reply)
+        return reply
+
+    def raw_command(self, line: bytes, shown: str) -> Reply:
+        """A line inside an exchange already checked (AUTH continuation, MAIL, RCPT)."""
+        self.send_line(line, shown)
+        return self.read_reply()
+
+    def envelope(self, verb: str, line: bytes) -> Reply:
+        self.state.check(verb)
+        reply = self.raw_command(line, line.decode("utf-8").rstrip("\r\n"))
+        self.state.replied(verb, reply)
+        return reply
+
+    def send_message(self, payload: bytes) -> Reply:
+        """Send a dot-stuffed message after 354 and read the final reply."""
+        assert self.stream is not None
+        lines = payload.split(b"\r\n")[:-1]
+        for index, line in enumerate(lines):
+            if index == MAX_MESSAGE_LINES_SHOWN and len(lines) > MAX_MESSAGE_LINES_SHOWN + 1:
+                rest = lines[index:-1]
+                size = sum(len(item) + 2 for item in rest)
+                self.transcript.note(f"... {len(rest)} more message lines ({size} bytes) sent ...")
+                self.transcript.record(CLIENT, ".", tls=self.is_tls)
+                break
+            text = line.decode("utf-8", errors="backslashreplace")
+            self.transcript.record(CLIENT, printable(text, 1000), tls=self.is_tls)
+        self.stream.write(payload, self.reply_deadline())
+        reply = self.read_reply()
+        self.state.data_done()
+        return reply

@@ -1,0 +1,144 @@
+"""A socket with deadlines: the one place OS errors become engine errors.
+
+Modelled on httpcore's stream interface: ``read``, ``write``, ``close``,
+``start_tls`` returning a new stream, and ``get_extra_info``. Every wait
+takes an absolute deadline on the monotonic clock, so a server that drips one
+byte a second cannot stretch a reply past its deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from workers.errors import (
+    ConnectionClosed,
+    ConnectRefused,
+    ConnectTimeout,
+    NetworkUnreachable,
+    ReadTimeout,
+    TLSError,
+)
+
+READ_CHUNK = 4096
+
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+
+
+def remaining(deadline: float) -> float:
+    """Seconds left before ``deadline``; raises ReadTimeout when none are."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ReadTimeout("deadline passed")
+    return left
+
+
+@contextlib.contextmanager
+def map_exceptions(during: str) -> Iterator[None]:
+    """Translate OS and TLS errors raised while ``during`` into engine errors."""
+    try:
+        yield
+    except TimeoutError as exc:
+        if during == "connect":
+            raise ConnectTimeout("connect timed out") from exc
+        if during == "tls":
+            raise TLSError("TLS handshake timed out") from exc
+        raise ReadTimeout(f"{during} timed out") from exc
+    except ssl.SSLError as exc:
+        if during == "tls":
+            raise TLSError(f"TLS handshake failed: {exc.reason or exc}") from exc
+        raise ConnectionClosed(f"TLS error during {during}: {exc.reason or exc}") from exc
+    except ConnectionRefusedError as exc:
+        raise ConnectRefused("connection refused") from exc
+    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
+        if during == "tls":
+            raise TLSError("connection closed during the TLS handshake") from exc
+        raise ConnectionClosed(f"connection reset during {during}") from exc
+    except OSError as exc:
+        if exc.errno in _UNREACHABLE:
+            raise NetworkUnreachable(exc.strerror or "network unreachable") from exc
+        if exc.errno == errno.ETIMEDOUT:
+            raise ConnectTimeout("connect timed out") from exc
+        if during == "tls":
+            raise TLSError(f"TLS handshake failed: {exc}") from exc
+        raise ConnectionClosed(f"{during} failed: {exc}") from exc
+
+
+class Stream:
+    """One connected socket, plain or TLS."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    @classmethod
+    def connect(
+        cls, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, deadline: float
+    ) -> Stream:
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            with map_exceptions("connect"):
+                sock.settimeout(remaining_connect(deadline))
+                sock.connect((str(address), port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    @property
+    def is_tls(self) -> bool:
+        return isinstance(self._sock, ssl.SSLSocket)
+
+    def read(self, deadline: float, max_bytes: int = READ_CHUNK) -> bytes:
+        """At most ``max_bytes``; ``b""`` when the peer closed."""
+        with map_exceptions("read"):
+            self._sock.settimeout(remaining(deadline))
+            return self._sock.recv(max_bytes)
+
+    def write(self, data: bytes, deadline: float) -> None:
+        with map_exceptions("write"):
+            self._sock.settimeout(remaining(deadline))
+            self._sock.sendall(data)
+
+    def start_tls(
+        self, context: ssl.SSLContext, server_hostname: str | None, deadline: float
+    ) -> Stream:
+        """Handshake over this socket and return the TLS stream that replaces it."""
+        with map_exceptions("tls"):
+            self._sock.settimeout(remaining(deadline))
+            # wrap_socket takes over the file descriptor: from here on, closing
+            # the TLS socket is what closes the connection.
+            tls_sock = context.wrap_socket(
+                self._sock, server_hostname=server_hostname, do_handshake_on_connect=False
+            )
+            self._sock = tls_sock
+            tls_sock.do_handshake()
+        return Stream(tls_sock)
+
+    def get_extra_info(self, name: str) -> Any:
+        if name == "ssl_object":
+            return self._sock if isinstance(self._sock, ssl.SSLSocket) else None
+        if name == "peername":
+            return self._sock.getpeername()
+        if name == "sockname":
+            return self._sock.getsockname()
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+def remaining_connect(deadline: float) -> float:
+    """Like ``remaining`` but a passed deadline during connect is a connect timeout."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ConnectTimeout("deadline passed before connecting")
+    return left
