@@ -45,9 +45,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """One redis-server child process listening on loopback TCP."""
 
-    def __init__(
-        self, data_dir: Path, port: int | None = None, *, persist: bool = True
-    ) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.persist = persist

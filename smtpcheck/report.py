@@ -1,0 +1,78 @@
+"""A check result as text, laid out like a terminal session.
+
+The markers are swaks', which support staff already read: ``===`` the
+checker's notes, ``<-`` the server, ``->`` the client, ``<~``/``~>`` the same
+inside TLS, ``***`` errors. Each line starts with elapsed milliseconds. The
+service's ``/v1/checks/{id}/transcript`` and ``smtpcheck check`` both use
+``render_text``, so what a support engineer reads is the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+_MARKERS = {
+    ("note", False): "===",
+    ("note", True): "===",
+    ("server", False): "<-",
+    ("server", True): "<~",
+    ("client", False): "->",
+    ("client", True): "~>",
+    ("error", False): "***",
+    ("error", True): "***",
+}
+
+
+def transcript_lines(entries: list[Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for entry in entries:
+        marker = _MARKERS.get((str(entry.get("dir")), bool(entry.get("tls"))), "   ")
+        t_ms = float(entry.get("t_ms") or 0)
+        for i, text in enumerate(str(entry.get("text", "")).split("\n")):
+            stamp = f"{t_ms:>9.1f}ms" if i == 0 else " " * 11
+            lines.append(f"{stamp} {marker} {text}".rstrip())
+    return lines
+
+
+def verdict_lines(result: Mapping[str, Any]) -> list[str]:
+    ok = bool(result.get("ok"))
+    target = result.get("target") or {}
+    where = target.get("host", "?")
+    if target.get("address") and target.get("address") != where:
+        where += f" [{target['address']}]"
+    if target.get("port"):
+        where += f":{target['port']}"
+    lines = [
+        "",
+        f"{'PASS' if ok else 'FAIL'}  {result.get('outcome', '?')} at stage "
+        f"{result.get('stage', '?')}  ({where})",
+        f"      {result.get('summary', '')}",
+    ]
+    tls = result.get("tls") or {}
+    if tls.get("established"):
+        cert = tls.get("certificate") or {}
+        verified = "verified" if tls.get("verified") else f"NOT verified: {tls.get('verify_error')}"
+        lines.append(f"TLS   {tls.get('version')} {tls.get('cipher')}, certificate {verified}")
+        if cert:
+            lines.append(
+                f"      subject {cert.get('subject')}, issuer {cert.get('issuer')}, "
+                f"valid until {cert.get('not_after')}"
+            )
+    auth = result.get("auth") or {}
+    if auth.get("mechanism"):
+        lines.append(
+            f"AUTH  {auth['mechanism']} {'accepted' if auth.get('accepted') else 'refused'}"
+        )
+    timings = result.get("timings") or {}
+    if timings:
+        shown = ", ".join(f"{k} {v:.0f}ms" for k, v in timings.items() if v is not None)
+        lines.append(f"TIME  {shown}")
+    return lines
+
+
+def render_text(result: Mapping[str, Any]) -> str:
+    """The whole report: transcript, then the verdict."""
+    lines = transcript_lines(list(result.get("transcript") or []))
+    lines += verdict_lines(result)
+    return "\n".join(lines) + "\n"
