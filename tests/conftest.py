@@ -74,3 +74,6 @@ def scripted_server() -> Iterator[Callable[..., ScriptedServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+from tests.dns_server import dns_server  # noqa: E402, F401

@@ -236,7 +236,7 @@ class Check:
             candidates = permitted(target, self.settings)
         finally:
             for why in target.skipped:
-                self.transcript.note(f"not dialling {why}")
+                self.transcript.note(f"not dialling: {why}")
         started = time.monotonic()
         for index, address in enumerate(candidates):
             self.result["target"]["address"] = str(address)
@@ -346,6 +346,7 @@ class Check:
         started = time.monotonic()
         self.transcript.note(f"starting TLS handshake (SNI {sni or 'none'})")
         ssl_object = self.conn.start_tls(client_context(), sni)
+        self.conn.state.tls = True
         verify_name = plan.host.strip("[]")
         facts = session_facts(ssl_object, verify_name, self.settings.ca_file)
         facts = {"mode": mode, "offered": True, **facts, "sni": sni}
@@ -373,6 +374,7 @@ class Check:
             return
         started = time.monotonic()
         reply = self._auth_exchange(mechanism, plan.username or "", plan.password or "")
+        self.conn.state.replied("AUTH", reply)
         self._timed("auth", started)
         self.result["auth"].update(code=reply.code, text=reply.text)
         if reply.code == 235:

@@ -28,7 +28,7 @@ MAX_REPLY_LINES = 100
 MAX_COMMAND_LINE = 12288  # RFC 4954's limit for an AUTH line; ample for any command
 
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?\Z", re.DOTALL)
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?=\s|\Z)")
+_ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?=\s|\Z)")
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 
@@ -129,12 +129,18 @@ class ReplyReader:
     def next_line(self) -> ReplyLine | NeedData:
         end = self._buffer.find(b"\n")
         if end < 0:
+            if len(self._buffer) > self.max_line:
+                raise RemoteProtocolError(
+                    f"reply line longer than {self.max_line} bytes with no line end"
+                )
             return NEED_DATA
         if end + 1 > self.max_line:
             raise RemoteProtocolError(f"reply line longer than {self.max_line} bytes")
         raw = bytes(self._buffer[: end + 1])
         del self._buffer[: end + 1]
-        line = raw.rstrip(b"\n").rstrip(b"\r")
+        line = raw[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
         match = _REPLY_LINE.match(line)
         decoded = line.decode("utf-8", errors="backslashreplace")
         if not match or (match.group(3) is not None and b"\r" in match.group(3)):
@@ -218,7 +224,7 @@ class Capabilities:
     @property
     def size(self) -> int | None:
         params = self.keywords.get("SIZE", ())
-        if params and params[0].isdigit():
+        if params and params[0].isascii() and params[0].isdigit():
             return int(params[0])
         return None
 
@@ -236,7 +242,7 @@ def parse_ehlo(reply: Reply) -> Capabilities:
     keywords: dict[str, list[str]] = {}
     for line in reply.lines[1:]:
         words = line.split()
-        if not words:
+        if not words or not words[0].isascii():
             continue
         keyword, params = words[0].upper(), words[1:]
         if keyword.startswith("AUTH="):  # pre-RFC 4954 form: "AUTH=LOGIN PLAIN"
@@ -245,7 +251,7 @@ def parse_ehlo(reply: Reply) -> Capabilities:
         if not _KEYWORD.match(keyword):
             continue
         if keyword == "AUTH":
-            params = [p.upper() for p in params]
+            params = [p.upper() for p in params if p]
         current = keywords.setdefault(keyword, [])
         current.extend(p for p in params if p not in current)
     return Capabilities(greeting, {k: tuple(v) for k, v in keywords.items()})
@@ -336,7 +342,7 @@ class State(Enum):
     CLOSED = "closed"
 
 
-# verb -> states it may be sent from. EHLO/HELO/RSET/NOOP reset a transaction.
+# verb -> states it may be sent from. EHLO, HELO and RSET end a transaction.
 _MOVES: dict[str, frozenset[State]] = {
     "EHLO": frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT}),
     "HELO": frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT}),
@@ -358,13 +364,20 @@ class ClientState:
     """Tracks where the dialogue is; a move not in ``_MOVES`` raises."""
 
     state: State = State.CONNECTED
+    tls: bool = False  # STARTTLS succeeded (or TLS on connect): never twice
+    authenticated: bool = False  # AUTH succeeded: never twice (RFC 4954)
 
     def check(self, verb: str) -> None:
-        allowed = _MOVES.get(verb.upper())
+        verb = verb.upper()
+        allowed = _MOVES.get(verb)
         if allowed is None:
             raise LocalProtocolError(f"unknown command {verb!r}")
         if self.state not in allowed:
             raise LocalProtocolError(f"cannot send {verb} in state {self.state.value}")
+        if verb == "STARTTLS" and self.tls:
+            raise LocalProtocolError("cannot send STARTTLS inside TLS")
+        if verb == "AUTH" and self.authenticated:
+            raise LocalProtocolError("cannot send AUTH once authenticated")
 
     @property
     def in_transaction(self) -> bool:
@@ -383,6 +396,9 @@ class ClientState:
             self.state = State.READY
         elif verb == "STARTTLS" and reply.positive:
             self.state = State.GREETED  # RFC 3207: forget everything, EHLO again
+            self.tls = True
+        elif verb == "AUTH" and reply.code == 235:
+            self.authenticated = True
         elif verb == "MAIL" and reply.positive:
             self.state = State.MAIL
         elif verb == "RCPT":

@@ -1,0 +1,211 @@
+"""A tiny authoritative DNS server for the tests, built with dnspython.
+
+It answers UDP queries on 127.0.0.1 from a zone given as a dict::
+
+    {"mx.local.test.": {"A": ["127.0.0.1"], "AAAA": ["::1"]},
+     "local.test.": {"MX": ["10 mx.local.test."]},
+     "1.0.0.127.in-addr.arpa.": {"PTR": ["mx.local.test."]}}
+
+- a name in the zone with records of the asked type: NOERROR and the records;
+- a name in the zone (or an empty non-terminal) without that type: NOERROR
+  with an empty answer (NODATA);
+- a name that has a CNAME: the CNAME, followed inside the zone;
+- any other name: NXDOMAIN;
+- a name in ``servfail``: SERVFAIL;
+- a name in ``silent``: no answer at all, so the client times out.
+
+Names are matched case-insensitively; every answer is authoritative.
+Each query is recorded in ``queries`` as ``(name, type)``, so a test can
+assert what was asked.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+import dns.rrset
+import pytest
+
+Zone = Mapping[str, Mapping[str, Sequence[str]]]
+
+_MAX_CNAME_CHAIN = 8
+
+
+class DNSServer:
+    """An authoritative UDP DNS server on 127.0.0.1, served by one daemon thread."""
+
+    def __init__(
+        self,
+        zone: Zone,
+        *,
+        servfail: Iterable[str] = (),
+        silent: Iterable[str] = (),
+        ttl: int = 60,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.zone: dict[dns.name.Name, dict[dns.rdatatype.RdataType, list[str]]] = {
+            dns.name.from_text(name): {
+                dns.rdatatype.from_text(rdtype.upper()): list(values)
+                for rdtype, values in records.items()
+            }
+            for name, records in zone.items()
+        }
+        self.servfail = {dns.name.from_text(name) for name in servfail}
+        self.silent = {dns.name.from_text(name) for name in silent}
+        self.ttl = ttl
+        self.host = host
+        self.queries: list[tuple[str, str]] = []
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> DNSServer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.host, 0))
+            sock.settimeout(0.2)  # a backstop; stop() also wakes the thread at once
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="test-dns", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        try:
+            if self._sock is not None and self._thread is not None and self._thread.is_alive():
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as waker:
+                    waker.sendto(b"", self._sock.getsockname())
+        except OSError:
+            pass  # the timeout above still ends the loop
+        finally:
+            if self._thread is not None:
+                self._thread.join(5)
+            if self._sock is not None:
+                self._sock.close()
+
+    def __enter__(self) -> DNSServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._sock is None:
+            raise RuntimeError("DNS server not started")
+        return int(self._sock.getsockname()[1])
+
+    def resolver(self, lifetime: float = 2.0) -> dns.resolver.Resolver:
+        """A resolver that asks only this server, with no cache and no system config."""
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [self.host]
+        resolver.port = self.port
+        resolver.timeout = lifetime
+        resolver.lifetime = lifetime
+        return resolver
+
+    # -- serving -----------------------------------------------------------
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                wire, peer = self._sock.recvfrom(65535)
+            except (TimeoutError, ConnectionError):
+                continue
+            except OSError:
+                return  # the socket is gone
+            if self._stopping.is_set():
+                return
+            answer = self._answer(wire)
+            if answer is not None:
+                self._sock.sendto(answer, peer)
+
+    def _answer(self, wire: bytes) -> bytes | None:
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return None  # not a DNS query: ignore it, as a real server would
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        if len(query.question) != 1:
+            response.set_rcode(dns.rcode.FORMERR)
+            return response.to_wire()
+        question = query.question[0]
+        qname, qtype = question.name, dns.rdatatype.RdataType(question.rdtype)
+        self.queries.append((qname.to_text(), dns.rdatatype.to_text(qtype)))
+        if qname in self.silent:
+            return None
+        if qname in self.servfail:
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return response.to_wire()
+        response.set_rcode(self._fill(response, qname, qtype))
+        max_size = max(512, query.payload if query.edns >= 0 else 512)
+        try:
+            return response.to_wire(max_size=max_size)
+        except dns.exception.TooBig:
+            truncated = dns.message.make_response(query)
+            truncated.flags |= dns.flags.AA | dns.flags.TC
+            return truncated.to_wire()
+
+    def _fill(
+        self, response: dns.message.Message, qname: dns.name.Name, qtype: dns.rdatatype.RdataType
+    ) -> dns.rcode.Rcode:
+        """Put the answer for ``qname``/``qtype`` into ``response``; return the rcode."""
+        for _ in range(_MAX_CNAME_CHAIN):
+            records = self.zone.get(qname)
+            if records is None:
+                if any(name.is_subdomain(qname) for name in self.zone):
+                    return dns.rcode.NOERROR  # empty non-terminal: NODATA
+                return dns.rcode.NXDOMAIN
+            values = records.get(qtype)
+            if values:
+                response.answer.append(self._rrset(qname, qtype, values))
+                return dns.rcode.NOERROR
+            cname = records.get(dns.rdatatype.CNAME)
+            if not cname:
+                return dns.rcode.NOERROR  # the name exists without this type: NODATA
+            response.answer.append(self._rrset(qname, dns.rdatatype.CNAME, cname))
+            qname = dns.name.from_text(cname[0])
+            if qname not in self.zone:
+                return dns.rcode.NOERROR  # the target lies outside what we serve
+        return dns.rcode.SERVFAIL  # a CNAME loop
+
+    def _rrset(
+        self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, values: Sequence[str]
+    ) -> dns.rrset.RRset:
+        return dns.rrset.from_text_list(name, self.ttl, dns.rdataclass.IN, rdtype, list(values))
+
+
+@pytest.fixture
+def dns_server() -> Iterator[Callable[..., DNSServer]]:
+    """Factory: ``dns_server(zone, servfail=[...], silent=[...])`` starts a server.
+
+    Every server it started is stopped (socket closed, thread joined) after the test.
+    """
+    started: list[DNSServer] = []
+
+    def start(zone: Zone, **kwargs: Any) -> DNSServer:
+        server = DNSServer(zone, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
