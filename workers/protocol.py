@@ -165,7 +165,10 @@ class ReplyReader:
 
 def printable(text: str, limit: int = 200) -> str:
     """Text safe to show in one transcript line: controls escaped, length capped."""
-    shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[:limit])
+    head = text[:limit]
+    if head.isprintable():  # the common case, without a per-character loop
+        return head + ("..." if len(text) > limit else "")
+    shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in head)
     return shown + ("..." if len(text) > limit else "")
 
 

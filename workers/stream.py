@@ -86,7 +86,6 @@ class Stream:
             with map_exceptions("connect"):
                 sock.settimeout(remaining_connect(deadline))
                 sock.connect((str(address), port))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
             sock.close()
             raise
