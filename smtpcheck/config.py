@@ -61,6 +61,8 @@ class Settings:
     allowed_ports: frozenset[int] = frozenset(DEFAULT_ALLOWED_PORTS)
     helo_name: str = "smtpcheck.invalid"
     dns_servers: tuple[tuple[str, int], ...] = ()
+    dns_timeout: float = 5.0
+    slow_banner: float = 5.0  # seconds; a slower greeting is a finding (tarpitting)
     vantage: str = "default"
     result_ttl: int = DEFAULT_RESULT_TTL
     bind: str = DEFAULT_BIND
@@ -98,6 +100,12 @@ class Settings:
         kwargs["dns_servers"] = parse_dns_servers(
             "SMTPCHECK_DNS_SERVERS", get("SMTPCHECK_DNS_SERVERS")
         )
+        dns_timeout = get("SMTPCHECK_DNS_TIMEOUT")
+        if dns_timeout is not None:
+            kwargs["dns_timeout"] = parse_seconds("SMTPCHECK_DNS_TIMEOUT", dns_timeout)
+        slow_banner = get("SMTPCHECK_SLOW_BANNER")
+        if slow_banner is not None:
+            kwargs["slow_banner"] = parse_seconds("SMTPCHECK_SLOW_BANNER", slow_banner)
         kwargs["vantage"] = get("SMTPCHECK_VANTAGE") or "default"
         ttl = get("SMTPCHECK_RESULT_TTL")
         if ttl is not None:
@@ -186,3 +194,13 @@ def parse_positive_int(variable: str, value: str) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise ConfigError(variable, f"{value!r} is not a positive whole number")
     return int(value)
+
+
+def parse_seconds(variable: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(variable, f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds <= 3600:
+        raise ConfigError(variable, f"{value!r} must be more than 0 and at most 3600 seconds")
+    return seconds

@@ -66,8 +66,8 @@ def scripted_server() -> Iterator[Callable[..., ScriptedServer]]:
     """Factory: ``scripted_server(script)`` starts a misbehaving server."""
     started: list[ScriptedServer] = []
 
-    def start(script: Callable[..., None]) -> ScriptedServer:
-        server = ScriptedServer(script).start()
+    def start(script: Callable[..., None], host: str = "127.0.0.1") -> ScriptedServer:
+        server = ScriptedServer(script, host).start()
         started.append(server)
         return server
 

@@ -46,6 +46,7 @@ class TargetHandler:
         default_factory=lambda: {f"postmaster@{LOCAL_DOMAIN}", f"bob@{LOCAL_DOMAIN}"}
     )
     greylist: bool = False
+    open_relay: bool = False  # accept any recipient from anyone: a misconfigured MTA
     reject_senders: set[str] = field(default_factory=set)
     reject_data: bool = False
     received: list[Received] = field(default_factory=list)
@@ -64,7 +65,7 @@ class TargetHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         domain = address.rpartition("@")[2].lower()
-        if domain != LOCAL_DOMAIN and not session.authenticated:
+        if domain != LOCAL_DOMAIN and not session.authenticated and not self.open_relay:
             return f"554 5.7.1 <{address}>: Relay access denied"
         if domain == LOCAL_DOMAIN and address.lower() not in self.known_recipients:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
@@ -193,13 +194,13 @@ Script = Callable[[socket.socket], None]
 class ScriptedServer:
     """A one-thread TCP server on 127.0.0.1 that runs ``script`` per client."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, host: str = "127.0.0.1") -> None:
         self.script = script
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind((host, 0))
         self.listener.listen(8)
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = int(self.listener.getsockname()[1])
         self.received = bytearray()
         self._stop = threading.Event()

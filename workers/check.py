@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,10 +15,13 @@ from smtpcheck.config import Settings
 from workers import protocol
 from workers.connection import Connection
 from workers.errors import CheckAborted, ConnectionClosed, NetworkUnreachable, ReadTimeout
+from workers.findings import findings
 from workers.message import build_message
+from workers.probes import PROBES, run_probe
 from workers.protocol import Capabilities, Reply, check_wire_text, printable
+from workers.resolver import Resolver
 from workers.result import STAGES, Failure, policy_outcome, rejection_outcome, summarize
-from workers.target import Target, permitted, resolve
+from workers.target import IPAddress, Target, permitted
 from workers.tls import client_context, session_facts
 from workers.transcript import Transcript
 
@@ -47,6 +51,7 @@ class Plan:
     timeouts: dict[str, float] = field(default_factory=dict)
     ip_version: int | None = None
     check_id: str | None = None
+    probes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_request(
@@ -79,6 +84,7 @@ class Plan:
             timeouts=timeouts,
             ip_version=request.get("ip_version"),
             check_id=check_id,
+            probes=[p for p in request.get("probes") or [] if p in PROBES],
         )
         plan.stop_after = request.get("stop_after") or plan.implied_stop()
         if plan.stop_after not in STAGES:
@@ -129,6 +135,9 @@ class Check:
         self.timings: dict[str, float] = {}
         self.failure: Failure | None = None
         self.capabilities: Capabilities | None = None
+        self.address: IPAddress | None = None
+        self._reverse: threading.Thread | None = None
+        self._reverse_facts: dict[str, Any] = {}
         self.result: dict[str, Any] = {
             "check_id": plan.check_id,
             "ok": False,
@@ -146,6 +155,9 @@ class Check:
             "mail": None,
             "rcpt": [],
             "data": None,
+            "dns": None,
+            "probes": None,
+            "findings": [],
             "timings": self.timings,
             "transcript": [],
         }
@@ -160,12 +172,16 @@ class Check:
         finally:
             self._goodbye()
             self.conn.close()
+        if self.plan.probes and self.result["banner"] is not None:
+            self._probes()
         result = self.result
         result["ok"] = self.failure is None
         result["outcome"] = "ok" if self.failure is None else self.failure.outcome
         result["stage"] = self.stage
+        result["dns"] = self._dns_facts()
         self.timings["total"] = self.transcript.elapsed_ms()
         result["summary"] = summarize(result, self.failure, self.plan.timeouts)
+        result["findings"] = findings(result, slow_banner_ms=self.settings.slow_banner * 1000)
         result["finished_at"] = _now()
         result["transcript"] = self.transcript.as_list()
         return result
@@ -226,7 +242,8 @@ class Check:
         started = time.monotonic()
         target = Target(plan.host, plan.port)
         connect_deadline = min(started + plan.timeouts["connect"], self.deadline)
-        target.addresses = resolve(plan.host, plan.ip_version, self.settings, connect_deadline)
+        resolver = Resolver(self.settings, connect_deadline)
+        target.addresses = resolver.addresses(plan.host, plan.ip_version)
         self.result["target"]["addresses"] = [str(a) for a in target.addresses]
         if not target.is_literal:
             shown = ", ".join(map(str, target.addresses))
@@ -244,6 +261,7 @@ class Check:
             self.transcript.note(f"connecting to {shown}:{plan.port}")
             try:
                 self.conn.open(address, plan.port, plan.timeouts["connect"])
+                self.address = address
                 break
             except NetworkUnreachable as exc:
                 if index == len(candidates) - 1:
@@ -251,6 +269,7 @@ class Check:
                 self.transcript.error(f"{shown}: {exc}; trying the next address")
         self._timed("connect", started)
         self.transcript.note(f"connected to {shown}:{plan.port} in {self.timings['connect']:g} ms")
+        self._start_reverse_lookup()
         if plan.implicit_tls:
             self._handshake("implicit")
 
@@ -488,6 +507,74 @@ class Check:
         if not reply.positive:
             self._fail(rejection_outcome("data", reply), reply=reply, subject="the message")
 
+    # -- after the dialogue ------------------------------------------------
+
+    def _start_reverse_lookup(self) -> None:
+        """PTR and forward confirmation of the dialled address, while we talk."""
+        address = self.address
+        assert address is not None
+        resolver = Resolver(self.settings, self.deadline)
+
+        def lookup() -> None:
+            self._reverse_facts = resolver.reverse(address)
+
+        self._reverse = threading.Thread(target=lookup, daemon=True, name="smtpcheck-ptr")
+        self._reverse.start()
+
+    def _dns_facts(self) -> dict[str, Any] | None:
+        if self._reverse is None or self.address is None:
+            return None
+        left = min(self.deadline - time.monotonic(), self.settings.dns_timeout)
+        self._reverse.join(max(left, 0))
+        facts = dict(self._reverse_facts) or {
+            "address": str(self.address),
+            "ptr": [],
+            "ptr_error": "the PTR lookup did not finish before the check's deadline",
+            "forward_confirmed": None,
+        }
+        names = [name.lower() for name in facts.get("ptr") or []]
+        banner = self.result["banner"]
+        ehlo = self.result["ehlo"]
+        hosts = {
+            "banner": _first_word(banner["text"]) if banner else None,
+            "ehlo": _first_word(ehlo["greeting"]) if ehlo else None,
+        }
+        for source, host in hosts.items():
+            facts[f"{source}_host"] = host
+            facts[f"{source}_matches_ptr"] = (host.lower() in names) if host and names else None
+        return facts
+
+    def _probes(self) -> None:
+        address = self.address
+        if address is None:
+            return
+        plan = self.plan
+        sni = Target(plan.host, plan.port).server_hostname
+
+        def connection() -> Connection:
+            conn = Connection(
+                self.transcript, command_timeout=plan.timeouts["command"], deadline=self.deadline
+            )
+            conn.open(address, plan.port, plan.timeouts["connect"])
+            if plan.implicit_tls:
+                upgrade(conn)
+            return conn
+
+        def upgrade(conn: Connection) -> None:
+            conn.start_tls(client_context(), sni)
+            conn.state.tls = True
+
+        use_tls = plan.tls != "none" and not plan.implicit_tls
+        self.result["probes"] = {}
+        for name in plan.probes:
+            self.transcript.note(f"probe {name}: new connection")
+            started = time.monotonic()
+            self.result["probes"][name] = run_probe(
+                name, connection, plan.helo, upgrade if use_tls else None
+            )
+            self._timed(f"probe_{name}", started)
+            self.transcript.note(f"probe {name}: {self.result['probes'][name]['result']}")
+
     # -- ending --------------------------------------------------------------
 
     def _goodbye(self) -> None:
@@ -516,6 +603,11 @@ class Check:
                 self.transcript.note(f"no answer to QUIT ({exc})")
 
 
+def _first_word(text: str) -> str | None:
+    words = text.split()
+    return words[0].rstrip(".,") if words and "." in words[0] else None
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -528,6 +620,10 @@ def run_check(
     check_id: str | None = None,
 ) -> dict[str, Any]:
     """Run the check a normalized request asks for and return the result JSON."""
+    if request.get("mx"):
+        from workers.domain import run_domain_check  # domain.py builds on this module
+
+        return run_domain_check(request, settings, password=password, check_id=check_id)
     plan = Plan.from_request(request, settings, password=password, check_id=check_id)
     log.info("check %s: %s:%s stop_after=%s", check_id, plan.host, plan.port, plan.stop_after)
     return Check(plan, settings).run()

@@ -1,0 +1,153 @@
+"""Checks of a mail domain (``mx: true``): find its MX hosts, check them one
+by one until one answers (``mx_hosts: "first"``) or all of them at once
+(``"all"``, bounded), and give one verdict with a result per host."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from smtpcheck.config import Settings
+from workers.errors import DNSError
+from workers.resolver import MXHost, Resolver
+from workers.transcript import Transcript
+
+MAX_MX_HOSTS = 10
+MAX_PARALLEL = 4
+# Outcomes meaning "this host did not answer": "first" moves on to the next MX.
+NO_ANSWER = {
+    "dns_error",
+    "target_forbidden",
+    "connect_refused",
+    "connect_timeout",
+    "network_unreachable",
+    "banner_timeout",
+    "service_unavailable",
+    "connection_closed",
+}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def run_domain_check(
+    request: Mapping[str, Any],
+    settings: Settings,
+    *,
+    password: str | None,
+    check_id: str | None,
+) -> dict[str, Any]:
+    from workers.check import Plan, run_check  # check.py dispatches here
+
+    plan = Plan.from_request(request, settings, password=password, check_id=check_id)
+    domain = plan.host
+    mode = str(request.get("mx_hosts") or "first")
+    transcript = Transcript()
+    deadline = transcript.started + plan.timeouts["total"]
+    result: dict[str, Any] = {
+        "check_id": check_id,
+        "ok": False,
+        "outcome": "dns_error",
+        "stage": "connect",
+        "summary": "",
+        "target": {"host": domain, "port": plan.port, "address": None, "addresses": []},
+        "vantage": settings.vantage,
+        "started_at": _now(),
+        "finished_at": None,
+        "mx": {"domain": domain, "mode": mode, "hosts": [], "checked": 0},
+        "hosts": [],
+        "findings": [],
+        "timings": {},
+        "transcript": [],
+    }
+    transcript.note(f"looking up the MX records of {domain}")
+    started = time.monotonic()
+    try:
+        hosts = Resolver(settings, deadline).mx(domain)
+    except DNSError as exc:
+        result["timings"]["mx"] = transcript.elapsed_ms()
+        transcript.error(f"dns_error: {exc}")
+        result["summary"] = f"No mail can be delivered to {domain}: {exc}"
+        result["findings"] = [{"severity": "fail", "code": "mx_dns_error", "message": str(exc)}]
+        return _finish(result, transcript)
+    result["timings"]["mx"] = round((time.monotonic() - started) * 1000, 1)
+    result["mx"]["hosts"] = [
+        {"preference": mx.preference, "host": mx.host, "implicit": mx.implicit} for mx in hosts
+    ]
+    for mx in hosts:
+        kind = "no MX record: the domain itself (RFC 5321 5.1)" if mx.implicit else "MX"
+        transcript.note(f"{kind} {mx.preference} {mx.host}")
+    hosts = hosts[:MAX_MX_HOSTS]
+
+    def check_host(mx: MXHost) -> dict[str, Any]:
+        left = max(deadline - time.monotonic(), 0.001)
+        sub = copy.deepcopy(dict(request))
+        sub.update(host=mx.host, mx=False)
+        sub["timeouts"] = {**plan.timeouts, "total": left}
+        begun = transcript.elapsed_ms()
+        outcome = run_check(sub, settings, password=password, check_id=check_id)
+        outcome["preference"] = mx.preference
+        outcome["_offset"] = begun
+        return outcome
+
+    checked: list[dict[str, Any]] = []
+    if mode == "all":
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(hosts))) as pool:
+            checked = list(pool.map(check_host, hosts))
+        primary = checked[0]
+        failures = [r for r in checked if not r["ok"]]
+        result["ok"] = not failures
+        result["outcome"] = failures[0]["outcome"] if failures else "ok"
+        passed = len(checked) - len(failures)
+        summary = f"{passed} of {len(checked)} MX hosts of {domain} passed"
+        if failures:
+            summary += f"; {failures[0]['target']['host']}: {failures[0]['summary']}"
+        result["summary"] = summary
+    else:
+        for mx in hosts:
+            checked.append(check_host(mx))
+            if checked[-1]["outcome"] not in NO_ANSWER or time.monotonic() >= deadline:
+                break
+        primary = checked[-1]
+        result["ok"] = primary["ok"]
+        result["outcome"] = primary["outcome"]
+        skipped = len(checked) - 1
+        prefix = f"{domain}: MX {primary['target']['host']}"
+        if skipped:
+            prefix += f" (after {skipped} that did not answer)"
+        result["summary"] = f"{prefix}: {primary['summary']}"
+
+    result["mx"]["checked"] = len(checked)
+    result["stage"] = primary["stage"]
+    result["target"].update(
+        address=primary["target"]["address"], addresses=primary["target"]["addresses"]
+    )
+    for key in ("banner", "ehlo", "tls", "auth", "mail", "rcpt", "data", "dns", "probes"):
+        result[key] = primary.get(key)
+    for host_result in checked:
+        offset = host_result.pop("_offset")
+        name = host_result["target"]["host"]
+        transcript.entries.append(
+            {"t_ms": offset, "dir": "note", "text": f"checking MX host {name}"}
+        )
+        for entry in host_result.pop("transcript"):
+            transcript.entries.append({**entry, "t_ms": round(entry["t_ms"] + offset, 1)})
+        result["findings"] += [
+            {**finding, "message": f"{name}: {finding['message']}"}
+            for finding in host_result["findings"]
+        ]
+    result["hosts"] = checked
+    result["findings"].sort(key=lambda f: ["fail", "warning", "info", "pass"].index(f["severity"]))
+    return _finish(result, transcript)
+
+
+def _finish(result: dict[str, Any], transcript: Transcript) -> dict[str, Any]:
+    result["timings"]["total"] = transcript.elapsed_ms()
+    result["finished_at"] = _now()
+    result["transcript"] = transcript.as_list()
+    return result

@@ -1,0 +1,205 @@
+"""Findings: what a finished check says about the server, the way MXToolbox
+shows Passed / Warnings / Failed. Derived from the result alone, so they
+can be recomputed and tested without a network.
+
+Each finding is ``{"severity": "pass"|"info"|"warning"|"fail", "code", "message"}``;
+every code is documented in the README.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+SEVERITY_ORDER = {"fail": 0, "warning": 1, "info": 2, "pass": 3}
+EXPIRY_WARNING_DAYS = 30
+
+
+def _finding(severity: str, code: str, message: str) -> dict[str, str]:
+    return {"severity": severity, "code": code, "message": message}
+
+
+def findings(
+    result: Mapping[str, Any],
+    *,
+    slow_banner_ms: float,
+    now: dt.datetime | None = None,
+) -> list[dict[str, str]]:
+    now = now or dt.datetime.now(dt.UTC)
+    out: list[dict[str, str]] = []
+    add = out.append
+    outcome = result.get("outcome")
+    if outcome != "ok":
+        add(_finding("fail", f"outcome_{outcome}", str(result.get("summary", ""))))
+
+    banner = result.get("banner")
+    timings = result.get("timings") or {}
+    if banner and banner.get("code") == 220:
+        add(_finding("pass", "banner_ok", f"The server greets with 220 ({banner['text'][:80]})"))
+        banner_ms = timings.get("banner")
+        if banner_ms is not None and banner_ms > slow_banner_ms:
+            add(
+                _finding(
+                    "warning",
+                    "banner_slow",
+                    f"The greeting took {banner_ms / 1000:.1f} s (over "
+                    f"{slow_banner_ms / 1000:g} s): tarpitting, or an overloaded server",
+                )
+            )
+
+    ehlo = result.get("ehlo") or {}
+    tls = result.get("tls") or {}
+    implicit = tls.get("mode") == "implicit"
+    # What the server said in plain text: before STARTTLS, or all of it without TLS.
+    plain = {} if implicit else ehlo.get("before_tls") or ({} if tls.get("established") else ehlo)
+    if plain:
+        if plain.get("starttls"):
+            add(_finding("pass", "starttls_offered", "STARTTLS is offered"))
+        else:
+            add(
+                _finding(
+                    "warning",
+                    "starttls_missing",
+                    "STARTTLS is not offered: mail to this server travels unencrypted",
+                )
+            )
+        if plain.get("auth"):
+            mechanisms = " ".join(plain["auth"])
+            add(
+                _finding(
+                    "warning",
+                    "auth_before_tls",
+                    f"AUTH ({mechanisms}) is offered before TLS: passwords may cross in clear",
+                )
+            )
+
+    if tls.get("established"):
+        out.extend(_tls_findings(tls, now))
+
+    out.extend(_dns_findings(result.get("dns") or {}))
+    out.extend(_probe_findings(result.get("probes") or {}))
+    out.sort(key=lambda f: SEVERITY_ORDER[f["severity"]])
+    return out
+
+
+def _tls_findings(tls: Mapping[str, Any], now: dt.datetime) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    version = tls.get("version") or ""
+    if version in ("TLSv1.2", "TLSv1.3"):
+        out.append(_finding("pass", "tls_version_ok", f"TLS version {version}"))
+    else:
+        out.append(
+            _finding("warning", "tls_version_old", f"TLS version {version} is below TLS 1.2")
+        )
+    cert = tls.get("certificate") or {}
+    error = tls.get("verify_error") or ""
+    if tls.get("verified"):
+        out.append(_finding("pass", "certificate_trusted", "The certificate is trusted and valid"))
+    elif "not valid for" in error:
+        out.append(_finding("warning", "certificate_name_mismatch", error))
+    elif "expired" in error:
+        pass  # reported below with the date
+    elif error:
+        out.append(_finding("warning", "certificate_untrusted", error))
+    not_after = cert.get("not_after")
+    if not_after:
+        expires = dt.datetime.strptime(not_after, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        days = (expires - now).total_seconds() / 86400
+        if days < 0:
+            out.append(
+                _finding("fail", "certificate_expired", f"The certificate expired on {not_after}")
+            )
+        elif days < EXPIRY_WARNING_DAYS:
+            out.append(
+                _finding(
+                    "warning",
+                    "certificate_expiring",
+                    f"The certificate expires in {int(days)} days ({not_after})",
+                )
+            )
+    return out
+
+
+def _dns_findings(dns: Mapping[str, Any]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    if not dns or dns.get("address") is None:
+        return out
+    address = dns["address"]
+    if dns.get("ptr_error"):
+        out.append(
+            _finding(
+                "warning",
+                "ptr_lookup_failed",
+                f"PTR lookup of {address} failed: {dns['ptr_error']}",
+            )
+        )
+    elif not dns.get("ptr"):
+        out.append(
+            _finding(
+                "warning",
+                "ptr_missing",
+                f"{address} has no PTR record: many receivers distrust mail from it",
+            )
+        )
+    elif not dns.get("forward_confirmed"):
+        out.append(
+            _finding(
+                "warning",
+                "ptr_not_confirmed",
+                f"The PTR of {address} ({', '.join(dns['ptr'])}) does not resolve back to it",
+            )
+        )
+    else:
+        out.append(
+            _finding("pass", "ptr_ok", f"{address} has a forward-confirmed PTR ({dns['ptr'][0]})")
+        )
+    for source in ("banner", "ehlo"):
+        host = dns.get(f"{source}_host")
+        match = dns.get(f"{source}_matches_ptr")
+        if host and dns.get("ptr") and match is False:
+            out.append(
+                _finding(
+                    "info",
+                    f"{source}_host_mismatch",
+                    f"The {source.upper() if source == 'ehlo' else source} names {host}, "
+                    f"not the PTR name {dns['ptr'][0]}",
+                )
+            )
+    return out
+
+
+def _probe_findings(probes: Mapping[str, Any]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    relay = (probes.get("open_relay") or {}).get("result")
+    if relay == "open":
+        out.append(
+            _finding(
+                "fail",
+                "open_relay",
+                "The server relays mail from an outside sender to an outside recipient: "
+                "an open relay will be abused and blocklisted",
+            )
+        )
+    elif relay == "closed":
+        out.append(_finding("pass", "relay_closed", "The server refuses to relay for outsiders"))
+    tls_req = (probes.get("starttls_required") or {}).get("result")
+    if tls_req == "not_required":
+        out.append(
+            _finding("info", "starttls_not_required", "MAIL FROM is accepted before STARTTLS")
+        )
+    elif tls_req == "required":
+        out.append(_finding("pass", "starttls_required", "MAIL FROM is refused until STARTTLS"))
+    for verb in ("vrfy", "expn"):
+        state = (probes.get(verb) or {}).get("result")
+        if state == "enabled":
+            out.append(
+                _finding(
+                    "warning",
+                    f"{verb}_enabled",
+                    f"{verb.upper()} is enabled: it lets anyone harvest addresses",
+                )
+            )
+        elif state == "disabled":
+            out.append(_finding("pass", f"{verb}_disabled", f"{verb.upper()} discloses nothing"))
+    return out

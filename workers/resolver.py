@@ -1,0 +1,197 @@
+"""DNS for a check: addresses, MX hosts and PTR names, every failure a fact.
+
+With ``SMTPCHECK_DNS_SERVERS`` set, dnspython asks those servers; otherwise
+addresses come from the system resolver (getaddrinfo, which honours
+/etc/hosts) and MX/PTR from dnspython with the system's resolv.conf. Every
+lookup is bounded by the check's deadline and ``SMTPCHECK_DNS_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import dns.exception
+import dns.name
+import dns.resolver
+import dns.reversename
+
+from smtpcheck.config import Settings
+from smtpcheck.targetpolicy import IPAddress
+from workers.errors import DNSError
+
+
+@dataclass(frozen=True)
+class MXHost:
+    preference: int
+    host: str
+    implicit: bool = False  # no MX record: the domain itself, RFC 5321 5.1
+
+
+class NullMX(DNSError):
+    """The domain publishes a null MX (RFC 7505): it accepts no mail."""
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if text.lower().startswith("ipv6:"):  # RFC 5321 address-literal spelling
+        text = text[5:]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+class Resolver:
+    def __init__(self, settings: Settings, deadline: float) -> None:
+        self.settings = settings
+        self.deadline = deadline
+
+    def _timeout(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DNSError("no time left for DNS before the check's deadline")
+        return min(left, self.settings.dns_timeout)
+
+    def _dnspython(self, timeout: float) -> dns.resolver.Resolver:
+        if self.settings.dns_servers:
+            resolver = dns.resolver.Resolver(configure=False)
+            resolver.nameservers = [ip for ip, _ in self.settings.dns_servers]
+            resolver.nameserver_ports = dict(self.settings.dns_servers)
+        else:
+            try:
+                resolver = dns.resolver.Resolver(configure=True)
+            except dns.resolver.NoResolverConfiguration as exc:
+                raise DNSError(f"no DNS resolver configured on this worker: {exc}") from None
+        resolver.lifetime = timeout
+        resolver.timeout = min(timeout, 2.0)
+        return resolver
+
+    def _query(self, name: str | dns.name.Name, rdtype: str) -> dns.resolver.Answer | None:
+        """One lookup; ``None`` for NODATA, DNSError for everything that went wrong."""
+        shown = str(name).rstrip(".")
+        try:
+            return self._dnspython(self._timeout()).resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            raise DNSError(f"{shown} does not exist (NXDOMAIN)") from None
+        except dns.resolver.NoAnswer:
+            return None
+        except dns.resolver.NoNameservers:
+            raise DNSError(f"DNS servers failed on {rdtype} for {shown} (SERVFAIL)") from None
+        except dns.exception.Timeout:
+            raise DNSError(f"DNS lookup of {rdtype} for {shown} timed out") from None
+        except dns.exception.DNSException as exc:
+            raise DNSError(f"DNS lookup of {rdtype} for {shown} failed: {exc}") from None
+
+    # -- addresses -----------------------------------------------------------
+
+    def addresses(self, host: str, ip_version: int | None) -> list[IPAddress]:
+        """The host's addresses (A, then AAAA), honouring ``ip_version``."""
+        literal = ip_literal(host)
+        if literal is not None:
+            if ip_version and literal.version != ip_version:
+                raise DNSError(
+                    f"{host} is an IPv{literal.version} address but ip_version is {ip_version}"
+                )
+            return [literal]
+        if self.settings.dns_servers:
+            found = self._addresses_dns(host, ip_version)
+        else:
+            found = self._addresses_system(host, ip_version)
+        if not found:
+            kind = f"IPv{ip_version} address" if ip_version else "address"
+            raise DNSError(f"{host} has no {kind} (no A/AAAA record)")
+        return found
+
+    def _addresses_dns(self, host: str, ip_version: int | None) -> list[IPAddress]:
+        types = {4: ["A"], 6: ["AAAA"]}.get(ip_version or 0, ["A", "AAAA"])
+        found: list[IPAddress] = []
+        for rdtype in types:
+            answer = self._query(host, rdtype)
+            if answer is not None:
+                found += [ipaddress.ip_address(r.to_text()) for r in answer]
+        return found
+
+    def _addresses_system(self, host: str, ip_version: int | None) -> list[IPAddress]:
+        """getaddrinfo, bounded by running it in a thread."""
+        family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(ip_version or 0, socket.AF_UNSPEC)
+        outcome: dict[str, object] = {}
+
+        def lookup() -> None:
+            try:
+                outcome["infos"] = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
+            except OSError as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=lookup, daemon=True, name="smtpcheck-resolve")
+        thread.start()
+        thread.join(self._timeout())
+        if thread.is_alive():
+            raise DNSError(f"DNS lookup of {host} timed out")
+        error = outcome.get("error")
+        if isinstance(error, socket.gaierror):
+            if error.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
+                raise DNSError(f"{host} does not resolve (no such name or no address)")
+            raise DNSError(f"DNS lookup of {host} failed: {error.strerror}")
+        if isinstance(error, OSError):
+            raise DNSError(f"DNS lookup of {host} failed: {error}")
+        infos = outcome.get("infos")
+        found: list[IPAddress] = []
+        for info in infos if isinstance(infos, list) else []:
+            address = ipaddress.ip_address(info[4][0].split("%")[0])
+            if address not in found:
+                found.append(address)
+        return found
+
+    # -- MX ----------------------------------------------------------------
+
+    def mx(self, domain: str) -> list[MXHost]:
+        """The domain's mail hosts in preference order (ties kept, in the order
+        given); the domain itself when it has no MX; NullMX for ``0 .``."""
+        answer = self._query(domain, "MX")
+        if answer is None:
+            return [MXHost(0, domain.rstrip("."), implicit=True)]
+        hosts = sorted(
+            (MXHost(int(r.preference), r.exchange.to_text().rstrip(".")) for r in answer),
+            key=lambda mx: mx.preference,
+        )
+        if any(mx.host == "" for mx in hosts):
+            raise NullMX(f"{domain} publishes a null MX (RFC 7505): it accepts no mail")
+        return hosts
+
+    # -- PTR ---------------------------------------------------------------
+
+    def ptr(self, address: IPAddress) -> list[str]:
+        answer = self._query(dns.reversename.from_address(str(address)), "PTR")
+        return [r.to_text().rstrip(".") for r in answer] if answer is not None else []
+
+    # -- reverse DNS facts --------------------------------------------------
+
+    def reverse(self, address: IPAddress) -> dict[str, object]:
+        """PTR names of ``address`` and whether one resolves back to it (FCrDNS)."""
+        facts: dict[str, object] = {
+            "address": str(address),
+            "ptr": [],
+            "ptr_error": None,
+            "forward_confirmed": None,
+        }
+        try:
+            names = self.ptr(address)
+        except DNSError as exc:
+            if "NXDOMAIN" not in str(exc):
+                facts["ptr_error"] = str(exc)
+            return facts
+        facts["ptr"] = names
+        confirmed = False
+        for name in names[:3]:
+            try:
+                confirmed = address in self.addresses(name, address.version)
+            except DNSError:
+                continue
+            if confirmed:
+                break
+        facts["forward_confirmed"] = confirmed if names else None
+        return facts
