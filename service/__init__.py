@@ -1,0 +1,72 @@
+"""The smtpcheck HTTP API (Flask). Never imports ``workers``.
+
+``create_app()`` builds the app from :class:`~smtpcheck.config.Settings`;
+gunicorn runs ``service:create_app()``. The Redis client and the RQ queues
+live in ``app.extensions["smtpcheck"]`` (a :class:`service.jobstore.JobStore`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from flask import Flask
+
+from smtpcheck.config import ConfigError, Settings
+
+from . import problems
+from .apikeys import VARIABLE as API_KEYS_VARIABLE
+from .apikeys import ApiKeys
+from .jobstore import JobStore
+from .schemas import build_schemas
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("smtpcheck.service")
+
+
+def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
+    """The API app.
+
+    ``config`` is a :class:`Settings`, or a mapping read like the environment
+    (``{"REDIS_URL": ..., "SMTPCHECK_API_KEYS": ...}``), or None for
+    ``Settings.from_env()``. Raises ConfigError when API keys are required
+    but none are configured.
+    """
+    if config is None:
+        settings = Settings.from_env()
+    elif isinstance(config, Settings):
+        settings = config
+    else:
+        settings = Settings.from_env(config)
+
+    keys: ApiKeys | None = None
+    if settings.auth_enabled:
+        keys = ApiKeys.parse(settings.api_keys)
+        if not keys:
+            raise ConfigError(
+                API_KEYS_VARIABLE,
+                "no API key configured: set SMTPCHECK_API_KEYS=name:key[,name:key...] "
+                "or, to accept every caller without a key, SMTPCHECK_AUTH=off",
+            )
+    else:
+        log.warning(
+            "SMTPCHECK_AUTH=off: the API accepts every caller WITHOUT an API key; "
+            "all checks belong to %r. Do not expose this instance.",
+            "anonymous",
+        )
+    if not settings.secret_key:
+        log.warning("no SMTPCHECK_SECRET_KEY: checks that ask for AUTH will be refused (503)")
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["smtpcheck"] = JobStore(settings)
+    app.extensions["smtpcheck.apikeys"] = keys
+    app.extensions["smtpcheck.request_schema"] = build_schemas(settings).check_request()
+    problems.register(app)
+    from . import checks, health, metrics, spec  # here, so `python -m service.spec` runs clean
+
+    for module in (checks, health, metrics, spec):
+        app.register_blueprint(module.blueprint)
+    return app

@@ -1,93 +1,98 @@
-"""Which addresses and ports a check may dial.
+"""Which addresses a check may dial: one table of forbidden networks.
 
-One table, used by the API (early, for IP literals) and by the worker (on the
-address it resolved, which is the address it then dials). Pure: no I/O.
+Pure: no I/O, no configuration reading. The API applies the rule early to an
+IP-literal ``host`` (a 422 instead of a queued job that can only fail); the
+worker applies the same table to the address it resolved, which is the
+address it then dials.
+
+Order: an operator's ``allow_networks`` win; then NAT64 and 6to4 addresses are
+judged by the IPv4 address they embed; then the first matching row of
+``FORBIDDEN``; then any IPv6 address outside global unicast (2000::/3).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
 
-_FORBIDDEN: tuple[tuple[str, str], ...] = (
+
+def _table(*rows: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
+    return tuple((ip_network(cidr), reason) for cidr, reason in rows)
+
+
+#: First match wins, so a narrow row sits above the wider row holding it.
+FORBIDDEN: tuple[tuple[IPNetwork, str], ...] = _table(
+    # IPv4
     ("0.0.0.0/8", "unspecified ('this network')"),
     ("10.0.0.0/8", "private"),
-    ("100.64.0.0/10", "carrier-grade NAT"),
+    ("100.64.0.0/10", "shared address space (CGNAT)"),
     ("127.0.0.0/8", "loopback"),
-    ("169.254.0.0/16", "link-local (cloud metadata lives here)"),
+    ("169.254.0.0/16", "link-local"),
     ("172.16.0.0/12", "private"),
-    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.0.0/24", "IETF protocol assignment"),
     ("192.0.2.0/24", "documentation"),
-    ("192.88.99.0/24", "6to4 relay anycast"),
+    ("192.88.99.0/24", "reserved (former 6to4 relay anycast)"),
     ("192.168.0.0/16", "private"),
     ("198.18.0.0/15", "benchmarking"),
     ("198.51.100.0/24", "documentation"),
     ("203.0.113.0/24", "documentation"),
     ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved"),
     ("255.255.255.255/32", "broadcast"),
+    ("240.0.0.0/4", "reserved"),
+    # IPv6
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("::/96", "IPv4-compatible (deprecated)"),
+    ("64:ff9b:1::/48", "local-use NAT64"),
     ("100::/64", "discard-only"),
     ("2001:db8::/32", "documentation"),
-    ("2001::/23", "IETF protocol assignments"),
-    ("fc00::/7", "unique local (ULA)"),
+    ("2001::/23", "IETF protocol assignment (Teredo, ORCHID, ...)"),
+    ("3fff::/20", "documentation"),
+    ("fc00::/7", "unique local"),
     ("fe80::/10", "link-local"),
     ("fec0::/10", "site-local (deprecated)"),
     ("ff00::/8", "multicast"),
-    ("3fff::/20", "documentation"),
 )
 
-FORBIDDEN_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
-    (ipaddress.ip_network(net), why) for net, why in _FORBIDDEN
+#: IPv6 prefixes that carry an IPv4 address, and the bit offset where it sits.
+EMBEDDING_IPV4: tuple[tuple[IPv6Network, str, int], ...] = (
+    (IPv6Network("64:ff9b::/96"), "NAT64", 0),
+    (IPv6Network("2002::/16"), "6to4", 80),
 )
 
-# IPv6 forms that carry an IPv4 address inside: the embedded one is judged too.
-_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
-_COMPATIBLE = ipaddress.ip_network("::/96")
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
-_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+GLOBAL_UNICAST_IPV6 = IPv6Network("2000::/3")
 
 
-def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for, if it carries one."""
-    if address in _MAPPED:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if address in _COMPATIBLE and int(address) > 1:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if any(address in net for net in _NAT64):
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if address in _SIX_TO_FOUR:
-        return ipaddress.IPv4Address((int(address) >> 80) & 0xFFFFFFFF)
-    return None
+def forbidden_reason(address: IPAddress, allow_networks: Iterable[IPNetwork] = ()) -> str | None:
+    """Why ``address`` may not be dialled, or None when it may.
 
-
-def forbidden_reason(address: IPAddress, allow: Iterable[IPNetwork] = ()) -> str | None:
-    """Why ``address`` may not be dialled, or ``None`` when it may.
-
-    Networks in ``allow`` (SMTPCHECK_ALLOW_NETWORKS) are let through, judged
-    on the address as given and on any IPv4 address it embeds.
+    ``allow_networks`` are the operator's exceptions (SMTPCHECK_ALLOW_NETWORKS).
     """
-    allow = tuple(allow)
-    candidates: list[IPAddress] = [address]
-    if isinstance(address, ipaddress.IPv6Address):
-        inner = embedded_ipv4(address)
-        if inner is not None:
-            candidates.append(inner)
-    if any(c in net for c in candidates for net in allow if net.version == c.version):
+    allowed = tuple(allow_networks)
+    if any(address in net for net in allowed if net.version == address.version):
         return None
-    for candidate in candidates:
-        for network, why in FORBIDDEN_NETWORKS:
-            if candidate.version == network.version and candidate in network:
-                shown = f"{address} (embedding {candidate})" if candidate != address else address
-                return f"{shown} is a {why} address"
+    if isinstance(address, IPv6Address):
+        for prefix, kind, shift in EMBEDDING_IPV4:
+            if address in prefix:
+                embedded = IPv4Address((int(address) >> shift) & 0xFFFFFFFF)
+                reason = forbidden_reason(embedded, allowed)
+                if reason is None:
+                    return None
+                return f"{kind} address embedding a {reason} IPv4 address ({embedded})"
+    for network, reason in FORBIDDEN:
+        if address.version == network.version and address in network:
+            return reason
+    if isinstance(address, IPv6Address) and address not in GLOBAL_UNICAST_IPV6:
+        return "reserved"
     return None
 
 
 def port_reason(port: int, allowed_ports: Iterable[int]) -> str | None:
+    """Why ``port`` may not be dialled, or None when it may."""
     allowed = sorted(allowed_ports)
     if port in allowed:
         return None

@@ -41,7 +41,7 @@ def permitted(target: Target, settings: Settings) -> list[IPAddress]:
     for address in target.addresses:
         why = forbidden_reason(address, settings.allow_networks)
         if why:
-            target.skipped.append(why)
+            target.skipped.append(f"{address} is not a public address ({why})")
         else:
             allowed.append(address)
     if not allowed:

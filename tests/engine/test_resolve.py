@@ -80,7 +80,7 @@ def test_system_resolver_reads_etc_hosts(smtp_target, settings):
 def test_resolved_private_address_is_forbidden(dns_settings):
     result = run_check({"host": "private.local.test"}, dns_settings)
     assert result["outcome"] == "target_forbidden"
-    assert "10.1.2.3 is a private address" in result["summary"]
+    assert "10.1.2.3 is not a public address (private)" in result["summary"]
 
 
 def test_only_permitted_addresses_are_dialled(smtp_target, dns_settings):
@@ -91,4 +91,4 @@ def test_only_permitted_addresses_are_dialled(smtp_target, dns_settings):
     assert result["ok"] is True
     assert result["target"]["address"] == "127.0.0.1"
     notes = [e["text"] for e in result["transcript"] if e["dir"] == "note"]
-    assert "not dialling: 192.168.1.1 is a private address" in notes
+    assert "not dialling: 192.168.1.1 is not a public address (private)" in notes

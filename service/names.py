@@ -1,0 +1,155 @@
+"""Host names, IP literals and mail addresses, as the SMTP wire needs them.
+
+Pure syntax: nothing here resolves a name or opens a socket. Every function
+raises ``ValueError`` with a message fit for a 422 response, so the schemas
+can hand it to the caller unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+import idna  # IDNA 2008 + UTS 46, what browsers and modern resolvers use
+
+IPAddress = IPv4Address | IPv6Address
+
+WIRE_FORBIDDEN = frozenset("\r\n\x00")
+#: The same rule as a JSON Schema (ECMA 262) pattern, for openapi.yaml.
+WIRE_SAFE_PATTERN = r"^[^\r\n\x00]*$"
+
+MAX_HOSTNAME = 253
+MAX_LABEL = 63
+MAX_ADDRESS_OCTETS = 254
+MAX_LOCAL_PART_OCTETS = 64
+
+_LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+# RFC 5321 atext, extended with any non-ASCII character for SMTPUTF8 (RFC 6531).
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+\Z")
+# Inside a quoted local part: printable ASCII or non-ASCII, backslash pairs.
+_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"\Z')
+
+
+def ensure_wire_safe(value: str) -> None:
+    """Refuse CR, LF and NUL: no request may smuggle an SMTP command."""
+    if not WIRE_FORBIDDEN.isdisjoint(value):
+        raise ValueError("must not contain CR, LF or NUL")
+
+
+def parse_ip_literal(text: str) -> IPAddress | None:
+    """``192.0.2.1``, ``2001:db8::1`` or ``[2001:db8::1]`` as an address; else None.
+
+    A zone index (``fe80::1%eth0``) is refused: it names an interface of the
+    machine that happens to run the check.
+    """
+    candidate = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if "%" in candidate:
+        raise ValueError("an IPv6 zone index (%...) is not allowed")
+    try:
+        address = ip_address(candidate)
+    except ValueError:
+        if candidate is not text:
+            raise ValueError(f"{text!r} is not an IP address in brackets") from None
+        return None
+    if candidate is not text and address.version != 6:
+        raise ValueError("only IPv6 addresses are written in brackets")
+    return address
+
+
+def to_ascii_hostname(text: str) -> str:
+    """A host name in lower-case A-labels (IDNA), without a trailing dot.
+
+    Raises ValueError unless every label is letters, digits and hyphens (at
+    most 63 octets, no hyphen at either end), the whole name at most 253
+    octets, and the last label not all digits (so ``1.2.3.999`` is refused
+    rather than looked up).
+    """
+    ensure_wire_safe(text)
+    name = text[:-1] if text.endswith(".") else text
+    if not name:
+        raise ValueError("the name is empty")
+    if not name.isascii():
+        name = _idna_encode(name)
+    name = name.lower()
+    if len(name) > MAX_HOSTNAME:
+        raise ValueError(f"the name is longer than {MAX_HOSTNAME} characters")
+    labels = name.split(".")
+    for label in labels:
+        if not label:
+            raise ValueError("the name has an empty label (two dots in a row, or a leading dot)")
+        if len(label) > MAX_LABEL:
+            raise ValueError(f"the name has a label longer than {MAX_LABEL} characters")
+        if not _LDH_LABEL.match(label):
+            raise ValueError(
+                f"label {label!r} is not letters, digits and hyphens (no hyphen at either end)"
+            )
+    if labels[-1].isdigit():
+        raise ValueError("neither an IP address nor a host name (all-numeric last label)")
+    return name
+
+
+def _idna_encode(name: str) -> str:
+    try:
+        return str(idna.encode(name, uts46=True).decode("ascii"))
+    except (UnicodeError, ValueError) as exc:
+        raise ValueError(f"not a valid internationalized domain name ({exc})") from None
+
+
+def normalize_host(text: str) -> tuple[str, IPAddress | None]:
+    """The host as the worker should receive it, and its address if it is a literal."""
+    ensure_wire_safe(text)
+    address = parse_ip_literal(text)
+    if address is not None:
+        return str(address), address
+    return to_ascii_hostname(text), None
+
+
+def normalize_helo(text: str) -> str:
+    """An EHLO name: a host name (as A-labels) or an address literal in brackets."""
+    ensure_wire_safe(text)
+    if text.startswith("["):
+        _address_literal(text)
+        return text
+    return to_ascii_hostname(text)
+
+
+def check_mailbox(text: str) -> None:
+    """Accept ``local@domain`` (RFC 5321, SMTPUTF8 allowed); raise ValueError otherwise."""
+    ensure_wire_safe(text)
+    if len(text.encode("utf-8")) > MAX_ADDRESS_OCTETS:
+        raise ValueError(f"the address is longer than {MAX_ADDRESS_OCTETS} octets")
+    local, at, domain = text.rpartition("@")
+    if not at or not local:
+        raise ValueError("not a mail address (local-part@domain)")
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART_OCTETS:
+        raise ValueError(f"the local part is longer than {MAX_LOCAL_PART_OCTETS} octets")
+    if local.startswith('"'):
+        if not _QUOTED.match(local):
+            raise ValueError("the quoted local part is malformed")
+    elif not all(_ATOM.match(atom) for atom in local.split(".")):
+        raise ValueError(
+            "the local part is not a dot-atom (letters, digits, !#$%&'*+/=?^_`{|}~- and dots);"
+            " quote it if it must hold other characters"
+        )
+    if domain.startswith("["):
+        _address_literal(domain)
+    else:
+        try:
+            to_ascii_hostname(domain)
+        except ValueError as exc:
+            raise ValueError(f"the domain is not valid: {exc}") from None
+
+
+def _address_literal(text: str) -> IPAddress:
+    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 section 4.1.3)."""
+    if not (text.startswith("[") and text.endswith("]")):
+        raise ValueError("not an address literal ([192.0.2.1] or [IPv6:2001:db8::1])")
+    inner = text[1:-1]
+    if "%" in inner:
+        raise ValueError("an IPv6 zone index (%...) is not allowed")
+    try:
+        if inner[:5].lower() == "ipv6:":
+            return IPv6Address(inner[5:])
+        return IPv4Address(inner)
+    except ValueError:
+        raise ValueError("not an address literal ([192.0.2.1] or [IPv6:2001:db8::1])") from None

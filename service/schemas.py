@@ -1,0 +1,560 @@
+"""marshmallow schemas: the check request (validated and normalized) and
+the shapes of every response, which ``service.spec`` turns into openapi.yaml.
+
+The request schema depends on the operator's limits (recipients, message
+size, timeouts, ports, allowed networks), so :func:`build_schemas` makes the
+classes for one :class:`~smtpcheck.config.Settings`. Every schema raises on
+unknown fields, nested ones too. Every string that reaches the SMTP wire
+refuses CR, LF and NUL. Booleans must be JSON booleans, ports and
+``ip_version`` JSON integers, timeouts JSON numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from smtpcheck.config import Settings
+from smtpcheck.targetpolicy import IPNetwork, forbidden_reason
+
+from . import names
+from .problems import ALL_TYPES
+
+STAGES = ("connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data")
+TLS_MODES = ("none", "starttls", "implicit", "auto")
+MECHANISMS = ("auto", "PLAIN", "LOGIN", "CRAM-MD5")
+STATUSES = ("queued", "running", "finished", "failed")
+OUTCOMES = (
+    "ok",
+    "dns_error",
+    "target_forbidden",
+    "connect_refused",
+    "connect_timeout",
+    "network_unreachable",
+    "banner_timeout",
+    "service_unavailable",
+    "connection_closed",
+    "protocol_error",
+    "ehlo_rejected",
+    "starttls_unavailable",
+    "tls_error",
+    "tls_untrusted",
+    "auth_unavailable",
+    "auth_failed",
+    "tls_required",
+    "auth_required",
+    "sender_rejected",
+    "relay_denied",
+    "recipient_rejected",
+    "temporary_failure",
+    "data_rejected",
+    "timeout",
+)
+
+DEFAULT_VANTAGE = "default"
+VANTAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+CHECK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+HEADER_NAME_PATTERN = r"^[!-9;-~]{1,76}$"
+NO_NUL_PATTERN = r"^[^\x00]*$"
+MAX_HEADERS = 50
+MAX_HELO = 255
+MAX_LINE = 998  # RFC 5322 line length, for subject and header values
+DEFAULT_SUBJECT = "smtpcheck test message"
+DEFAULT_BODY = "This is a test message sent by smtpcheck.\r\n"
+SECRET_MASK = "****"  # noqa: S105 - the mask shown instead of a password
+
+
+# ---------------------------------------------------------------------------
+# validators and strict fields
+# ---------------------------------------------------------------------------
+
+
+class FullMatch(validate.Regexp):
+    """A Regexp that must match the whole value (``$`` may not hide a newline)."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class MaxOctets(validate.Validator):
+    """At most ``limit`` octets once encoded as UTF-8."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __call__(self, value: str) -> str:
+        if len(value.encode("utf-8")) > self.limit:
+            raise ValidationError(f"longer than {self.limit} octets (UTF-8)")
+        return value
+
+
+class BoundedList(fields.List):
+    """A list refused by its length before any item is parsed."""
+
+    def __init__(self, cls_or_instance: Any, *, max_items: int, **kwargs: Any) -> None:
+        super().__init__(cls_or_instance, validate=validate.Length(max=max_items), **kwargs)
+        self.max_items = max_items
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, list) and len(value) > self.max_items:
+            raise ValidationError(f"at most {self.max_items} items")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class BoundedDict(fields.Dict):
+    """An object refused by its size before any entry is parsed."""
+
+    def __init__(self, *, max_entries: int, **kwargs: Any) -> None:
+        metadata = {"maxProperties": max_entries, **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+        self.max_entries = max_entries
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, dict) and len(value) > self.max_entries:
+            raise ValidationError(f"at most {self.max_entries} entries")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+def wire_safe() -> FullMatch:
+    return FullMatch(names.WIRE_SAFE_PATTERN, error="must not contain CR, LF or NUL")
+
+
+class StrictBoolean(fields.Boolean):
+    """``true`` or ``false`` only: not "yes", 1 or "true"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class Seconds(fields.Float):
+    """A JSON number of seconds (a string such as "10" is refused)."""
+
+    def _validated(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
+class Positive(validate.Validator):
+    def __call__(self, value: float) -> float:
+        if value <= 0:
+            raise ValidationError("must be greater than 0")
+        return value
+
+
+def _wire_safe(text: str, max_length: int) -> str:
+    """The cheap checks first, before any parsing: length, then CR/LF/NUL."""
+    if len(text) > max_length:
+        raise ValidationError(f"longer than {max_length} characters")
+    try:
+        names.ensure_wire_safe(text)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    return text
+
+
+class Host(fields.String):
+    """A host name (IDN converted to A-labels) or an IP literal the policy allows."""
+
+    def __init__(self, *, allow_networks: Iterable[IPNetwork] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.allow_networks = tuple(allow_networks)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = _wire_safe(super()._deserialize(value, attr, data, **kwargs), names.MAX_HOSTNAME)
+        try:
+            host, address = names.normalize_host(text)
+        except ValueError as exc:
+            raise ValidationError(f"not a host name or IP address: {exc}") from None
+        if address is not None:
+            reason = forbidden_reason(address, self.allow_networks)
+            if reason is not None:
+                raise ValidationError(f"{address} is a {reason} address; checks may not target it")
+        return host
+
+
+class Helo(fields.String):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = _wire_safe(super()._deserialize(value, attr, data, **kwargs), MAX_HELO)
+        try:
+            return names.normalize_helo(text)
+        except ValueError as exc:
+            raise ValidationError(f"not a host name or address literal: {exc}") from None
+
+
+class Mailbox(fields.String):
+    """A mail address; with ``null_sender=True`` also ``""``."""
+
+    def __init__(self, *, null_sender: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.null_sender = null_sender
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        text = _wire_safe(text, names.MAX_ADDRESS_OCTETS)
+        if text == "" and self.null_sender:
+            return text
+        try:
+            names.check_mailbox(text)
+        except ValueError as exc:
+            raise ValidationError(f"not a valid mail address: {exc}") from None
+        return text
+
+
+def wire_string(*, max_length: int, min_length: int | None = None, **kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=[validate.Length(min=min_length, max=max_length), wire_safe()], **kwargs
+    )
+
+
+def message_text(*, max_octets: int, **kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=[
+            validate.Length(max=max_octets),
+            MaxOctets(max_octets),
+            FullMatch(NO_NUL_PATTERN, error="must not contain NUL"),
+        ],
+        **kwargs,
+    )
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+# ---------------------------------------------------------------------------
+# the check request, per Settings
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schemas:
+    """The schemas that depend on Settings, built once per app."""
+
+    check_request: type[Schema]
+    check: type[Schema]
+
+
+def build_schemas(settings: Settings) -> Schemas:
+    limits = settings.limits
+    caps = limits.max_timeouts
+    defaults = settings.timeouts
+    ports = sorted(settings.allowed_ports)
+    port_list = ", ".join(map(str, ports))
+
+    def seconds(default: float, cap: float, what: str) -> Seconds:
+        return Seconds(
+            load_default=default,
+            validate=[Positive(), validate.Range(max=cap)],
+            metadata={
+                "description": f"{what}, in seconds (default {default:g}, at most {cap:g})",
+                "exclusiveMinimum": 0,
+            },
+        )
+
+    class TimeoutsSchema(StrictSchema):
+        connect = seconds(defaults.connect, caps.connect, "deadline for the TCP connect")
+        command = seconds(defaults.command, caps.command, "deadline for each server reply")
+        total = seconds(defaults.total, caps.total, "deadline for the whole check")
+
+    class AuthSchema(StrictSchema):
+        username = wire_string(min_length=1, max_length=255, required=True)
+        password = fields.String(
+            required=True,
+            validate=[validate.Length(max=1024), wire_safe()],
+            metadata={"description": f"sent sealed to the worker; shown back as {SECRET_MASK}"},
+        )
+        mechanism = fields.String(load_default="auto", validate=validate.OneOf(MECHANISMS))
+
+    class MessageSchema(StrictSchema):
+        subject = wire_string(max_length=MAX_LINE, load_default=DEFAULT_SUBJECT)
+        body = message_text(
+            max_octets=limits.max_message_bytes,
+            load_default=DEFAULT_BODY,
+            metadata={"description": "message body; the worker builds the headers around it"},
+        )
+        headers = BoundedDict(
+            max_entries=MAX_HEADERS,
+            keys=fields.String(
+                validate=FullMatch(
+                    HEADER_NAME_PATTERN,
+                    error="header names are 1-76 printable ASCII characters without ':'",
+                )
+            ),
+            values=wire_string(max_length=MAX_LINE),
+            load_default=dict,
+            metadata={"description": "extra header fields; names are printable ASCII without ':'"},
+        )
+
+    class CheckRequestSchema(StrictSchema):
+        host = Host(
+            required=True,
+            allow_networks=settings.allow_networks,
+            validate=[validate.Length(min=1, max=names.MAX_HOSTNAME), wire_safe()],
+            metadata={
+                "description": "host name (IDN accepted, sent as A-labels) or IP literal; "
+                "with mx true, a mail domain. Loopback, private, link-local, CGNAT, "
+                "multicast, reserved and documentation addresses are refused.",
+            },
+        )
+        mx = StrictBoolean(
+            load_default=False,
+            metadata={"description": "resolve host as a mail domain (MX, then A/AAAA)"},
+        )
+        port = fields.Integer(
+            strict=True,
+            load_default=25,
+            error_messages={"invalid": 'must be a JSON integer such as 25 (not 25.0 or "25")'},
+            metadata={"description": f"TCP port; this service allows {port_list}"},
+            validate=validate.OneOf(
+                ports, error=f"port {{input}} is not allowed; allowed ports: {port_list}"
+            ),
+        )
+        tls = fields.String(
+            load_default="auto",
+            validate=validate.OneOf(TLS_MODES),
+            metadata={
+                "description": "none; starttls (required); implicit (TLS on connect); "
+                "auto (STARTTLS when offered, implicit on 465)"
+            },
+        )
+        tls_verify = StrictBoolean(
+            load_default=False,
+            metadata={"description": "an untrusted or mismatched certificate fails the check"},
+        )
+        helo = Helo(
+            load_default=None,
+            allow_none=True,
+            validate=[validate.Length(min=1, max=MAX_HELO), wire_safe()],
+            metadata={"description": "EHLO name; null means the worker's configured name"},
+        )
+        auth = fields.Nested(AuthSchema, load_default=None, allow_none=True)
+        mail_from = Mailbox(
+            null_sender=True,
+            load_default=None,
+            allow_none=True,
+            validate=[validate.Length(max=names.MAX_ADDRESS_OCTETS), wire_safe()],
+            metadata={"description": 'envelope sender; "" is the null sender'},
+        )
+        rcpt_to = BoundedList(
+            Mailbox(validate=[validate.Length(min=1, max=names.MAX_ADDRESS_OCTETS), wire_safe()]),
+            max_items=limits.max_recipients,
+            load_default=list,
+            metadata={"description": "envelope recipients (SMTPUTF8 addresses accepted)"},
+        )
+        data = message_text(
+            max_octets=limits.max_message_bytes,
+            load_default=None,
+            allow_none=True,
+            metadata={"description": "a whole RFC 5322 message to send after DATA"},
+        )
+        message = fields.Nested(
+            MessageSchema,
+            load_default=None,
+            allow_none=True,
+            metadata={"description": "have a message built instead of giving data"},
+        )
+        stop_after = fields.String(
+            load_default=None,
+            allow_none=True,
+            validate=validate.OneOf(STAGES),
+            metadata={"description": "last stage to run; null means the last the request implies"},
+        )
+        timeouts = fields.Nested(
+            TimeoutsSchema,
+            load_default=lambda: {
+                "connect": defaults.connect,
+                "command": defaults.command,
+                "total": defaults.total,
+            },
+        )
+        vantage = fields.String(
+            load_default=DEFAULT_VANTAGE,
+            validate=FullMatch(VANTAGE_PATTERN, error="not a vantage name"),
+            metadata={"description": "worker pool to run the check; see GET /v1/vantages"},
+        )
+        ip_version = fields.Integer(
+            strict=True,
+            load_default=None,
+            allow_none=True,
+            validate=validate.OneOf((4, 6)),
+            error_messages={"invalid": "must be the JSON integer 4 or 6"},
+            metadata={"description": "dial only IPv4 or only IPv6; null means either"},
+        )
+
+        @validates_schema
+        def consistent(self, data: dict[str, Any], **kwargs: Any) -> None:
+            errors = request_consistency_errors(data)
+            if errors:
+                raise ValidationError(errors)
+
+    class CheckSchema(StrictSchema):
+        id = fields.String(required=True, metadata={"pattern": CHECK_ID_PATTERN})
+        status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+        vantage = fields.String(required=True)
+        created_at = timestamp(required=True)
+        started_at = timestamp(required=True, allow_none=True)
+        ended_at = timestamp(required=True, allow_none=True)
+        request = fields.Nested(
+            CheckRequestSchema,
+            required=True,
+            metadata={
+                "description": f"the normalized request; AUTH password shown as {SECRET_MASK}"
+            },
+        )
+        result = fields.Nested(CheckResultSchema, required=True, allow_none=True)
+        error = fields.String(
+            required=True,
+            allow_none=True,
+            metadata={"description": "why the check failed to run (status failed), else null"},
+        )
+        links = fields.Nested(LinksSchema, required=True)
+
+    return Schemas(check_request=CheckRequestSchema, check=CheckSchema)
+
+
+def request_consistency_errors(data: dict[str, Any]) -> dict[str, list[str]]:
+    """Rules across fields: what ``stop_after`` needs, what DATA needs, and so on."""
+    errors: dict[str, list[str]] = {}
+
+    def add(field: str, message: str) -> None:
+        errors.setdefault(field, []).append(message)
+
+    literal = names.parse_ip_literal(data["host"])
+    if literal is not None and data["mx"]:
+        add("host", "with mx true, host must be a mail domain, not an IP address")
+    if literal is not None and data["ip_version"] not in (None, literal.version):
+        add("ip_version", f"host is an IPv{literal.version} address")
+    has_message = data["data"] is not None or data["message"] is not None
+    if data["data"] is not None and data["message"] is not None:
+        add("message", "give either data or message, not both")
+    if data["rcpt_to"] and data["mail_from"] is None:
+        add("mail_from", "required when rcpt_to is given (MAIL FROM comes before RCPT TO)")
+    if has_message:
+        if data["mail_from"] is None:
+            add("mail_from", "required to send a message")
+        if not data["rcpt_to"]:
+            add("rcpt_to", "at least one recipient is required to send a message")
+    stop = data["stop_after"]
+    needs: dict[str, Callable[[], str | None]] = {
+        "tls": lambda: "tls 'none' has no TLS stage" if data["tls"] == "none" else None,
+        "auth": lambda: "auth is required to stop after auth" if data["auth"] is None else None,
+        "mail": lambda: (
+            "mail_from is required to stop after mail" if data["mail_from"] is None else None
+        ),
+        "rcpt": lambda: "rcpt_to is required to stop after rcpt" if not data["rcpt_to"] else None,
+        "data": lambda: (
+            "data or message is required to stop after data" if not has_message else None
+        ),
+    }
+    if stop in needs:
+        problem = needs[stop]()
+        if problem is not None:
+            add("stop_after", problem)
+    return {field: list(dict.fromkeys(messages)) for field, messages in errors.items()}
+
+
+# ---------------------------------------------------------------------------
+# responses (static)
+# ---------------------------------------------------------------------------
+
+
+def timestamp(**kwargs: Any) -> fields.String:
+    return fields.String(metadata={"format": "date-time", "description": "UTC, ISO 8601"}, **kwargs)
+
+
+class LinksSchema(StrictSchema):
+    self = fields.String(required=True, metadata={"description": "this check"})
+    transcript = fields.String(required=True, metadata={"description": "its text transcript"})
+
+
+class CheckCreatedSchema(StrictSchema):
+    id = fields.String(required=True, metadata={"pattern": CHECK_ID_PATTERN})
+    status = fields.String(required=True, validate=validate.OneOf(("queued",)))
+    vantage = fields.String(required=True)
+    created_at = timestamp(required=True)
+    links = fields.Nested(LinksSchema, required=True)
+
+
+class OpenSchema(Schema):
+    """A documented object that may carry more fields than it lists."""
+
+    class Meta:
+        unknown = INCLUDE
+
+
+class TargetSchema(OpenSchema):
+    host = fields.String()
+    port = fields.Integer()
+    address = fields.String(allow_none=True, metadata={"description": "the address dialled"})
+    addresses = fields.List(fields.String())
+
+
+class TranscriptLineSchema(OpenSchema):
+    t_ms = fields.Float(metadata={"description": "milliseconds since the check started"})
+    dir = fields.String(validate=validate.OneOf(("note", "server", "client", "error")))
+    text = fields.String()
+    tls = fields.Boolean(metadata={"description": "spoken inside TLS"})
+
+
+class CheckResultSchema(OpenSchema):
+    """The worker's result (see docs/architecture.md); sections not reached are null."""
+
+    check_id = fields.String()
+    ok = fields.Boolean(metadata={"description": "every stage asked for passed"})
+    outcome = fields.String(validate=validate.OneOf(OUTCOMES))
+    stage = fields.String(
+        allow_none=True, validate=validate.OneOf(STAGES), metadata={"description": "last stage"}
+    )
+    summary = fields.String(metadata={"description": "one sentence a person can act on"})
+    target = fields.Nested(TargetSchema, allow_none=True)
+    vantage = fields.String()
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    banner = fields.Dict(allow_none=True)
+    ehlo = fields.Dict(allow_none=True)
+    tls = fields.Dict(allow_none=True)
+    auth = fields.Dict(allow_none=True)
+    mail = fields.Dict(allow_none=True)
+    rcpt = fields.List(fields.Dict())
+    data = fields.Dict(allow_none=True)
+    timings = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True))
+    transcript = fields.List(fields.Nested(TranscriptLineSchema))
+    mx = fields.Raw(allow_none=True, metadata={"description": "with mx true: MX hosts found"})
+
+
+class VantageSchema(StrictSchema):
+    name = fields.String(required=True)
+    workers = fields.Integer(required=True, metadata={"description": "live workers"})
+    queued = fields.Integer(required=True, metadata={"description": "checks waiting"})
+
+
+class HealthSchema(StrictSchema):
+    status = fields.String(required=True, validate=validate.OneOf(("ok",)))
+
+
+class ProblemSchema(StrictSchema):
+    """RFC 9457 problem details."""
+
+    type = fields.String(required=True, validate=validate.OneOf(ALL_TYPES))
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "422 only: dotted field path -> messages"},
+    )
+
+
+def check_id_is_valid(check_id: str) -> bool:
+    return re.fullmatch(CHECK_ID_PATTERN, check_id) is not None

@@ -1,0 +1,75 @@
+"""Fixtures for the API: an app on the session's real redis-server, clients, workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from ipaddress import ip_network
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from service import create_app
+from service.jobstore import JobStore
+from smtpcheck.config import Settings
+
+API_KEYS = "alice:key-alice,bob:key-bob"
+ALICE = {"Authorization": "Bearer key-alice"}
+BOB = {"Authorization": "Bearer key-bob"}
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        secret_key="test-secret",
+        api_keys=API_KEYS,
+        allow_networks=(ip_network("127.0.0.0/8"),),
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    app = create_app(settings)
+    yield app
+    app.extensions["smtpcheck"].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def store(app: Flask) -> JobStore:
+    jobstore: JobStore = app.extensions["smtpcheck"]
+    return jobstore
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def run_worker(redis_client: redis.Redis) -> Callable[..., bool]:
+    """Run a real RQ SimpleWorker in burst mode over a vantage queue (main thread only)."""
+
+    def run(vantage: str = "default") -> bool:
+        queue = Queue(f"vantage:{vantage}", connection=redis_client, serializer=JSONSerializer)
+        worker = SimpleWorker([queue], connection=redis_client, serializer=JSONSerializer)
+        return worker.work(burst=True, logging_level="WARNING")
+
+    return run
+
+
+def submit(client: FlaskClient, body: dict, headers: dict[str, str] | None = None) -> str:
+    """POST a check as alice (unless told otherwise) and return its id."""
+    response = client.post("/v1/checks", json=body, headers=headers or ALICE)
+    assert response.status_code == 202, response.get_json()
+    return str(response.get_json()["id"])

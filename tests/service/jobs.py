@@ -1,0 +1,70 @@
+"""Stand-ins for ``workers.job.run_check_job``, run by real RQ workers in tests.
+
+The service enqueues by dotted path; tests point the app's JobStore at these
+so the read side (statuses, results, transcripts) can be exercised before
+or without the real worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+FUNCTION = "tests.service.jobs.run_check_job"
+CRASH = "tests.service.jobs.crash"
+SLOW = "tests.service.jobs.slow"
+
+
+def run_check_job(request: dict[str, Any], sealed_password: str | None) -> dict[str, Any]:
+    """A result shaped like docs/architecture.md's, for a banner-only dialogue."""
+    return {
+        "check_id": "from-test",
+        "ok": True,
+        "outcome": "ok",
+        "stage": "ehlo",
+        "summary": "the server answered EHLO",
+        "target": {
+            "host": request["host"],
+            "port": request["port"],
+            "address": "192.0.2.1",
+            "addresses": ["192.0.2.1"],
+        },
+        "vantage": request["vantage"],
+        "started_at": "2026-01-01T00:00:00.000Z",
+        "finished_at": "2026-01-01T00:00:00.050Z",
+        "banner": {"code": 220, "text": "mx.example.com ESMTP"},
+        "ehlo": {"command": "EHLO", "keywords": {"PIPELINING": []}},
+        "tls": None,
+        "auth": None,
+        "mail": None,
+        "rcpt": [],
+        "data": None,
+        "timings": {"connect": 1.0, "banner": 20.0, "ehlo": 1.0, "total": 22.0},
+        "transcript": [
+            {"t_ms": 0.0, "dir": "note", "text": "connected to 192.0.2.1:25"},
+            {"t_ms": 20.1, "dir": "server", "text": "220 mx.example.com ESMTP"},
+            {"t_ms": 20.3, "dir": "client", "text": "EHLO checker.example", "tls": False},
+            {"t_ms": 21.0, "dir": "server", "text": "250 PIPELINING"},
+        ],
+        "sealed_password_seen": sealed_password is not None,
+    }
+
+
+def crash(request: dict[str, Any], sealed_password: str | None) -> dict[str, Any]:
+    raise RuntimeError("engine exploded")
+
+
+def slow(request: dict[str, Any], sealed_password: str | None) -> dict[str, Any]:
+    """A minute-long check, run in a forked work horse that dies with its worker.
+
+    RQ puts the horse in its own process group, so killing the worker's group
+    would leave it behind; it exits (writing nothing) once it is orphaned.
+    """
+    parent = os.getppid()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.05)
+    return run_check_job(request, sealed_password)

@@ -1,0 +1,104 @@
+"""openapi.yaml: generated, committed, served, valid, and true to responses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from flask.testing import FlaskClient
+from openapi_spec_validator import validate
+
+from service.jobstore import JobStore
+from service.spec import SPEC_PATH, render
+from smtpcheck.config import Settings
+from tests.service import jobs
+from tests.service.conftest import ALICE, submit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_committed_spec_is_the_generated_one() -> None:
+    assert SPEC_PATH == ROOT / "openapi.yaml"
+    assert SPEC_PATH.read_text(encoding="utf-8") == render(Settings()), (
+        "openapi.yaml is stale: run python -m service.spec --write"
+    )
+
+
+def test_spec_is_valid_openapi_3_1() -> None:
+    document = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+
+    validate(document)
+    assert document["openapi"] == "3.1.0"
+
+
+def test_served_spec_is_the_committed_file_byte_for_byte(client: FlaskClient) -> None:
+    response = client.get("/openapi.yaml")
+
+    assert response.status_code == 200
+    assert response.mimetype == "application/yaml"
+    assert response.data == SPEC_PATH.read_bytes()
+
+
+def test_every_limit_is_visible() -> None:
+    schemas = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))["components"]["schemas"]
+    request = schemas["CheckRequest"]["properties"]
+
+    assert request["rcpt_to"]["maxItems"] == 20
+    assert request["data"]["maxLength"] == 1024 * 1024
+    assert request["port"]["enum"] == [25, 465, 587, 2525]
+    assert request["tls"]["enum"] == ["none", "starttls", "implicit", "auto"]
+    assert "rcpt" in request["stop_after"]["enum"]
+    assert schemas["Auth"]["properties"]["mechanism"]["enum"] == [
+        "auto",
+        "PLAIN",
+        "LOGIN",
+        "CRAM-MD5",
+    ]
+    assert schemas["Timeouts"]["properties"]["total"]["maximum"] == 300
+    assert schemas["CheckRequest"]["additionalProperties"] is False
+
+
+def test_module_prints_and_checks_the_spec() -> None:
+    printed = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "service.spec"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    checked = subprocess.run([sys.executable, "-m", "service.spec", "--check"], cwd=ROOT)
+
+    assert printed.stdout == SPEC_PATH.read_text(encoding="utf-8")
+    assert printed.stderr == ""
+    assert checked.returncode == 0
+
+
+def component_validator(name: str) -> Callable[[Any], None]:
+    document = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+    schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    return validator.validate
+
+
+def test_finished_and_failed_checks_match_the_spec(
+    client: FlaskClient, store: JobStore, run_worker: Callable[..., bool]
+) -> None:
+    """Schemathesis only ever sees queued checks; these are the other shapes."""
+    validate_check = component_validator("Check")
+    store.job_function = jobs.FUNCTION
+    finished = submit(
+        client, {"host": "mx.example.com", "auth": {"username": "u", "password": "p"}}
+    )
+    store.job_function = jobs.CRASH
+    failed = submit(client, {"host": "mx.example.com"})
+    run_worker()
+
+    for check_id in (finished, failed):
+        validate_check(client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json())

@@ -1,0 +1,396 @@
+"""422s: what a caller sees for a request that does not validate."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.service.conftest import ALICE, submit
+
+FULL: dict[str, Any] = {
+    "host": "mx.example.com",
+    "helo": "checker.example.org",
+    "auth": {"username": "user", "password": "secret"},
+    "mail_from": "a@example.org",
+    "rcpt_to": ["b@example.com"],
+    "message": {"subject": "hello", "body": "hi", "headers": {"X-Test": "1"}},
+}
+
+
+def post(client: FlaskClient, body: Any) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    response = client.post("/v1/checks", data=data, content_type="application/json", headers=ALICE)
+    return response.status_code, response.get_json()
+
+
+def errors_of(client: FlaskClient, body: Any) -> dict[str, list[str]]:
+    status, problem = post(client, body)
+    assert status == 422, problem
+    assert problem["type"] == "urn:smtpcheck:problem:validation-error"
+    assert problem["title"] and problem["detail"]
+    return dict(problem["errors"])
+
+
+def with_value(path: str, value: Any) -> dict[str, Any]:
+    """FULL with the field at dotted ``path`` replaced (``rcpt_to.0``, ``message.headers.X``)."""
+    body = copy.deepcopy(FULL)
+    *parents, last = path.split(".")
+    node: Any = body
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return body
+
+
+def test_the_full_request_is_valid(client: FlaskClient) -> None:
+    submit(client, FULL)
+
+
+WIRE_FIELDS = [
+    ("host", "mx.example.com"),
+    ("helo", "checker.example.org"),
+    ("auth.username", "user"),
+    ("auth.password", "secret"),
+    ("mail_from", "a@example.org"),
+    ("rcpt_to.0", "b@example.com"),
+    ("message.subject", "hello"),
+    ("message.headers.X-Test", "1"),
+]
+
+
+@pytest.mark.parametrize("injection", ["\r\nRSET", "\nQUIT", "\rX", "\x00"])
+@pytest.mark.parametrize(("path", "value"), WIRE_FIELDS)
+def test_cr_lf_nul_refused_in_every_wire_field(
+    client: FlaskClient, path: str, value: str, injection: str
+) -> None:
+    errors = errors_of(client, with_value(path, value + injection))
+
+    # a header's value is reported as <name>.value, its name as <name>.key
+    expected = path + ".value" if path.startswith("message.headers.") else path
+    assert errors == {expected: ["must not contain CR, LF or NUL"]}
+
+
+def test_cr_lf_in_a_header_name_is_refused(client: FlaskClient) -> None:
+    body = with_value("message.headers", {"X-Evil\r\nBcc": "x"})
+
+    assert "message.headers.X-Evil\r\nBcc.key" in errors_of(client, body)
+
+
+@pytest.mark.parametrize("path", ["data", "message.body"])
+def test_nul_refused_in_message_text(client: FlaskClient, path: str) -> None:
+    body = with_value("message.body", "ok")
+    if path == "data":
+        del body["message"]
+        body["data"] = "Subject: x\r\n\r\nhi\x00"
+    else:
+        body["message"]["body"] = "hi\x00"
+
+    assert path in errors_of(client, body)
+
+
+def test_data_may_hold_line_breaks(client: FlaskClient) -> None:
+    body = {**FULL, "message": None, "data": "Subject: x\r\n\r\nline 1\nline 2\r\n.\r\n"}
+
+    submit(client, body)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"host": "mx.example.com", "extra": 1}, "extra"),
+        ({"host": "mx.example.com", "auth": {"username": "u", "password": "p", "x": 1}}, "auth.x"),
+        ({"host": "mx.example.com", "timeouts": {"connect": 5, "read": 5}}, "timeouts.read"),
+        ({**FULL, "message": {"subject": "s", "attachments": []}}, "message.attachments"),
+    ],
+)
+def test_unknown_fields_are_rejected(client: FlaskClient, body: dict[str, Any], field: str) -> None:
+    errors = errors_of(client, body)
+
+    assert errors[field] == ["Unknown field."]
+
+
+@pytest.mark.parametrize("port", [25.0, "25", True, None, [25]])
+def test_port_must_be_a_json_integer(client: FlaskClient, port: Any) -> None:
+    assert "port" in errors_of(client, {"host": "mx.example.com", "port": port})
+
+
+def test_port_outside_the_allowed_set_names_the_allowed_ports(client: FlaskClient) -> None:
+    errors = errors_of(client, {"host": "mx.example.com", "port": 80})
+
+    assert errors["port"] == ["port 80 is not allowed; allowed ports: 25, 465, 587, 2525"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("mx", "yes"), ("mx", 1), ("tls_verify", "true")])
+def test_booleans_must_be_json_booleans(client: FlaskClient, field: str, value: Any) -> None:
+    assert field in errors_of(client, {"host": "mx.example.com", field: value})
+
+
+@pytest.mark.parametrize("value", [4.0, "4", 5, True])
+def test_ip_version_is_4_or_6(client: FlaskClient, value: Any) -> None:
+    assert "ip_version" in errors_of(client, {"host": "mx.example.com", "ip_version": value})
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "field"),
+    [
+        ({"connect": "10"}, "timeouts.connect"),
+        ({"connect": 0}, "timeouts.connect"),
+        ({"command": -1}, "timeouts.command"),
+        ({"total": 301}, "timeouts.total"),
+        ({"total": True}, "timeouts.total"),
+        ({"total": None}, "timeouts.total"),
+    ],
+)
+def test_timeouts_are_positive_capped_numbers(
+    client: FlaskClient, timeouts: dict[str, Any], field: str
+) -> None:
+    assert field in errors_of(client, {"host": "mx.example.com", "timeouts": timeouts})
+
+
+def test_partial_timeouts_keep_the_other_defaults(client: FlaskClient) -> None:
+    check_id = submit(client, {"host": "mx.example.com", "timeouts": {"total": 300}})
+
+    response = client.get(f"/v1/checks/{check_id}", headers=ALICE)
+
+    assert response.get_json()["request"]["timeouts"] == {
+        "connect": 10.0,
+        "command": 30.0,
+        "total": 300.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "10.0.0.1",
+        "192.168.1.1",
+        "172.16.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "240.0.0.1",
+        "192.0.2.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "2001:db8::1",
+        "::ffff:127.0.0.1",
+        "::ffff:8.8.8.8",
+        "64:ff9b::a00:1",
+        "2002:a00:1::1",
+        "[::1]",
+    ],
+)
+def test_forbidden_ip_literals_are_refused_early(client: FlaskClient, host: str) -> None:
+    errors = errors_of(client, {"host": host})
+
+    assert list(errors) == ["host"]
+    assert "may not target" in errors["host"][0]
+
+
+@pytest.mark.parametrize("host", ["8.8.8.8", "2001:4860:4860::8888", "64:ff9b::808:808"])
+def test_public_ip_literals_are_accepted(client: FlaskClient, host: str) -> None:
+    submit(client, {"host": host})
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "a_b.example",
+        "-a.example",
+        "a-.example",
+        "a..example",
+        ".example",
+        "x" * 64 + ".example",
+        ("a" * 62 + ".") * 4 + "com",
+        "1.2.3.999",
+        "exa mple.com",
+        "fe80::1%eth0",
+        "[192.0.2.10]",
+        "[not-an-ip]",
+        "mx.example.com:25",
+        "xn--.example",
+    ],
+)
+def test_bad_hostnames_are_refused(client: FlaskClient, host: str) -> None:
+    assert list(errors_of(client, {"host": host})) == ["host"]
+
+
+def test_missing_host(client: FlaskClient) -> None:
+    assert errors_of(client, {"port": 25}) == {"host": ["Missing data for required field."]}
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        '"john doe"@example.com',
+        "用户@例子.广告",
+        "user+tag@[192.0.2.1]",
+        "a@[IPv6:2001:db8::1]",
+        "o'reilly@example.com",
+        "x@xn--bcher-kva.example",
+    ],
+)
+def test_valid_addresses(client: FlaskClient, address: str) -> None:
+    submit(client, {"host": "mx.example.com", "mail_from": address, "rcpt_to": [address]})
+
+
+def test_null_sender_is_accepted_but_not_as_a_recipient(client: FlaskClient) -> None:
+    submit(client, {"host": "mx.example.com", "mail_from": "", "rcpt_to": ["b@example.com"]})
+
+    assert "rcpt_to.0" in errors_of(
+        client, {"host": "mx.example.com", "mail_from": "", "rcpt_to": [""]}
+    )
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "noatsign",
+        "a@",
+        "@example.com",
+        "a..b@example.com",
+        ".a@example.com",
+        "a b@example.com",
+        "a@b@example.com",
+        '"unterminated@example.com',
+        "a@exa_mple.com",
+        "a@[300.1.1.1]",
+        "x" * 65 + "@example.com",
+        "a@" + ("b" * 62 + ".") * 4 + "com",
+        "<a@example.com>",
+    ],
+)
+def test_bad_addresses_are_refused(client: FlaskClient, address: str) -> None:
+    errors = errors_of(client, {"host": "mx.example.com", "mail_from": address})
+
+    assert list(errors) == ["mail_from"]
+
+
+def test_recipients_are_capped(client: FlaskClient) -> None:
+    rcpts = [f"r{i}@example.com" for i in range(21)]
+
+    errors = errors_of(client, {"host": "mx.example.com", "mail_from": "", "rcpt_to": rcpts})
+
+    assert list(errors) == ["rcpt_to"]
+
+
+def test_data_is_capped_in_octets(client: FlaskClient) -> None:
+    base = {"host": "mx.example.com", "mail_from": "", "rcpt_to": ["b@example.com"]}
+
+    assert "data" in errors_of(client, {**base, "data": "a" * (1024 * 1024 + 1)})
+    assert "data" in errors_of(client, {**base, "data": "é" * (512 * 1024 + 1)})
+    assert "message.body" in errors_of(client, {**base, "message": {"body": "é" * 600_000}})
+    status, _ = post(client, {**base, "data": "é" * (512 * 1024)})
+    assert status == 202
+
+
+def test_data_and_message_are_exclusive(client: FlaskClient) -> None:
+    errors = errors_of(client, {**FULL, "data": "Subject: x\r\n\r\nhi\r\n"})
+
+    assert list(errors) == ["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"host": "mx.example.com", "stop_after": "auth"}, "stop_after"),
+        ({"host": "mx.example.com", "stop_after": "mail"}, "stop_after"),
+        ({"host": "mx.example.com", "mail_from": "", "stop_after": "rcpt"}, "stop_after"),
+        (
+            {
+                "host": "mx.example.com",
+                "mail_from": "",
+                "rcpt_to": ["b@example.com"],
+                "stop_after": "data",
+            },
+            "stop_after",
+        ),
+        ({"host": "mx.example.com", "tls": "none", "stop_after": "tls"}, "stop_after"),
+        ({"host": "mx.example.com", "stop_after": "quit"}, "stop_after"),
+        ({"host": "mx.example.com", "rcpt_to": ["b@example.com"]}, "mail_from"),
+        ({"host": "mx.example.com", "data": "x"}, "mail_from"),
+        ({"host": "mx.example.com", "mail_from": "", "data": "x"}, "rcpt_to"),
+        ({"host": "192.0.2.33", "mx": True}, "host"),
+        ({"host": "8.8.8.8", "mx": True}, "host"),
+        ({"host": "8.8.8.8", "ip_version": 6}, "ip_version"),
+    ],
+)
+def test_inconsistent_requests(client: FlaskClient, body: dict[str, Any], field: str) -> None:
+    assert field in errors_of(client, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"host": "mx.example.com", "tls": "implicit", "port": 465, "stop_after": "ehlo"},
+        {"host": "mx.example.com", "stop_after": "banner"},
+        {
+            "host": "mx.example.com",
+            "auth": {"username": "u", "password": "p", "mechanism": "CRAM-MD5"},
+            "stop_after": "auth",
+        },
+        {
+            "host": "example.com",
+            "mx": True,
+            "mail_from": "",
+            "rcpt_to": ["postmaster@example.com"],
+            "stop_after": "rcpt",
+            "ip_version": 6,
+        },
+    ],
+)
+def test_consistent_requests(client: FlaskClient, body: dict[str, Any]) -> None:
+    submit(client, body)
+
+
+@pytest.mark.parametrize("mechanism", ["plain", "XOAUTH2", ""])
+def test_auth_mechanism_enum(client: FlaskClient, mechanism: str) -> None:
+    body = {
+        "host": "mx.example.com",
+        "auth": {"username": "u", "password": "p", "mechanism": mechanism},
+    }
+    assert "auth.mechanism" in errors_of(client, body)
+
+
+@pytest.mark.parametrize("vantage", ["", "bad name", "x" * 64, "-lead", "a\n"])
+def test_vantage_names(client: FlaskClient, vantage: str) -> None:
+    assert "vantage" in errors_of(client, {"host": "mx.example.com", "vantage": vantage})
+
+
+@pytest.mark.parametrize("body", [[], ["host"], "mx.example.com", 25, None, True])
+def test_non_object_body_is_422(client: FlaskClient, body: Any) -> None:
+    assert errors_of(client, body) == {"_schema": ["the request body must be a JSON object"]}
+
+
+def test_oversized_collections_are_refused_before_parsing(client: FlaskClient) -> None:
+    body = {
+        "host": "mx.example.com",
+        "mail_from": "",
+        "rcpt_to": ["x"] * 50_000,
+        "message": {"headers": {f"X-{i}": "v" for i in range(5_000)}},
+    }
+
+    errors = errors_of(client, body)
+
+    assert errors == {"rcpt_to": ["at most 20 items"], "message.headers": ["at most 50 entries"]}
+
+
+def test_a_422_lists_at_most_100_fields(client: FlaskClient) -> None:
+    status, problem = post(client, {"host": "mx.example.com", **{f"k{i}": 1 for i in range(500)}})
+
+    assert status == 422
+    assert len(problem["errors"]) == 100
+    assert "and 490 more" in problem["detail"]
