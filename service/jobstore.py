@@ -19,6 +19,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from rq import Queue, Worker
+from rq import Retry as RQRetry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
@@ -80,7 +81,10 @@ def isoformat(moment: datetime | None) -> str | None:
 
 
 def public_status(job: Job) -> str:
-    return PUBLIC_STATUS.get(job.get_status(refresh=False), "queued")
+    status = job.get_status(refresh=False)
+    if status == JobStatus.SCHEDULED and (job.meta or {}).get("attempts"):
+        return "retrying"  # a greylisted check waiting for its next attempt
+    return PUBLIC_STATUS.get(status, "queued")
 
 
 def failure_reason(job: Job, result: Result | None) -> str:
@@ -140,9 +144,17 @@ class JobStore:
         vantage = request["vantage"]
         self.require_vantage(vantage)
         ttl = self.settings.result_ttl
+        retry = None
+        if request.get("retry_temporary") and request["retry"]["attempts"] > 1:
+            # The worker raises to ask for the next attempt; RQ's scheduler runs it.
+            retry = RQRetry(
+                max=request["retry"]["attempts"] - 1,
+                interval=math.ceil(request["retry"]["delay"]),
+            )
         job = self.queue(vantage).enqueue(
             self.job_function,
             kwargs={"request": request, "sealed_password": sealed},
+            retry=retry,
             job_timeout=math.ceil(request["timeouts"]["total"]) + JOB_TIMEOUT_MARGIN,
             result_ttl=ttl,
             failure_ttl=ttl,
@@ -258,7 +270,19 @@ class JobStore:
             "request": (job.kwargs or {}).get("request"),
             "result": value,
             "error": error,
+            **self._retrying(job, status),
             "links": links(job.id),
+        }
+
+    @staticmethod
+    def _retrying(job: Job, status: str) -> dict[str, Any]:
+        """What a greylisted check's attempts so far said, and when it runs again."""
+        meta = job.meta or {}
+        if status != "retrying":
+            return {}
+        return {
+            "attempts": meta.get("attempts", []),
+            "next_attempt_at": meta.get("next_attempt_at"),
         }
 
     def result(self, job: Job) -> dict[str, Any] | None:

@@ -27,7 +27,11 @@ from .problems import ALL_TYPES
 STAGES = ("connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data")
 TLS_MODES = ("none", "starttls", "implicit", "auto")
 MECHANISMS = ("auto", "PLAIN", "LOGIN", "CRAM-MD5")
-STATUSES = ("queued", "running", "finished", "failed")
+STATUSES = ("queued", "running", "retrying", "finished", "failed")
+MX_HOSTS = ("first", "all")
+PROBES = ("open_relay", "starttls_required", "vrfy", "expn")
+DEFAULT_RETRY_ATTEMPTS = 3
+DEFAULT_RETRY_DELAY = 300.0
 OUTCOMES = (
     "ok",
     "dns_error",
@@ -295,6 +299,19 @@ def build_schemas(settings: Settings) -> Schemas:
             metadata={"description": "extra header fields; names are printable ASCII without ':'"},
         )
 
+    class RetrySchema(StrictSchema):
+        attempts = fields.Integer(
+            strict=True,
+            load_default=min(DEFAULT_RETRY_ATTEMPTS, limits.max_retry_attempts),
+            validate=validate.Range(min=1, max=limits.max_retry_attempts),
+            metadata={"description": "attempts in all, the first included"},
+        )
+        delay = Seconds(
+            load_default=min(DEFAULT_RETRY_DELAY, limits.max_retry_delay),
+            validate=[validate.Range(min=1, max=limits.max_retry_delay)],
+            metadata={"description": "seconds between attempts (greylisting waits ~5 min)"},
+        )
+
     class CheckRequestSchema(StrictSchema):
         host = Host(
             required=True,
@@ -309,6 +326,14 @@ def build_schemas(settings: Settings) -> Schemas:
         mx = StrictBoolean(
             load_default=False,
             metadata={"description": "resolve host as a mail domain (MX, then A/AAAA)"},
+        )
+        mx_hosts = fields.String(
+            load_default="first",
+            validate=validate.OneOf(MX_HOSTS),
+            metadata={
+                "description": "with mx true: stop at the first MX host that answers, "
+                "or check all of them"
+            },
         )
         port = fields.Integer(
             strict=True,
@@ -390,6 +415,27 @@ def build_schemas(settings: Settings) -> Schemas:
             error_messages={"invalid": "must be the JSON integer 4 or 6"},
             metadata={"description": "dial only IPv4 or only IPv6; null means either"},
         )
+        probes = BoundedList(
+            fields.String(validate=validate.OneOf(PROBES)),
+            max_items=len(PROBES),
+            load_default=list,
+            metadata={
+                "description": "extra short dialogues: open_relay (never sends DATA), "
+                "starttls_required, vrfy, expn"
+            },
+        )
+        retry_temporary = StrictBoolean(
+            load_default=False,
+            metadata={"description": "re-run a check that ends in temporary_failure (greylisting)"},
+        )
+        retry = fields.Nested(
+            RetrySchema,
+            load_default=lambda: {
+                "attempts": min(DEFAULT_RETRY_ATTEMPTS, limits.max_retry_attempts),
+                "delay": min(DEFAULT_RETRY_DELAY, limits.max_retry_delay),
+            },
+            metadata={"description": "with retry_temporary: how often and how long apart"},
+        )
 
         @validates_schema
         def consistent(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -417,6 +463,11 @@ def build_schemas(settings: Settings) -> Schemas:
             allow_none=True,
             metadata={"description": "why the check failed to run (status failed), else null"},
         )
+        attempts = fields.List(
+            fields.Dict(),
+            metadata={"description": "status retrying: the attempts so far (greylisting)"},
+        )
+        next_attempt_at = timestamp(allow_none=True)  # status retrying: when it runs again
         links = fields.Nested(LinksSchema, required=True)
 
     return Schemas(check_request=CheckRequestSchema, check=CheckSchema)
@@ -430,6 +481,10 @@ def request_consistency_errors(data: dict[str, Any]) -> dict[str, list[str]]:
         errors.setdefault(field, []).append(message)
 
     literal = names.parse_ip_literal(data["host"])
+    if data["mx_hosts"] != "first" and not data["mx"]:
+        add("mx_hosts", "only means something with mx true")
+    if len(set(data["probes"])) != len(data["probes"]):
+        add("probes", "each probe may be asked for once")
     if literal is not None and data["mx"]:
         add("host", "with mx true, host must be a mail domain, not an IP address")
     if literal is not None and data["ip_version"] not in (None, literal.version):
@@ -506,6 +561,12 @@ class TranscriptLineSchema(OpenSchema):
     tls = fields.Boolean(metadata={"description": "spoken inside TLS"})
 
 
+class FindingSchema(OpenSchema):
+    severity = fields.String(validate=validate.OneOf(("pass", "info", "warning", "fail")))
+    code = fields.String(metadata={"description": "see the README's list of findings"})
+    message = fields.String()
+
+
 class CheckResultSchema(OpenSchema):
     """The worker's result (see docs/architecture.md); sections not reached are null."""
 
@@ -530,6 +591,19 @@ class CheckResultSchema(OpenSchema):
     timings = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True))
     transcript = fields.List(fields.Nested(TranscriptLineSchema))
     mx = fields.Raw(allow_none=True, metadata={"description": "with mx true: MX hosts found"})
+    hosts = fields.List(
+        fields.Dict(), metadata={"description": "with mx true: a result per MX host checked"}
+    )
+    dns = fields.Dict(
+        allow_none=True,
+        metadata={"description": "PTR of the dialled address, forward confirmation, name matches"},
+    )
+    probes = fields.Dict(allow_none=True, metadata={"description": "results of the probes asked"})
+    findings = fields.List(fields.Nested(FindingSchema), metadata={"description": "failures first"})
+    attempts = fields.List(
+        fields.Dict(), metadata={"description": "with retry_temporary: every attempt made"}
+    )
+    worker = fields.String(metadata={"description": "the worker that ran the check"})
 
 
 class VantageSchema(StrictSchema):

@@ -48,6 +48,8 @@ class Limits:
     max_message_bytes: int = 1024 * 1024
     max_body_bytes: int = 2 * 1024 * 1024
     max_wait: int = 60
+    max_retry_attempts: int = 5
+    max_retry_delay: float = 3600.0
     max_timeouts: Timeouts = Timeouts(connect=60.0, command=120.0, total=300.0)
 
 

@@ -71,8 +71,45 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+_SEVERITY_ORDER = ("fail", "warning", "info", "pass")
+_SEVERITY_LABEL = {"fail": "FAIL", "warning": "WARN", "info": "INFO", "pass": "PASS"}
+
+
+def mx_lines(result: Mapping[str, Any]) -> list[str]:
+    mx = result.get("mx")
+    if not mx:
+        return []
+    lines = ["", f"MX    {mx.get('domain')}: {len(mx.get('hosts') or [])} host(s)"]
+    outcomes = {h["target"]["host"]: h for h in result.get("hosts") or []}
+    for host in mx.get("hosts") or []:
+        checked = outcomes.get(host["host"])
+        state = f"{checked['outcome']}" if checked else "not checked"
+        implicit = " (no MX: the domain itself)" if host.get("implicit") else ""
+        lines.append(f"      {host['preference']:>5} {host['host']}{implicit}: {state}")
+    return lines
+
+
+def findings_lines(result: Mapping[str, Any]) -> list[str]:
+    """The findings, failures first, as a short block."""
+    found = list(result.get("findings") or [])
+    if not found:
+        return []
+    found.sort(key=lambda f: _SEVERITY_ORDER.index(f.get("severity", "info")))
+    counts = {s: sum(1 for f in found if f.get("severity") == s) for s in _SEVERITY_ORDER}
+    lines = [
+        "",
+        "Findings: " + ", ".join(f"{counts[s]} {s}" for s in _SEVERITY_ORDER if counts[s]),
+    ]
+    for finding in found:
+        label = _SEVERITY_LABEL.get(finding.get("severity", ""), "????")
+        lines.append(f"  [{label}] {finding.get('code')}: {finding.get('message')}")
+    return lines
+
+
 def render_text(result: Mapping[str, Any]) -> str:
-    """The whole report: transcript, then the verdict."""
+    """The whole report: transcript, the verdict, MX hosts, then the findings."""
     lines = transcript_lines(list(result.get("transcript") or []))
     lines += verdict_lines(result)
+    lines += mx_lines(result)
+    lines += findings_lines(result)
     return "\n".join(lines) + "\n"

@@ -127,6 +127,10 @@ def test_normalized_request_has_every_default(client: FlaskClient) -> None:
         "timeouts": {"connect": 10.0, "command": 30.0, "total": 60.0},
         "vantage": "default",
         "ip_version": None,
+        "mx_hosts": "first",
+        "probes": [],
+        "retry_temporary": False,
+        "retry": {"attempts": 3, "delay": 300.0},
     }
 
 

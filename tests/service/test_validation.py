@@ -394,3 +394,41 @@ def test_a_422_lists_at_most_100_fields(client: FlaskClient) -> None:
     assert status == 422
     assert len(problem["errors"]) == 100
     assert "and 490 more" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"host": "example.com", "mx_hosts": "all"}, "mx_hosts"),
+        ({"host": "example.com", "mx": True, "mx_hosts": "some"}, "mx_hosts"),
+        ({"host": "mx.example.com", "probes": ["open_relay", "open_relay"]}, "probes"),
+        ({"host": "mx.example.com", "probes": ["portscan"]}, "probes.0"),
+        ({"host": "mx.example.com", "probes": "vrfy"}, "probes"),
+        ({"host": "mx.example.com", "retry_temporary": "yes"}, "retry_temporary"),
+        ({"host": "mx.example.com", "retry": {"attempts": 6}}, "retry.attempts"),
+        ({"host": "mx.example.com", "retry": {"attempts": 0}}, "retry.attempts"),
+        ({"host": "mx.example.com", "retry": {"delay": 3601}}, "retry.delay"),
+        ({"host": "mx.example.com", "retry": {"delay": 0.5}}, "retry.delay"),
+        ({"host": "mx.example.com", "retry": {"every": 5}}, "retry.every"),
+    ],
+)
+def test_diagnosis_fields_are_validated(
+    client: FlaskClient, body: dict[str, Any], field: str
+) -> None:
+    assert field in errors_of(client, body)
+
+
+def test_diagnosis_fields_are_kept(client: FlaskClient) -> None:
+    body = {
+        "host": "example.com",
+        "mx": True,
+        "mx_hosts": "all",
+        "probes": ["open_relay", "vrfy"],
+        "retry_temporary": True,
+        "retry": {"attempts": 2, "delay": 60},
+    }
+    check_id = submit(client, body)
+    request = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["request"]
+    assert request["mx_hosts"] == "all"
+    assert request["probes"] == ["open_relay", "vrfy"]
+    assert request["retry"] == {"attempts": 2, "delay": 60.0}
