@@ -65,7 +65,10 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     app.extensions["smtpcheck.apikeys"] = keys
     app.extensions["smtpcheck.request_schema"] = build_schemas(settings).check_request()
     problems.register(app)
-    from . import checks, health, metrics, spec  # here, so `python -m service.spec` runs clean
+    from . import checks, health, metrics, requestlog, spec  # here: `python -m service.spec`
+
+    requestlog.install(app)
+    metrics.install(app)
 
     for module in (checks, health, metrics, spec):
         app.register_blueprint(module.blueprint)

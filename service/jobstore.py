@@ -27,6 +27,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from smtpcheck.config import Settings
+from smtpcheck.logs import log_context
 from smtpcheck.sealing import seal
 
 from .problems import CHECK_RUNNING, MISCONFIGURED, NOT_FOUND, Problem, validation_problem
@@ -160,7 +161,7 @@ class JobStore:
             failure_ttl=ttl,
             ttl=ttl,
             description=DESCRIPTION,
-            meta={"owner": owner, "vantage": vantage},
+            meta={"owner": owner, "vantage": vantage, **_request_context()},
         )
         self.connection.hincrby(SUBMITTED_KEY, vantage, 1)
         return job
@@ -335,6 +336,12 @@ class JobStore:
     def submitted(self) -> dict[str, int]:
         raw: dict[bytes, bytes] = self.connection.hgetall(SUBMITTED_KEY)  # type: ignore[assignment]
         return {key.decode(): int(value) for key, value in raw.items()}
+
+
+def _request_context() -> dict[str, str]:
+    """The HTTP request id, so the worker's log lines can name it too."""
+    request_id = (log_context.get() or {}).get("request_id")
+    return {"request_id": str(request_id)} if request_id else {}
 
 
 def mask_password(request: dict[str, Any]) -> tuple[dict[str, Any], str | None]:

@@ -1,60 +1,149 @@
-"""``GET /metrics``: Prometheus text exposition, read from Redis.
+"""``GET /metrics``: Prometheus text exposition.
 
-Every figure comes from Redis, so each gunicorn process reports the same
-numbers and a restart loses nothing.
+Two sources, one scrape:
+
+- HTTP requests by route, method and status, and their latency, counted in
+  this API process with prometheus-client. Under gunicorn, ``smtpcheck api``
+  sets ``PROMETHEUS_MULTIPROC_DIR`` so every process writes its samples
+  there and the scrape adds them up (prometheus-client's multiprocess mode).
+- What lives in Redis and so is the same from every API process: checks
+  submitted, queued, running, finished by outcome (written by the workers,
+  see ``workers/stats.py``: the API never imports it, the key names are the
+  contract), check durations, and live workers per vantage.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
-from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from rq.registry import StartedJobRegistry
 
 from .jobstore import JobStore
 
 blueprint = Blueprint("metrics", __name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+FINISHED_KEY = "smtpcheck:metrics:finished"
+DURATION_KEY = "smtpcheck:metrics:duration"
+
+HTTP_REQUESTS = Counter(
+    "smtpcheck_http_requests_total",
+    "HTTP requests answered, by route, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "smtpcheck_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route (long polls included).",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60),
+)
+
+
+def install(app: Flask) -> None:
+    """Count every request the app answers, errors included."""
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        started = g.get("metrics_started")
+        if started is not None:
+            HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+        return response
 
 
 @blueprint.get("/metrics")
 def metrics() -> Response:
     store: JobStore = current_app.extensions["smtpcheck"]
-    return Response(exposition(store), content_type=CONTENT_TYPE)
+    shared = CollectorRegistry(auto_describe=True)
+    shared.register(RedisCollector(store))
+    body = generate_latest(process_registry()) + generate_latest(shared)
+    return Response(body, content_type=CONTENT_TYPE)
 
 
-def exposition(store: JobStore) -> str:
-    vantages = store.vantages()
-    submitted = store.submitted()
-    families: list[tuple[str, str, str, list[tuple[str, float]]]] = [
-        ("smtpcheck_workers", "gauge", "Live workers serving a vantage.", []),
-        ("smtpcheck_checks_queued", "gauge", "Checks waiting for a worker.", []),
-        ("smtpcheck_checks_running", "gauge", "Checks a worker is running.", []),
-        ("smtpcheck_checks_finished", "gauge", "Finished checks still stored.", []),
-        ("smtpcheck_checks_failed", "gauge", "Checks that failed to run, still stored.", []),
-        ("smtpcheck_checks_submitted_total", "counter", "Checks accepted by the API.", []),
-    ]
-    samples = {name: rows for name, _, _, rows in families}
-    for vantage in vantages:
-        name = vantage["name"]
-        queue = store.queue(name)
-        label = f'vantage="{escape(name)}"'
-        samples["smtpcheck_workers"].append((label, vantage["workers"]))
-        samples["smtpcheck_checks_queued"].append((label, vantage["queued"]))
-        for family, registry_class in (
-            ("smtpcheck_checks_running", StartedJobRegistry),
-            ("smtpcheck_checks_finished", FinishedJobRegistry),
-            ("smtpcheck_checks_failed", FailedJobRegistry),
-        ):
-            count = registry_class(queue=queue).get_job_count(cleanup=False)
-            samples[family].append((label, count))
-        samples["smtpcheck_checks_submitted_total"].append((label, submitted.get(name, 0)))
-    lines = []
-    for name, kind, help_text, rows in families:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{{{label}}} {value:g}" for label, value in rows)
-    return "\n".join(lines) + "\n"
+def process_registry() -> Any:
+    """This process's HTTP metrics, or all gunicorn processes' in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return registry
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
 
 
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class RedisCollector:
+    """Reads the figures every API process shares from Redis at scrape time."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.store
+        labels = ["vantage"]
+        workers = GaugeMetricFamily("smtpcheck_workers", "Live workers per vantage.", labels=labels)
+        queued = GaugeMetricFamily(
+            "smtpcheck_queue_depth", "Checks waiting for a worker.", labels=labels
+        )
+        running = GaugeMetricFamily(
+            "smtpcheck_checks_running", "Checks a worker is running.", labels=labels
+        )
+        submitted = CounterMetricFamily(
+            "smtpcheck_checks_submitted", "Checks accepted by the API.", labels=labels
+        )
+        counts = store.submitted()
+        for listing in store.vantages():
+            name = listing["name"]
+            workers.add_metric([name], listing["workers"])
+            queued.add_metric([name], listing["queued"])
+            started = StartedJobRegistry(queue=store.queue(name))
+            running.add_metric([name], started.get_job_count(cleanup=False))
+            submitted.add_metric([name], counts.get(name, 0))
+        yield from (workers, queued, running, submitted)
+
+        finished = CounterMetricFamily(
+            "smtpcheck_checks_finished",
+            "Checks run to a verdict, by vantage and outcome.",
+            labels=["vantage", "outcome"],
+        )
+        for field, value in sorted(_hash(store, FINISHED_KEY).items()):
+            vantage, _, outcome = field.rpartition("|")
+            finished.add_metric([vantage, outcome], float(value))
+        yield finished
+
+        durations: dict[str, dict[str, float]] = {}
+        for field, value in _hash(store, DURATION_KEY).items():
+            vantage, _, part = field.rpartition("|")
+            durations.setdefault(vantage, {})[part] = float(value)
+        histogram = HistogramMetricFamily(
+            "smtpcheck_check_duration_seconds",
+            "Time a check took, from dialling to QUIT, by vantage.",
+            labels=["vantage"],
+        )
+        for vantage, parts in sorted(durations.items()):
+            bounds = sorted(float(k) for k in parts if k not in ("sum", "count"))
+            buckets = [(f"{b:g}", parts[f"{b:g}"]) for b in bounds]
+            buckets.append(("+Inf", parts.get("count", 0.0)))
+            histogram.add_metric([vantage], buckets, sum_value=parts.get("sum", 0.0))
+        yield histogram
+
+
+def _hash(store: JobStore, key: str) -> dict[str, str]:
+    raw: dict[bytes, bytes] = store.connection.hgetall(key)  # type: ignore[assignment]
+    return {k.decode(): v.decode() for k, v in raw.items()}

@@ -1,0 +1,85 @@
+"""Logs as one JSON object per line, for the API and the workers alike.
+
+Every record carries its time, level, logger and message; context such as
+the request id, the check id, the vantage, the target host and the outcome
+travels in ``extra={...}`` and lands as top-level keys. Nothing here ever
+formats a request body or job arguments, so no secret can reach a log line
+by way of this module.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Any
+
+# Context that follows the work: the API sets the request id per request;
+# a worker sets the check id and vantage per job.
+log_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "smtpcheck_log_context", default=None
+)
+
+_STANDARD = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
+)
+CONTEXT_KEYS = ("request_id", "check_id", "vantage", "host", "outcome", "api_key", "worker")
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(log_context.get() or {})
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure(level: str = "INFO", stream: Any = None) -> None:
+    """Route every logger (ours, RQ's, gunicorn's) to JSON lines on stderr."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("rq.worker", "rq", "gunicorn.error", "gunicorn.access"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.propagate = True
+
+
+def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
+    """A ``logconfig_dict`` for gunicorn that writes the same JSON lines."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JSONFormatter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
+            # Our own request log replaces gunicorn's access log.
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
+        },
+    }

@@ -1,0 +1,93 @@
+"""/metrics: one scrape of any API process tells the whole story."""
+
+from __future__ import annotations
+
+import re
+
+import redis
+from flask.testing import FlaskClient
+
+from tests.service.conftest import ALICE, submit
+from workers import stats
+
+
+def scrape(client: FlaskClient) -> str:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain; version=0.0.4")
+    return response.get_data(as_text=True)
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample, labels in any order."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}") + 1]))
+        if found == labels:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}{labels} in:\n{text}")
+
+
+def test_queue_depth_submitted_and_workers(client: FlaskClient) -> None:
+    submit(client, {"host": "mx.example.com"})
+    submit(client, {"host": "mx2.example.com"})
+    text = scrape(client)
+    assert sample(text, "smtpcheck_queue_depth", vantage="default") == 2
+    assert sample(text, "smtpcheck_checks_submitted_total", vantage="default") == 2
+    assert sample(text, "smtpcheck_workers", vantage="default") == 0
+    assert sample(text, "smtpcheck_checks_running", vantage="default") == 0
+
+
+def test_http_requests_by_route_and_status(client: FlaskClient) -> None:
+    submit(client, {"host": "mx.example.com"})
+    client.get("/v1/checks/00000000-0000-4000-8000-000000000000", headers=ALICE)
+    text = scrape(client)
+    assert (
+        sample(
+            text, "smtpcheck_http_requests_total", route="/v1/checks", method="POST", status="202"
+        )
+        >= 1
+    )
+    assert (
+        sample(
+            text,
+            "smtpcheck_http_requests_total",
+            route="/v1/checks/<check_id>",
+            method="GET",
+            status="404",
+        )
+        >= 1
+    )
+    assert "smtpcheck_http_request_duration_seconds_bucket" in text
+
+
+def test_finished_checks_and_durations_written_by_workers(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    """workers/stats.py writes the Redis side of the contract; the API reads it."""
+    stats.record(redis_client, "default", "ok", 0.3)
+    stats.record(redis_client, "default", "ok", 0.7)
+    stats.record(redis_client, "eu-west", "connect_timeout", 10.0)
+    text = scrape(client)
+    assert sample(text, "smtpcheck_checks_finished_total", vantage="default", outcome="ok") == 2
+    assert (
+        sample(
+            text, "smtpcheck_checks_finished_total", vantage="eu-west", outcome="connect_timeout"
+        )
+        == 1
+    )
+    bucket = "smtpcheck_check_duration_seconds_bucket"
+    assert sample(text, bucket, vantage="default", le="0.25") == 0
+    assert sample(text, bucket, vantage="default", le="0.5") == 1
+    assert sample(text, bucket, vantage="default", le="1") == 2
+    assert sample(text, bucket, vantage="default", le="+Inf") == 2
+    assert sample(text, "smtpcheck_check_duration_seconds_count", vantage="default") == 2
+    assert abs(sample(text, "smtpcheck_check_duration_seconds_sum", vantage="default") - 1.0) < 1e-9
+
+
+def test_request_id_is_honoured_or_made(client: FlaskClient) -> None:
+    given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["X-Request-ID"] == "abc-123"
+    made = client.get("/healthz", headers={"X-Request-ID": "bad id\twith junk"})
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
