@@ -1,0 +1,450 @@
+"""Service benchmarks: figures and ratios measured in one run, printed.
+
+Nothing here asserts a time: machines differ. Run ``make bench`` (or
+``.venv/bin/python bench/service.py``) and copy the table into
+bench/README.md with the machine it ran on.
+
+What it measures, all on 127.0.0.1 with a fresh embedded redis-server:
+
+1. RQ's own ceiling: trivial jobs (``math.sqrt``) per second through
+   ``smtpcheck worker --processes 2``, per worker class;
+2. end-to-end checks per second through the service (HTTP POST to gunicorn,
+   RQ, two workers, an SMTP dialogue with a local aiosmtpd target), per
+   worker class, and its ratio to (1) (target >= 70 %);
+3. the latency one check gains by going through the service (POST, then
+   GET ?wait=) over the same dialogue run in-process (target <= 5 ms median);
+4. API submissions per second with gunicorn and p50/p99 latency, driven by
+   a few client processes over keep-alive connections (target >= 1000/s,
+   p99 <= 50 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+from rq import Queue  # noqa: E402
+from rq.registry import FailedJobRegistry, FinishedJobRegistry  # noqa: E402
+from rq.serializers import JSONSerializer  # noqa: E402
+
+from smtpcheck.config import Settings  # noqa: E402
+from smtpcheck.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+
+SMTPCHECK = [sys.executable, "-c", "import sys; from smtpcheck.cli import main; sys.exit(main())"]
+QUEUE = "vantage:default"
+API_KEYS = [f"bench{i}:benchkey{i}" for i in range(8)]
+
+
+def log(message: str) -> None:
+    print(f"# {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# processes
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def process(
+    argv: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def registered_workers(conn: redis.Redis) -> int:
+    return int(conn.scard(f"rq:workers:{QUEUE}"))
+
+
+@contextlib.contextmanager
+def workers(env: dict[str, str], tmp: Path, conn: redis.Redis, kind: str) -> Iterator[None]:
+    argv = [*SMTPCHECK, "worker", "--processes", "2", "--worker-class", kind]
+    with process(argv, env, tmp / f"workers-{kind}.log"):
+        wait_for(lambda: registered_workers(conn) >= 2, 30, "two workers")
+        yield
+    wait_for(lambda: registered_workers(conn) == 0, 30, "workers to stop")
+
+
+@contextlib.contextmanager
+def api(env: dict[str, str], tmp: Path, extra: list[str]) -> Iterator[int]:
+    port = free_port()
+    argv = [*SMTPCHECK, "api", "--bind", f"127.0.0.1:{port}", *extra]
+    with process(argv, env, tmp / "api.log"):
+        wait_for(lambda: http_status(port, "/readyz") == 200, 30, "the API")
+        yield port
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    except OSError:
+        return 0
+
+
+def counts(conn: redis.Redis) -> int:
+    queue = Queue(QUEUE, connection=conn, serializer=JSONSerializer)
+    finished = FinishedJobRegistry(queue=queue)
+    failed = FailedJobRegistry(queue=queue)
+    return int(conn.zcard(finished.key)) + int(conn.zcard(failed.key))
+
+
+# ---------------------------------------------------------------------------
+# 1. RQ ceiling
+# ---------------------------------------------------------------------------
+
+
+def rq_ceiling(conn: redis.Redis, n: int) -> float:
+    queue = Queue(QUEUE, connection=conn, serializer=JSONSerializer)
+    before = counts(conn)
+    start = time.perf_counter()
+    for chunk in range(0, n, 200):
+        queue.enqueue_many(
+            [
+                Queue.prepare_data("math.sqrt", args=(4,), description="smtpcheck", result_ttl=600)
+                for _ in range(min(200, n - chunk))
+            ]
+        )
+    wait_for(lambda: counts(conn) - before >= n, 300, "trivial jobs")
+    return n / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------
+# HTTP clients
+# ---------------------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, port: int, key: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        payload = None if body is None else json.dumps(body).encode()
+        self.conn.request(method, path, body=payload, headers=self.headers)
+        reply = self.conn.getresponse()
+        return reply.status, reply.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _serve_target(ready: Any, stop: Any) -> None:
+    from tests.dns_server import DNSServer
+    from tests.smtp_servers import SMTPTarget
+
+    target = SMTPTarget(tls="none").start()
+    # The checks' PTR lookups of 127.0.0.1 go here, not to a resolver outside.
+    dns = DNSServer({"1.0.0.127.in-addr.arpa.": {"PTR": ["mail.local.test."]}}).start()
+    ready.send((target.port, dns.port))
+    stop.wait()
+    dns.stop()
+    target.stop()
+
+
+@contextlib.contextmanager
+def smtp_target() -> Iterator[tuple[int, int]]:
+    """An aiosmtpd target and a DNS server in their own process, not sharing our GIL.
+
+    Yields (SMTP port, DNS port).
+    """
+    context = multiprocessing.get_context("fork")
+    ready, child_end = context.Pipe()
+    stop = context.Event()
+    proc = context.Process(target=_serve_target, args=(child_end, stop), daemon=True)
+    proc.start()
+    try:
+        smtp_port, dns_port = ready.recv()
+        yield int(smtp_port), int(dns_port)
+    finally:
+        stop.set()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def check_request(target_port: int) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": target_port, "tls": "none", "stop_after": "ehlo"}
+
+
+# ---------------------------------------------------------------------------
+# 2. end-to-end checks per second
+# ---------------------------------------------------------------------------
+
+
+def e2e_rate(port: int, conn: redis.Redis, target_port: int, n: int, threads: int = 4) -> float:
+    before = counts(conn)
+    body = check_request(target_port)
+    errors: list[str] = []
+
+    def submit(count: int, key: str) -> None:
+        client = Api(port, key.partition(":")[2])
+        try:
+            for _ in range(count):
+                status, payload = client.call("POST", "/v1/checks", body)
+                if status != 202:
+                    errors.append(f"{status} {payload[:200]!r}")
+                    return
+        finally:
+            client.close()
+
+    start = time.perf_counter()
+    pool = [
+        threading.Thread(target=submit, args=(n // threads, API_KEYS[i])) for i in range(threads)
+    ]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"submissions refused: {errors[:3]}")
+    total = (n // threads) * threads
+    wait_for(lambda: counts(conn) - before >= total, 600, "checks")
+    return total / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------
+# 3. added latency
+# ---------------------------------------------------------------------------
+
+
+def inprocess_latency(target_port: int, runs: int) -> list[float]:
+    from service.schemas import build_schemas
+    from workers.check import run_check
+
+    settings = Settings.from_env()
+    request = build_schemas(settings).check_request().load(check_request(target_port))
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = run_check(request, settings)
+        samples.append((time.perf_counter() - start) * 1000)
+        assert result["ok"], result["summary"]
+    return samples
+
+
+def service_latency(port: int, target_port: int, runs: int) -> list[float]:
+    client = Api(port, API_KEYS[0].partition(":")[2])
+    samples = []
+    try:
+        for _ in range(runs):
+            start = time.perf_counter()
+            status, payload = client.call("POST", "/v1/checks", check_request(target_port))
+            assert status == 202, payload
+            check_id = json.loads(payload)["id"]
+            status, payload = client.call("GET", f"/v1/checks/{check_id}?wait=30")
+            samples.append((time.perf_counter() - start) * 1000)
+            job = json.loads(payload)
+            assert status == 200 and job["status"] == "finished", payload
+    finally:
+        client.close()
+    return samples
+
+
+# ---------------------------------------------------------------------------
+# 4. API submissions per second
+# ---------------------------------------------------------------------------
+
+
+def _submitter(port: int, key: str, count: int, target_port: int, out: Any) -> None:
+    client = Api(port, key)
+    body = check_request(target_port)
+    latencies = []
+    refused = 0
+    for _ in range(count):
+        start = time.perf_counter()
+        status, _ = client.call("POST", "/v1/checks", body)
+        latencies.append((time.perf_counter() - start) * 1000)
+        refused += status != 202
+    client.close()
+    out.put((latencies, refused))
+
+
+def submissions(
+    port: int, target_port: int, n: int, clients: int
+) -> tuple[float, list[float], int]:
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    procs = [
+        context.Process(
+            target=_submitter,
+            args=(port, API_KEYS[i].partition(":")[2], n // clients, target_port, out),
+        )
+        for i in range(clients)
+    ]
+    start = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    results = [out.get() for _ in procs]
+    elapsed = time.perf_counter() - start
+    for proc in procs:
+        proc.join()
+    latencies = [x for lat, _ in results for x in lat]
+    refused = sum(r for _, r in results)
+    return len(latencies) / elapsed, latencies, refused
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+# ---------------------------------------------------------------------------
+
+
+def print_workers(report: dict[str, Any], kinds: list[str]) -> None:
+    print()
+    print("| worker class | RQ ceiling (trivial jobs/s) | checks/s via service | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    for kind in kinds:
+        r = report[kind]
+        ratio = r["checks"] / r["ceiling"]
+        print(f"| {kind} | {r['ceiling']:.0f} | {r['checks']:.0f} | {ratio:.0%} |")
+    inproc, through = report["latency"]["inprocess"], report["latency"]["service"]
+    m_in, m_svc = statistics.median(inproc), statistics.median(through)
+    print()
+    print("| one check (stop_after ehlo) | median ms | p90 ms |")
+    print("| --- | ---: | ---: |")
+    print(f"| in-process run_check | {m_in:.2f} | {percentile(inproc, 90):.2f} |")
+    print(
+        f"| through the service (POST + GET ?wait=30) | {m_svc:.2f} "
+        f"| {percentile(through, 90):.2f} |"
+    )
+    print(f"| added by the service | {m_svc - m_in:.2f} | |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2000, help="trivial jobs for the RQ ceiling")
+    parser.add_argument("--checks", type=int, default=1000, help="checks for checks/s")
+    parser.add_argument("--latency-runs", type=int, default=100)
+    parser.add_argument("--submissions", type=int, default=4000)
+    parser.add_argument("--clients", type=int, default=4, help="client processes for (4)")
+    parser.add_argument("--kinds", default="simple,fork", help="worker classes to compare")
+    parser.add_argument("--api-workers", type=int, help="gunicorn processes (default: smtpcheck's)")
+    parser.add_argument("--api-threads", type=int, help="threads per gunicorn process")
+    parser.add_argument("--only-submissions", action="store_true", help="measure (4) only")
+    args = parser.parse_args()
+    api_args = []
+    if args.api_workers:
+        api_args += ["--workers", str(args.api_workers)]
+    if args.api_threads:
+        api_args += ["--threads", str(args.api_threads)]
+    kinds = [] if args.only_submissions else args.kinds.split(",")
+
+    report: dict[str, Any] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="smtpcheck-bench-") as tmp_name,
+        smtp_target() as (target_port, dns_port),
+    ):
+        tmp = Path(tmp_name)
+        server = EmbeddedRedis(tmp / "redis", persist=False).start()
+        conn = redis.Redis.from_url(server.url)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTPCHECK_", "REDIS"))}
+        env.update(
+            REDIS_URL=server.url,
+            SMTPCHECK_SECRET_KEY="bench",
+            SMTPCHECK_API_KEYS=",".join(API_KEYS),
+            SMTPCHECK_ALLOW_NETWORKS="127.0.0.0/8",
+            SMTPCHECK_ALLOWED_PORTS=str(target_port),
+            SMTPCHECK_HELO_NAME="bench.local.test",
+            SMTPCHECK_DNS_SERVERS=f"127.0.0.1:{dns_port}",
+            # Every check goes to 127.0.0.1: lift the per-key and per-target limits.
+            SMTPCHECK_RATE_LIMIT="1000000/minute",
+            SMTPCHECK_MAX_CONCURRENT_PER_KEY="1000000",
+            SMTPCHECK_MAX_CONCURRENT_PER_TARGET="1000000",
+            SMTPCHECK_LOG_LEVEL="WARNING",
+        )
+        os.environ.update(
+            {k: v for k, v in env.items() if k.startswith("SMTPCHECK_") or k == "REDIS_URL"}
+        )
+        try:
+            with api(env, tmp, api_args) as port:
+                for kind in kinds:
+                    with workers(env, tmp, conn, kind):
+                        log(f"{kind}: RQ ceiling, {args.jobs} trivial jobs")
+                        ceiling = rq_ceiling(conn, args.jobs)
+                        log(f"{kind}: {args.checks} checks through the service")
+                        checks = e2e_rate(port, conn, target_port, args.checks)
+                        report[kind] = {"ceiling": ceiling, "checks": checks}
+                        if kind == kinds[0]:
+                            log(f"{kind}: latency, {args.latency_runs} sequential checks")
+                            inproc = inprocess_latency(target_port, args.latency_runs)
+                            through = service_latency(port, target_port, args.latency_runs)
+                            report["latency"] = {"inprocess": inproc, "service": through}
+                    conn.flushall()
+                log(f"API: {args.submissions} submissions, {args.clients} client processes")
+                rate, latencies, refused = submissions(
+                    port, target_port, args.submissions, args.clients
+                )
+                report["submissions"] = {"rate": rate, "latencies": latencies, "refused": refused}
+        finally:
+            conn.close()
+            server.stop()
+
+    machine = platform.processor() or platform.machine()
+    print(
+        f"machine: {machine}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+    print(f"API: smtpcheck api {' '.join(api_args) or '(defaults)'}")
+    if kinds:
+        print_workers(report, kinds)
+    sub = report["submissions"]
+    lat = sub["latencies"]
+    print()
+    print("| API submissions | value |")
+    print("| --- | ---: |")
+    print(f"| POST /v1/checks per second | {sub['rate']:.0f} |")
+    print(f"| p50 latency ms | {percentile(lat, 50):.2f} |")
+    print(f"| p99 latency ms | {percentile(lat, 99):.2f} |")
+    print(f"| refused (not 202) | {sub['refused']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""``smtpcheck check``: what a person sees at the terminal, and the exit status."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from smtpcheck.cli import DevLock, main, read_or_create_secret
+from smtpcheck.embedded_redis import free_port
+from tests.dns_server import DNSServer
+from tests.smtp_servers import LOCAL_DOMAIN, USERS, ScriptedServer, SMTPTarget
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, dns_server: Callable[..., DNSServer]) -> None:
+    for name in list(os.environ):
+        if name.startswith("SMTPCHECK_") or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SMTPCHECK_HELO_NAME", "checker.local.test")
+    # PTR lookups of 127.0.0.1 go to a resolver on this machine, never outside.
+    dns = dns_server({"1.0.0.127.in-addr.arpa.": {"PTR": ["mail.local.test."]}})
+    monkeypatch.setenv("SMTPCHECK_DNS_SERVERS", f"127.0.0.1:{dns.port}")
+
+
+def allow(monkeypatch: pytest.MonkeyPatch, *ports: int) -> None:
+    monkeypatch.setenv("SMTPCHECK_ALLOW_NETWORKS", "127.0.0.0/8")
+    monkeypatch.setenv("SMTPCHECK_ALLOWED_PORTS", ",".join(map(str, ports)))
+
+
+def test_local_check_prints_a_swaks_like_transcript(
+    smtp_target: Callable[..., SMTPTarget],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = smtp_target(tls="none")
+    allow(monkeypatch, target.port)
+    code = main(
+        [
+            "check", "127.0.0.1", "--port", str(target.port), "--local", "--tls", "none",
+            "--auth-user", "alice", "--auth-password", USERS["alice"],
+            "--auth-mechanism", "plain",
+            "--from", "alice@example.org", "--to", f"bob@{LOCAL_DOMAIN}",
+            "--subject", "cli test", "--body", "hello",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "=== connect" in out
+    assert "<- 220 " in out
+    assert "-> EHLO checker.local.test" in out
+    assert "-> AUTH PLAIN ****" in out or ("-> AUTH PLAIN" in out and "-> ****" in out)
+    assert USERS["alice"] not in out
+    assert "PASS" in out
+    assert len(target.received) == 1
+    assert b"Subject: cli test" in target.received[0].data
+
+
+def test_local_check_starttls_uses_tls_markers(
+    smtp_target: Callable[..., SMTPTarget],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = smtp_target(tls="starttls")
+    allow(monkeypatch, target.port)
+    code = main(
+        ["check", "127.0.0.1", "--port", str(target.port), "--local", "--tls", "starttls",
+         "--stop-after", "tls"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "-> STARTTLS" in out
+    assert "~> EHLO" in out and "<~ 250" in out
+
+
+def test_local_check_not_ok_exits_1(
+    smtp_target: Callable[..., SMTPTarget],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = smtp_target(tls="none")
+    allow(monkeypatch, target.port)
+    code = main(
+        ["check", "127.0.0.1", "--port", str(target.port), "--local", "--tls", "none",
+         "--from", "a@example.org", "--to", f"nobody@{LOCAL_DOMAIN}"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL" in out and "recipient_rejected" in out
+    assert "<- 550" in out
+
+
+def test_local_check_json_output_parses(
+    smtp_target: Callable[..., SMTPTarget],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = smtp_target(tls="none")
+    allow(monkeypatch, target.port)
+    code = main(
+        ["check", "127.0.0.1", "--port", str(target.port), "--local", "--json",
+         "--stop-after", "ehlo"]
+    )  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert result["ok"] is True
+    assert result["outcome"] == "ok"
+    assert result["banner"]["code"] == 220
+    assert result["transcript"][0]["dir"] == "note"
+
+
+def test_message_from_stdin(
+    smtp_target: Callable[..., SMTPTarget],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = smtp_target(tls="none")
+    allow(monkeypatch, target.port)
+    message = b"From: a@example.org\r\nTo: bob@local.test\r\nSubject: piped\r\n\r\n.dot line\r\n"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(message)))
+    code = main(
+        ["check", "127.0.0.1", "--port", str(target.port), "--local", "--tls", "none",
+         "--from", "a@example.org", "--to", f"bob@{LOCAL_DOMAIN}", "--data-file", "-"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    assert b"Subject: piped" in target.received[0].data
+    assert b"\r\n.dot line" in target.received[0].data  # dot-stuffed on the wire, unstuffed here
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--from", "a@example.org\r\nRCPT TO:<victim@example.com>", "--to", "b@x.test"], "--from"),
+        (["--helo", "x\nQUIT"], "--helo"),
+        (["--from", "a@example.org", "--to", "b@x.test\r\nDATA"], "--to"),
+        (["--auth-user", "u\r\nx", "--auth-password", "p"], "--auth-user"),
+    ],
+)
+def test_line_breaks_refused_before_any_connection(
+    args: list[str],
+    field: str,
+    scripted_server: Callable[..., ScriptedServer],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    connections: list[object] = []
+
+    def script(sock: socket.socket) -> None:
+        connections.append(sock)
+        sock.sendall(b"220 hi\r\n")
+
+    server = scripted_server(script)
+    allow(monkeypatch, server.port)
+    code = main(["check", "127.0.0.1", "--port", str(server.port), "--local", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert field in err and "CR, LF or NUL" in err
+    remote = ["check", "127.0.0.1", "--port", str(server.port), "--url", "http://127.0.0.1:9"]
+    assert main([*remote, *args]) == 2  # the client refuses it too, service or not
+    assert connections == []
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "mx.example.com", "--tls", "sometimes"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["check", "mx.example.com", "--port", "587", "--stop-after", "auth"]) == 2
+    assert "--stop-after" in capsys.readouterr().err
+    assert main(["check", "mx.example.com", "--data-file", "/nonexistent/message.eml"]) == 2
+    assert "--data-file" in capsys.readouterr().err
+    assert main([]) == 2
+
+
+def test_local_forbidden_target_says_how_to_allow_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "127.0.0.1", "--local"]) == 2
+    err = capsys.readouterr().err
+    assert "loopback" in err and "SMTPCHECK_ALLOW_NETWORKS" in err
+
+
+def test_service_unreachable_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()  # nothing listens there
+    code = main(["check", "mx.example.com", "--url", f"http://127.0.0.1:{port}", "--api-key", "k"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert f"cannot reach the smtpcheck service at http://127.0.0.1:{port}" in err
+
+
+def test_dev_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    first, second = DevLock(tmp_path / "dev.lock"), DevLock(tmp_path / "dev.lock")
+    assert first.acquire() == (True, {})
+    first.write({"dev": os.getpid(), "redis": 12345})
+    acquired, holder = second.acquire()
+    assert not acquired and holder == {"dev": os.getpid(), "redis": 12345}
+    first.release()
+    assert not (tmp_path / "dev.lock").exists()
+    assert second.acquire()[0]
+    second.release()
+
+
+def test_secret_files_are_private_and_stable(tmp_path: Path) -> None:
+    key = read_or_create_secret(tmp_path / "secret_key")
+    assert len(key) >= 32
+    assert stat.S_IMODE((tmp_path / "secret_key").stat().st_mode) == 0o600
+    assert read_or_create_secret(tmp_path / "secret_key") == key
