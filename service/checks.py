@@ -13,6 +13,7 @@ from marshmallow import Schema
 
 from smtpcheck.report import render_text
 
+from . import ratelimit
 from .apikeys import authenticate, current_owner
 from .jobstore import JobStore, failure_reason, isoformat, links, public_status
 from .problems import NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
@@ -35,10 +36,15 @@ def request_schema() -> Schema:
 
 @blueprint.post("/checks")
 def create_check() -> Response:
+    admission = ratelimit.admission()
+    admission.check_rate(current_owner())  # 429 before any parsing
     body = json_body()
     if not isinstance(body, dict):
         raise validation_problem({"_schema": ["the request body must be a JSON object"]})
-    job = store().submit(request_schema().load(body), current_owner())
+    checked = request_schema().load(body)
+    with admission.slot(current_owner()) as slot:  # 429 with too many checks in flight
+        job = store().submit(checked, current_owner())
+        slot.hold(job.id)
     response = jsonify(
         id=job.id,
         status="queued",

@@ -1,16 +1,25 @@
 """Host names, IP literals and mail addresses, as the SMTP wire needs them.
 
-Pure syntax: nothing here resolves a name or opens a socket. Every function
-raises ``ValueError`` with a message fit for a 422 response, so the schemas
-can hand it to the caller unchanged.
+Pure syntax: nothing here resolves a name or opens a socket (``inet_aton``
+only parses). Every function raises ``ValueError`` with a message fit for a
+422 response, so the schemas can hand it to the caller unchanged.
+
+A resolver reads more than the dotted quad as an IPv4 address: ``inet_aton``
+(which getaddrinfo uses) takes ``2130706433``, ``0x7f000001``,
+``0177.0.0.1``, ``127.1`` and mixes of those. Such a host is refused, whatever
+address it spells, with a message naming that address, so no spelling can
+carry a forbidden address past the target policy as a "host name".
 """
 
 from __future__ import annotations
 
 import re
+import socket
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import idna  # IDNA 2008 + UTS 46, what browsers and modern resolvers use
+
+from smtpcheck.targetpolicy import forbidden_reason
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -23,6 +32,8 @@ MAX_LABEL = 63
 MAX_ADDRESS_OCTETS = 254
 MAX_LOCAL_PART_OCTETS = 64
 
+#: Only these characters can make up an IPv4 address in inet_aton's syntax.
+_INET_ATON_CHARS = re.compile(r"[0-9a-fA-FxX.]+\Z")
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 # RFC 5321 atext, extended with any non-ASCII character for SMTPUTF8 (RFC 6531).
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+\Z")
@@ -56,13 +67,39 @@ def parse_ip_literal(text: str) -> IPAddress | None:
     return address
 
 
+def inet_aton_address(text: str) -> IPv4Address | None:
+    """The IPv4 address a resolver reads ``text`` as (``inet_aton``), or None.
+
+    ``2130706433``, ``0x7f000001``, ``0177.0.0.1``, ``127.1``, ``127.0.1``,
+    ``0x7f.0.0.1`` and each of those with a trailing dot all read as
+    127.0.0.1; so does the plain ``127.0.0.1``.
+    """
+    name = text[:-1] if text.endswith(".") else text
+    if not name or not _INET_ATON_CHARS.match(name):
+        return None
+    try:
+        return IPv4Address(socket.inet_aton(name))
+    except (OSError, ValueError):
+        return None
+
+
+class IPv4Spelling(ValueError):
+    """A "name" that resolvers read as an IPv4 address (``0x7f000001``)."""
+
+    def __init__(self, text: str, address: IPv4Address) -> None:
+        super().__init__(f"{text!r} is read by resolvers as the IPv4 address {address}")
+        self.address = address
+
+
 def to_ascii_hostname(text: str) -> str:
     """A host name in lower-case A-labels (IDNA), without a trailing dot.
 
     Raises ValueError unless every label is letters, digits and hyphens (at
     most 63 octets, no hyphen at either end), the whole name at most 253
-    octets, and the last label not all digits (so ``1.2.3.999`` is refused
-    rather than looked up).
+    octets, the name is not an IPv4 address in any spelling ``inet_aton``
+    accepts (after IDNA mapping, so full-width digits count too), and the
+    last label not all digits (so ``1.2.3.999`` is refused rather than
+    looked up).
     """
     ensure_wire_safe(text)
     name = text[:-1] if text.endswith(".") else text
@@ -71,6 +108,9 @@ def to_ascii_hostname(text: str) -> str:
     if not name.isascii():
         name = _idna_encode(name)
     name = name.lower()
+    spelled = inet_aton_address(name)
+    if spelled is not None:
+        raise IPv4Spelling(text, spelled)
     if len(name) > MAX_HOSTNAME:
         raise ValueError(f"the name is longer than {MAX_HOSTNAME} characters")
     labels = name.split(".")
@@ -101,7 +141,13 @@ def normalize_host(text: str) -> tuple[str, IPAddress | None]:
     address = parse_ip_literal(text)
     if address is not None:
         return str(address), address
-    return to_ascii_hostname(text), None
+    try:
+        return to_ascii_hostname(text), None
+    except IPv4Spelling as exc:
+        reason = forbidden_reason(exc.address)
+        if reason is not None:
+            raise ValueError(f"{exc} ({reason}); checks may not target it") from None
+        raise ValueError(f"{exc}; write it as {exc.address}") from None
 
 
 def normalize_helo(text: str) -> str:

@@ -31,6 +31,8 @@ CHECK_RUNNING = TYPE_PREFIX + "check-running"
 NO_TRANSCRIPT = TYPE_PREFIX + "check-failed"
 STORE_UNAVAILABLE = TYPE_PREFIX + "store-unavailable"
 MISCONFIGURED = TYPE_PREFIX + "misconfigured"
+RATE_LIMITED = TYPE_PREFIX + "rate-limited"
+TOO_MANY_CHECKS = TYPE_PREFIX + "too-many-checks"
 INTERNAL_ERROR = TYPE_PREFIX + "internal-error"
 
 #: Every type above, for the spec's enum.
@@ -44,6 +46,8 @@ ALL_TYPES = (
     NO_TRANSCRIPT,
     STORE_UNAVAILABLE,
     MISCONFIGURED,
+    RATE_LIMITED,
+    TOO_MANY_CHECKS,
     INTERNAL_ERROR,
 )
 

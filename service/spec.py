@@ -211,6 +211,12 @@ def build_spec(settings: Settings) -> APISpec:
                     "413": _problem(f"the body is over {limits.max_body_bytes} bytes"),
                     "415": _problem("the body is not application/json"),
                     "422": ref["Invalid"],
+                    "429": _problem(
+                        f"rate-limited: more than {settings.rate_limit} submissions for this "
+                        f"API key; or too-many-checks: it already has "
+                        f"{settings.max_concurrent_per_key} checks queued or running",
+                        **{"Retry-After": retry_after},
+                    ),
                     "503": _problem(
                         "Redis cannot be reached, or AUTH was asked of a service with "
                         "no SMTPCHECK_SECRET_KEY",

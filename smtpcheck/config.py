@@ -20,6 +20,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_ALLOWED_PORTS = (25, 465, 587, 2525)
 DEFAULT_BIND = "127.0.0.1:8025"
 DEFAULT_RESULT_TTL = 7 * 24 * 3600
+DEFAULT_RATE_LIMIT = "60/minute;1000/hour"
+DEFAULT_MAX_CONCURRENT_PER_KEY = 10
+DEFAULT_MAX_CONCURRENT_PER_TARGET = 2
 
 
 class ConfigError(ValueError):
@@ -73,6 +76,10 @@ class Settings:
     log_level: str = "INFO"
     timeouts: Timeouts = Timeouts()
     limits: Limits = field(default_factory=Limits)
+    # POST /v1/checks per API key, in the syntax of the `limits` package
+    rate_limit: str = DEFAULT_RATE_LIMIT
+    max_concurrent_per_key: int = DEFAULT_MAX_CONCURRENT_PER_KEY  # queued + running
+    max_concurrent_per_target: int = DEFAULT_MAX_CONCURRENT_PER_TARGET  # per dialled IP
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +123,16 @@ class Settings:
         kwargs["ca_file"] = get("SMTPCHECK_CA_FILE")
         kwargs["data_dir"] = Path(get("SMTPCHECK_DATA_DIR") or ".smtpcheck")
         kwargs["log_level"] = (get("SMTPCHECK_LOG_LEVEL") or "INFO").upper()
+        rate_limit = get("SMTPCHECK_RATE_LIMIT")
+        if rate_limit is not None:
+            kwargs["rate_limit"] = parse_rate_limit("SMTPCHECK_RATE_LIMIT", rate_limit)
+        for name, variable in (
+            ("max_concurrent_per_key", "SMTPCHECK_MAX_CONCURRENT_PER_KEY"),
+            ("max_concurrent_per_target", "SMTPCHECK_MAX_CONCURRENT_PER_TARGET"),
+        ):
+            value = get(variable)
+            if value is not None:
+                kwargs[name] = parse_positive_int(variable, value)
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> Settings:
@@ -196,6 +213,19 @@ def parse_positive_int(variable: str, value: str) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise ConfigError(variable, f"{value!r} is not a positive whole number")
     return int(value)
+
+
+def parse_rate_limit(variable: str, value: str) -> str:
+    """``60/minute;1000/hour``: one or more limits in the `limits` package's syntax."""
+    from limits import parse_many  # only when the variable is set
+
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ConfigError(
+            variable, f"{value!r} is not a rate limit such as '60/minute;1000/hour' ({exc})"
+        ) from None
+    return value
 
 
 def parse_seconds(variable: str, value: str) -> float:

@@ -3,11 +3,12 @@ map whatever stops them to exactly one outcome, and build the result JSON."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,15 @@ log = logging.getLogger(__name__)
 
 REDACTED = "****"
 QUIT_TIMEOUT = 5.0
+
+#: A politeness gate (``workers.politeness``), optional so the engine runs
+#: without Redis: called with the address about to be dialled, the check's
+#: deadline (``time.monotonic()``) and a function that notes a line in the
+#: transcript; held while the check talks to that address. It may wait, and
+#: raises a CheckAborted when the deadline passes first.
+Gate = Callable[
+    [IPAddress, float, Callable[[str], None]], contextlib.AbstractContextManager[object]
+]
 
 
 @dataclass
@@ -123,9 +133,11 @@ class Plan:
 class Check:
     """Runs one plan. ``run()`` never raises for anything the server does."""
 
-    def __init__(self, plan: Plan, settings: Settings) -> None:
+    def __init__(self, plan: Plan, settings: Settings, gate: Gate | None = None) -> None:
         self.plan = plan
         self.settings = settings
+        self.gate = gate
+        self._gate_held: contextlib.ExitStack | None = None
         self.transcript = Transcript()
         self.deadline = self.transcript.started + plan.timeouts["total"]
         self.conn = Connection(
@@ -166,14 +178,17 @@ class Check:
 
     def run(self) -> dict[str, Any]:
         try:
-            self._dialogue()
-        except CheckAborted as exc:
-            self._aborted(exc)
+            try:
+                self._dialogue()
+            except CheckAborted as exc:
+                self._aborted(exc)
+            finally:
+                self._goodbye()
+                self.conn.close()
+            if self.plan.probes and self.result["banner"] is not None:
+                self._probes()
         finally:
-            self._goodbye()
-            self.conn.close()
-        if self.plan.probes and self.result["banner"] is not None:
-            self._probes()
+            self._release_gate()
         result = self.result
         result["ok"] = self.failure is None
         result["outcome"] = "ok" if self.failure is None else self.failure.outcome
@@ -258,12 +273,14 @@ class Check:
         for index, address in enumerate(candidates):
             self.result["target"]["address"] = str(address)
             shown = f"[{address}]" if address.version == 6 else str(address)
+            self._hold_gate(address)
             self.transcript.note(f"connecting to {shown}:{plan.port}")
             try:
                 self.conn.open(address, plan.port, plan.timeouts["connect"])
                 self.address = address
                 break
             except NetworkUnreachable as exc:
+                self._release_gate()
                 if index == len(candidates) - 1:
                     raise
                 self.transcript.error(f"{shown}: {exc}; trying the next address")
@@ -272,6 +289,19 @@ class Check:
         self._start_reverse_lookup()
         if plan.implicit_tls:
             self._handshake("implicit")
+
+    def _hold_gate(self, address: IPAddress) -> None:
+        """Enter the politeness gate for ``address``; held until the check is done with it."""
+        if self.gate is None:
+            return
+        held = contextlib.ExitStack()
+        held.enter_context(self.gate(address, self.deadline, self.transcript.note))
+        self._gate_held = held
+
+    def _release_gate(self) -> None:
+        held, self._gate_held = self._gate_held, None
+        if held is not None:
+            held.close()
 
     def _banner(self) -> None:
         started = time.monotonic()
@@ -618,12 +648,16 @@ def run_check(
     *,
     password: str | None = None,
     check_id: str | None = None,
+    gate: Gate | None = None,
 ) -> dict[str, Any]:
-    """Run the check a normalized request asks for and return the result JSON."""
+    """Run the check a normalized request asks for and return the result JSON.
+
+    ``gate``: see :data:`Gate`; None (``smtpcheck check --local``) runs ungated.
+    """
     if request.get("mx"):
         from workers.domain import run_domain_check  # domain.py builds on this module
 
-        return run_domain_check(request, settings, password=password, check_id=check_id)
+        return run_domain_check(request, settings, password=password, check_id=check_id, gate=gate)
     plan = Plan.from_request(request, settings, password=password, check_id=check_id)
     log.info("check %s: %s:%s stop_after=%s", check_id, plan.host, plan.port, plan.stop_after)
-    return Check(plan, settings).run()
+    return Check(plan, settings, gate).run()

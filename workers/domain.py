@@ -9,12 +9,15 @@ import datetime as dt
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtpcheck.config import Settings
 from workers.errors import DNSError
 from workers.resolver import MXHost, Resolver
 from workers.transcript import Transcript
+
+if TYPE_CHECKING:
+    from workers.check import Gate
 
 MAX_MX_HOSTS = 10
 MAX_PARALLEL = 4
@@ -41,6 +44,7 @@ def run_domain_check(
     *,
     password: str | None,
     check_id: str | None,
+    gate: Gate | None = None,
 ) -> dict[str, Any]:
     from workers.check import Plan, run_check  # check.py dispatches here
 
@@ -90,7 +94,7 @@ def run_domain_check(
         sub.update(host=mx.host, mx=False)
         sub["timeouts"] = {**plan.timeouts, "total": left}
         begun = transcript.elapsed_ms()
-        outcome = run_check(sub, settings, password=password, check_id=check_id)
+        outcome = run_check(sub, settings, password=password, check_id=check_id, gate=gate)
         outcome["preference"] = mx.preference
         outcome["_offset"] = begun
         return outcome

@@ -10,11 +10,22 @@ Greylisting: with ``retry_temporary``, a check that ends in
 RQ's scheduler (the API enqueued the job with a matching ``Retry``), so the
 same check id runs again after ``retry.delay`` seconds; the last attempt's
 result lists every attempt before it.
+
+The seal itself is dropped from the stored job (``sealed_password: null``)
+once no attempt can need it: at the start of the last attempt RQ may run
+(so a worker killed mid-check leaves no seal behind either), or when an
+earlier attempt ends without asking for another. The job object RQ saves
+at the end is the one scrubbed here, so RQ's own save does not bring the
+seal back.
+
+Every check is gated by :class:`workers.politeness.TargetGate`: at most
+``SMTPCHECK_MAX_CONCURRENT_PER_TARGET`` checks talk to one address at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from typing import Any
 
 from rq import get_current_job
@@ -23,6 +34,15 @@ from rq.job import Job
 from smtpcheck.config import Settings
 from smtpcheck.sealing import unseal
 from workers.check import run_check
+from workers.politeness import TargetGate
+
+# Rewrite the job's stored arguments, unless the job was deleted meanwhile
+# (a plain HSET would bring back a bare hash that never expires).
+_REWRITE_DATA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'data', ARGV[1])
+end
+"""
 
 
 class RetryLater(Exception):
@@ -38,17 +58,38 @@ def _attempt_summary(result: dict[str, Any]) -> dict[str, Any]:
 def run_check_job(request: dict[str, Any], sealed_password: str | None = None) -> dict[str, Any]:
     settings = Settings.from_env()
     job = get_current_job()
+    if job is not None and sealed_password is not None and not job.retries_left:
+        scrub_sealed_password(job)  # RQ will not run this job again: nothing needs the seal
     password = None
     if sealed_password is not None:
         password = unseal(sealed_password, settings.secret_key or "")
+    gate = None
+    if job is not None:
+        gate = TargetGate(job.connection, settings.max_concurrent_per_target)
     result = run_check(
-        request, settings, password=password, check_id=job.id if job is not None else None
+        request,
+        settings,
+        password=password,
+        check_id=job.id if job is not None else None,
+        gate=gate,
     )
     del password
     if job is not None:
         result["worker"] = job.worker_name
-        _retry_if_greylisted(job, request, result)
+        _retry_if_greylisted(job, request, result)  # raises (seal kept) to run again
+        if sealed_password is not None:
+            scrub_sealed_password(job)
     return result
+
+
+def scrub_sealed_password(job: Job) -> None:
+    """Store the job's arguments again with ``sealed_password: null``."""
+    kwargs = dict(job.kwargs)
+    if kwargs.get("sealed_password") is None:
+        return
+    kwargs["sealed_password"] = None
+    job.kwargs = kwargs  # RQ rebuilds `data` from this when it saves the job at the end
+    job.connection.eval(_REWRITE_DATA, 1, job.key, zlib.compress(job.data))
 
 
 def _retry_if_greylisted(job: Job, request: dict[str, Any], result: dict[str, Any]) -> None:

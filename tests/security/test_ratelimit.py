@@ -1,0 +1,232 @@
+"""Per-key admission of new checks: a rate limit and a cap on checks in flight,
+both kept in Redis, both answered with 429 problem+json and Retry-After."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from smtpcheck.config import ConfigError, Settings
+from tests.security.conftest import ALICE, BOB
+from tests.service import jobs
+
+CHECK = {"host": "mx.example.com"}
+
+
+def assert_429(response, problem_type: str) -> int:  # type: ignore[no-untyped-def]
+    assert response.status_code == 429, response.get_json()
+    assert response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["type"] == f"urn:smtpcheck:problem:{problem_type}"
+    assert problem["status"] == 429
+    assert problem["title"] and problem["detail"]
+    retry_after = int(response.headers["Retry-After"])
+    assert retry_after >= 1
+    return retry_after
+
+
+def run_worker(redis_client: redis.Redis) -> None:
+    queue = Queue("vantage:default", connection=redis_client, serializer=JSONSerializer)
+    worker = SimpleWorker([queue], connection=redis_client, serializer=JSONSerializer)
+    worker.work(burst=True, logging_level="WARNING")
+
+
+# ---------------------------------------------------------------------------
+# rate
+# ---------------------------------------------------------------------------
+
+
+def test_posts_over_the_rate_get_429_with_retry_after(make_app: Callable[..., Flask]) -> None:
+    client = make_app(rate_limit="3/minute").test_client()
+    for _ in range(3):
+        assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+    refused = client.post("/v1/checks", json=CHECK, headers=ALICE)
+
+    retry_after = assert_429(refused, "rate-limited")
+    assert 50 <= retry_after <= 60
+    assert "3 per 1 minute" in refused.get_json()["detail"]
+
+
+def test_the_limit_is_per_key(make_app: Callable[..., Flask]) -> None:
+    client = make_app(rate_limit="1/minute").test_client()
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 429
+
+    assert client.post("/v1/checks", json=CHECK, headers=BOB).status_code == 202
+
+
+def test_every_limit_of_the_setting_applies(make_app: Callable[..., Flask]) -> None:
+    client = make_app(rate_limit="100/minute;2/hour").test_client()
+    for _ in range(2):
+        assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+    refused = client.post("/v1/checks", json=CHECK, headers=ALICE)
+
+    assert assert_429(refused, "rate-limited") > 3500
+
+
+def test_invalid_posts_count_too(make_app: Callable[..., Flask]) -> None:
+    """Probing the validator costs the same as submitting."""
+    client = make_app(rate_limit="2/minute").test_client()
+    assert client.post("/v1/checks", json={"host": "10.0.0.1"}, headers=ALICE).status_code == 422
+    assert client.post("/v1/checks", data="not json", headers=ALICE).status_code == 415
+
+    assert_429(client.post("/v1/checks", json=CHECK, headers=ALICE), "rate-limited")
+
+
+def test_the_limit_holds_across_api_processes(make_app: Callable[..., Flask]) -> None:
+    """Two apps (as two gunicorn workers or machines) share one count in Redis."""
+    first = make_app(rate_limit="2/minute").test_client()
+    second = make_app(rate_limit="2/minute").test_client()
+    assert first.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+    assert second.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+    assert_429(first.post("/v1/checks", json=CHECK, headers=ALICE), "rate-limited")
+    assert_429(second.post("/v1/checks", json=CHECK, headers=ALICE), "rate-limited")
+
+
+def test_reads_are_not_rate_limited(make_app: Callable[..., Flask]) -> None:
+    client = make_app(rate_limit="1/minute").test_client()
+    created = client.post("/v1/checks", json=CHECK, headers=ALICE)
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 429
+
+    for _ in range(20):
+        assert client.get(created.headers["Location"], headers=ALICE).status_code == 200
+    assert client.get("/v1/vantages", headers=ALICE).status_code == 200
+
+
+def test_a_wrong_key_is_401_not_counted(make_app: Callable[..., Flask]) -> None:
+    client = make_app(rate_limit="1/minute").test_client()
+    for _ in range(3):
+        response = client.post("/v1/checks", json=CHECK, headers={"Authorization": "Bearer x"})
+        assert response.status_code == 401
+
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+
+# ---------------------------------------------------------------------------
+# checks in flight per key
+# ---------------------------------------------------------------------------
+
+
+def test_queued_and_running_checks_per_key_are_capped(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    app = make_app(max_concurrent_per_key=2)
+    app.extensions["smtpcheck"].job_function = jobs.FUNCTION
+    client = app.test_client()
+    for _ in range(2):
+        assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+    refused = client.post("/v1/checks", json=CHECK, headers=ALICE)
+
+    assert_429(refused, "too-many-checks")
+    assert "2 checks queued or running" in refused.get_json()["detail"]
+    assert client.post("/v1/checks", json=CHECK, headers=BOB).status_code == 202
+
+    run_worker(redis_client)  # the queued checks end: their slots are free again
+
+    for _ in range(2):
+        assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+    assert_429(client.post("/v1/checks", json=CHECK, headers=ALICE), "too-many-checks")
+
+
+def test_a_deleted_check_frees_its_slot(make_app: Callable[..., Flask]) -> None:
+    client = make_app(max_concurrent_per_key=1).test_client()
+    created = client.post("/v1/checks", json=CHECK, headers=ALICE)
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 429
+
+    assert client.delete(created.headers["Location"], headers=ALICE).status_code == 204
+
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+
+def test_a_refused_submission_takes_no_slot(make_app: Callable[..., Flask]) -> None:
+    client = make_app(max_concurrent_per_key=1).test_client()
+    unknown_vantage = {**CHECK, "vantage": "nowhere"}  # refused inside the slot, at enqueue
+    assert client.post("/v1/checks", json=unknown_vantage, headers=ALICE).status_code == 422
+    assert client.post("/v1/checks", json={"host": "::1"}, headers=ALICE).status_code == 422
+
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+
+def test_a_reservation_left_by_a_dead_api_process_expires(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    """An API process killed between reserving and enqueueing leaks nothing for long."""
+    client = make_app(max_concurrent_per_key=1).test_client()
+    redis_client.zadd("smtpcheck:active:alice", {"reserved:dead": 0})  # lease already over
+
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+
+def test_an_expired_check_frees_its_slot(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    client = make_app(max_concurrent_per_key=1).test_client()
+    created = client.post("/v1/checks", json=CHECK, headers=ALICE).get_json()
+    redis_client.delete(f"rq:job:{created['id']}")  # as when its TTL ran out
+
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+
+def test_a_caller_without_redis_gets_503_not_500(make_app: Callable[..., Flask]) -> None:
+    client = make_app(redis_url="redis://127.0.0.1:1/0").test_client()
+
+    response = client.post("/v1/checks", json=CHECK, headers=ALICE)
+
+    assert response.status_code == 503
+    assert response.get_json()["type"] == "urn:smtpcheck:problem:store-unavailable"
+
+
+# ---------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------
+
+
+def test_settings_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "SMTPCHECK_RATE_LIMIT": "10/second;100/minute",
+            "SMTPCHECK_MAX_CONCURRENT_PER_KEY": "3",
+            "SMTPCHECK_MAX_CONCURRENT_PER_TARGET": "1",
+        }
+    )
+    assert settings.rate_limit == "10/second;100/minute"
+    assert settings.max_concurrent_per_key == 3
+    assert settings.max_concurrent_per_target == 1
+
+    defaults = Settings.from_env({})
+    assert defaults.rate_limit == "60/minute;1000/hour"
+    assert defaults.max_concurrent_per_key == 10
+    assert defaults.max_concurrent_per_target == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SMTPCHECK_RATE_LIMIT", "lots"),
+        ("SMTPCHECK_RATE_LIMIT", "10 per fortnight"),
+        ("SMTPCHECK_MAX_CONCURRENT_PER_KEY", "0"),
+        ("SMTPCHECK_MAX_CONCURRENT_PER_TARGET", "-1"),
+        ("SMTPCHECK_MAX_CONCURRENT_PER_TARGET", "two"),
+    ],
+)
+def test_bad_settings_are_refused_at_start(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({variable: value})
+    assert raised.value.variable == variable
+
+
+def test_429_is_in_the_spec(client: FlaskClient) -> None:
+    spec = client.get("/openapi.yaml").get_data(as_text=True)
+    assert "'429':" in spec
+    assert "urn:smtpcheck:problem:rate-limited" in spec
+    assert "urn:smtpcheck:problem:too-many-checks" in spec

@@ -1,0 +1,169 @@
+"""Politeness: at most ``SMTPCHECK_MAX_CONCURRENT_PER_TARGET`` checks talk to
+one address at once, across every worker of every vantage point.
+
+No caller can lift this limit: it protects the mail servers being checked,
+not the service. A :class:`TargetGate` is the ``gate`` that
+``workers.job`` hands to ``workers.check.run_check``; the engine enters it
+with the resolved address just before it dials, and leaves it when it is
+done with that address (after QUIT and any probes).
+
+Slots live in Redis, one sorted set per address
+(``smtpcheck:target:<address>``): a member per check holding a slot, scored
+with the moment its lease ends on Redis's own clock (``TIME``), so workers'
+clocks need not agree. A holder renews its lease every ``RENEW_SECONDS``
+while it talks; a worker that dies stops renewing and its slot frees itself
+within ``LEASE_SECONDS``. A check that finds every slot taken waits (noted in
+its transcript), bounded by its own deadline; when the deadline passes first
+it ends with the outcome ``timeout``.
+
+If Redis cannot be reached the check goes ahead ungated, with a note: the
+worker cannot take new checks from the queue then either, so at most the
+checks already in hand are affected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import cast
+
+import redis
+
+from smtpcheck.targetpolicy import IPAddress
+from workers.errors import CheckAborted
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "smtpcheck:target:"
+LEASE_SECONDS = 15
+RENEW_SECONDS = 5.0
+POLL_FIRST = 0.05
+POLL_MAX = 0.5
+
+# KEYS[1] the address's set; ARGV: limit, member, lease seconds.
+# Returns how many held a slot before; negative (-held - 1) when all are taken.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+if held >= tonumber(ARGV[1]) then
+  return -held - 1
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
+return held
+"""
+
+# KEYS[1] the address's set; ARGV: member, lease seconds. 1 if still held.
+_RENEW = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
+return 1
+"""
+
+
+class TargetBusy(CheckAborted):
+    """Every slot to the address stayed taken until the check's deadline."""
+
+    outcome = "timeout"
+
+
+class TargetGate:
+    """``gate(address, deadline, note)``: a context manager holding one slot to ``address``."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        limit: int,
+        *,
+        lease: float = LEASE_SECONDS,
+        renew_every: float = RENEW_SECONDS,
+    ) -> None:
+        self.connection = connection
+        self.limit = limit
+        self.lease = lease
+        self.renew_every = renew_every
+        self._acquire = connection.register_script(_ACQUIRE)
+        self._renew = connection.register_script(_RENEW)
+
+    @contextlib.contextmanager
+    def __call__(
+        self, address: IPAddress, deadline: float, note: Callable[[str], None]
+    ) -> Iterator[None]:
+        key = KEY_PREFIX + str(address)
+        member = uuid.uuid4().hex
+        try:
+            self._wait_for_slot(key, member, address, deadline, note)
+        except redis.exceptions.RedisError as exc:
+            log.warning("politeness limit for %s not applied: Redis error: %s", address, exc)
+            note(f"politeness limit not applied: Redis cannot be reached ({exc})")
+            member = ""
+        if not member:
+            yield
+            return
+        stop = threading.Event()
+        renewer = threading.Thread(
+            target=self._keep, args=(key, member, stop), name="smtpcheck-slot", daemon=True
+        )
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self.connection.zrem(key, member)
+
+    def _wait_for_slot(
+        self,
+        key: str,
+        member: str,
+        address: IPAddress,
+        deadline: float,
+        note: Callable[[str], None],
+    ) -> None:
+        started = time.monotonic()
+        pause = POLL_FIRST
+        waiting = False
+        while True:
+            held = int(cast(int, self._acquire(keys=[key], args=[self.limit, member, self.lease])))
+            if held >= 0:
+                break
+            if not waiting:
+                waiting = True
+                note(
+                    f"waiting for a free slot: {-held - 1} checks are talking to {address} "
+                    f"(smtpcheck lets at most {self.limit} talk to one address at once)"
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = time.monotonic() - started
+                raise TargetBusy(
+                    f"waited {waited:.1f} s for one of the {self.limit} slots to {address} "
+                    "(smtpcheck's limit on checks talking to one address at once); "
+                    "none freed before the check's deadline"
+                )
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, POLL_MAX)
+        if waiting:
+            note(f"slot to {address} free after {(time.monotonic() - started) * 1000:.0f} ms")
+
+    def _keep(self, key: str, member: str, stop: threading.Event) -> None:
+        """Renew the lease until ``stop`` (the check is done with the address)."""
+        while not stop.wait(self.renew_every):
+            try:
+                if not self._renew(keys=[key], args=[member, self.lease]):
+                    log.warning("politeness slot %s lost (lease expired); not renewing", key)
+                    return
+            except redis.exceptions.RedisError as exc:
+                log.warning("politeness slot %s not renewed: %s", key, exc)
