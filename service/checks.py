@@ -13,7 +13,7 @@ from marshmallow import Schema
 
 from smtpcheck.report import render_text
 
-from . import ratelimit
+from . import fanout, ratelimit
 from .apikeys import authenticate, current_owner
 from .jobstore import JobStore, failure_reason, isoformat, links, public_status
 from .problems import NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
@@ -43,28 +43,50 @@ def create_check() -> Response:
         raise validation_problem({"_schema": ["the request body must be a JSON object"]})
     checked = request_schema().load(body)
     with admission.slot(current_owner()) as slot:  # 429 with too many checks in flight
-        job = store().submit(checked, current_owner())
-        slot.hold(job.id)
+        if checked["vantage"] == fanout.ALL:
+            spread = fanout.submit(store(), checked, current_owner())
+            slot.hold(spread.members[0]["id"])
+            created: dict[str, str | None] = {"id": spread.id, "created_at": spread.created_at}
+        else:
+            job = store().submit(checked, current_owner())
+            slot.hold(job.id)
+            created = {"id": job.id, "created_at": isoformat(job.created_at)}
     response = jsonify(
-        id=job.id,
+        id=created["id"],
         status="queued",
-        vantage=job.meta["vantage"],
-        created_at=isoformat(job.created_at),
-        links=links(job.id),
+        vantage=checked["vantage"],
+        created_at=created["created_at"],
+        links=links(str(created["id"])),
     )
     response.status_code = 202
-    response.headers["Location"] = url_for("checks.get_check", check_id=job.id)
+    response.headers["Location"] = url_for("checks.get_check", check_id=created["id"])
     return response
 
 
 @blueprint.get("/checks/<check_id>")
 def get_check(check_id: str) -> Response:
+    spread = fanout.load(store(), check_id, current_owner())
+    if spread is not None:
+        fanout.wait(store(), spread, wait_seconds())
+        return jsonify(fanout.describe(store(), spread))
     job = store().wait(store().load(check_id, current_owner()), wait_seconds())
     return jsonify(store().describe(job))
 
 
 @blueprint.get("/checks/<check_id>/transcript")
 def get_transcript(check_id: str) -> Response:
+    spread = fanout.load(store(), check_id, current_owner())
+    if spread is not None:
+        fanout.wait(store(), spread, wait_seconds())
+        text = fanout.transcript(store(), spread)
+        if text is None:
+            raise Problem(
+                409,
+                "Conflict",
+                "the check is still running at some vantage; its transcript comes when all end",
+                type=NOT_FINISHED,
+            )
+        return Response(text, mimetype="text/plain")
     job = store().wait(store().load(check_id, current_owner()), wait_seconds())
     status = public_status(job)
     if status == "failed":
@@ -88,6 +110,10 @@ def get_transcript(check_id: str) -> Response:
 
 @blueprint.delete("/checks/<check_id>")
 def delete_check(check_id: str) -> Response:
+    spread = fanout.load(store(), check_id, current_owner())
+    if spread is not None:
+        fanout.delete(store(), spread)
+        return Response(status=204)
     store().delete(store().load(check_id, current_owner()))
     return Response(status=204)
 

@@ -405,7 +405,10 @@ def build_schemas(settings: Settings) -> Schemas:
         vantage = fields.String(
             load_default=DEFAULT_VANTAGE,
             validate=FullMatch(VANTAGE_PATTERN, error="not a vantage name"),
-            metadata={"description": "worker pool to run the check; see GET /v1/vantages"},
+            metadata={
+                "description": "worker pool to run the check (see GET /v1/vantages); "
+                '"all" runs it at every vantage with live workers, under one id'
+            },
         )
         ip_version = fields.Integer(
             strict=True,
@@ -468,6 +471,13 @@ def build_schemas(settings: Settings) -> Schemas:
             metadata={"description": "status retrying: the attempts so far (greylisting)"},
         )
         next_attempt_at = timestamp(allow_none=True)  # status retrying: when it runs again
+        vantages = fields.List(
+            fields.Dict(),
+            metadata={
+                "description": 'vantage "all": each vantage\'s check (id, status, ok, outcome, '
+                "summary, address, worker) side by side"
+            },
+        )
         links = fields.Nested(LinksSchema, required=True)
 
     return Schemas(check_request=CheckRequestSchema, check=CheckSchema)
@@ -552,6 +562,7 @@ class TargetSchema(OpenSchema):
     port = fields.Integer()
     address = fields.String(allow_none=True, metadata={"description": "the address dialled"})
     addresses = fields.List(fields.String())
+    source = fields.String(metadata={"description": "the worker's own address on that path"})
 
 
 class TranscriptLineSchema(OpenSchema):

@@ -176,6 +176,7 @@ def gunicorn_argv(bind: str, workers: int, threads: int, log_level: str) -> list
         "--workers", str(workers),
         "--bind", bind,
         "--no-control-socket",
+        "--config", "python:service.server",
         "--log-level", log_level.lower(),
         "--error-logfile", "-",
         "service:create_app()",
@@ -189,6 +190,11 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         args.threads,
         settings.log_level,
     )
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from service.server import metrics_dir
+
+        # prometheus-client's multiprocess mode: every gunicorn process adds up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir()
     sys.stdout.flush()
     sys.stderr.flush()
     # gunicorn's master takes over this pid, and with it the signals sent to it.

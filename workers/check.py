@@ -278,6 +278,9 @@ class Check:
             try:
                 self.conn.open(address, plan.port, plan.timeouts["connect"])
                 self.address = address
+                # The worker's own address on this path: its egress, unless NAT hides it.
+                assert self.conn.stream is not None
+                self.result["target"]["source"] = self.conn.stream.get_extra_info("sockname")[0]
                 break
             except NetworkUnreachable as exc:
                 self._release_gate()
@@ -540,9 +543,23 @@ class Check:
     # -- after the dialogue ------------------------------------------------
 
     def _start_reverse_lookup(self) -> None:
-        """PTR and forward confirmation of the dialled address, while we talk."""
+        """PTR and forward confirmation of the dialled address, while we talk.
+
+        A non-public address (let through by SMTPCHECK_ALLOW_NETWORKS) is not
+        looked up in public DNS, where it can only time out or say nothing;
+        an operator's own resolvers (SMTPCHECK_DNS_SERVERS) are asked always.
+        """
         address = self.address
         assert address is not None
+        if not address.is_global and not self.settings.dns_servers:
+            self._reverse_facts = {
+                "address": str(address),
+                "ptr": [],
+                "ptr_error": None,
+                "forward_confirmed": None,
+                "ptr_skipped": "not a public address, and no SMTPCHECK_DNS_SERVERS to ask",
+            }
+            return
         resolver = Resolver(self.settings, self.deadline)
 
         def lookup() -> None:
@@ -552,10 +569,11 @@ class Check:
         self._reverse.start()
 
     def _dns_facts(self) -> dict[str, Any] | None:
-        if self._reverse is None or self.address is None:
+        if self.address is None:
             return None
-        left = min(self.deadline - time.monotonic(), self.settings.dns_timeout)
-        self._reverse.join(max(left, 0))
+        if self._reverse is not None:
+            left = min(self.deadline - time.monotonic(), self.settings.dns_timeout)
+            self._reverse.join(max(left, 0))
         facts = dict(self._reverse_facts) or {
             "address": str(self.address),
             "ptr": [],

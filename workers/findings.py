@@ -123,7 +123,7 @@ def _tls_findings(tls: Mapping[str, Any], now: dt.datetime) -> list[dict[str, st
 
 def _dns_findings(dns: Mapping[str, Any]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
-    if not dns or dns.get("address") is None:
+    if not dns or dns.get("address") is None or dns.get("ptr_skipped"):
         return out
     address = dns["address"]
     if dns.get("ptr_error"):

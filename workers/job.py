@@ -25,16 +25,22 @@ Every check is gated by :class:`workers.politeness.TargetGate`: at most
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import zlib
 from typing import Any
 
+import redis
 from rq import get_current_job
 from rq.job import Job
 
 from smtpcheck.config import Settings
+from smtpcheck.logs import log_context
 from smtpcheck.sealing import unseal
+from workers import stats
 from workers.check import run_check
 from workers.politeness import TargetGate
+
+log = logging.getLogger("smtpcheck.worker")
 
 # Rewrite the job's stored arguments, unless the job was deleted meanwhile
 # (a plain HSET would bring back a bare hash that never expires).
@@ -58,6 +64,14 @@ def _attempt_summary(result: dict[str, Any]) -> dict[str, Any]:
 def run_check_job(request: dict[str, Any], sealed_password: str | None = None) -> dict[str, Any]:
     settings = Settings.from_env()
     job = get_current_job()
+    if job is not None:  # every log line of this check names it, RQ's included
+        log_context.set(
+            {
+                "check_id": job.id,
+                "vantage": settings.vantage,
+                "request_id": (job.meta or {}).get("request_id"),
+            }
+        )
     if job is not None and sealed_password is not None and not job.retries_left:
         scrub_sealed_password(job)  # RQ will not run this job again: nothing needs the seal
     password = None
@@ -76,10 +90,37 @@ def run_check_job(request: dict[str, Any], sealed_password: str | None = None) -
     del password
     if job is not None:
         result["worker"] = job.worker_name
+        _report(job, settings, result)
         _retry_if_greylisted(job, request, result)  # raises (seal kept) to run again
         if sealed_password is not None:
             scrub_sealed_password(job)
     return result
+
+
+def _report(job: Job, settings: Settings, result: dict[str, Any]) -> None:
+    """One log line per check and the counters behind /metrics; never a secret."""
+    meta = job.meta or {}
+    seconds = float((result.get("timings") or {}).get("total") or 0) / 1000
+    log.info(
+        "check %s: %s",
+        job.id,
+        result.get("outcome"),
+        extra={
+            "check_id": job.id,
+            "request_id": meta.get("request_id"),
+            "vantage": settings.vantage,
+            "worker": job.worker_name,
+            "host": (result.get("target") or {}).get("host"),
+            "address": (result.get("target") or {}).get("address"),
+            "outcome": result.get("outcome"),
+            "stage": result.get("stage"),
+            "duration_ms": round(seconds * 1000, 1),
+        },
+    )
+    try:
+        stats.record(job.connection, settings.vantage, str(result.get("outcome")), seconds)
+    except redis.exceptions.RedisError as exc:  # metrics must never fail a check
+        log.warning("check %s: could not count it for /metrics: %s", job.id, exc)
 
 
 def scrub_sealed_password(job: Job) -> None:

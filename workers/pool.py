@@ -54,6 +54,7 @@ from rq.worker import BaseWorker, WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from smtpcheck.config import Settings
+from smtpcheck.logs import JSONFormatter
 
 log = logging.getLogger("smtpcheck.pool")
 
@@ -167,6 +168,15 @@ class ForkingCheckWorker(_Reregistering, Worker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return HEARTBEAT_TTL
 
+    def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        # The parent holds a stale copy of the job from before the work horse
+        # scrubbed the seal; saving it here must not bring the seal back.
+        if not job.should_retry:
+            from workers.job import scrub_sealed_password
+
+            scrub_sealed_password(job)
+        super().handle_job_failure(job, queue, *args, **kwargs)
+
 
 def worker_class(kind: str) -> type[Worker] | type[SimpleWorker]:
     if kind == "simple":
@@ -205,14 +215,12 @@ class _RoutineMaintenance(logging.Filter):
 
 
 def configure_logging(level: str) -> None:
-    """Log lines to stderr (RQ's loggers use a handler found on the root)."""
+    """JSON lines on stderr (RQ's loggers use a handler found on the root)."""
     root = logging.getLogger()
     if not any(getattr(h, "_smtpcheck", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.addFilter(_RoutineMaintenance())
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-        )
+        handler.setFormatter(JSONFormatter())
         handler._smtpcheck = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
@@ -251,7 +259,8 @@ def _run_child(
             burst=burst,
             logging_level=settings.log_level,
             max_jobs=MAX_JOBS_PER_PROCESS,
-            with_scheduler=False,
+            # RQ's scheduler runs greylisting retries (one per queue holds the lock).
+            with_scheduler=True,
         )
     except redis.exceptions.ConnectionError as exc:
         log.error("worker %s: cannot reach Redis: %s", name, exc)

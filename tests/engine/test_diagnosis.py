@@ -275,3 +275,12 @@ def test_certificate_and_version_findings():
         now=now,
     )
     assert "certificate_name_mismatch" in [f["code"] for f in mismatch]
+
+
+def test_no_public_dns_lookup_for_an_allowed_private_address(smtp_target, settings):
+    """Without SMTPCHECK_DNS_SERVERS, a loopback/private target is not looked up
+    in public DNS (it could only time out), and no PTR finding is made up."""
+    target = smtp_target(tls="none")
+    result = run_check({"host": "127.0.0.1", "port": target.port}, settings)
+    assert result["dns"]["ptr_skipped"].startswith("not a public address")
+    assert not [code for code in codes(result) if code.startswith("ptr_")]

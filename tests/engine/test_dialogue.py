@@ -36,6 +36,7 @@ def test_plain_ehlo_reports_banner_and_keywords(smtp_target, check):
         "port": target.port,
         "address": "127.0.0.1",
         "addresses": ["127.0.0.1"],
+        "source": "127.0.0.1",  # the worker's own address on this path
     }
     assert result["banner"] == {"code": 220, "text": "mail.local.test smtpcheck-test-target"}
     ehlo = result["ehlo"]

@@ -1,0 +1,191 @@
+"""``vantage: "all"``: one check fanned out to every vantage with live workers.
+
+The caller gets one id. Behind it, a small record in Redis lists one
+ordinary check (an RQ job) per vantage; reading the id reads them all and
+puts their verdicts side by side, which answers "is port 25 blocked only
+from here?" in one call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from rq.job import Job
+
+from smtpcheck.report import render_text
+
+from .jobstore import TERMINAL, JobStore, isoformat, links, public_status
+from .problems import Problem
+
+ALL = "all"
+KEY_PREFIX = "smtpcheck:fanout:"
+NO_WORKERS = "urn:smtpcheck:problem:no-live-vantage"
+
+
+@dataclass
+class FanOut:
+    id: str
+    owner: str
+    created_at: str
+    request: dict[str, Any]
+    members: list[dict[str, str]]  # [{"vantage": ..., "id": <check id>}]
+
+
+def submit(store: JobStore, request: dict[str, Any], owner: str) -> FanOut:
+    """Queue the request once per vantage that has a live worker."""
+    live = [v["name"] for v in store.vantages() if v["workers"] > 0]
+    if not live:
+        raise Problem(
+            503,
+            "Service Unavailable",
+            "no vantage has a live worker, so vantage 'all' has nowhere to run",
+            type=NO_WORKERS,
+        )
+    members = []
+    for vantage in live:
+        job = store.submit({**request, "vantage": vantage}, owner)
+        members.append({"vantage": vantage, "id": job.id})
+    fanout = FanOut(
+        id=str(uuid.uuid4()),
+        owner=owner,
+        created_at=isoformat(datetime.now(UTC)) or "",
+        request={**request, "vantage": ALL},
+        members=members,
+    )
+    if fanout.request.get("auth"):
+        fanout.request["auth"] = {**fanout.request["auth"], "password": "****"}
+    store.connection.set(
+        KEY_PREFIX + fanout.id,
+        json.dumps(
+            {
+                "owner": owner,
+                "created_at": fanout.created_at,
+                "request": fanout.request,
+                "members": members,
+            }
+        ),
+        ex=store.settings.result_ttl,
+    )
+    return fanout
+
+
+def load(store: JobStore, check_id: str, owner: str) -> FanOut | None:
+    """The fan-out behind ``check_id`` if ``owner`` made it; None if it is no fan-out."""
+    raw = store.connection.get(KEY_PREFIX + check_id)
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    if data.get("owner") != owner:
+        return None
+    return FanOut(check_id, owner, data["created_at"], data["request"], data["members"])
+
+
+def jobs(store: JobStore, fanout: FanOut) -> list[tuple[str, Job | None]]:
+    found: list[tuple[str, Job | None]] = []
+    for member in fanout.members:
+        try:
+            found.append((member["vantage"], store.load(member["id"], fanout.owner)))
+        except Problem:  # expired or deleted
+            found.append((member["vantage"], None))
+    return found
+
+
+def wait(store: JobStore, fanout: FanOut, seconds: int) -> None:
+    """Hold until every member has ended or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    for _, job in jobs(store, fanout):
+        left = int(deadline - time.monotonic())
+        if job is not None and left > 0:
+            store.wait(job, left)
+
+
+def describe(store: JobStore, fanout: FanOut) -> dict[str, Any]:
+    """The GET body: one status, and every vantage's verdict side by side."""
+    rows = []
+    statuses = []
+    for vantage, job in jobs(store, fanout):
+        if job is None:
+            rows.append({"vantage": vantage, "status": "failed", "error": "the check expired"})
+            statuses.append("failed")
+            continue
+        body = store.describe(job)
+        status = body["status"]
+        statuses.append(status)
+        row: dict[str, Any] = {"vantage": vantage, "id": job.id, "status": status}
+        result = body["result"]
+        if result is not None:
+            target = result.get("target") or {}
+            row.update(
+                ok=result.get("ok"),
+                outcome=result.get("outcome"),
+                stage=result.get("stage"),
+                summary=result.get("summary"),
+                address=target.get("address"),
+                worker=result.get("worker"),
+            )
+        if body.get("error"):
+            row["error"] = body["error"]
+        rows.append(row)
+    if all(s in TERMINAL for s in statuses):
+        status = "finished"
+    elif any(s in ("running", "retrying") or s in TERMINAL for s in statuses):
+        status = "running"
+    else:
+        status = "queued"
+    return {
+        "id": fanout.id,
+        "status": status,
+        "vantage": ALL,
+        "created_at": fanout.created_at,
+        "started_at": None,
+        "ended_at": None,
+        "request": fanout.request,
+        "result": _verdict(rows) if status == "finished" else None,
+        "error": None,
+        "vantages": rows,
+        "links": links(fanout.id),
+    }
+
+
+def _verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    outcomes = {row["vantage"]: row.get("outcome") or "not run" for row in rows}
+    ok = all(row.get("ok") for row in rows)
+    failing = [row for row in rows if not row.get("ok")]
+    if len(set(outcomes.values())) == 1:
+        summary = f"Every vantage ({', '.join(outcomes)}) says {next(iter(outcomes.values()))}"
+    else:
+        said = "; ".join(f"{outcome} from {vantage}" for vantage, outcome in outcomes.items())
+        summary = (
+            f"The vantages disagree: {said}. The difference lies in the networks between "
+            "them and the server (a blocked port, a blocklist, a route)"
+        )
+    return {
+        "ok": ok,
+        "outcome": "ok" if ok else (failing[0].get("outcome") or "timeout"),
+        "summary": summary,
+        "vantages": rows,
+    }
+
+
+def transcript(store: JobStore, fanout: FanOut) -> str | None:
+    """Every vantage's transcript, one after the other; None until all ended."""
+    parts = []
+    for vantage, job in jobs(store, fanout):
+        if job is None or public_status(job) not in TERMINAL:
+            return None
+        result = store.result(job)
+        parts.append(f"=== vantage {vantage} " + "=" * max(0, 60 - len(vantage)))
+        parts.append(render_text(result) if result else "*** the check failed to run\n")
+    return "\n".join(parts)
+
+
+def delete(store: JobStore, fanout: FanOut) -> None:
+    for _, job in jobs(store, fanout):
+        if job is not None:
+            store.delete(job)
+    store.connection.delete(KEY_PREFIX + fanout.id)
