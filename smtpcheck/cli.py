@@ -796,8 +796,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
     if args.local:
         return check_local(normalized, password, settings, as_json=args.json)
-    url = args.url or os.environ.get("SMTPCHECK_URL") or f"http://{settings.bind}"
-    api_key = args.api_key or os.environ.get("SMTPCHECK_API_KEY")
+    url = args.url or settings.service_url or f"http://{settings.bind}"
+    api_key = args.api_key or settings.client_api_key
     try:
         return check_remote(url.rstrip("/"), api_key, request, as_json=args.json)
     except UsageError as exc:

@@ -80,6 +80,9 @@ class Settings:
     rate_limit: str = DEFAULT_RATE_LIMIT
     max_concurrent_per_key: int = DEFAULT_MAX_CONCURRENT_PER_KEY  # queued + running
     max_concurrent_per_target: int = DEFAULT_MAX_CONCURRENT_PER_TARGET  # per dialled IP
+    # For `smtpcheck check` as a client of a running service:
+    service_url: str | None = None  # SMTPCHECK_URL
+    client_api_key: str | None = None  # SMTPCHECK_API_KEY
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +126,8 @@ class Settings:
         kwargs["ca_file"] = get("SMTPCHECK_CA_FILE")
         kwargs["data_dir"] = Path(get("SMTPCHECK_DATA_DIR") or ".smtpcheck")
         kwargs["log_level"] = (get("SMTPCHECK_LOG_LEVEL") or "INFO").upper()
+        kwargs["service_url"] = get("SMTPCHECK_URL")
+        kwargs["client_api_key"] = get("SMTPCHECK_API_KEY")
         rate_limit = get("SMTPCHECK_RATE_LIMIT")
         if rate_limit is not None:
             kwargs["rate_limit"] = parse_rate_limit("SMTPCHECK_RATE_LIMIT", rate_limit)
