@@ -19,45 +19,18 @@ from typing import Any
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from smtpcheck.config import Settings
+from smtpcheck.contract import OUTCOMES, PROBES, STAGES
 from smtpcheck.targetpolicy import IPNetwork, forbidden_reason
 
 from . import names
 from .problems import ALL_TYPES
 
-STAGES = ("connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data")
 TLS_MODES = ("none", "starttls", "implicit", "auto")
 MECHANISMS = ("auto", "PLAIN", "LOGIN", "CRAM-MD5")
 STATUSES = ("queued", "running", "retrying", "finished", "failed")
 MX_HOSTS = ("first", "all")
-PROBES = ("open_relay", "starttls_required", "vrfy", "expn")
 DEFAULT_RETRY_ATTEMPTS = 3
 DEFAULT_RETRY_DELAY = 300.0
-OUTCOMES = (
-    "ok",
-    "dns_error",
-    "target_forbidden",
-    "connect_refused",
-    "connect_timeout",
-    "network_unreachable",
-    "banner_timeout",
-    "service_unavailable",
-    "connection_closed",
-    "protocol_error",
-    "ehlo_rejected",
-    "starttls_unavailable",
-    "tls_error",
-    "tls_untrusted",
-    "auth_unavailable",
-    "auth_failed",
-    "tls_required",
-    "auth_required",
-    "sender_rejected",
-    "relay_denied",
-    "recipient_rejected",
-    "temporary_failure",
-    "data_rejected",
-    "timeout",
-)
 
 DEFAULT_VANTAGE = "default"
 VANTAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"

@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smtpcheck.config import Settings
+from smtpcheck.contract import PROBES, STAGES
 from workers import protocol
 from workers.connection import Connection
 from workers.errors import CheckAborted, ConnectionClosed, NetworkUnreachable, ReadTimeout
 from workers.findings import findings
 from workers.message import build_message
-from workers.probes import PROBES, run_probe
+from workers.probes import run_probe
 from workers.protocol import Capabilities, Reply, check_wire_text, printable
 from workers.resolver import Resolver
-from workers.result import STAGES, Failure, policy_outcome, rejection_outcome, summarize
+from workers.result import Failure, policy_outcome, rejection_outcome, summarize
 from workers.target import IPAddress, Target, permitted
 from workers.tls import client_context, session_facts
 from workers.transcript import Transcript

@@ -12,8 +12,6 @@ from workers.connection import Connection
 from workers.errors import CheckAborted
 from workers.protocol import Reply
 
-PROBES = ("open_relay", "starttls_required", "vrfy", "expn")
-
 # Outside sender and outside recipient: RFC 2606 names nobody owns.
 RELAY_SENDER = "smtpcheck-relay-probe@example.org"
 RELAY_RECIPIENT = "smtpcheck-relay-probe@example.net"

@@ -9,35 +9,6 @@ from typing import Any
 
 from workers.protocol import Reply
 
-STAGES = ("connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data")
-
-OUTCOMES = (
-    "ok",
-    "dns_error",
-    "target_forbidden",
-    "connect_refused",
-    "connect_timeout",
-    "network_unreachable",
-    "banner_timeout",
-    "service_unavailable",
-    "connection_closed",
-    "protocol_error",
-    "ehlo_rejected",
-    "starttls_unavailable",
-    "tls_error",
-    "tls_untrusted",
-    "auth_unavailable",
-    "auth_failed",
-    "tls_required",
-    "auth_required",
-    "sender_rejected",
-    "relay_denied",
-    "recipient_rejected",
-    "temporary_failure",
-    "data_rejected",
-    "timeout",
-)
-
 _RELAY = re.compile(r"relay|relaying|not permitted to relay|not local|no such domain here", re.I)
 _TLS_WORDS = re.compile(r"starttls|\btls\b|encrypt|secure connection|ssl", re.I)
 
