@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Any
 
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -151,6 +152,9 @@ class Host(fields.String):
             host, address = names.normalize_host(text)
         except ValueError as exc:
             raise ValidationError(f"not a host name or IP address: {exc}") from None
+        if address is None and (host == "localhost" or host.endswith(".localhost")):
+            # RFC 6761: these names always mean loopback, whatever DNS says.
+            address = ip_address("127.0.0.1")
         if address is not None:
             reason = forbidden_reason(address, self.allow_networks)
             if reason is not None:

@@ -353,3 +353,11 @@ def test_each_mx_host_is_held_to_the_policy(
     assert "10.0.0.1" in result["hosts"][0]["summary"]
     assert "127.0.0.1" in result["hosts"][1]["summary"]
     assert witness.connections == []
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST.", "mail.localhost", "x.y.localhost"])
+def test_api_refuses_the_loopback_names_of_rfc_6761(client: FlaskClient, host: str) -> None:
+    status, problem = post(client, host)
+
+    assert status == 422, problem
+    assert "127.0.0.1 is a loopback address" in problem["errors"]["host"][0]
