@@ -41,6 +41,8 @@ from tests.e2e.conftest import (
     RUN_MARKER,
     RUN_TOKEN,
     SECRET_KEY,
+    SMTPCHECK,
+    Proc,
     Service,
     processes_mentioning,
 )
@@ -311,3 +313,61 @@ def test_no_password_in_redis_or_logs_after_checks_of_every_fate(
     assert b"debug" in b"".join(data for _, data in logs).lower()  # as verbose as they get
     hits = find(logs, [*wanted, Needle("Fernet token", FERNET_PREFIX)])
     assert hits == [], hits
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.e2e
+def test_a_killed_work_horse_of_the_forking_class_leaves_no_seal(
+    deployed: Service, stall: StallAfterAuth, redis_url: str
+) -> None:
+    """With --worker-class fork the parent fails a killed horse's check from
+    its own stale copy of the job; it must not write the seal back."""
+    pool = Proc(
+        "workers-fork",
+        [*SMTPCHECK, "worker", "--vantage", "forked", "--worker-class", "fork", "--processes", "1"],
+        deployed.env,
+        deployed.tmp / "workers-fork.log",
+    ).start()
+    deployed.procs.append(pool)
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 30
+        while not connection.scard("rq:workers:vantage:forked"):
+            assert pool.alive() and time.monotonic() < deadline, pool.log()
+            time.sleep(0.1)
+        check_id = deployed.client.submit(
+            {
+                "host": "127.0.0.1",
+                "port": stall.server.port,
+                "tls": "none",
+                "vantage": "forked",
+                "stop_after": "auth",
+                "auth": {"username": USER, "password": PASSWORD, "mechanism": "PLAIN"},
+                "timeouts": {"total": 10},
+            }
+        )
+        assert stall.stalled.wait(20), pool.log()
+        worker = worker_pid(connection, check_id)
+        horses = children_of(worker)
+        assert horses, "the forking worker has no work horse"
+        for horse in horses:
+            os.kill(horse, signal.SIGKILL)
+        job = deployed.client.wait(check_id, timeout=30)
+        assert job["status"] == "failed", job
+        assert stored_kwargs(connection, check_id)["sealed_password"] is None
+        assert find(redis_values(connection), [Needle("Fernet token", FERNET_PREFIX)]) == []
+        assert_no_secret(connection, needles(USER, PASSWORD), "after the horse was killed")
+    finally:
+        connection.close()
