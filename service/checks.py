@@ -13,7 +13,7 @@ from marshmallow import Schema
 
 from smtpcheck.report import render_text
 
-from . import fanout, ratelimit
+from . import fanout, metrics, ratelimit
 from .apikeys import authenticate, current_owner
 from .jobstore import JobStore, failure_reason, isoformat, links, public_status
 from .problems import NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
@@ -58,6 +58,7 @@ def create_check() -> Response:
         created_at=created["created_at"],
         links=links(str(created["id"])),
     )
+    metrics.CHECKS_BY_KEY.labels(current_owner()).inc()
     response.status_code = 202
     response.headers["Location"] = url_for("checks.get_check", check_id=created["id"])
     return response

@@ -43,6 +43,11 @@ HTTP_REQUESTS = Counter(
     "HTTP requests answered, by route, method and status.",
     ["route", "method", "status"],
 )
+CHECKS_BY_KEY = Counter(
+    "smtpcheck_checks_accepted_by_key_total",
+    "Checks accepted, by the name of the API key that asked (never the key itself).",
+    ["api_key"],
+)
 HTTP_LATENCY = Histogram(
     "smtpcheck_http_request_duration_seconds",
     "Time to answer an HTTP request, by route (long polls included).",

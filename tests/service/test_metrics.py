@@ -91,3 +91,20 @@ def test_request_id_is_honoured_or_made(client: FlaskClient) -> None:
     assert given.headers["X-Request-ID"] == "abc-123"
     made = client.get("/healthz", headers={"X-Request-ID": "bad id\twith junk"})
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
+
+
+def test_checks_by_key_name_never_the_key(client: FlaskClient) -> None:
+    name = "smtpcheck_checks_accepted_by_key_total"
+    before = sample_or_zero(scrape(client), name, api_key="alice")
+    submit(client, {"host": "mx.example.com"})
+    text = scrape(client)
+    after = sample(text, name, api_key="alice")
+    assert after == before + 1
+    assert "key-alice" not in text
+
+
+def sample_or_zero(text: str, name: str, **labels: str) -> float:
+    try:
+        return sample(text, name, **labels)
+    except AssertionError:
+        return 0.0
