@@ -259,12 +259,17 @@ class Check:
         target = Target(plan.host, plan.port)
         connect_deadline = min(started + plan.timeouts["connect"], self.deadline)
         resolver = Resolver(self.settings, connect_deadline)
-        target.addresses = resolver.addresses(plan.host, plan.ip_version)
+        if not target.is_literal:
+            wanted = {4: "A", 6: "AAAA"}.get(plan.ip_version or 0, "A/AAAA")
+            self.transcript.note(f"resolving {plan.host} ({wanted})")
+        try:
+            target.addresses = resolver.addresses(plan.host, plan.ip_version)
+        finally:
+            self._timed("resolve", started)
         self.result["target"]["addresses"] = [str(a) for a in target.addresses]
         if not target.is_literal:
             shown = ", ".join(map(str, target.addresses))
             self.transcript.note(f"resolved {plan.host} to {shown}")
-        self._timed("resolve", started)
         try:
             candidates = permitted(target, self.settings)
         finally:

@@ -29,7 +29,8 @@ def test_name_resolves_and_the_dialled_address_is_recorded(smtp_target, dns_sett
     assert result["ok"] is True, result["summary"]
     assert result["target"]["address"] == "127.0.0.1"
     assert result["target"]["addresses"] == ["127.0.0.1"]
-    assert result["transcript"][0]["text"] == "resolved v4only.local.test to 127.0.0.1"
+    assert result["transcript"][0]["text"] == "resolving v4only.local.test (A/AAAA)"
+    assert result["transcript"][1]["text"] == "resolved v4only.local.test to 127.0.0.1"
     assert "resolve" in result["timings"]
 
 
