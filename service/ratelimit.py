@@ -103,10 +103,10 @@ class Admission:
 
     def check_rate(self, owner: str) -> None:
         """Count one POST for ``owner``; 429 when any of the limits is spent."""
+        # One round trip per limit, as flask-limiter does: a POST refused by a
+        # later (longer) window still counts in the earlier ones, which only
+        # delays a caller who is over a limit anyway.
         for item in self.items:
-            if not self.limiter.test(item, owner):
-                raise self._rate_limited(item, owner)
-        for item in self.items:  # test, then hit: a refusal spends nothing
             if not self.limiter.hit(item, owner):
                 raise self._rate_limited(item, owner)
 
