@@ -49,6 +49,7 @@ class Resolver:
     def __init__(self, settings: Settings, deadline: float) -> None:
         self.settings = settings
         self.deadline = deadline
+        self._resolver: dns.resolver.Resolver | None = None
 
     def _timeout(self) -> float:
         left = self.deadline - time.monotonic()
@@ -57,15 +58,19 @@ class Resolver:
         return min(left, self.settings.dns_timeout)
 
     def _dnspython(self, timeout: float) -> dns.resolver.Resolver:
-        if self.settings.dns_servers:
-            resolver = dns.resolver.Resolver(configure=False)
-            resolver.nameservers = [ip for ip, _ in self.settings.dns_servers]
-            resolver.nameserver_ports = dict(self.settings.dns_servers)
-        else:
-            try:
-                resolver = dns.resolver.Resolver(configure=True)
-            except dns.resolver.NoResolverConfiguration as exc:
-                raise DNSError(f"no DNS resolver configured on this worker: {exc}") from None
+        """One dnspython resolver per lookup chain (resolv.conf read once)."""
+        resolver = self._resolver
+        if resolver is None:
+            if self.settings.dns_servers:
+                resolver = dns.resolver.Resolver(configure=False)
+                resolver.nameservers = [ip for ip, _ in self.settings.dns_servers]
+                resolver.nameserver_ports = dict(self.settings.dns_servers)
+            else:
+                try:
+                    resolver = dns.resolver.Resolver(configure=True)
+                except dns.resolver.NoResolverConfiguration as exc:
+                    raise DNSError(f"no DNS resolver configured on this worker: {exc}") from None
+            self._resolver = resolver
         resolver.lifetime = timeout
         resolver.timeout = min(timeout, 2.0)
         return resolver
