@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Any
 
 from smtpcheck.config import ConfigError, Settings
+from smtpcheck.contract import PROBES
 
 PROG = "smtpcheck"
 
@@ -120,6 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--command-timeout", type=float, help="per-reply deadline (seconds)")
     check.add_argument("--ip-version", type=int, choices=(4, 6))
     check.add_argument("--mx", action="store_true", help="HOST is a mail domain: check its MX")
+    check.add_argument(
+        "--mx-hosts",
+        choices=("first", "all"),
+        help="with --mx: stop at the first MX host that answers (default) or check all",
+    )
+    check.add_argument(
+        "--probe",
+        dest="probes",
+        action="append",
+        choices=PROBES,
+        help="extra short dialogue: open_relay, starttls_required, vrfy, expn (repeatable)",
+    )
+    check.add_argument(
+        "--retry-temporary",
+        action="store_true",
+        help="re-run a check that ends in a 4xx (greylisting); service only",
+    )
     check.add_argument("--vantage", help="worker pool to run the check from")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.add_argument("--local", action="store_true", help="run here, with no service")
@@ -651,6 +669,9 @@ OPTION_FOR_FIELD = {
     "timeouts.command": "--command-timeout",
     "ip_version": "--ip-version",
     "mx": "--mx",
+    "mx_hosts": "--mx-hosts",
+    "probes": "--probe",
+    "retry_temporary": "--retry-temporary",
     "vantage": "--vantage",
 }
 
@@ -667,6 +688,8 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]
         ("stop_after", "stop_after"),
         ("ip_version", "ip_version"),
         ("vantage", "vantage"),
+        ("mx_hosts", "mx_hosts"),
+        ("probes", "probes"),
     ):
         value = getattr(args, option)
         if value is not None:
@@ -675,6 +698,8 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]
         request["tls_verify"] = True
     if args.mx:
         request["mx"] = True
+    if args.retry_temporary:
+        request["retry_temporary"] = True
     password: str | None = None
     if args.auth_user is not None or args.auth_password is not None:
         password = args.auth_password

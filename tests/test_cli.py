@@ -207,3 +207,28 @@ def test_secret_files_are_private_and_stable(tmp_path: Path) -> None:
     assert len(key) >= 32
     assert stat.S_IMODE((tmp_path / "secret_key").stat().st_mode) == 0o600
     assert read_or_create_secret(tmp_path / "secret_key") == key
+
+
+def test_local_check_with_probes_prints_the_findings_block(
+    smtp_target: Callable[..., SMTPTarget],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = smtp_target(tls="none")
+    allow(monkeypatch, target.port)
+    code = main(
+        ["check", "127.0.0.1", "--port", str(target.port), "--local",
+         "--probe", "open_relay", "--probe", "vrfy"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "=== probe open_relay: closed" in out
+    findings = out[out.index("Findings:") :].splitlines()
+    assert findings[1].startswith("  [WARN]")  # warnings before passes
+    assert "  [PASS] relay_closed: The server refuses to relay for outsiders" in findings
+    assert any(line.startswith("  [PASS] vrfy_disabled") for line in findings)
+
+
+def test_unknown_probe_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "mx.example.com", "--local", "--probe", "portscan"]) == 2
+    assert "argument --probe: invalid choice: 'portscan'" in capsys.readouterr().err
