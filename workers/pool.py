@@ -45,9 +45,12 @@ from typing import Any, cast
 import redis
 from redis.client import Pipeline
 from rq import Queue, SimpleWorker, Worker, worker_registration
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.job import Job
 from rq.registry import StartedJobRegistry
+from rq.scheduler import RQScheduler
+from rq.scheduler import run as run_scheduler
 from rq.serializers import JSONSerializer
 from rq.utils import as_text, parse_composite_key
 from rq.worker import BaseWorker, WorkerStatus
@@ -87,12 +90,64 @@ def worker_name(vantage: str) -> str:
     return f"{vantage}.{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
 
 
+class _ScopedScheduler(RQScheduler):
+    """RQ's scheduler (it runs greylisting retries), in a child process that
+    ends with the worker that started it: RQ's own would outlive a worker
+    killed with SIGKILL and keep running, unsupervised, for ever."""
+
+    def start(self) -> BaseProcess:
+        self._status = self.Status.STARTED
+        self._connection = None  # not shared across the fork
+        process = multiprocessing.get_context("fork").Process(
+            target=_run_scheduler, args=(self, os.getpid()), name="Scheduler"
+        )
+        process.start()
+        self._process = process  # type: ignore[assignment]  # RQ annotates it as None
+        return process
+
+
+def _run_scheduler(scheduler: RQScheduler, parent: int) -> None:
+    _die_with_parent()  # SIGTERM: RQ's scheduler stops at its next tick
+    if os.getppid() != parent:
+        sys.exit(0)
+    run_scheduler(scheduler)
+
+
 class _Reregistering:
     """Put a worker back into RQ's registry when Redis lost it (a restart
     without persistence, a failover), so ``/v1/vantages`` keeps counting it.
     Looked at no more than once per ``MAINTENANCE_INTERVAL``."""
 
     _registration_checked = 0.0
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """RQ's own, with :class:`_ScopedScheduler` in place of RQScheduler."""
+        worker = cast(BaseWorker, self)
+        scheduler = _ScopedScheduler(
+            worker.queues,
+            connection=worker.connection,
+            logging_level=logging_level or "INFO",
+            serializer=worker.serializer,
+        )
+        worker.scheduler = scheduler
+        scheduler.acquire_locks()
+        if not scheduler.acquired_locks:
+            return  # another worker's scheduler serves this queue
+        if not burst:
+            scheduler.start()
+            return
+        try:
+            scheduler.register_birth()
+            scheduler.enqueue_scheduled_jobs()
+        finally:
+            scheduler.release_locks()
+            scheduler.register_death()
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         if pipeline is None:  # one round trip instead of three, several times per check

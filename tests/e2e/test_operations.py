@@ -5,6 +5,7 @@ scheduler, a check fanned out to every vantage, and graceful shutdown."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import threading
@@ -223,3 +224,41 @@ def test_api_finishes_requests_in_flight_on_sigterm(
         assert service.api.process.wait(15) == 0  # type: ignore[union-attr]
     finally:
         service.stop()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_worker_takes_its_scheduler_along(ops: Ops, redis_server: EmbeddedRedis) -> None:
+    """RQ's scheduler runs in a child of one worker; a SIGKILLed worker must
+    not leave it running unsupervised (the pool starts a fresh worker)."""
+    connection = redis.Redis.from_url(redis_server.url)
+    try:
+        names = [m.decode().removeprefix("rq:worker:") for m in
+                 connection.smembers("rq:workers:vantage:eu")]  # fmt: skip
+        pid = int(connection.hget(f"rq:worker:{names[0]}", "pid") or 0)
+        deadline = time.monotonic() + 10
+        while not (schedulers := _children(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert schedulers, "the eu worker runs no scheduler"
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while any(Path(f"/proc/{s}").exists() for s in schedulers):
+            assert time.monotonic() < deadline, f"scheduler {schedulers} outlived its worker"
+            time.sleep(0.1)
+        deadline = time.monotonic() + 15
+        while worker_count(redis_server.url, "eu") < 1:  # the pool replaced it
+            assert time.monotonic() < deadline, ops.eu.log()
+            time.sleep(0.1)
+    finally:
+        connection.close()

@@ -45,6 +45,7 @@ from tests.e2e.conftest import (
     Proc,
     Service,
     processes_mentioning,
+    wait_gone,
 )
 from tests.security.conftest import ALICE, SECRET
 from tests.security.leaks import FERNET_PREFIX, Needle, find, needles, redis_values
@@ -234,7 +235,8 @@ def deployed(
         yield service
     finally:
         service.stop()
-        left = processes_mentioning(RUN_MARKER)
+        # A scheduler whose worker was SIGKILLed stops at its next tick (1 s).
+        left = wait_gone(processes_mentioning(RUN_MARKER), 5)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         assert not left, f"processes left running: {left}"
