@@ -17,12 +17,13 @@ from typing import Any
 
 from rq.job import Job
 
+from smtpcheck.contract import ALL_VANTAGES
 from smtpcheck.report import render_text
 
 from .jobstore import TERMINAL, JobStore, isoformat, links, public_status
 from .problems import Problem
 
-ALL = "all"
+ALL = ALL_VANTAGES
 KEY_PREFIX = "smtpcheck:fanout:"
 NO_WORKERS = "urn:smtpcheck:problem:no-live-vantage"
 

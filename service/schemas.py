@@ -20,7 +20,7 @@ from typing import Any
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from smtpcheck.config import Settings
-from smtpcheck.contract import OUTCOMES, PROBES, STAGES
+from smtpcheck.contract import OUTCOMES, PROBES, STAGES, VANTAGE_PATTERN
 from smtpcheck.targetpolicy import IPNetwork, forbidden_reason
 
 from . import names
@@ -34,7 +34,6 @@ DEFAULT_RETRY_ATTEMPTS = 3
 DEFAULT_RETRY_DELAY = 300.0
 
 DEFAULT_VANTAGE = "default"
-VANTAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 CHECK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 HEADER_NAME_PATTERN = r"^[!-9;-~]{1,76}$"
 NO_NUL_PATTERN = r"^[^\x00]*$"

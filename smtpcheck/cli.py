@@ -15,6 +15,7 @@ import getpass
 import ipaddress
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -30,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from smtpcheck.config import ConfigError, Settings
-from smtpcheck.contract import PROBES
+from smtpcheck.contract import ALL_VANTAGES, PROBES, VANTAGE_PATTERN
 
 PROG = "smtpcheck"
 
@@ -228,13 +229,20 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.pool import run_pool
 
+    vantage = args.vantage or settings.vantage
+    if vantage == ALL_VANTAGES or not re.fullmatch(VANTAGE_PATTERN, vantage):
+        err(
+            f"{vantage!r} cannot name a vantage: use letters, digits, '.', '_' and '-' "
+            f"(and not {ALL_VANTAGES!r}, which means every vantage)"
+        )
+        return EXIT_USAGE
     if not settings.redis_url:
         err("REDIS_URL is not set; using redis://127.0.0.1:6379/0")
     if not settings.secret_key:
         err("SMTPCHECK_SECRET_KEY is not set: checks with AUTH cannot be run")
     return run_pool(
         settings,
-        vantage=args.vantage,
+        vantage=vantage,
         processes=args.processes,
         burst=args.burst,
         kind=args.worker_class,

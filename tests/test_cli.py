@@ -232,3 +232,11 @@ def test_local_check_with_probes_prints_the_findings_block(
 def test_unknown_probe_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "mx.example.com", "--local", "--probe", "portscan"]) == 2
     assert "argument --probe: invalid choice: 'portscan'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("vantage", ["all", "../etc", "-x", "eu west"])
+def test_worker_refuses_a_vantage_name_that_is_not_one(
+    vantage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["worker", f"--vantage={vantage}"]) == 2
+    assert "cannot name a vantage" in capsys.readouterr().err
