@@ -22,10 +22,26 @@ log_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Context
     "smtpcheck_log_context", default=None
 )
 
-_STANDARD = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
+#: The only ``extra`` keys a line may carry. An allowlist, not a blocklist:
+#: libraries pass their own extras (RQ logs a failing job's arguments as
+#: ``kwargs``, which hold a sealed password), and none of that may reach a log.
+LOGGED_EXTRAS = frozenset(
+    {
+        "request_id",
+        "check_id",
+        "job_id",
+        "vantage",
+        "queue",
+        "worker",
+        "host",
+        "address",
+        "outcome",
+        "stage",
+        "status",
+        "duration_ms",
+        "api_key",
+    }
 )
-CONTEXT_KEYS = ("request_id", "check_id", "vantage", "host", "outcome", "api_key", "worker")
 
 
 class JSONFormatter(logging.Formatter):
@@ -39,9 +55,8 @@ class JSONFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(log_context.get() or {})
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        for key in LOGGED_EXTRAS.intersection(vars(record)):
+            entry[key] = getattr(record, key)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)

@@ -18,7 +18,7 @@ import redis
 
 from smtpcheck.embedded_redis import EmbeddedRedis
 from tests.e2e.conftest import SMTPCHECK, Client, Proc, Service, base_env, worker_count
-from tests.smtp_servers import LOCAL_DOMAIN, Certificates, SMTPTarget, TargetHandler
+from tests.smtp_servers import LOCAL_DOMAIN, USERS, Certificates, SMTPTarget, TargetHandler
 
 pytestmark = pytest.mark.e2e
 
@@ -151,6 +151,8 @@ def test_greylisted_check_is_retried_by_the_scheduler(ops: Ops) -> None:
             "rcpt_to": [BOB],
             "retry_temporary": True,
             "retry": {"attempts": 3, "delay": 2},
+            # AUTH too: the sealed password must survive the retry, and no log may show it
+            "auth": {"username": "alice", "password": USERS["alice"], "mechanism": "PLAIN"},
         }
     )
     seen = set()
@@ -169,6 +171,12 @@ def test_greylisted_check_is_retried_by_the_scheduler(ops: Ops) -> None:
     result = job["result"]
     assert result["ok"] is True, result["summary"]
     assert [a["outcome"] for a in result["attempts"]] == ["temporary_failure", "ok"]
+    assert result["auth"]["accepted"] is True  # the second attempt could still unseal it
+    # RQ logs a job that raises (the retry request) with its arguments as extras:
+    # the sealed password must not reach a log line, nor the password itself.
+    logs = "".join(path.read_text() for path in ops.service.tmp.glob("*.log"))
+    assert "gAAAAA" not in logs
+    assert USERS["alice"] not in logs
 
 
 def test_vantage_all_puts_every_vantage_side_by_side(ops: Ops) -> None:
