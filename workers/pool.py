@@ -120,6 +120,16 @@ class _Reregistering:
 
     _registration_checked = 0.0
 
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """A greylisted check asking for its next attempt is routine, not an
+        error: one info line instead of RQ's ERROR with a traceback."""
+        from workers.job import RetryLater
+
+        if exc_info and isinstance(exc_info[1], RetryLater):
+            cast(BaseWorker, self).log.info("check %s: %s", job.id, exc_info[1])
+            return
+        super().handle_exception(job, *exc_info)  # type: ignore[misc]
+
     def _start_scheduler(
         self,
         burst: bool = False,

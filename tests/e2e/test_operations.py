@@ -177,6 +177,11 @@ def test_greylisted_check_is_retried_by_the_scheduler(ops: Ops) -> None:
     logs = "".join(path.read_text() for path in ops.service.tmp.glob("*.log"))
     assert "gAAAAA" not in logs
     assert USERS["alice"] not in logs
+    # asking for the next attempt is routine: an info line, not an error with a traceback
+    worker = json_lines(ops.service.tmp / "workers.log")
+    asked = [e for e in worker if "ended in temporary_failure" in e["message"]]
+    assert asked and asked[0]["level"] == "info", asked
+    assert not [e for e in worker if e["level"] == "error"], worker
 
 
 def test_vantage_all_puts_every_vantage_side_by_side(ops: Ops) -> None:
