@@ -20,7 +20,7 @@ from typing import Any
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from smtpcheck.config import Settings
-from smtpcheck.contract import OUTCOMES, PROBES, STAGES, VANTAGE_PATTERN
+from smtpcheck.contract import OUTCOMES, PROBES, SEVERITIES, STAGES, VANTAGE_PATTERN
 from smtpcheck.targetpolicy import IPNetwork, forbidden_reason
 
 from . import names
@@ -549,7 +549,7 @@ class TranscriptLineSchema(OpenSchema):
 
 
 class FindingSchema(OpenSchema):
-    severity = fields.String(validate=validate.OneOf(("pass", "info", "warning", "fail")))
+    severity = fields.String(validate=validate.OneOf(SEVERITIES))
     code = fields.String(metadata={"description": "see the README's list of findings"})
     message = fields.String()
 

@@ -38,6 +38,9 @@ OUTCOMES = (
 
 PROBES = ("open_relay", "starttls_required", "vrfy", "expn")
 
+#: Finding severities, in the order a person reads them: failures first.
+SEVERITIES = ("fail", "warning", "info", "pass")
+
 #: A vantage point's name (a worker pool's, and the queue ``vantage:<name>``).
 VANTAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 #: Not a vantage: a check with ``vantage: "all"`` runs at every vantage.

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from smtpcheck.contract import SEVERITIES
+
 _MARKERS = {
     ("note", False): "===",
     ("note", True): "===",
@@ -71,7 +73,6 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-_SEVERITY_ORDER = ("fail", "warning", "info", "pass")
 _SEVERITY_LABEL = {"fail": "FAIL", "warning": "WARN", "info": "INFO", "pass": "PASS"}
 
 
@@ -94,11 +95,11 @@ def findings_lines(result: Mapping[str, Any]) -> list[str]:
     found = list(result.get("findings") or [])
     if not found:
         return []
-    found.sort(key=lambda f: _SEVERITY_ORDER.index(f.get("severity", "info")))
-    counts = {s: sum(1 for f in found if f.get("severity") == s) for s in _SEVERITY_ORDER}
+    found.sort(key=lambda f: SEVERITIES.index(f.get("severity", "info")))
+    counts = {s: sum(1 for f in found if f.get("severity") == s) for s in SEVERITIES}
     lines = [
         "",
-        "Findings: " + ", ".join(f"{counts[s]} {s}" for s in _SEVERITY_ORDER if counts[s]),
+        "Findings: " + ", ".join(f"{counts[s]} {s}" for s in SEVERITIES if counts[s]),
     ]
     for finding in found:
         label = _SEVERITY_LABEL.get(finding.get("severity", ""), "????")

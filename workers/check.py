@@ -159,7 +159,7 @@ class Check:
             "summary": "",
             "target": {"host": plan.host, "port": plan.port, "address": None, "addresses": []},
             "vantage": settings.vantage,
-            "started_at": _now(),
+            "started_at": utc_timestamp(),
             "finished_at": None,
             "banner": None,
             "ehlo": None,
@@ -198,7 +198,7 @@ class Check:
         self.timings["total"] = self.transcript.elapsed_ms()
         result["summary"] = summarize(result, self.failure, self.plan.timeouts)
         result["findings"] = findings(result, slow_banner_ms=self.settings.slow_banner * 1000)
-        result["finished_at"] = _now()
+        result["finished_at"] = utc_timestamp()
         result["transcript"] = self.transcript.as_list()
         return result
 
@@ -662,7 +662,7 @@ def _first_word(text: str) -> str | None:
     return words[0].rstrip(".,") if words and "." in words[0] else None
 
 
-def _now() -> str:
+def utc_timestamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -679,7 +679,7 @@ def run_check(
     ``gate``: see :data:`Gate`; None (``smtpcheck check --local``) runs ungated.
     """
     if request.get("mx"):
-        from workers.domain import run_domain_check  # domain.py builds on this module
+        from workers.domain import run_domain_check  # domain.py imports this module
 
         return run_domain_check(request, settings, password=password, check_id=check_id, gate=gate)
     plan = Plan.from_request(request, settings, password=password, check_id=check_id)

@@ -5,14 +5,15 @@ by one until one answers (``mx_hosts: "first"``) or all of them at once
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from smtpcheck.config import Settings
+from workers.check import Plan, run_check, utc_timestamp
 from workers.errors import DNSError
+from workers.findings import sort_findings
 from workers.resolver import MXHost, Resolver
 from workers.transcript import Transcript
 
@@ -34,10 +35,6 @@ NO_ANSWER = {
 }
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def run_domain_check(
     request: Mapping[str, Any],
     settings: Settings,
@@ -46,8 +43,6 @@ def run_domain_check(
     check_id: str | None,
     gate: Gate | None = None,
 ) -> dict[str, Any]:
-    from workers.check import Plan, run_check  # check.py dispatches here
-
     plan = Plan.from_request(request, settings, password=password, check_id=check_id)
     domain = plan.host
     mode = str(request.get("mx_hosts") or "first")
@@ -61,7 +56,7 @@ def run_domain_check(
         "summary": "",
         "target": {"host": domain, "port": plan.port, "address": None, "addresses": []},
         "vantage": settings.vantage,
-        "started_at": _now(),
+        "started_at": utc_timestamp(),
         "finished_at": None,
         "mx": {"domain": domain, "mode": mode, "hosts": [], "checked": 0},
         "hosts": [],
@@ -146,12 +141,12 @@ def run_domain_check(
             for finding in host_result["findings"]
         ]
     result["hosts"] = checked
-    result["findings"].sort(key=lambda f: ["fail", "warning", "info", "pass"].index(f["severity"]))
+    sort_findings(result["findings"])
     return _finish(result, transcript)
 
 
 def _finish(result: dict[str, Any], transcript: Transcript) -> dict[str, Any]:
     result["timings"]["total"] = transcript.elapsed_ms()
-    result["finished_at"] = _now()
+    result["finished_at"] = utc_timestamp()
     result["transcript"] = transcript.as_list()
     return result

@@ -12,8 +12,14 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-SEVERITY_ORDER = {"fail": 0, "warning": 1, "info": 2, "pass": 3}
+from smtpcheck.contract import SEVERITIES
+
 EXPIRY_WARNING_DAYS = 30
+
+
+def sort_findings(found: list[dict[str, str]]) -> None:
+    """Failures first, then warnings, infos and passes (stable within each)."""
+    found.sort(key=lambda f: SEVERITIES.index(f["severity"]))
 
 
 def _finding(severity: str, code: str, message: str) -> dict[str, str]:
@@ -79,7 +85,7 @@ def findings(
 
     out.extend(_dns_findings(result.get("dns") or {}))
     out.extend(_probe_findings(result.get("probes") or {}))
-    out.sort(key=lambda f: SEVERITY_ORDER[f["severity"]])
+    sort_findings(out)
     return out
 
 
