@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -17,7 +16,16 @@ import pytest
 import redis
 
 from smtpcheck.embedded_redis import EmbeddedRedis
-from tests.e2e.conftest import SMTPCHECK, Client, Proc, Service, base_env, worker_count
+from tests.e2e.conftest import (
+    SMTPCHECK,
+    Client,
+    Proc,
+    Service,
+    base_env,
+    children_of,
+    worker_count,
+)
+from tests.prometheus_text import sample
 from tests.smtp_servers import LOCAL_DOMAIN, USERS, Certificates, SMTPTarget, TargetHandler
 
 pytestmark = pytest.mark.e2e
@@ -76,15 +84,6 @@ def ops(
         service.stop()
         greylist.stop()
         plain.stop()
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}") + 1]))
-            if found == labels:
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def json_lines(path: Path) -> list[dict]:
@@ -239,19 +238,6 @@ def test_api_finishes_requests_in_flight_on_sigterm(
         service.stop()
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
 def test_a_killed_worker_takes_its_scheduler_along(ops: Ops, redis_server: EmbeddedRedis) -> None:
     """RQ's scheduler runs in a child of one worker; a SIGKILLed worker must
     not leave it running unsupervised (the pool starts a fresh worker)."""
@@ -261,7 +247,7 @@ def test_a_killed_worker_takes_its_scheduler_along(ops: Ops, redis_server: Embed
                  connection.smembers("rq:workers:vantage:eu")]  # fmt: skip
         pid = int(connection.hget(f"rq:worker:{names[0]}", "pid") or 0)
         deadline = time.monotonic() + 10
-        while not (schedulers := _children(pid)) and time.monotonic() < deadline:
+        while not (schedulers := children_of(pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert schedulers, "the eu worker runs no scheduler"
         os.kill(pid, signal.SIGKILL)

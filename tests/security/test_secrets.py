@@ -44,6 +44,7 @@ from tests.e2e.conftest import (
     SMTPCHECK,
     Proc,
     Service,
+    children_of,
     processes_mentioning,
     wait_gone,
 )
@@ -315,19 +316,6 @@ def test_no_password_in_redis_or_logs_after_checks_of_every_fate(
     assert b"debug" in b"".join(data for _, data in logs).lower()  # as verbose as they get
     hits = find(logs, [*wanted, Needle("Fernet token", FERNET_PREFIX)])
     assert hits == [], hits
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.e2e

@@ -7,6 +7,7 @@ import re
 import redis
 from flask.testing import FlaskClient
 
+from tests.prometheus_text import sample, sample_or_zero
 from tests.service.conftest import ALICE, submit
 from workers import stats
 
@@ -16,17 +17,6 @@ def scrape(client: FlaskClient) -> str:
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain; version=0.0.4")
     return response.get_data(as_text=True)
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample, labels in any order."""
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}") + 1]))
-        if found == labels:
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {name}{labels} in:\n{text}")
 
 
 def test_queue_depth_submitted_and_workers(client: FlaskClient) -> None:
@@ -101,10 +91,3 @@ def test_checks_by_key_name_never_the_key(client: FlaskClient) -> None:
     after = sample(text, name, api_key="alice")
     assert after == before + 1
     assert "key-alice" not in text
-
-
-def sample_or_zero(text: str, name: str, **labels: str) -> float:
-    try:
-        return sample(text, name, **labels)
-    except AssertionError:
-        return 0.0
