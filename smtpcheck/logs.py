@@ -13,7 +13,6 @@ import contextvars
 import datetime as dt
 import json
 import logging
-import sys
 from typing import Any
 
 # Context that follows the work: the API sets the request id per request;
@@ -60,22 +59,6 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
-
-
-def configure(level: str = "INFO", stream: Any = None) -> None:
-    """Route every logger (ours, RQ's, gunicorn's) to JSON lines on stderr."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JSONFormatter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    for name in ("rq.worker", "rq", "gunicorn.error", "gunicorn.access"):
-        logger = logging.getLogger(name)
-        for old in list(logger.handlers):
-            logger.removeHandler(old)
-        logger.propagate = True
 
 
 def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
