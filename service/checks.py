@@ -11,11 +11,12 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from marshmallow import Schema
 
+from smtpcheck.document import failure_reason, isoformat, links, public_status
 from smtpcheck.report import render_text
 
 from . import fanout, metrics, ratelimit
 from .apikeys import authenticate, current_owner
-from .jobstore import JobStore, failure_reason, isoformat, links, public_status
+from .jobstore import JobStore
 from .problems import NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
 
 blueprint = Blueprint("checks", __name__, url_prefix="/v1")

@@ -18,9 +18,10 @@ from typing import Any
 from rq.job import Job
 
 from smtpcheck.contract import ALL_VANTAGES
+from smtpcheck.document import TERMINAL, isoformat, links, public_status
 from smtpcheck.report import render_text
 
-from .jobstore import TERMINAL, JobStore, isoformat, links, public_status
+from .jobstore import JobStore
 from .problems import Problem
 
 ALL = ALL_VANTAGES

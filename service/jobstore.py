@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -23,10 +22,15 @@ from rq import Retry as RQRetry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
-from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from smtpcheck.config import Settings
+from smtpcheck.document import (
+    PUBLIC_STATUS,
+    TERMINAL,
+    check_document,
+    public_status,
+)
 from smtpcheck.logs import log_context
 from smtpcheck.sealing import seal
 
@@ -39,22 +43,6 @@ DESCRIPTION = "smtpcheck"
 JOB_TIMEOUT_MARGIN = 30
 SUBMITTED_KEY = "smtpcheck:metrics:submitted"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-#: RQ status -> the four statuses callers see.
-PUBLIC_STATUS: dict[JobStatus, str] = {
-    JobStatus.CREATED: "queued",
-    JobStatus.QUEUED: "queued",
-    JobStatus.DEFERRED: "queued",
-    JobStatus.SCHEDULED: "queued",
-    JobStatus.RATE_LIMITED: "queued",
-    JobStatus.READY_TO_ENQUEUE: "queued",
-    JobStatus.STARTED: "running",
-    JobStatus.FINISHED: "finished",
-    JobStatus.FAILED: "failed",
-    JobStatus.STOPPED: "failed",
-    JobStatus.CANCELED: "failed",
-}
-TERMINAL = frozenset({"finished", "failed"})
 
 log = logging.getLogger("smtpcheck.service")
 
@@ -70,40 +58,6 @@ def connect(url: str | None, *, read_timeout: float = 2.0) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
     )
-
-
-def isoformat(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
-
-
-def public_status(job: Job) -> str:
-    status = job.get_status(refresh=False)
-    if status == JobStatus.SCHEDULED and (job.meta or {}).get("attempts"):
-        return "retrying"  # a greylisted check waiting for its next attempt
-    return PUBLIC_STATUS.get(status, "queued")
-
-
-def failure_reason(job: Job, result: Result | None) -> str:
-    """One line saying why a check did not produce a result."""
-    status = job.get_status(refresh=False)
-    if status == JobStatus.CANCELED:
-        return "the check was canceled before it ran"
-    if status == JobStatus.STOPPED:
-        return "the check was stopped before it finished"
-    text = (result.exc_string if result is not None else None) or ""
-    if "AbandonedJobError" in text:
-        return "the worker running this check stopped before it finished"
-    if "JobTimeoutException" in text:
-        return "the check ran past its time limit and was stopped"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if lines:
-        return f"the worker failed: {lines[-1][:300]}"
-    return "the check failed without a reason"
 
 
 class JobStore:
@@ -250,41 +204,7 @@ class JobStore:
 
     def describe(self, job: Job) -> dict[str, Any]:
         """The GET /v1/checks/{id} body."""
-        status = public_status(job)
-        result: Result | None = job.latest_result() if status in TERMINAL else None
-        value = None
-        error = None
-        if status == "finished" and result is not None and result.type == Result.Type.SUCCESSFUL:
-            value = result.return_value
-        elif status == "failed":
-            error = failure_reason(job, result)
-        ended = job.ended_at
-        if ended is None and result is not None and status in TERMINAL:
-            ended = result.created_at
-        return {
-            "id": job.id,
-            "status": status,
-            "vantage": (job.meta or {}).get("vantage", DEFAULT_VANTAGE),
-            "created_at": isoformat(job.created_at),
-            "started_at": isoformat(job.started_at),
-            "ended_at": isoformat(ended) if status in TERMINAL else None,
-            "request": (job.kwargs or {}).get("request"),
-            "result": value,
-            "error": error,
-            **self._retrying(job, status),
-            "links": links(job.id),
-        }
-
-    @staticmethod
-    def _retrying(job: Job, status: str) -> dict[str, Any]:
-        """What a greylisted check's attempts so far said, and when it runs again."""
-        meta = job.meta or {}
-        if status != "retrying":
-            return {}
-        return {
-            "attempts": meta.get("attempts", []),
-            "next_attempt_at": meta.get("next_attempt_at"),
-        }
+        return check_document(job)
 
     def result(self, job: Job) -> dict[str, Any] | None:
         """The worker's result dict, once finished."""
@@ -351,13 +271,6 @@ def mask_password(request: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         return request, None
     password = auth.get("password")
     return {**request, "auth": {**auth, "password": SECRET_MASK}}, password
-
-
-def links(check_id: str) -> dict[str, str]:
-    return {
-        "self": f"/v1/checks/{check_id}",
-        "transcript": f"/v1/checks/{check_id}/transcript",
-    }
 
 
 def _not_found(check_id: str) -> Problem:

@@ -1,0 +1,112 @@
+"""The check document: what ``GET /v1/checks/{id}`` returns for one check.
+
+Both sides need it: the API serves it, and a worker POSTs the very same
+document to a check's ``callback.url`` once the check ends (workers/webhook.py).
+Built here, from the RQ job alone, so neither side imports the other.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rq.job import Job, JobStatus
+from rq.results import Result
+
+DEFAULT_VANTAGE = "default"
+
+#: RQ status -> the statuses callers see.
+PUBLIC_STATUS: dict[JobStatus, str] = {
+    JobStatus.CREATED: "queued",
+    JobStatus.QUEUED: "queued",
+    JobStatus.DEFERRED: "queued",
+    JobStatus.SCHEDULED: "queued",
+    JobStatus.RATE_LIMITED: "queued",
+    JobStatus.READY_TO_ENQUEUE: "queued",
+    JobStatus.STARTED: "running",
+    JobStatus.FINISHED: "finished",
+    JobStatus.FAILED: "failed",
+    JobStatus.STOPPED: "failed",
+    JobStatus.CANCELED: "failed",
+}
+TERMINAL = frozenset({"finished", "failed"})
+
+
+def isoformat(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def public_status(job: Job) -> str:
+    status = job.get_status(refresh=False)
+    if status == JobStatus.SCHEDULED and (job.meta or {}).get("attempts"):
+        return "retrying"  # a greylisted check waiting for its next attempt
+    return PUBLIC_STATUS.get(status, "queued")
+
+
+def failure_reason(job: Job, result: Result | None) -> str:
+    """One line saying why a check did not produce a result."""
+    status = job.get_status(refresh=False)
+    if status == JobStatus.CANCELED:
+        return "the check was canceled before it ran"
+    if status == JobStatus.STOPPED:
+        return "the check was stopped before it finished"
+    text = (result.exc_string if result is not None else None) or ""
+    if "AbandonedJobError" in text:
+        return "the worker running this check stopped before it finished"
+    if "JobTimeoutException" in text:
+        return "the check ran past its time limit and was stopped"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines:
+        return f"the worker failed: {lines[-1][:300]}"
+    return "the check failed without a reason"
+
+
+def links(check_id: str) -> dict[str, str]:
+    return {
+        "self": f"/v1/checks/{check_id}",
+        "transcript": f"/v1/checks/{check_id}/transcript",
+    }
+
+
+def check_document(job: Job) -> dict[str, Any]:
+    """The GET /v1/checks/{id} body for one check (not a fan-out)."""
+    status = public_status(job)
+    result: Result | None = job.latest_result() if status in TERMINAL else None
+    value = None
+    error = None
+    if status == "finished" and result is not None and result.type == Result.Type.SUCCESSFUL:
+        value = result.return_value
+    elif status == "failed":
+        error = failure_reason(job, result)
+    ended = job.ended_at
+    if ended is None and result is not None and status in TERMINAL:
+        ended = result.created_at
+    meta = job.meta or {}
+    return {
+        "id": job.id,
+        "status": status,
+        "vantage": meta.get("vantage", DEFAULT_VANTAGE),
+        "created_at": isoformat(job.created_at),
+        "started_at": isoformat(job.started_at),
+        "ended_at": isoformat(ended) if status in TERMINAL else None,
+        "request": (job.kwargs or {}).get("request"),
+        "result": value,
+        "error": error,
+        **_retrying(meta, status),
+        "links": links(job.id),
+    }
+
+
+def _retrying(meta: dict[str, Any], status: str) -> dict[str, Any]:
+    """What a greylisted check's attempts so far said, and when it runs again."""
+    if status != "retrying":
+        return {}
+    return {
+        "attempts": meta.get("attempts", []),
+        "next_attempt_at": meta.get("next_attempt_at"),
+    }
