@@ -28,6 +28,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY cli ./cli
 COPY smtpcheck ./smtpcheck
 COPY service ./service
 COPY workers ./workers

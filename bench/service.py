@@ -49,7 +49,7 @@ from rq.serializers import JSONSerializer  # noqa: E402
 from smtpcheck.config import Settings  # noqa: E402
 from smtpcheck.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 
-SMTPCHECK = [sys.executable, "-c", "import sys; from smtpcheck.cli import main; sys.exit(main())"]
+SMTPCHECK = [sys.executable, "-m", "cli"]
 QUEUE = "vantage:default"
 API_KEYS = [f"bench{i}:benchkey{i}" for i in range(8)]
 

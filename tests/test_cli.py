@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from smtpcheck.cli import DevLock, main, read_or_create_secret
+from cli.dev import read_or_create_secret
+from cli.devlock import DevLock
+from cli.main import main
 from smtpcheck.embedded_redis import free_port
 from tests.dns_server import DNSServer
 from tests.smtp_servers import LOCAL_DOMAIN, USERS, ScriptedServer, SMTPTarget

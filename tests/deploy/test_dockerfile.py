@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpcheck.cli import gunicorn_argv
+from cli.api import gunicorn_argv
 from smtpcheck.embedded_redis import EmbeddedRedis, free_port
 
 VENV_BIN = Path(sys.executable).parent

@@ -34,7 +34,7 @@ RUN_MARKER = f"SMTPCHECK_E2E_RUN={RUN_TOKEN}"
 API_KEY = "e2e-" + uuid.uuid4().hex
 API_KEY_NAME = "e2e"
 SECRET_KEY = "e2e-secret-" + uuid.uuid4().hex
-SMTPCHECK = [sys.executable, "-c", "import sys; from smtpcheck.cli import main; sys.exit(main())"]
+SMTPCHECK = [sys.executable, "-m", "cli"]
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpcheck.cli import main
+from cli.main import main
 from smtpcheck.embedded_redis import free_port
 from tests.e2e.conftest import SMTPCHECK, Targets, base_env, processes_mentioning
 

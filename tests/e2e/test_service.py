@@ -167,7 +167,7 @@ def test_check_command_against_the_service(
     service: Service, targets: Targets, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``smtpcheck check --url``: JSON out, exit status, a wrong key explained."""
-    from smtpcheck.cli import main
+    from cli.main import main
 
     base = ["check", "127.0.0.1", "--port", str(targets.plain.port), "--url", service.url]
     assert main([*base, "--api-key", API_KEY, "--stop-after", "ehlo", "--json"]) == 0

@@ -1,0 +1,168 @@
+"""The check request built from ``smtpcheck check``'s options, and its errors."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import ipaddress
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from cli.errors import UsageError, err
+from smtpcheck.config import Settings
+
+# Request field -> the option that sets it, for error messages.
+OPTION_FOR_FIELD = {
+    "host": "HOST",
+    "port": "--port",
+    "tls": "--tls",
+    "tls_verify": "--tls-verify",
+    "helo": "--helo",
+    "auth.username": "--auth-user",
+    "auth.password": "--auth-password",
+    "auth.mechanism": "--auth-mechanism",
+    "auth": "--auth-user",
+    "mail_from": "--from",
+    "rcpt_to": "--to",
+    "data": "--data-file",
+    "message": "--subject/--body",
+    "message.subject": "--subject",
+    "message.body": "--body",
+    "stop_after": "--stop-after",
+    "timeouts.total": "--timeout",
+    "timeouts.connect": "--connect-timeout",
+    "timeouts.command": "--command-timeout",
+    "ip_version": "--ip-version",
+    "mx": "--mx",
+    "mx_hosts": "--mx-hosts",
+    "probes": "--probe",
+    "retry_temporary": "--retry-temporary",
+    "vantage": "--vantage",
+}
+
+
+def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+    """The check request (as the API takes it) and the AUTH password."""
+    request: dict[str, Any] = {"host": args.host}
+    for option, name in (
+        ("port", "port"),
+        ("tls", "tls"),
+        ("helo", "helo"),
+        ("mail_from", "mail_from"),
+        ("rcpt_to", "rcpt_to"),
+        ("stop_after", "stop_after"),
+        ("ip_version", "ip_version"),
+        ("vantage", "vantage"),
+        ("mx_hosts", "mx_hosts"),
+        ("probes", "probes"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            request[name] = value
+    if args.tls_verify:
+        request["tls_verify"] = True
+    if args.mx:
+        request["mx"] = True
+    if args.retry_temporary:
+        request["retry_temporary"] = True
+    password: str | None = None
+    if args.auth_user is not None or args.auth_password is not None:
+        password = args.auth_password
+        if password is None:
+            if not sys.stdin.isatty():
+                raise UsageError("--auth-user needs --auth-password (no terminal to ask on)")
+            password = getpass.getpass(f"Password for {args.auth_user}: ")
+        auth: dict[str, Any] = {"username": args.auth_user or "", "password": password}
+        if args.auth_mechanism:
+            auth["mechanism"] = "auto" if args.auth_mechanism == "AUTO" else args.auth_mechanism
+        request["auth"] = auth
+    elif args.auth_mechanism:
+        raise UsageError("--auth-mechanism needs --auth-user and --auth-password")
+    if args.data_file is not None:
+        if args.subject is not None or args.body is not None:
+            raise UsageError("use either --data-file or --subject/--body, not both")
+        request["data"] = read_message(args.data_file)
+    elif args.subject is not None or args.body is not None:
+        message: dict[str, Any] = {}
+        if args.subject is not None:
+            message["subject"] = args.subject
+        if args.body is not None:
+            message["body"] = args.body
+        request["message"] = message
+    timeouts = {
+        name: value
+        for name, value in (
+            ("connect", args.connect_timeout),
+            ("command", args.command_timeout),
+            ("total", args.timeout),
+        )
+        if value is not None
+    }
+    if timeouts:
+        request["timeouts"] = timeouts
+    return request, password
+
+
+def read_message(path: str) -> str:
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--data-file: cannot read {path}: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--data-file: {path} is not UTF-8 text") from None
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """marshmallow's nested error messages as (field.path, message) pairs."""
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            yield from flatten_errors(value, path)
+    elif isinstance(messages, list | tuple):
+        for item in messages:
+            yield from flatten_errors(item, prefix)
+    else:
+        yield prefix or "request", str(messages)
+
+
+def describe_field(path: str) -> str:
+    """``rcpt_to.1`` -> ``--to (rcpt_to.1)``; unknown paths are returned as they are."""
+    parts = path.split(".")
+    for n in range(len(parts), 0, -1):
+        option = OPTION_FOR_FIELD.get(".".join(p for p in parts[:n] if not p.isdigit()))
+        if option:
+            return f"{option} ({path})"
+    return path
+
+
+def report_invalid(messages: Any) -> None:
+    for path, message in flatten_errors(messages):
+        err(f"invalid {describe_field(path)}: {message}")
+
+
+def validate_request(request: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """The request as the service would normalize it; raises marshmallow's ValidationError.
+
+    The schema is the service's own, built for ``settings``.
+    """
+    from service.schemas import build_schemas
+
+    schema = build_schemas(settings).check_request()
+    loaded: dict[str, Any] = schema.load(dict(request))
+    return loaded
+
+
+def permissive(settings: Settings) -> Settings:
+    """Settings whose target policy lets everything through.
+
+    A remote service applies its own operator's policy (ports, networks); the
+    client checks only what no service would accept, and leaves the rest to it.
+    """
+    return settings.replace(
+        allowed_ports=frozenset(range(1, 65536)),
+        allow_networks=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
+    )

@@ -1,0 +1,33 @@
+"""``smtpcheck worker``: RQ workers for one vantage point."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from cli.errors import EXIT_USAGE, err
+from smtpcheck.config import Settings
+from smtpcheck.contract import ALL_VANTAGES, VANTAGE_PATTERN
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.pool import run_pool
+
+    vantage = args.vantage or settings.vantage
+    if vantage == ALL_VANTAGES or not re.fullmatch(VANTAGE_PATTERN, vantage):
+        err(
+            f"{vantage!r} cannot name a vantage: use letters, digits, '.', '_' and '-' "
+            f"(and not {ALL_VANTAGES!r}, which means every vantage)"
+        )
+        return EXIT_USAGE
+    if not settings.redis_url:
+        err("REDIS_URL is not set; using redis://127.0.0.1:6379/0")
+    if not settings.secret_key:
+        err("SMTPCHECK_SECRET_KEY is not set: checks with AUTH cannot be run")
+    return run_pool(
+        settings,
+        vantage=vantage,
+        processes=args.processes,
+        burst=args.burst,
+        kind=args.worker_class,
+    )
