@@ -56,6 +56,7 @@ class ReplyClass(StrEnum):
     carries it beside the raw reply (``reply.class``)."""
 
     ACCEPTED = "accepted"  # 2xx
+    CANNOT_VERIFY = "cannot_verify"  # 252: "cannot VRFY user, but will accept message"
     CONTINUE = "continue"  # 3xx: 354 for DATA, 334 for an AUTH challenge
     CLOSING = "closing"  # 421: the server is ending the session
     GREYLISTED = "greylisted"  # 4xx "try again later" for this triplet

@@ -30,7 +30,14 @@ class RemoteProtocolError(CheckAborted):
 
 
 class DNSError(CheckAborted):
+    """The host or its MX does not resolve. ``temporary`` when the answer was
+    SERVFAIL or a timeout: the name may well resolve a minute later."""
+
     outcome = "dns_error"
+
+    def __init__(self, message: str = "", *, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 class TargetForbidden(CheckAborted):
@@ -62,3 +69,10 @@ class ConnectionClosed(CheckAborted):
 
 class TLSError(CheckAborted):
     outcome = "tls_error"
+
+
+class Canceled(CheckAborted):
+    """The caller canceled the check: the engine stops at its next read and
+    says QUIT where it can."""
+
+    outcome = "canceled"
