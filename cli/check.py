@@ -22,6 +22,7 @@ from cli.errors import (
 )
 from cli.request import build_request, permissive, report_invalid, validate_request
 from smtpcheck.config import Settings
+from smtpcheck.contract import SECRET_MASK
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -63,7 +64,7 @@ def check_local(
     from workers.check import run_check
 
     if request.get("auth"):
-        request = {**request, "auth": {**request["auth"], "password": "****"}}
+        request = {**request, "auth": {**request["auth"], "password": SECRET_MASK}}
     result = run_check(request, settings, password=password)
     print_result(result, as_json=as_json, text=None if as_json else render_text(result))
     return EXIT_OK if result.get("ok") else EXIT_NOT_OK

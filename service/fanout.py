@@ -17,7 +17,7 @@ from typing import Any
 
 from rq.job import Job
 
-from smtpcheck.contract import ALL_VANTAGES
+from smtpcheck.contract import ALL_VANTAGES, FANOUT_PREFIX, SECRET_MASK
 from smtpcheck.document import TERMINAL, isoformat, links, public_status
 from smtpcheck.report import render_text
 
@@ -25,7 +25,6 @@ from .jobstore import JobStore
 from .problems import Problem
 
 ALL = ALL_VANTAGES
-KEY_PREFIX = "smtpcheck:fanout:"
 NO_WORKERS = "urn:smtpcheck:problem:no-live-vantage"
 
 
@@ -60,9 +59,9 @@ def submit(store: JobStore, request: dict[str, Any], owner: str) -> FanOut:
         members=members,
     )
     if fanout.request.get("auth"):
-        fanout.request["auth"] = {**fanout.request["auth"], "password": "****"}
+        fanout.request["auth"] = {**fanout.request["auth"], "password": SECRET_MASK}
     store.connection.set(
-        KEY_PREFIX + fanout.id,
+        FANOUT_PREFIX + fanout.id,
         json.dumps(
             {
                 "owner": owner,
@@ -78,7 +77,7 @@ def submit(store: JobStore, request: dict[str, Any], owner: str) -> FanOut:
 
 def load(store: JobStore, check_id: str, owner: str) -> FanOut | None:
     """The fan-out behind ``check_id`` if ``owner`` made it; None if it is no fan-out."""
-    raw = store.connection.get(KEY_PREFIX + check_id)
+    raw = store.connection.get(FANOUT_PREFIX + check_id)
     if raw is None:
         return None
     data = json.loads(raw)
@@ -190,4 +189,4 @@ def delete(store: JobStore, fanout: FanOut) -> None:
     for _, job in jobs(store, fanout):
         if job is not None:
             store.delete(job)
-    store.connection.delete(KEY_PREFIX + fanout.id)
+    store.connection.delete(FANOUT_PREFIX + fanout.id)

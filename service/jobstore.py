@@ -25,6 +25,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from smtpcheck.config import Settings
+from smtpcheck.contract import JOB_FUNCTION, QUEUE_PREFIX, SECRET_MASK, SUBMITTED_KEY, queue_name
 from smtpcheck.document import (
     PUBLIC_STATUS,
     TERMINAL,
@@ -35,13 +36,10 @@ from smtpcheck.logs import log_context
 from smtpcheck.sealing import seal
 
 from .problems import CHECK_RUNNING, MISCONFIGURED, NOT_FOUND, Problem, validation_problem
-from .schemas import DEFAULT_VANTAGE, SECRET_MASK, check_id_is_valid
+from .schemas import DEFAULT_VANTAGE, check_id_is_valid
 
-JOB_FUNCTION = "workers.job.run_check_job"
-QUEUE_PREFIX = "vantage:"
 DESCRIPTION = "smtpcheck"
 JOB_TIMEOUT_MARGIN = 30
-SUBMITTED_KEY = "smtpcheck:metrics:submitted"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 log = logging.getLogger("smtpcheck.service")
@@ -78,7 +76,7 @@ class JobStore:
         self.connection.ping()
 
     def queue(self, vantage: str) -> Queue:
-        return Queue(QUEUE_PREFIX + vantage, connection=self.connection, serializer=JSONSerializer)
+        return Queue(queue_name(vantage), connection=self.connection, serializer=JSONSerializer)
 
     # -- submit ---------------------------------------------------------------
 
@@ -242,9 +240,9 @@ class JobStore:
             if name.startswith(QUEUE_PREFIX):
                 names.add(name.removeprefix(QUEUE_PREFIX))
         for worker in Worker.all(connection=self.connection):
-            for queue_name in worker.queue_names():
-                if queue_name.startswith(QUEUE_PREFIX):
-                    names.add(queue_name.removeprefix(QUEUE_PREFIX))
+            for listened in worker.queue_names():
+                if listened.startswith(QUEUE_PREFIX):
+                    names.add(listened.removeprefix(QUEUE_PREFIX))
         listing = []
         for name in sorted(names):
             queue = self.queue(name)

@@ -30,13 +30,13 @@ from prometheus_client.core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from rq.registry import StartedJobRegistry
 
+from smtpcheck.contract import DURATION_KEY, FINISHED_KEY
+
 from .jobstore import JobStore
 
 blueprint = Blueprint("metrics", __name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-FINISHED_KEY = "smtpcheck:metrics:finished"
-DURATION_KEY = "smtpcheck:metrics:duration"
 
 HTTP_REQUESTS = Counter(
     "smtpcheck_http_requests_total",

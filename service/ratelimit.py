@@ -35,11 +35,10 @@ from limits.strategies import MovingWindowRateLimiter
 from rq.job import Job, JobStatus
 
 from smtpcheck.config import Settings
+from smtpcheck.contract import ACTIVE_PREFIX, RATELIMIT_PREFIX
 
 from .problems import RATE_LIMITED, TOO_MANY_CHECKS, Problem
 
-KEY_PREFIX = "smtpcheck:ratelimit"
-ACTIVE_PREFIX = "smtpcheck:active:"
 RESERVATION_PREFIX = "reserved:"
 #: A reservation not turned into a check id within this many seconds is void.
 RESERVATION_SECONDS = 30
@@ -94,7 +93,7 @@ class Admission:
         storage = RedisStorage(
             settings.redis_url or "redis://127.0.0.1:6379/0",
             connection_pool=connection.connection_pool,
-            key_prefix=KEY_PREFIX,
+            key_prefix=RATELIMIT_PREFIX,
         )
         self.limiter = MovingWindowRateLimiter(storage)
         self._reserve = connection.register_script(_RESERVE)

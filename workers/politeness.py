@@ -33,12 +33,12 @@ from typing import cast
 
 import redis
 
+from smtpcheck.contract import TARGET_SLOTS_PREFIX
 from smtpcheck.targetpolicy import IPAddress
 from workers.errors import CheckAborted
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "smtpcheck:target:"
 LEASE_SECONDS = 15
 RENEW_SECONDS = 5.0
 POLL_FIRST = 0.05
@@ -100,7 +100,7 @@ class TargetGate:
     def __call__(
         self, address: IPAddress, deadline: float, note: Callable[[str], None]
     ) -> Iterator[None]:
-        key = KEY_PREFIX + str(address)
+        key = TARGET_SLOTS_PREFIX + str(address)
         member = uuid.uuid4().hex
         try:
             self._wait_for_slot(key, member, address, deadline, note)

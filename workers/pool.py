@@ -57,6 +57,7 @@ from rq.worker import BaseWorker, WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from smtpcheck.config import Settings
+from smtpcheck.contract import queue_name
 from smtpcheck.logs import JSONFormatter
 
 log = logging.getLogger("smtpcheck.pool")
@@ -78,11 +79,6 @@ MAX_JOBS_PER_PROCESS = 1000
 SUPERVISE_INTERVAL = 0.2
 
 WORKER_CLASSES = ("simple", "fork")
-
-
-def queue_name(vantage: str) -> str:
-    """The RQ queue a vantage point's workers listen on."""
-    return f"vantage:{vantage}"
 
 
 def worker_name(vantage: str) -> str:

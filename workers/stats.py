@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import redis
 
-FINISHED_KEY = "smtpcheck:metrics:finished"  # hash "vantage|outcome" -> count
-DURATION_KEY = "smtpcheck:metrics:duration"  # hash "vantage|le" / "vantage|sum" / "vantage|count"
+from smtpcheck.contract import DURATION_KEY, FINISHED_KEY
+
 # Seconds: SMTP checks take from milliseconds (a refused port) to minutes (tarpits).
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 

@@ -25,13 +25,14 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from smtpcheck.config import Settings, Timeouts
+from smtpcheck.contract import TARGET_SLOTS_PREFIX
 from tests.security.conftest import ALICE
 from tests.smtp_servers import ScriptedServer, read_line
 from workers.check import run_check
-from workers.politeness import KEY_PREFIX, TargetBusy, TargetGate
+from workers.politeness import TargetBusy, TargetGate
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
-KEY = KEY_PREFIX + "127.0.0.1"
+KEY = TARGET_SLOTS_PREFIX + "127.0.0.1"
 
 
 class Talking:
