@@ -19,13 +19,14 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import idna  # IDNA 2008 + UTS 46, what browsers and modern resolvers use
 
+from smtpcheck.contract import NO_CONTROLS_PATTERN, NO_CONTROLS_TEXT_PATTERN, control_character
 from smtpcheck.targetpolicy import forbidden_reason
 
 IPAddress = IPv4Address | IPv6Address
 
-WIRE_FORBIDDEN = frozenset("\r\n\x00")
-#: The same rule as a JSON Schema (ECMA 262) pattern, for openapi.yaml.
-WIRE_SAFE_PATTERN = r"^[^\r\n\x00]*$"
+#: The rule as a JSON Schema (ECMA 262) pattern, for openapi.yaml.
+WIRE_SAFE_PATTERN = NO_CONTROLS_PATTERN
+WIRE_SAFE_TEXT_PATTERN = NO_CONTROLS_TEXT_PATTERN
 
 MAX_HOSTNAME = 253
 MAX_LABEL = 63
@@ -41,10 +42,13 @@ _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+\Z")
 _QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"\Z')
 
 
-def ensure_wire_safe(value: str) -> None:
-    """Refuse CR, LF and NUL: no request may smuggle an SMTP command."""
-    if not WIRE_FORBIDDEN.isdisjoint(value):
-        raise ValueError("must not contain CR, LF or NUL")
+def ensure_wire_safe(value: str, *, allow_tab: bool = False) -> None:
+    """Refuse every control character and line separator (CR, LF and NUL
+    first among them): no request may smuggle an SMTP command or a header,
+    or hand the worker a string it cannot put on the wire."""
+    found = control_character(value, allow_tab=allow_tab)
+    if found is not None:
+        raise ValueError(f"must not contain control characters or line separators: {found}")
 
 
 def parse_ip_literal(text: str) -> IPAddress | None:

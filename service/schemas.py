@@ -5,7 +5,8 @@ The request schema depends on the operator's limits (recipients, message
 size, timeouts, ports, allowed networks), so :func:`build_schemas` makes the
 classes for one :class:`~smtpcheck.config.Settings`. Every schema raises on
 unknown fields, nested ones too. Every string that reaches the SMTP wire
-refuses CR, LF and NUL. Booleans must be JSON booleans, ports and
+refuses every control character and line separator (CR, LF, NUL, VT, FF,
+NEL, U+2028, ...; a TAB only where header text allows it). Booleans must be JSON booleans, ports and
 ``ip_version`` JSON integers, timeouts JSON numbers.
 """
 
@@ -17,10 +18,19 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from smtpcheck.config import Settings
-from smtpcheck.contract import OUTCOMES, PROBES, SEVERITIES, STAGES, VANTAGE_PATTERN
+from smtpcheck.contract import (
+    OUTCOMES,
+    PROBES,
+    SECRET_MASK,
+    SEVERITIES,
+    STAGES,
+    VANTAGE_PATTERN,
+)
 from smtpcheck.targetpolicy import IPNetwork, forbidden_reason
 
 from . import names
@@ -38,11 +48,12 @@ CHECK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 HEADER_NAME_PATTERN = r"^[!-9;-~]{1,76}$"
 NO_NUL_PATTERN = r"^[^\x00]*$"
 MAX_HEADERS = 50
+MAX_TLS_CA = 64 * 1024  # characters of PEM in tls_ca
+MAX_TLS_CA_CERTIFICATES = 16
 MAX_HELO = 255
 MAX_LINE = 998  # RFC 5322 line length, for subject and header values
 DEFAULT_SUBJECT = "smtpcheck test message"
 DEFAULT_BODY = "This is a test message sent by smtpcheck.\r\n"
-SECRET_MASK = "****"  # noqa: S105 - the mask shown instead of a password
 
 
 # ---------------------------------------------------------------------------
@@ -98,8 +109,25 @@ class BoundedDict(fields.Dict):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-def wire_safe() -> FullMatch:
-    return FullMatch(names.WIRE_SAFE_PATTERN, error="must not contain CR, LF or NUL")
+class WireSafe(validate.Regexp):
+    """No control character or line separator (a TAB allowed in header text);
+    documented as the pattern, refused with a message naming the character."""
+
+    def __init__(self, *, allow_tab: bool = False) -> None:
+        pattern = names.WIRE_SAFE_TEXT_PATTERN if allow_tab else names.WIRE_SAFE_PATTERN
+        super().__init__(pattern)
+        self.allow_tab = allow_tab
+
+    def __call__(self, value: Any) -> Any:
+        try:
+            names.ensure_wire_safe(value, allow_tab=self.allow_tab)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        return value
+
+
+def wire_safe(*, allow_tab: bool = False) -> WireSafe:
+    return WireSafe(allow_tab=allow_tab)
 
 
 class StrictBoolean(fields.Boolean):
@@ -161,6 +189,46 @@ class Host(fields.String):
         return host
 
 
+class TLSName(fields.String):
+    """The name a certificate must carry: a host name (IDN as A-labels) or an
+    IP address (then it is only verified, never sent as SNI)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = _wire_safe(super()._deserialize(value, attr, data, **kwargs), names.MAX_HOSTNAME)
+        try:
+            return names.normalize_host(text)[0]
+        except ValueError as exc:
+            raise ValidationError(f"not a host name or IP address: {exc}") from None
+
+
+class CertificatesPEM(fields.String):
+    """PEM certificates, refused unless every block parses; given back as the
+    canonical PEM of those certificates, so the worker reads exactly them."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if len(text) > MAX_TLS_CA:
+            raise ValidationError(f"longer than {MAX_TLS_CA} characters")
+        if not text.isascii():
+            raise ValidationError("PEM is ASCII text")
+        blocks = text.count("-----BEGIN ")
+        if blocks == 0:
+            raise ValidationError("no PEM block (-----BEGIN CERTIFICATE-----) found")
+        if blocks > MAX_TLS_CA_CERTIFICATES:
+            raise ValidationError(f"at most {MAX_TLS_CA_CERTIFICATES} certificates")
+        if text.count("-----BEGIN CERTIFICATE-----") != blocks:
+            raise ValidationError("only CERTIFICATE blocks are accepted (never a private key)")
+        try:
+            certificates = x509.load_pem_x509_certificates(text.encode("ascii"))
+        except ValueError:
+            raise ValidationError("a PEM block is not a parseable certificate") from None
+        if len(certificates) != blocks:
+            raise ValidationError("a PEM block is not a parseable certificate")
+        return "".join(
+            cert.public_bytes(serialization.Encoding.PEM).decode("ascii") for cert in certificates
+        )
+
+
 class Helo(fields.String):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = _wire_safe(super()._deserialize(value, attr, data, **kwargs), MAX_HELO)
@@ -189,9 +257,12 @@ class Mailbox(fields.String):
         return text
 
 
-def wire_string(*, max_length: int, min_length: int | None = None, **kwargs: Any) -> fields.String:
+def wire_string(
+    *, max_length: int, min_length: int | None = None, allow_tab: bool = False, **kwargs: Any
+) -> fields.String:
     return fields.String(
-        validate=[validate.Length(min=min_length, max=max_length), wire_safe()], **kwargs
+        validate=[validate.Length(min=min_length, max=max_length), wire_safe(allow_tab=allow_tab)],
+        **kwargs,
     )
 
 
@@ -250,13 +321,13 @@ def build_schemas(settings: Settings) -> Schemas:
         username = wire_string(min_length=1, max_length=255, required=True)
         password = fields.String(
             required=True,
-            validate=[validate.Length(max=1024), wire_safe()],
+            validate=[validate.Length(max=1024), wire_safe(allow_tab=True)],
             metadata={"description": f"sent sealed to the worker; shown back as {SECRET_MASK}"},
         )
         mechanism = fields.String(load_default="auto", validate=validate.OneOf(MECHANISMS))
 
     class MessageSchema(StrictSchema):
-        subject = wire_string(max_length=MAX_LINE, load_default=DEFAULT_SUBJECT)
+        subject = wire_string(max_length=MAX_LINE, allow_tab=True, load_default=DEFAULT_SUBJECT)
         body = message_text(
             max_octets=limits.max_message_bytes,
             load_default=DEFAULT_BODY,
@@ -270,7 +341,7 @@ def build_schemas(settings: Settings) -> Schemas:
                     error="header names are 1-76 printable ASCII characters without ':'",
                 )
             ),
-            values=wire_string(max_length=MAX_LINE),
+            values=wire_string(max_length=MAX_LINE, allow_tab=True),
             load_default=dict,
             metadata={"description": "extra header fields; names are printable ASCII without ':'"},
         )
@@ -331,6 +402,27 @@ def build_schemas(settings: Settings) -> Schemas:
         tls_verify = StrictBoolean(
             load_default=False,
             metadata={"description": "an untrusted or mismatched certificate fails the check"},
+        )
+        tls_name = TLSName(
+            load_default=None,
+            allow_none=True,
+            validate=[validate.Length(min=1, max=names.MAX_HOSTNAME), wire_safe()],
+            metadata={
+                "description": "the name sent as SNI and verified against the certificate "
+                "(for a server checked by IP, or an MX host by its MX name); an IP address "
+                "is verified, never sent as SNI. null: host when it is a name, nothing "
+                "verified for an IP literal"
+            },
+        )
+        tls_ca = CertificatesPEM(
+            load_default=None,
+            allow_none=True,
+            validate=validate.Length(min=1, max=MAX_TLS_CA),
+            metadata={
+                "description": "extra CA certificates (PEM, at most "
+                f"{MAX_TLS_CA_CERTIFICATES}) trusted for this check on top of the worker's "
+                "system store and SMTPCHECK_CA_FILE"
+            },
         )
         helo = Helo(
             load_default=None,
@@ -473,6 +565,9 @@ def request_consistency_errors(data: dict[str, Any]) -> dict[str, list[str]]:
         add("probes", "each probe may be asked for once")
     if literal is not None and data["mx"]:
         add("host", "with mx true, host must be a mail domain, not an IP address")
+    for tls_field in ("tls_name", "tls_ca"):
+        if data[tls_field] is not None and data["tls"] == "none":
+            add(tls_field, "tls 'none' sees no certificate")
     if literal is not None and data["ip_version"] not in (None, literal.version):
         add("ip_version", f"host is an IPv{literal.version} address")
     has_message = data["data"] is not None or data["message"] is not None

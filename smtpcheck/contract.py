@@ -96,3 +96,80 @@ SEVERITIES = ("fail", "warning", "info", "pass")
 VANTAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 #: Not a vantage: a check with ``vantage: "all"`` runs at every vantage.
 ALL_VANTAGES = "all"
+
+# ---------------------------------------------------------------------------
+# Redis: the queue of each vantage and the keys besides RQ's own
+# ---------------------------------------------------------------------------
+
+#: RQ queue of a vantage: ``vantage:<name>`` (docs/architecture.md).
+QUEUE_PREFIX = "vantage:"
+#: The RQ job function, enqueued by dotted path (the API never imports it).
+JOB_FUNCTION = "workers.job.run_check_job"
+#: Every key smtpcheck itself writes starts with this.
+KEY_PREFIX = "smtpcheck:"
+#: hash vantage -> checks submitted (API).
+SUBMITTED_KEY = KEY_PREFIX + "metrics:submitted"
+#: hash ``vantage|outcome`` -> checks finished (workers).
+FINISHED_KEY = KEY_PREFIX + "metrics:finished"
+#: hash ``vantage|le``, ``vantage|sum``, ``vantage|count`` (workers).
+DURATION_KEY = KEY_PREFIX + "metrics:duration"
+#: fixed windows of the per-key rate limits (the ``limits`` package's prefix).
+RATELIMIT_PREFIX = KEY_PREFIX + "ratelimit"
+#: ``<prefix><key name>``: a key's checks in flight.
+ACTIVE_PREFIX = KEY_PREFIX + "active:"
+#: ``<prefix><check id>``: a ``vantage: "all"`` check and its per-vantage checks.
+FANOUT_PREFIX = KEY_PREFIX + "fanout:"
+#: ``<prefix><address>``: the checks holding a politeness slot to one address.
+TARGET_SLOTS_PREFIX = KEY_PREFIX + "target:"
+
+#: What stored requests, transcripts and logs show instead of a secret.
+SECRET_MASK = "****"  # noqa: S105 - the mask, not a secret
+
+
+def queue_name(vantage: str) -> str:
+    """The RQ queue a vantage's workers listen on."""
+    return QUEUE_PREFIX + vantage
+
+
+# ---------------------------------------------------------------------------
+# What no string bound for the wire may hold
+# ---------------------------------------------------------------------------
+
+#: Every C0 control, DEL, every C1 control (U+0085 NEL among them) and the
+#: Unicode line and paragraph separators: each ends a line for someone
+#: (SMTP, Python's ``str.splitlines``, the email package, a terminal), so
+#: none may reach a command or a header. As a JSON Schema (ECMA 262) pattern.
+NO_CONTROLS_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+#: The same for header text (a subject, a header value, a password), where a
+#: horizontal TAB is ordinary white space.
+NO_CONTROLS_TEXT_PATTERN = r"^[^\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]*$"
+
+_CONTROL_NAMES = {
+    "\x00": "NUL",
+    "\t": "TAB",
+    "\n": "LF",
+    "\x0b": "VT",
+    "\x0c": "FF",
+    "\r": "CR",
+    "\x1c": "FS",
+    "\x1d": "GS",
+    "\x1e": "RS",
+    "\x7f": "DEL",
+    "\x85": "NEL",
+    "\u2028": "LINE SEPARATOR",
+    "\u2029": "PARAGRAPH SEPARATOR",
+}
+
+
+def control_character(text: str, *, allow_tab: bool = False) -> str | None:
+    """A description of the first control or line separator in ``text``
+    (``"LF (U+000A) at position 3"``), or None when there is none."""
+    for position, char in enumerate(text):
+        code = ord(char)
+        if (char == "\t" and allow_tab) or not (
+            code < 0x20 or 0x7F <= code <= 0x9F or char in "\u2028\u2029"
+        ):
+            continue
+        name = _CONTROL_NAMES.get(char, "a control character")
+        return f"{name} (U+{code:04X}) at position {position}"
+    return None

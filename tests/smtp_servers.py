@@ -107,17 +107,26 @@ class TargetHandler:
 
 
 class Certificates:
-    """A trustme CA and a server certificate for mail.local.test and 127.0.0.1."""
+    """A trustme CA and a server certificate for mail.local.test and 127.0.0.1
+    (or ``names``, valid from ``not_before`` to ``not_after``). The server
+    context records the SNI name of every handshake in ``sni_seen``."""
 
-    def __init__(self, tmp_dir: Any, names: tuple[str, ...] = ("mail.local.test", "127.0.0.1")):
+    def __init__(
+        self,
+        tmp_dir: Any,
+        names: tuple[str, ...] = ("mail.local.test", "127.0.0.1"),
+        **validity: Any,
+    ):
         self.ca = trustme.CA()
-        self.server_cert = self.ca.issue_cert(*names)
+        self.server_cert = self.ca.issue_cert(*names, **validity)
         self.ca_file = str(tmp_dir / "ca.pem")
         self.ca.cert_pem.write_to_path(self.ca_file)
+        self.sni_seen: list[str | None] = []
 
     def server_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_cert.configure_cert(ctx)
+        ctx.sni_callback = lambda _sock, name, _ctx: self.sni_seen.append(name)
         return ctx
 
 

@@ -162,7 +162,7 @@ def test_line_breaks_refused_before_any_connection(
     code = main(["check", "127.0.0.1", "--port", str(server.port), "--local", *args])
     err = capsys.readouterr().err
     assert code == 2
-    assert field in err and "CR, LF or NUL" in err
+    assert field in err and "control characters or line separators" in err
     remote = ["check", "127.0.0.1", "--port", str(server.port), "--url", "http://127.0.0.1:9"]
     assert main([*remote, *args]) == 2  # the client refuses it too, service or not
     assert connections == []

@@ -14,6 +14,7 @@ from typing import Any
 
 from smtpcheck.config import Settings
 from smtpcheck.contract import PROBES, STAGES
+from smtpcheck.contract import SECRET_MASK as REDACTED
 from workers import protocol
 from workers.connection import Connection
 from workers.errors import CheckAborted, ConnectionClosed, NetworkUnreachable, ReadTimeout
@@ -29,7 +30,6 @@ from workers.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
-REDACTED = "****"
 QUIT_TIMEOUT = 5.0
 
 #: A politeness gate (``workers.politeness``), optional so the engine runs
@@ -50,6 +50,8 @@ class Plan:
     port: int = 25
     tls: str = "auto"
     tls_verify: bool = False
+    tls_name: str | None = None
+    tls_ca: str | None = None
     helo: str = "smtpcheck.invalid"
     username: str | None = None
     password: str | None = None
@@ -84,6 +86,8 @@ class Plan:
             port=int(request.get("port") or 25),
             tls=str(request.get("tls") or "auto"),
             tls_verify=bool(request.get("tls_verify")),
+            tls_name=request.get("tls_name"),
+            tls_ca=request.get("tls_ca"),
             helo=str(request.get("helo") or settings.helo_name),
             username=auth.get("username") if auth else None,
             password=(password if password is not None else auth.get("password")) if auth else None,
@@ -400,13 +404,15 @@ class Check:
 
     def _handshake(self, mode: str) -> None:
         plan = self.plan
-        sni = Target(plan.host, plan.port).server_hostname
+        target = Target(plan.host, plan.port, tls_name=plan.tls_name)
+        sni = target.server_hostname
         started = time.monotonic()
         self.transcript.note(f"starting TLS handshake (SNI {sni or 'none'})")
         ssl_object = self.conn.start_tls(client_context(), sni)
         self.conn.state.tls = True
-        verify_name = plan.host.strip("[]")
-        facts = session_facts(ssl_object, verify_name, self.settings.ca_file)
+        facts = session_facts(
+            ssl_object, target.verify_name, self.settings.ca_file, extra_ca=plan.tls_ca
+        )
         facts = {"mode": mode, "offered": True, **facts, "sni": sni}
         self.result["tls"] = facts
         if mode == "implicit":
@@ -414,6 +420,7 @@ class Check:
         self.transcript.note(
             f"TLS established: {facts['version']} {facts['cipher']}; certificate "
             + ("verified" if facts["verified"] else f"NOT verified ({facts['verify_error']})")
+            + ("" if target.verify_name else " (chain only: no name to check an IP against)")
         )
         if plan.tls_verify and not facts["verified"]:
             self.stage = "tls"
@@ -603,7 +610,7 @@ class Check:
         if address is None:
             return
         plan = self.plan
-        sni = Target(plan.host, plan.port).server_hostname
+        sni = Target(plan.host, plan.port, tls_name=plan.tls_name).server_hostname
 
         def connection() -> Connection:
             conn = Connection(

@@ -8,13 +8,13 @@ every code is documented in the README.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
 from smtpcheck.contract import SEVERITIES
 
-EXPIRY_WARNING_DAYS = 30
+#: Certificate problems that are failures; the others are warnings.
+CERTIFICATE_FAILURES = {"certificate_expired": "fail", "certificate_not_yet_valid": "fail"}
 
 
 def sort_findings(found: list[dict[str, str]]) -> None:
@@ -30,9 +30,7 @@ def findings(
     result: Mapping[str, Any],
     *,
     slow_banner_ms: float,
-    now: dt.datetime | None = None,
 ) -> list[dict[str, str]]:
-    now = now or dt.datetime.now(dt.UTC)
     out: list[dict[str, str]] = []
     add = out.append
     outcome = result.get("outcome")
@@ -81,7 +79,7 @@ def findings(
             )
 
     if tls.get("established"):
-        out.extend(_tls_findings(tls, now))
+        out.extend(_tls_findings(tls))
 
     out.extend(_dns_findings(result.get("dns") or {}))
     out.extend(_probe_findings(result.get("probes") or {}))
@@ -89,7 +87,7 @@ def findings(
     return out
 
 
-def _tls_findings(tls: Mapping[str, Any], now: dt.datetime) -> list[dict[str, str]]:
+def _tls_findings(tls: Mapping[str, Any]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     version = tls.get("version") or ""
     if version in ("TLSv1.2", "TLSv1.3"):
@@ -98,33 +96,17 @@ def _tls_findings(tls: Mapping[str, Any], now: dt.datetime) -> list[dict[str, st
         out.append(
             _finding("warning", "tls_version_old", f"TLS version {version} is below TLS 1.2")
         )
-    cert = tls.get("certificate") or {}
-    error = tls.get("verify_error") or ""
     if tls.get("verified"):
         out.append(_finding("pass", "certificate_trusted", "The certificate is trusted and valid"))
-    elif "not valid for" in error:
-        out.append(_finding("warning", "certificate_name_mismatch", error))
-    elif "expired" in error:
-        pass  # reported below with the date
-    elif error:
-        out.append(_finding("warning", "certificate_untrusted", error))
-    not_after = cert.get("not_after")
-    if not_after:
-        expires = dt.datetime.strptime(not_after, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-        days = (expires - now).total_seconds() / 86400
-        if days < 0:
-            out.append(
-                _finding("fail", "certificate_expired", f"The certificate expired on {not_after}")
-            )
-        elif days < EXPIRY_WARNING_DAYS:
-            out.append(
-                _finding(
-                    "warning",
-                    "certificate_expiring",
-                    f"The certificate expires in {int(days)} days ({not_after})",
-                )
-            )
+    # Every certificate problem is its own finding (workers.tls found them all).
+    for problem in tls.get("problems") or []:
+        severity = CERTIFICATE_FAILURES.get(problem["code"], "warning")
+        out.append(_finding(severity, problem["code"], _sentence(problem["message"])))
     return out
+
+
+def _sentence(text: str) -> str:
+    return f"The {text}" if text.startswith("certificate ") else text[:1].upper() + text[1:]
 
 
 def _dns_findings(dns: Mapping[str, Any]) -> list[dict[str, str]]:

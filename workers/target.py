@@ -21,15 +21,25 @@ class Target:
     port: int
     addresses: list[IPAddress] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # addresses the policy refused, and why
+    tls_name: str | None = None  # the request's: the name the certificate must carry
 
     @property
     def is_literal(self) -> bool:
         return ip_literal(self.host) is not None
 
     @property
-    def server_hostname(self) -> str | None:
-        """SNI: the host name when the target was given by name."""
+    def verify_name(self) -> str | None:
+        """The name the certificate is verified against: ``tls_name``, else
+        the host when it is a name; None (no name checked) for an IP literal."""
+        if self.tls_name is not None:
+            return self.tls_name
         return None if self.is_literal else self.host
+
+    @property
+    def server_hostname(self) -> str | None:
+        """SNI: the name verified, unless it is an IP address (RFC 6066 s3)."""
+        name = self.verify_name
+        return None if name is None or ip_literal(name) is not None else name
 
 
 def permitted(target: Target, settings: Settings) -> list[IPAddress]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 
 import pytest
@@ -231,50 +230,49 @@ def test_vrfy_enabled(scripted_server, dns_settings):
     assert "vrfy_enabled" in codes(result, "warning")
 
 
-def _tls_result(version: str, not_after: dt.datetime, **tls):
+def _tls_result(version: str, *problems: tuple[str, str]):
     return {
         "outcome": "ok",
         "tls": {
             "mode": "starttls",
             "established": True,
             "version": version,
-            "verified": True,
-            "certificate": {"not_after": not_after.strftime("%Y-%m-%dT%H:%M:%SZ")},
-            **tls,
+            "verified": not [code for code, _ in problems if code != "certificate_expiring"],
+            "problems": [{"code": code, "message": message} for code, message in problems],
         },
     }
 
 
 def test_certificate_and_version_findings():
-    now = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
-    old = findings(_tls_result("TLSv1", now + dt.timedelta(days=400)), slow_banner_ms=5000, now=now)
+    old = findings(_tls_result("TLSv1"), slow_banner_ms=5000)
     assert "tls_version_old" in [f["code"] for f in old]
+    assert "certificate_trusted" in [f["code"] for f in old]
     soon = findings(
-        _tls_result("TLSv1.3", now + dt.timedelta(days=10)), slow_banner_ms=5000, now=now
-    )
-    assert next(f for f in soon if f["code"] == "certificate_expiring")["severity"] == "warning"
-    gone = findings(
-        _tls_result(
-            "TLSv1.3",
-            now - dt.timedelta(days=1),
-            verified=False,
-            verify_error="certificate expired on 2026-11-27T00:00:00Z",
-        ),
+        _tls_result("TLSv1.3", ("certificate_expiring", "certificate expires in 10 days")),
         slow_banner_ms=5000,
-        now=now,
     )
-    assert gone[0]["code"] == "certificate_expired" and gone[0]["severity"] == "fail"
-    mismatch = findings(
+    expiring = next(f for f in soon if f["code"] == "certificate_expiring")
+    assert expiring == {
+        "severity": "warning",
+        "code": "certificate_expiring",
+        "message": "The certificate expires in 10 days",
+    }
+    every = findings(
         _tls_result(
             "TLSv1.2",
-            now + dt.timedelta(days=90),
-            verified=False,
-            verify_error="certificate is not valid for mx.example.com: no matching subjectAltName",
+            ("certificate_untrusted", "certificate not trusted: no chain leads to a trusted root"),
+            ("certificate_name_mismatch", "certificate is not valid for mx.example.com"),
+            ("certificate_expired", "certificate expired on 2026-11-27T00:00:00Z"),
         ),
         slow_banner_ms=5000,
-        now=now,
     )
-    assert "certificate_name_mismatch" in [f["code"] for f in mismatch]
+    by_code = {f["code"]: f["severity"] for f in every}
+    # an untrusted chain does not hide behind a name mismatch, nor either behind the date
+    assert by_code["certificate_untrusted"] == "warning"
+    assert by_code["certificate_name_mismatch"] == "warning"
+    assert by_code["certificate_expired"] == "fail"
+    assert every[0]["code"] == "certificate_expired"  # failures first
+    assert "certificate_trusted" not in by_code
 
 
 def test_no_public_dns_lookup_for_an_allowed_private_address(smtp_target, settings):

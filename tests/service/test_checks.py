@@ -83,6 +83,8 @@ def test_normalized_request_has_every_default(client: FlaskClient) -> None:
         "mx": False,
         "port": 25,
         "tls": "auto",
+        "tls_name": None,
+        "tls_ca": None,
         "tls_verify": False,
         "helo": None,
         "auth": None,

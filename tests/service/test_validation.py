@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+import trustme
 from flask.testing import FlaskClient
 
 from tests.service.conftest import ALICE, submit
@@ -14,6 +15,7 @@ from tests.service.conftest import ALICE, submit
 FULL: dict[str, Any] = {
     "host": "mx.example.com",
     "helo": "checker.example.org",
+    "tls_name": "mail.example.com",
     "auth": {"username": "user", "password": "secret"},
     "mail_from": "a@example.org",
     "rcpt_to": ["b@example.com"],
@@ -55,6 +57,7 @@ def test_the_full_request_is_valid(client: FlaskClient) -> None:
 
 WIRE_FIELDS = [
     ("host", "mx.example.com"),
+    ("tls_name", "mail.example.com"),
     ("helo", "checker.example.org"),
     ("auth.username", "user"),
     ("auth.password", "secret"),
@@ -65,16 +68,51 @@ WIRE_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize("injection", ["\r\nRSET", "\nQUIT", "\rX", "\x00"])
+#: Each ends a line for SMTP, str.splitlines, the email package or a terminal.
+SEPARATORS = [
+    ("\r\nRSET", "CR (U+000D)"),
+    ("\nQUIT", "LF (U+000A)"),
+    ("\rX", "CR (U+000D)"),
+    ("\x00", "NUL (U+0000)"),
+    ("\x0bX", "VT (U+000B)"),
+    ("\x0cX", "FF (U+000C)"),
+    ("\x1cX", "FS (U+001C)"),
+    ("\x1dX", "GS (U+001D)"),
+    ("\x1eX", "RS (U+001E)"),
+    ("\x1bX", "a control character (U+001B)"),
+    ("\x7fX", "DEL (U+007F)"),
+    ("\x85X", "NEL (U+0085)"),
+    ("\x9bX", "a control character (U+009B)"),
+    ("\u2028X", "LINE SEPARATOR (U+2028)"),
+    ("\u2029X", "PARAGRAPH SEPARATOR (U+2029)"),
+]
+
+
+@pytest.mark.parametrize(("injection", "named"), SEPARATORS)
 @pytest.mark.parametrize(("path", "value"), WIRE_FIELDS)
-def test_cr_lf_nul_refused_in_every_wire_field(
-    client: FlaskClient, path: str, value: str, injection: str
+def test_every_line_or_control_separator_is_refused_in_every_wire_field(
+    client: FlaskClient, path: str, value: str, injection: str, named: str
 ) -> None:
     errors = errors_of(client, with_value(path, value + injection))
 
     # a header's value is reported as <name>.value, its name as <name>.key
     expected = path + ".value" if path.startswith("message.headers.") else path
-    assert errors == {expected: ["must not contain CR, LF or NUL"]}
+    assert errors == {
+        expected: [
+            "must not contain control characters or line separators: "
+            f"{named} at position {len(value)}"
+        ]
+    }
+
+
+@pytest.mark.parametrize("path", ["message.subject", "message.headers.X-Test", "auth.password"])
+def test_a_tab_is_white_space_in_header_text(client: FlaskClient, path: str) -> None:
+    submit(client, with_value(path, "a\tb"))
+
+
+@pytest.mark.parametrize("path", ["host", "helo", "auth.username", "mail_from", "rcpt_to.0"])
+def test_a_tab_is_refused_in_names_and_addresses(client: FlaskClient, path: str) -> None:
+    assert path in errors_of(client, with_value(path, "a\tb"))
 
 
 def test_cr_lf_in_a_header_name_is_refused(client: FlaskClient) -> None:
@@ -432,3 +470,40 @@ def test_diagnosis_fields_are_kept(client: FlaskClient) -> None:
     assert request["mx_hosts"] == "all"
     assert request["probes"] == ["open_relay", "vrfy"]
     assert request["retry"] == {"attempts": 2, "delay": 60.0}
+
+
+def test_tls_name_is_a_name_or_an_address_in_its_normal_form(client: FlaskClient) -> None:
+    for given, normal in [
+        ("Bücher.Example", "xn--bcher-kva.example"),
+        ("[2001:DB8::1]", "2001:db8::1"),
+    ]:
+        check_id = submit(client, {"host": "93.184.215.14", "tls_name": given})
+        shown = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
+        assert shown["request"]["tls_name"] == normal
+    assert "tls_name" in errors_of(client, {"host": "93.184.215.14", "tls_name": "bad_name!"})
+    assert errors_of(
+        client, {"host": "mx.example.com", "tls": "none", "tls_name": "a.example"}
+    ) == {"tls_name": ["tls 'none' sees no certificate"]}
+
+
+def test_tls_ca_must_be_parseable_pem_certificates(client: FlaskClient) -> None:
+    ca = trustme.CA()
+    pem = ca.cert_pem.bytes().decode("ascii")
+    check_id = submit(client, {"host": "mx.example.com", "tls_ca": "\n" + pem + pem})
+    stored = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["request"]["tls_ca"]
+    assert stored == pem + pem  # canonical PEM of exactly the certificates given
+
+    key = ca.private_key_pem.bytes().decode("ascii")
+    broken = pem.replace(pem.splitlines()[3], "A" * 64)
+    refused = {
+        "not pem": "no PEM block (-----BEGIN CERTIFICATE-----) found",
+        key: "only CERTIFICATE blocks are accepted (never a private key)",
+        pem + key: "only CERTIFICATE blocks are accepted (never a private key)",
+        broken: "a PEM block is not a parseable certificate",
+        pem * 17: "at most 16 certificates",
+        "x" * (64 * 1024 + 1): "longer than 65536 characters",
+    }
+    for text, message in refused.items():
+        assert errors_of(client, {"host": "mx.example.com", "tls_ca": text}) == {
+            "tls_ca": [message]
+        }
