@@ -11,7 +11,7 @@ It answers UDP queries on 127.0.0.1 from a zone given as a dict::
   with an empty answer (NODATA);
 - a name that has a CNAME: the CNAME, followed inside the zone;
 - any other name: NXDOMAIN;
-- a name in ``servfail``: SERVFAIL;
+- a name in ``servfail``: SERVFAIL (``"name. AAAA"``: for that type only);
 - a name in ``silent``: no answer at all, so the client times out.
 
 Names are matched case-insensitively; every answer is authoritative.
@@ -61,7 +61,7 @@ class DNSServer:
             }
             for name, records in zone.items()
         }
-        self.servfail = {dns.name.from_text(name) for name in servfail}
+        self.servfail = {_name_and_type(entry) for entry in servfail}
         self.silent = {dns.name.from_text(name) for name in silent}
         self.ttl = ttl
         self.host = host
@@ -152,7 +152,7 @@ class DNSServer:
         self.queries.append((qname.to_text(), dns.rdatatype.to_text(qtype)))
         if qname in self.silent:
             return None
-        if qname in self.servfail:
+        if (qname, None) in self.servfail or (qname, qtype) in self.servfail:
             response.set_rcode(dns.rcode.SERVFAIL)
             return response.to_wire()
         response.set_rcode(self._fill(response, qname, qtype))
@@ -191,6 +191,11 @@ class DNSServer:
         self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, values: Sequence[str]
     ) -> dns.rrset.RRset:
         return dns.rrset.from_text_list(name, self.ttl, dns.rdataclass.IN, rdtype, list(values))
+
+
+def _name_and_type(entry: str) -> tuple[dns.name.Name, dns.rdatatype.RdataType | None]:
+    name, _, rdtype = entry.partition(" ")
+    return dns.name.from_text(name), dns.rdatatype.from_text(rdtype) if rdtype else None
 
 
 @pytest.fixture

@@ -23,6 +23,9 @@ from smtpcheck.config import Settings
 from smtpcheck.targetpolicy import IPAddress
 from workers.errors import DNSError
 
+#: Said of a SERVFAIL or a timeout: the name may well resolve a minute later.
+TEMPORARY = "a temporary DNS failure, try again later"
+
 
 @dataclass(frozen=True)
 class MXHost:
@@ -85,9 +88,14 @@ class Resolver:
         except dns.resolver.NoAnswer:
             return None
         except dns.resolver.NoNameservers:
-            raise DNSError(f"DNS servers failed on {rdtype} for {shown} (SERVFAIL)") from None
+            raise DNSError(
+                f"DNS servers failed on {rdtype} for {shown} (SERVFAIL); {TEMPORARY}",
+                temporary=True,
+            ) from None
         except dns.exception.Timeout:
-            raise DNSError(f"DNS lookup of {rdtype} for {shown} timed out") from None
+            raise DNSError(
+                f"DNS lookup of {rdtype} for {shown} timed out; {TEMPORARY}", temporary=True
+            ) from None
         except dns.exception.DNSException as exc:
             raise DNSError(f"DNS lookup of {rdtype} for {shown} failed: {exc}") from None
 
@@ -107,17 +115,30 @@ class Resolver:
         else:
             found = self._addresses_system(host, ip_version)
         if not found:
-            kind = f"IPv{ip_version} address" if ip_version else "address"
-            raise DNSError(f"{host} has no {kind} (no A/AAAA record)")
+            kind, records = {4: ("IPv4 address", "A"), 6: ("IPv6 address", "AAAA")}.get(
+                ip_version or 0, ("address", "A/AAAA")
+            )
+            raise DNSError(f"{host} has no {kind} (no {records} record)")
         return found
 
     def _addresses_dns(self, host: str, ip_version: int | None) -> list[IPAddress]:
         types = {4: ["A"], 6: ["AAAA"]}.get(ip_version or 0, ["A", "AAAA"])
         found: list[IPAddress] = []
+        failed: list[DNSError] = []
         for rdtype in types:
-            answer = self._query(host, rdtype)
+            try:
+                answer = self._query(host, rdtype)
+            except DNSError as exc:
+                if failed:
+                    raise failed[0] from None  # the first failure, not "no time left"
+                if not exc.temporary:
+                    raise  # NXDOMAIN for one type is NXDOMAIN for all
+                failed.append(exc)  # the other type may still answer
+                continue
             if answer is not None:
                 found += [ipaddress.ip_address(r.to_text()) for r in answer]
+        if failed and not found:
+            raise failed[0]
         return found
 
     def _addresses_system(self, host: str, ip_version: int | None) -> list[IPAddress]:
@@ -135,11 +156,15 @@ class Resolver:
         thread.start()
         thread.join(self._timeout())
         if thread.is_alive():
-            raise DNSError(f"DNS lookup of {host} timed out")
+            raise DNSError(f"DNS lookup of {host} timed out; {TEMPORARY}", temporary=True)
         error = outcome.get("error")
         if isinstance(error, socket.gaierror):
             if error.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
                 raise DNSError(f"{host} does not resolve (no such name or no address)")
+            if error.errno == socket.EAI_AGAIN:  # the resolver's SERVFAIL or timeout
+                raise DNSError(
+                    f"DNS lookup of {host} failed: {error.strerror}; {TEMPORARY}", temporary=True
+                )
             raise DNSError(f"DNS lookup of {host} failed: {error.strerror}")
         if isinstance(error, OSError):
             raise DNSError(f"DNS lookup of {host} failed: {error}")

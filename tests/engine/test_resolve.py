@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from workers.check import run_check
+from workers.errors import DNSError
+from workers.resolver import Resolver
 
 ZONE = {
     "mx.local.test.": {"A": ["127.0.0.1"], "AAAA": ["::1"]},
@@ -12,12 +16,15 @@ ZONE = {
     "private.local.test.": {"A": ["10.1.2.3"]},
     "mixed.local.test.": {"A": ["192.168.1.1", "127.0.0.1"]},
     "nodata.local.test.": {"TXT": ["hello"]},
+    "half.local.test.": {"A": ["127.0.0.1"]},
 }
 
 
 @pytest.fixture
 def dns_settings(settings, dns_server):
-    server = dns_server(ZONE, servfail=["broken.local.test."], silent=["slow.local.test."])
+    server = dns_server(
+        ZONE, servfail=["broken.local.test.", "half.local.test. AAAA"], silent=["slow.local.test."]
+    )
     return settings.replace(dns_servers=(("127.0.0.1", server.port),))
 
 
@@ -67,6 +74,32 @@ def test_dns_failures_are_dns_error(dns_settings, host, words):
     assert result["outcome"] == "dns_error"
     assert result["stage"] == "connect"
     assert words in result["summary"]
+
+
+@pytest.mark.parametrize(
+    ("host", "temporary"),
+    [
+        ("broken.local.test", True),  # SERVFAIL
+        ("slow.local.test", True),  # no answer in time
+        ("nothere.local.test", False),  # NXDOMAIN is an answer
+        ("nodata.local.test", False),
+    ],
+)
+def test_servfail_and_timeouts_are_temporary(dns_settings, host, temporary):
+    with pytest.raises(DNSError) as failed:
+        Resolver(dns_settings.replace(dns_timeout=1.0), time.monotonic() + 5).addresses(host, None)
+    assert failed.value.temporary is temporary
+    assert ("temporary DNS failure, try again later" in str(failed.value)) is temporary
+
+
+def test_one_address_type_failing_for_now_does_not_hide_the_other(dns_settings):
+    resolver = Resolver(dns_settings, time.monotonic() + 5)
+    assert [str(a) for a in resolver.addresses("half.local.test", None)] == ["127.0.0.1"]
+    with pytest.raises(DNSError, match="SERVFAIL") as failed:
+        resolver.addresses("half.local.test", 6)
+    assert failed.value.temporary is True
+    with pytest.raises(DNSError, match=r"has no IPv6 address \(no AAAA record\)"):
+        resolver.addresses("v4only.local.test", 6)
 
 
 def test_system_resolver_reads_etc_hosts(smtp_target, settings):
