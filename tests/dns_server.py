@@ -14,7 +14,8 @@ It answers UDP queries on 127.0.0.1 from a zone given as a dict::
 - a name in ``servfail``: SERVFAIL (``"name. AAAA"``: for that type only);
 - a name in ``silent``: no answer at all, so the client times out.
 
-Names are matched case-insensitively; every answer is authoritative.
+Names are matched case-insensitively; every answer is authoritative and
+lists its records in the zone's order.
 Each query is recorded in ``queries`` as ``(name, type)``, so a test can
 assert what was asked.
 """
@@ -158,7 +159,8 @@ class DNSServer:
         response.set_rcode(self._fill(response, qname, qtype))
         max_size = max(512, query.payload if query.edns >= 0 else 512)
         try:
-            return response.to_wire(max_size=max_size)
+            # In the zone's order (dnspython shuffles by default): tests rely on it.
+            return response.to_wire(max_size=max_size, want_shuffle=False)
         except dns.exception.TooBig:
             truncated = dns.message.make_response(query)
             truncated.flags |= dns.flags.AA | dns.flags.TC

@@ -16,8 +16,8 @@ from smtpcheck.config import Settings
 from smtpcheck.contract import PROBES, STAGES
 from smtpcheck.contract import SECRET_MASK as REDACTED
 from workers import protocol
-from workers.connection import Connection
-from workers.errors import CheckAborted, ConnectionClosed, NetworkUnreachable, ReadTimeout
+from workers.connection import Connection, endpoint
+from workers.errors import CheckAborted, ConnectionClosed, ReadTimeout
 from workers.findings import findings
 from workers.message import build_message
 from workers.probes import run_probe
@@ -161,7 +161,13 @@ class Check:
             "outcome": None,
             "stage": "connect",
             "summary": "",
-            "target": {"host": plan.host, "port": plan.port, "address": None, "addresses": []},
+            "target": {
+                "host": plan.host,
+                "port": plan.port,
+                "address": None,
+                "addresses": [],
+                "source": None,
+            },
             "vantage": settings.vantage,
             "started_at": utc_timestamp(),
             "finished_at": None,
@@ -280,25 +286,26 @@ class Check:
             for why in target.skipped:
                 self.transcript.note(f"not dialling: {why}")
         started = time.monotonic()
-        for index, address in enumerate(candidates):
+
+        def trying(address: IPAddress) -> None:
             self.result["target"]["address"] = str(address)
-            shown = f"[{address}]" if address.version == 6 else str(address)
             self._hold_gate(address)
-            self.transcript.note(f"connecting to {shown}:{plan.port}")
-            try:
-                self.conn.open(address, plan.port, plan.timeouts["connect"])
-                self.address = address
-                # The worker's own address on this path: its egress, unless NAT hides it.
-                assert self.conn.stream is not None
-                self.result["target"]["source"] = self.conn.stream.get_extra_info("sockname")[0]
-                break
-            except NetworkUnreachable as exc:
-                self._release_gate()
-                if index == len(candidates) - 1:
-                    raise
-                self.transcript.error(f"{shown}: {exc}; trying the next address")
+
+        try:
+            self.address = self.conn.open_first(
+                candidates,
+                plan.port,
+                plan.timeouts["connect"],
+                before=trying,
+                after_failure=self._release_gate,
+            )
+        finally:
+            # The worker's own address on this path (its egress, unless NAT
+            # hides it), also when the connect failed.
+            self.result["target"]["source"] = self.conn.source
         self._timed("connect", started)
-        self.transcript.note(f"connected to {shown}:{plan.port} in {self.timings['connect']:g} ms")
+        shown = endpoint(self.address, plan.port)
+        self.transcript.note(f"connected to {shown} in {self.timings['connect']:g} ms")
         self._start_reverse_lookup()
         if plan.implicit_tls:
             self._handshake("implicit")

@@ -9,14 +9,40 @@ from __future__ import annotations
 import ipaddress
 import ssl
 import time
+from collections.abc import Callable, Sequence
 
 from workers import protocol
-from workers.errors import ConnectionClosed, ReadTimeout, RemoteProtocolError
+from workers.errors import (
+    CheckAborted,
+    ConnectionClosed,
+    ConnectRefused,
+    ConnectTimeout,
+    NetworkUnreachable,
+    ReadTimeout,
+    RemoteProtocolError,
+)
 from workers.protocol import NEED_DATA, ClientState, Reply, ReplyReader, printable
 from workers.stream import Stream
 from workers.transcript import CLIENT, SERVER, Transcript
 
 MAX_MESSAGE_LINES_SHOWN = 200
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: Connect failures after which the next address is tried (RFC 5321 s5).
+TRY_NEXT = (ConnectRefused, ConnectTimeout, NetworkUnreachable)
+
+
+def endpoint(address: IPAddress, port: int) -> str:
+    """``192.0.2.1:25``, ``[2001:db8::1]:25``."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def most_informative(failures: list[CheckAborted]) -> CheckAborted:
+    """The failure to report when every address failed: the last one, unless
+    it is "unreachable" (often only this vantage's missing IPv6) and an
+    earlier address refused or timed out, which says more about the target."""
+    said = [f for f in failures if not isinstance(f, NetworkUnreachable)]
+    return (said or failures)[-1]
 
 
 class Connection:
@@ -27,6 +53,8 @@ class Connection:
         self.reader = ReplyReader()
         self.state = ClientState()
         self.stream: Stream | None = None
+        #: The worker's own address on the path of the last connect, also a failed one.
+        self.source: str | None = None
 
     # -- deadlines ---------------------------------------------------------
 
@@ -39,10 +67,56 @@ class Connection:
 
     # -- connection --------------------------------------------------------
 
-    def open(
-        self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, timeout: float
-    ) -> None:
-        self.stream = Stream.connect(address, port, min(time.monotonic() + timeout, self.deadline))
+    def open(self, address: IPAddress, port: int, timeout: float) -> None:
+        try:
+            self.stream = Stream.connect(
+                address, port, min(time.monotonic() + timeout, self.deadline)
+            )
+        except CheckAborted as exc:
+            self.source = exc.source
+            raise
+        self.source = str(self.stream.get_extra_info("sockname")[0])
+
+    def open_first(
+        self,
+        addresses: Sequence[IPAddress],
+        port: int,
+        timeout: float,
+        *,
+        before: Callable[[IPAddress], None] = lambda address: None,
+        after_failure: Callable[[], None] = lambda: None,
+    ) -> IPAddress:
+        """Connect to the first address that answers, trying the next when one
+        refuses, times out or is unreachable (RFC 5321 s5), each try in the
+        transcript; returns the address connected to. ``before`` runs before
+        each try (the politeness gate), ``after_failure`` after a failed one.
+        When every address fails, raises :func:`most_informative` of them,
+        saying what each did; an expired check deadline ends the tries."""
+        failures: list[CheckAborted] = []
+        for index, address in enumerate(addresses):
+            before(address)
+            shown = endpoint(address, port)
+            self.transcript.note(f"connecting to {shown}")
+            try:
+                self.open(address, port, timeout)
+            except TRY_NEXT as exc:
+                after_failure()
+                failures.append(exc)
+                if index == len(addresses) - 1 or self.total_expired:
+                    break
+                self.transcript.error(f"{shown}: {exc}; trying the next address")
+                continue
+            return address
+        chosen = most_informative(failures)
+        if len(failures) == 1:
+            raise chosen
+        tried = "; ".join(
+            f"{endpoint(address, port)} {failure}"
+            for address, failure in zip(addresses, failures, strict=False)
+        )
+        combined = type(chosen)(f"every address failed: {tried}")
+        combined.source = chosen.source
+        raise combined from chosen
 
     @property
     def is_tls(self) -> bool:

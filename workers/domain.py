@@ -54,7 +54,13 @@ def run_domain_check(
         "outcome": "dns_error",
         "stage": "connect",
         "summary": "",
-        "target": {"host": domain, "port": plan.port, "address": None, "addresses": []},
+        "target": {
+            "host": domain,
+            "port": plan.port,
+            "address": None,
+            "addresses": [],
+            "source": None,
+        },
         "vantage": settings.vantage,
         "started_at": utc_timestamp(),
         "finished_at": None,
@@ -124,7 +130,9 @@ def run_domain_check(
     result["mx"]["checked"] = len(checked)
     result["stage"] = primary["stage"]
     result["target"].update(
-        address=primary["target"]["address"], addresses=primary["target"]["addresses"]
+        address=primary["target"]["address"],
+        addresses=primary["target"]["addresses"],
+        source=primary["target"]["source"],
     )
     for key in ("banner", "ehlo", "tls", "auth", "mail", "rcpt", "data", "dns", "probes"):
         result[key] = primary.get(key)

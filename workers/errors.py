@@ -14,6 +14,8 @@ class CheckAborted(Exception):
     """Base of every engine exception that ends a check early."""
 
     outcome = "protocol_error"
+    #: A failed connect: the worker's own address on that path, if it had one.
+    source: str | None = None
 
 
 class LocalProtocolError(CheckAborted, ValueError):

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from workers.errors import (
+    CheckAborted,
     ConnectionClosed,
     ConnectRefused,
     ConnectTimeout,
@@ -70,6 +71,14 @@ def map_exceptions(during: str) -> Iterator[None]:
         raise ConnectionClosed(f"{during} failed: {exc}") from exc
 
 
+def _bound_address(sock: socket.socket) -> str | None:
+    try:
+        host = str(sock.getsockname()[0])
+    except OSError:
+        return None
+    return None if ipaddress.ip_address(host).is_unspecified else host
+
+
 class Stream:
     """One connected socket, plain or TLS."""
 
@@ -86,6 +95,12 @@ class Stream:
             with map_exceptions("connect"):
                 sock.settimeout(remaining_connect(deadline))
                 sock.connect((str(address), port))
+        except CheckAborted as exc:
+            # The kernel chose a source address for the SYN even if nothing
+            # answered: what a blocked-port diagnosis needs to know.
+            exc.source = _bound_address(sock)
+            sock.close()
+            raise
         except BaseException:
             sock.close()
             raise
