@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--port", type=int, help="TCP port (default 25)")
     check.add_argument("--tls", choices=("none", "starttls", "implicit", "auto"))
     check.add_argument("--tls-verify", action="store_true", help="fail on an untrusted certificate")
+    check.add_argument(
+        "--tls-name", help="name sent as SNI and verified (default: HOST when it is a name)"
+    )
+    check.add_argument(
+        "--tls-ca", metavar="PEM_FILE", help="extra CA certificates to trust for this check"
+    )
     check.add_argument("--helo", help="name to send in EHLO/HELO")
     check.add_argument("--auth-user", help="AUTH user name")
     check.add_argument(

@@ -19,6 +19,8 @@ OPTION_FOR_FIELD = {
     "port": "--port",
     "tls": "--tls",
     "tls_verify": "--tls-verify",
+    "tls_name": "--tls-name",
+    "tls_ca": "--tls-ca",
     "helo": "--helo",
     "auth.username": "--auth-user",
     "auth.password": "--auth-password",
@@ -49,6 +51,7 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]
     for option, name in (
         ("port", "port"),
         ("tls", "tls"),
+        ("tls_name", "tls_name"),
         ("helo", "helo"),
         ("mail_from", "mail_from"),
         ("rcpt_to", "rcpt_to"),
@@ -63,6 +66,8 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]
             request[name] = value
     if args.tls_verify:
         request["tls_verify"] = True
+    if args.tls_ca is not None:
+        request["tls_ca"] = read_text(args.tls_ca, "--tls-ca")
     if args.mx:
         request["mx"] = True
     if args.retry_temporary:
@@ -83,7 +88,7 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]
     if args.data_file is not None:
         if args.subject is not None or args.body is not None:
             raise UsageError("use either --data-file or --subject/--body, not both")
-        request["data"] = read_message(args.data_file)
+        request["data"] = read_text(args.data_file, "--data-file")
     elif args.subject is not None or args.body is not None:
         message: dict[str, Any] = {}
         if args.subject is not None:
@@ -105,15 +110,16 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]
     return request, password
 
 
-def read_message(path: str) -> str:
+def read_text(path: str, option: str) -> str:
+    """A UTF-8 file named by ``option`` (``-``: stdin)."""
     try:
         raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
-        raise UsageError(f"--data-file: cannot read {path}: {exc.strerror}") from None
+        raise UsageError(f"{option}: cannot read {path}: {exc.strerror}") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageError(f"--data-file: {path} is not UTF-8 text") from None
+        raise UsageError(f"{option}: {path} is not UTF-8 text") from None
 
 
 def flatten_errors(messages: Any, prefix: str = "") -> Iterator[tuple[str, str]]:

@@ -17,7 +17,7 @@ from cli.devlock import DevLock
 from cli.main import main
 from smtpcheck.embedded_redis import free_port
 from tests.dns_server import DNSServer
-from tests.smtp_servers import LOCAL_DOMAIN, USERS, ScriptedServer, SMTPTarget
+from tests.smtp_servers import LOCAL_DOMAIN, USERS, Certificates, ScriptedServer, SMTPTarget
 
 
 @pytest.fixture(autouse=True)
@@ -242,3 +242,29 @@ def test_worker_refuses_a_vantage_name_that_is_not_one(
 ) -> None:
     assert main(["worker", f"--vantage={vantage}"]) == 2
     assert "cannot name a vantage" in capsys.readouterr().err
+
+
+def test_local_check_tls_name_and_tls_ca(
+    smtp_target: Callable[..., SMTPTarget],
+    certificates: Certificates,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    target = smtp_target(tls="implicit")
+    allow(monkeypatch, target.port)
+    base = ["check", "127.0.0.1", "--port", str(target.port), "--local", "--tls", "implicit",
+            "--tls-name", "mail.local.test", "--tls-verify", "--json"]  # fmt: skip
+
+    assert main([*base, "--tls-ca", certificates.ca_file]) == 0  # trusted for this check only
+    tls = json.loads(capsys.readouterr().out)["tls"]
+    assert tls["sni"] == tls["verify_name"] == "mail.local.test"
+    assert tls["verified"] is True
+
+    assert main(base) == 1  # no SMTPCHECK_CA_FILE: the test CA is not trusted
+    assert json.loads(capsys.readouterr().out)["outcome"] == "tls_untrusted"
+
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    assert main([*base, "--tls-ca", str(not_pem)]) == 2
+    assert "--tls-ca" in capsys.readouterr().err
