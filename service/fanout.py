@@ -17,11 +17,11 @@ from typing import Any
 
 from rq.job import Job
 
-from smtpcheck.contract import ALL_VANTAGES, FANOUT_PREFIX, SECRET_MASK
+from smtpcheck.contract import ALL_VANTAGES, FANOUT_PREFIX
 from smtpcheck.document import TERMINAL, isoformat, links, public_status
 from smtpcheck.report import render_text
 
-from .jobstore import JobStore
+from .jobstore import JobStore, mask_secrets
 from .problems import Problem
 
 ALL = ALL_VANTAGES
@@ -55,11 +55,9 @@ def submit(store: JobStore, request: dict[str, Any], owner: str) -> FanOut:
         id=str(uuid.uuid4()),
         owner=owner,
         created_at=isoformat(datetime.now(UTC)) or "",
-        request={**request, "vantage": ALL},
+        request={**mask_secrets(request)[0], "vantage": ALL},
         members=members,
     )
-    if fanout.request.get("auth"):
-        fanout.request["auth"] = {**fanout.request["auth"], "password": SECRET_MASK}
     store.connection.set(
         FANOUT_PREFIX + fanout.id,
         json.dumps(

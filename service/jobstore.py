@@ -2,7 +2,8 @@
 
 The queue contract (docs/architecture.md): queue ``vantage:<name>``, job
 function ``workers.job.run_check_job`` enqueued by dotted path with kwargs
-``{"request", "sealed_password"}``, JSON serializer, description
+``{"request", "sealed_password"}`` (plus ``sealed_callback_secret`` with a
+``callback``), JSON serializer, description
 ``smtpcheck``, ``job.meta = {"owner", "vantage"}``. The check id is the RQ
 job id. This module never imports ``workers``.
 """
@@ -82,18 +83,11 @@ class JobStore:
 
     def submit(self, request: dict[str, Any], owner: str) -> Job:
         """Queue a validated, normalized request. The AUTH password leaves in a seal."""
-        request, password = mask_password(request)
-        sealed = None
-        if password is not None:
-            if not self.settings.secret_key:
-                raise Problem(
-                    503,
-                    "Service Unavailable",
-                    "this service has no SMTPCHECK_SECRET_KEY, so it cannot accept AUTH "
-                    "passwords; ask its operator",
-                    type=MISCONFIGURED,
-                )
-            sealed = seal(password, self.settings.secret_key)
+        request, password, callback_secret = mask_secrets(request)
+        sealed = None if password is None else self.seal(password, "AUTH passwords")
+        kwargs: dict[str, Any] = {"request": request, "sealed_password": sealed}
+        if callback_secret is not None:  # the worker signs the webhook with it
+            kwargs["sealed_callback_secret"] = self.seal(callback_secret, "callback secrets")
         vantage = request["vantage"]
         self.require_vantage(vantage)
         ttl = self.settings.result_ttl
@@ -106,7 +100,7 @@ class JobStore:
             )
         job = self.queue(vantage).enqueue(
             self.job_function,
-            kwargs={"request": request, "sealed_password": sealed},
+            kwargs=kwargs,
             retry=retry,
             job_timeout=math.ceil(request["timeouts"]["total"]) + JOB_TIMEOUT_MARGIN,
             result_ttl=ttl,
@@ -117,6 +111,17 @@ class JobStore:
         )
         self.connection.hincrby(SUBMITTED_KEY, vantage, 1)
         return job
+
+    def seal(self, secret: str, what: str) -> str:
+        if not self.settings.secret_key:
+            raise Problem(
+                503,
+                "Service Unavailable",
+                f"this service has no SMTPCHECK_SECRET_KEY, so it cannot accept {what}; "
+                "ask its operator",
+                type=MISCONFIGURED,
+            )
+        return seal(secret, self.settings.secret_key)
 
     def require_vantage(self, vantage: str) -> None:
         """Refuse a vantage no worker serves and no check ever used (a typo, most likely)."""
@@ -262,13 +267,18 @@ def _request_context() -> dict[str, str]:
     return {"request_id": str(request_id)} if request_id else {}
 
 
-def mask_password(request: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The request with ``auth.password`` as ``****``, and the password itself."""
-    auth = request.get("auth")
-    if not auth:
-        return request, None
-    password = auth.get("password")
-    return {**request, "auth": {**auth, "password": SECRET_MASK}}, password
+def mask_secrets(request: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+    """The request with ``auth.password`` and ``callback.secret`` as ``****``,
+    then the password and the callback secret themselves."""
+    masked = dict(request)
+    password = callback_secret = None
+    if request.get("auth"):
+        password = request["auth"].get("password")
+        masked["auth"] = {**request["auth"], "password": SECRET_MASK}
+    if request.get("callback"):
+        callback_secret = request["callback"].get("secret")
+        masked["callback"] = {**request["callback"], "secret": SECRET_MASK}
+    return masked, password, callback_secret
 
 
 def _not_found(check_id: str) -> Problem:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from typing import Any
 
@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from smtpcheck import signature
 from smtpcheck.config import Settings
 from smtpcheck.contract import (
     OUTCOMES,
@@ -31,7 +32,7 @@ from smtpcheck.contract import (
     STAGES,
     VANTAGE_PATTERN,
 )
-from smtpcheck.targetpolicy import IPNetwork, forbidden_reason
+from smtpcheck.targetpolicy import IPAddress, IPNetwork, forbidden_reason, http_target
 
 from . import names
 from .problems import ALL_TYPES
@@ -54,6 +55,7 @@ MAX_HELO = 255
 MAX_LINE = 998  # RFC 5322 line length, for subject and header values
 DEFAULT_SUBJECT = "smtpcheck test message"
 DEFAULT_BODY = "This is a test message sent by smtpcheck.\r\n"
+MAX_CALLBACK_URL = 2048
 
 
 # ---------------------------------------------------------------------------
@@ -179,13 +181,7 @@ class Host(fields.String):
             host, address = names.normalize_host(text)
         except ValueError as exc:
             raise ValidationError(f"not a host name or IP address: {exc}") from None
-        if address is None and (host == "localhost" or host.endswith(".localhost")):
-            # RFC 6761: these names always mean loopback, whatever DNS says.
-            address = ip_address("127.0.0.1")
-        if address is not None:
-            reason = forbidden_reason(address, self.allow_networks)
-            if reason is not None:
-                raise ValidationError(f"{address} is a {reason} address; checks may not target it")
+        refuse_forbidden(host, address, self.allow_networks, "checks may not target it")
         return host
 
 
@@ -227,6 +223,57 @@ class CertificatesPEM(fields.String):
         return "".join(
             cert.public_bytes(serialization.Encoding.PEM).decode("ascii") for cert in certificates
         )
+
+
+def refuse_forbidden(
+    host: str, address: IPAddress | None, allow_networks: Iterable[IPNetwork], what: str
+) -> None:
+    """The target policy, as far as the API can judge it without DNS."""
+    if address is None and (host == "localhost" or host.endswith(".localhost")):
+        # RFC 6761: these names always mean loopback, whatever DNS says.
+        address = ip_address("127.0.0.1")
+    if address is not None:
+        reason = forbidden_reason(address, allow_networks)
+        if reason is not None:
+            raise ValidationError(f"{address} is a {reason} address; {what}")
+
+
+class CallbackURL(fields.String):
+    """A webhook URL through the HTTP target policy: scheme, port, and the same
+    address table as a mail server (a host name is judged again by the worker,
+    on the address it resolves)."""
+
+    def __init__(self, *, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if len(text) > MAX_CALLBACK_URL:
+            raise ValidationError(f"longer than {MAX_CALLBACK_URL} characters")
+        try:
+            target = http_target(
+                text, self.settings.callback_ports, allow_http=self.settings.callback_http
+            )
+            host, address = names.normalize_host(target.host)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        refuse_forbidden(
+            host,
+            address,
+            self.settings.allow_networks,
+            "webhooks may not go there unless the operator allows its network",
+        )
+        return replace(target, host=host).url
+
+
+class CallbackSecret(validate.Validator):
+    def __call__(self, value: str) -> str:
+        try:
+            signature.signing_key(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        return value
 
 
 class Helo(fields.String):
@@ -357,6 +404,32 @@ def build_schemas(settings: Settings) -> Schemas:
             load_default=min(DEFAULT_RETRY_DELAY, limits.max_retry_delay),
             validate=[validate.Range(min=1, max=limits.max_retry_delay)],
             metadata={"description": "seconds between attempts (greylisting waits ~5 min)"},
+        )
+
+    callback_schemes = "https or http" if settings.callback_http else "https"
+    callback_ports = ", ".join(map(str, sorted(settings.callback_ports)))
+
+    class CallbackSchema(StrictSchema):
+        url = CallbackURL(
+            settings=settings,
+            required=True,
+            metadata={
+                "description": f"where to POST the check once it ends: {callback_schemes}, "
+                f"port {callback_ports}; the same address rules as a mail server (no "
+                "loopback, private, link-local, ... address); redirects are not followed",
+                "maxLength": MAX_CALLBACK_URL,
+            },
+        )
+        secret = fields.String(
+            required=True,
+            validate=CallbackSecret(),
+            metadata={
+                "description": "signs each POST the Standard Webhooks way: whsec_ and the "
+                f"base64 of {signature.MIN_KEY_BYTES}-{signature.MAX_KEY_BYTES} bytes, or "
+                f"{signature.MIN_SECRET}-{signature.MAX_SECRET} characters used as they "
+                f"are; sent sealed to the worker, shown back as {SECRET_MASK}",
+                "maxLength": signature.MAX_SECRET,
+            },
         )
 
     class CheckRequestSchema(StrictSchema):
@@ -508,6 +581,13 @@ def build_schemas(settings: Settings) -> Schemas:
             metadata={"description": "with retry_temporary: how often and how long apart"},
         )
 
+        callback = fields.Nested(
+            CallbackSchema,
+            load_default=None,
+            allow_none=True,
+            metadata={"description": "a webhook: POST the check's document here when it ends"},
+        )
+
         @validates_schema
         def consistent(self, data: dict[str, Any], **kwargs: Any) -> None:
             errors = request_consistency_errors(data)
@@ -545,6 +625,10 @@ def build_schemas(settings: Settings) -> Schemas:
                 "description": 'vantage "all": each vantage\'s check (id, status, ok, outcome, '
                 "summary, address, worker) side by side"
             },
+        )
+        callback = fields.Nested(
+            CallbackDeliverySchema,
+            metadata={"description": "with a callback: how its webhook delivery stands"},
         )
         links = fields.Nested(LinksSchema, required=True)
 
@@ -686,6 +770,30 @@ class CheckResultSchema(OpenSchema):
         fields.Dict(), metadata={"description": "with retry_temporary: every attempt made"}
     )
     worker = fields.String(metadata={"description": "the worker that ran the check"})
+
+
+class CallbackAttemptSchema(StrictSchema):
+    at = timestamp(required=True)
+    status_code = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "the receiver's HTTP status"}
+    )
+    error = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "why the attempt failed (no answer, a non-2xx, a redirect)"},
+    )
+    duration_ms = fields.Float(required=True)
+    address = fields.String(
+        required=True, allow_none=True, metadata={"description": "the address dialled"}
+    )
+
+
+class CallbackDeliverySchema(StrictSchema):
+    status = fields.String(
+        required=True, validate=validate.OneOf(("pending", "retrying", "delivered", "failed"))
+    )
+    attempts = fields.List(fields.Nested(CallbackAttemptSchema), required=True)
+    next_attempt_at = timestamp()  # status retrying: when the next POST goes
 
 
 class VantageSchema(StrictSchema):

@@ -23,6 +23,7 @@ DEFAULT_RESULT_TTL = 7 * 24 * 3600
 DEFAULT_RATE_LIMIT = "60/minute;1000/hour"
 DEFAULT_MAX_CONCURRENT_PER_KEY = 10
 DEFAULT_MAX_CONCURRENT_PER_TARGET = 2
+DEFAULT_CALLBACK_PORTS = (443,)
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,10 @@ class Settings:
     rate_limit: str = DEFAULT_RATE_LIMIT
     max_concurrent_per_key: int = DEFAULT_MAX_CONCURRENT_PER_KEY  # queued + running
     max_concurrent_per_target: int = DEFAULT_MAX_CONCURRENT_PER_TARGET  # per dialled IP
+    # Webhooks (request field `callback`): the ports a callback URL may name,
+    # and whether plain http:// is allowed besides https://.
+    callback_ports: frozenset[int] = frozenset(DEFAULT_CALLBACK_PORTS)
+    callback_http: bool = False
     # For `smtpcheck check` as a client of a running service:
     service_url: str | None = None  # SMTPCHECK_URL
     client_api_key: str | None = None  # SMTPCHECK_API_KEY
@@ -98,10 +103,7 @@ class Settings:
         kwargs["redis_url"] = get("REDIS_URL")
         kwargs["secret_key"] = get("SMTPCHECK_SECRET_KEY")
         kwargs["api_keys"] = get("SMTPCHECK_API_KEYS") or ""
-        auth = (get("SMTPCHECK_AUTH") or "on").lower()
-        if auth not in ("on", "off"):
-            raise ConfigError("SMTPCHECK_AUTH", f"must be 'on' or 'off', not {auth!r}")
-        kwargs["auth_enabled"] = auth == "on"
+        kwargs["auth_enabled"] = parse_switch("SMTPCHECK_AUTH", get("SMTPCHECK_AUTH") or "on")
         kwargs["allow_networks"] = parse_networks(
             "SMTPCHECK_ALLOW_NETWORKS", get("SMTPCHECK_ALLOW_NETWORKS")
         )
@@ -138,6 +140,12 @@ class Settings:
             value = get(variable)
             if value is not None:
                 kwargs[name] = parse_positive_int(variable, value)
+        callback_ports = get("SMTPCHECK_CALLBACK_PORTS")
+        if callback_ports is not None:
+            kwargs["callback_ports"] = parse_ports("SMTPCHECK_CALLBACK_PORTS", callback_ports)
+        kwargs["callback_http"] = parse_switch(
+            "SMTPCHECK_CALLBACK_HTTP", get("SMTPCHECK_CALLBACK_HTTP") or "off"
+        )
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> Settings:
@@ -212,6 +220,14 @@ def parse_dns_servers(variable: str, value: str | None) -> tuple[tuple[str, int]
             raise ConfigError(variable, f"{item!r} has a port outside 1-65535")
         servers.append((host, port))
     return tuple(servers)
+
+
+def parse_switch(variable: str, value: str) -> bool:
+    """``on`` or ``off``."""
+    word = value.lower()
+    if word not in ("on", "off"):
+        raise ConfigError(variable, f"must be 'on' or 'off', not {value!r}")
+    return word == "on"
 
 
 def parse_positive_int(variable: str, value: str) -> int:

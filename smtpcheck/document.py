@@ -98,8 +98,16 @@ def check_document(job: Job) -> dict[str, Any]:
         "result": value,
         "error": error,
         **_retrying(meta, status),
+        **_callback(job, meta),
         "links": links(job.id),
     }
+
+
+def _callback(job: Job, meta: dict[str, Any]) -> dict[str, Any]:
+    """With a ``callback``: how its delivery stands (workers/webhook.py writes it)."""
+    if not ((job.kwargs or {}).get("request") or {}).get("callback"):
+        return {}
+    return {"callback": meta.get("callback") or {"status": "pending", "attempts": []}}
 
 
 def _retrying(meta: dict[str, Any], status: str) -> dict[str, Any]:

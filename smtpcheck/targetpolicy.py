@@ -3,7 +3,8 @@
 Pure: no I/O, no configuration reading. The API applies the rule early to an
 IP-literal ``host`` (a 422 instead of a queued job that can only fail); the
 worker applies the same table to the address it resolved, which is the
-address it then dials.
+address it then dials. Webhooks (``callback.url``) pass the same table, the
+same way; :func:`http_target` holds their URL rules.
 
 Order: an operator's ``allow_networks`` win; then NAT64 and 6to4 addresses are
 judged by the IPv4 address they embed; then the first matching row of
@@ -13,7 +14,9 @@ judged by the IPv4 address they embed; then the first matching row of
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from urllib.parse import quote, urlsplit
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -97,3 +100,67 @@ def port_reason(port: int, allowed_ports: Iterable[int]) -> str | None:
     if port in allowed:
         return None
     return f"port {port} is not one of the allowed ports ({', '.join(map(str, allowed))})"
+
+
+@dataclass(frozen=True)
+class HTTPTarget:
+    """Where a webhook goes: a callback URL taken apart, once it passed the rules."""
+
+    scheme: str  # "https" or "http"
+    host: str  # a name or an IP literal, without brackets
+    port: int
+    target: str  # path and query, as the request line names them
+
+    @property
+    def literal(self) -> IPAddress | None:
+        try:
+            return ip_address(self.host)
+        except ValueError:
+            return None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = DEFAULT_HTTP_PORTS[self.scheme]
+        return (
+            f"{self.scheme}://{host}{'' if self.port == default else f':{self.port}'}{self.target}"
+        )
+
+
+DEFAULT_HTTP_PORTS = {"https": 443, "http": 80}
+
+
+def http_target(url: str, allowed_ports: Iterable[int], allow_http: bool) -> HTTPTarget:
+    """A callback URL's parts; ValueError saying why when the rules refuse it.
+
+    The rules: https (http only when ``allow_http``), a port among
+    ``allowed_ports``, a host, no credentials, no fragment. The host's
+    addresses are judged separately, with :func:`forbidden_reason`.
+    """
+    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    schemes = ("https", "http") if allow_http else ("https",)
+    if scheme not in schemes:
+        raise ValueError(
+            "must be an https:// URL" if not allow_http else "must be an https:// or http:// URL"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials; the receiver checks the signature instead")
+    if parts.fragment or url.endswith("#"):
+        raise ValueError("must not have a #fragment")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if port is None:
+        port = DEFAULT_HTTP_PORTS[scheme]
+    reason = port_reason(port, allowed_ports)
+    if reason is not None:
+        raise ValueError(reason)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    target = quote(target, safe="/?#[]@!$&'()*+,;=:%~")  # non-ASCII as UTF-8 %XX
+    return HTTPTarget(scheme=scheme, host=parts.hostname, port=port, target=target)

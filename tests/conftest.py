@@ -77,3 +77,4 @@ def scripted_server() -> Iterator[Callable[..., ScriptedServer]]:
 
 
 from tests.dns_server import dns_server  # noqa: E402, F401
+from tests.webhook_receiver import receiver  # noqa: E402, F401

@@ -36,7 +36,7 @@ from rq.job import Job
 from smtpcheck.config import Settings
 from smtpcheck.logs import log_context
 from smtpcheck.sealing import unseal
-from workers import stats
+from workers import stats, webhook
 from workers.check import run_check
 from workers.politeness import TargetGate
 
@@ -51,6 +51,11 @@ end
 """
 
 
+#: Arguments that hold a seal. The callback secret's leaves for the webhook's
+#: delivery job as the check starts (workers/webhook.py).
+SEALS = ("sealed_password", "sealed_callback_secret")
+
+
 class RetryLater(Exception):
     """Raised to make RQ schedule the next attempt of a greylisted check."""
 
@@ -61,7 +66,11 @@ def _attempt_summary(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result.get(key) for key in keep}
 
 
-def run_check_job(request: dict[str, Any], sealed_password: str | None = None) -> dict[str, Any]:
+def run_check_job(
+    request: dict[str, Any],
+    sealed_password: str | None = None,
+    sealed_callback_secret: str | None = None,
+) -> dict[str, Any]:
     settings = Settings.from_env()
     job = get_current_job()
     if job is not None:  # every log line of this check names it, RQ's included
@@ -72,6 +81,9 @@ def run_check_job(request: dict[str, Any], sealed_password: str | None = None) -
                 "request_id": (job.meta or {}).get("request_id"),
             }
         )
+    if job is not None and sealed_callback_secret is not None:
+        webhook.arrange(job, sealed_callback_secret, settings)  # POSTs the check once it ends
+        scrub_sealed_password(job, ("sealed_callback_secret",))  # the delivery job holds it now
     if job is not None and sealed_password is not None and not job.retries_left:
         scrub_sealed_password(job)  # RQ will not run this job again: nothing needs the seal
     password = None
@@ -123,12 +135,12 @@ def _report(job: Job, settings: Settings, result: dict[str, Any]) -> None:
         log.warning("check %s: could not count it for /metrics: %s", job.id, exc)
 
 
-def scrub_sealed_password(job: Job) -> None:
-    """Store the job's arguments again with ``sealed_password: null``."""
+def scrub_sealed_password(job: Job, names: tuple[str, ...] = SEALS) -> None:
+    """Store the job's arguments again with these seals (all, by default) ``null``."""
     kwargs = dict(job.kwargs)
-    if kwargs.get("sealed_password") is None:
+    if all(kwargs.get(name) is None for name in names):
         return
-    kwargs["sealed_password"] = None
+    kwargs.update({name: None for name in names if name in kwargs})
     job.kwargs = kwargs  # RQ rebuilds `data` from this when it saves the job at the end
     job.connection.eval(_REWRITE_DATA, 1, job.key, zlib.compress(job.data))
 

@@ -100,6 +100,7 @@ def test_normalized_request_has_every_default(client: FlaskClient) -> None:
         "probes": [],
         "retry_temporary": False,
         "retry": {"attempts": 3, "delay": 300.0},
+        "callback": None,
     }
 
 

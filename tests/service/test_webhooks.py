@@ -1,0 +1,379 @@
+"""Webhooks (request field ``callback``): validated by the API, sent by a real
+RQ worker to a real HTTP receiver on loopback, signed the Standard Webhooks
+way, retried on a 5xx, never redirected, and the secret never in Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from ipaddress import ip_network
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from rq import Queue, SimpleWorker
+from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
+
+from service import create_app
+from smtpcheck.config import Settings
+from smtpcheck.signature import sign
+from tests.dns_server import DNSServer
+from tests.security.leaks import FERNET_PREFIX, Needle, base64_forms, find, redis_values
+from tests.service.conftest import ALICE, API_KEYS, submit
+from tests.smtp_servers import SMTPTarget
+from tests.webhook_receiver import Receiver, verify
+
+SECRET = "whsec_" + base64.b64encode(b"webhook-key-for-the-tests-32byte").decode()
+KEY = base64.b64decode(SECRET.removeprefix("whsec_"))
+PLAIN_SECRET = "a-plain-secret-of-enough-length"
+
+
+def secret_needles(secret: str) -> list[Needle]:
+    wanted = [Needle("secret", secret.encode())]
+    wanted += [
+        Needle("secret inside base64", form) for form in sorted(base64_forms(secret.encode()))
+    ]
+    if secret.startswith("whsec_"):
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        wanted += [Needle("key bytes", key), Needle("key, hex", key.hex().encode())]
+    return wanted
+
+
+def test_the_signature_matches_the_standard_webhooks_test_vector() -> None:
+    """The vector the Standard Webhooks reference libraries test against."""
+    assert (
+        sign(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            b'{"test": 2432232314}',
+        )
+        == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
+
+
+# ---------------------------------------------------------------------------
+# the API: validation, masking, sealing
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def strict_app(redis_url: str) -> Iterator[Flask]:
+    """Production defaults: no allowed network, https on 443 only."""
+    app = create_app(Settings(redis_url=redis_url, secret_key="test-secret", api_keys=API_KEYS))
+    yield app
+    app.extensions["smtpcheck"].close()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("https://127.0.0.1/hook", "loopback"),
+        ("https://10.1.2.3/hook", "private"),
+        ("https://169.254.169.254/latest/meta-data", "link-local"),
+        ("https://[::1]/hook", "loopback"),
+        ("https://[::ffff:192.168.0.1]/hook", "IPv4-mapped"),
+        ("https://100.64.0.1/hook", "CGNAT"),
+        ("https://localhost/hook", "loopback"),
+        ("https://0x7f000001/hook", "127.0.0.1"),
+        ("http://hooks.example.com/x", "https"),
+        ("https://hooks.example.com:8443/x", "port 8443"),
+        ("https://user:pw@hooks.example.com/x", "credentials"),
+        ("ftp://hooks.example.com/x", "https"),
+        ("https:///nohost", "host"),
+        ("https://hooks.example.com/a b", "spaces"),
+    ],
+)
+def test_a_callback_url_the_policy_refuses_is_a_422_naming_the_field(
+    strict_app: Flask, url: str, says: str
+) -> None:
+    response = strict_app.test_client().post(
+        "/v1/checks",
+        json={"host": "mx.example.com", "callback": {"url": url, "secret": PLAIN_SECRET}},
+        headers=ALICE,
+    )
+
+    assert response.status_code == 422, response.get_json()
+    body = response.get_json()
+    assert list(body["errors"]) == ["callback.url"], body
+    assert says in body["errors"]["callback.url"][0]
+
+
+@pytest.mark.parametrize(
+    ("callback", "field"),
+    [
+        ({"url": "https://hooks.example.com/x"}, "callback.secret"),
+        ({"url": "https://hooks.example.com/x", "secret": "short"}, "callback.secret"),
+        ({"url": "https://hooks.example.com/x", "secret": "whsec_!!notbase64"}, "callback.secret"),
+        ({"url": "https://hooks.example.com/x", "secret": "whsec_QUJD"}, "callback.secret"),
+        ({"url": "https://hooks.example.com/x", "secret": "x" * 257}, "callback.secret"),
+        ({"secret": PLAIN_SECRET}, "callback.url"),
+        ({"url": "https://h.example.com/", "secret": PLAIN_SECRET, "extra": 1}, "callback.extra"),
+    ],
+)
+def test_a_callback_without_a_usable_secret_or_url_is_a_422(
+    strict_app: Flask, callback: dict[str, Any], field: str
+) -> None:
+    response = strict_app.test_client().post(
+        "/v1/checks", json={"host": "mx.example.com", "callback": callback}, headers=ALICE
+    )
+
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"], response.get_json()
+
+
+def test_an_operator_can_allow_http_other_ports_and_a_network(redis_url: str) -> None:
+    settings = Settings(
+        redis_url=redis_url,
+        secret_key="test-secret",
+        api_keys=API_KEYS,
+        allow_networks=(ip_network("10.9.0.0/16"),),
+        callback_http=True,
+        callback_ports=frozenset({8080}),
+    )
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        check_id = submit(
+            client,
+            {
+                "host": "mx.example.com",
+                "callback": {"url": "http://10.9.8.7:8080/h?a=1", "secret": SECRET},
+            },
+        )
+        refused = client.post(
+            "/v1/checks",
+            json={
+                "host": "mx.example.com",
+                "callback": {"url": "http://10.8.0.1:8080/", "secret": SECRET},
+            },
+            headers=ALICE,
+        )
+        body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
+    finally:
+        app.extensions["smtpcheck"].close()
+
+    assert body["request"]["callback"] == {"url": "http://10.9.8.7:8080/h?a=1", "secret": "****"}
+    assert body["callback"] == {"status": "pending", "attempts": []}
+    assert refused.status_code == 422
+    assert "private" in refused.get_json()["errors"]["callback.url"][0]
+
+
+def test_the_secret_travels_sealed_and_is_shown_masked(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    """Queued: the request holds ****, the job a Fernet seal, Redis no clear secret."""
+    check_id = submit(
+        client,
+        {
+            "host": "mx.example.com",
+            "callback": {"url": "https://hooks.example.com/x", "secret": SECRET},
+        },
+    )
+
+    raw = redis_client.hget(f"rq:job:{check_id}", "data")
+    assert raw is not None
+    kwargs = json.loads(zlib.decompress(raw))[3]
+    assert kwargs["request"]["callback"]["secret"] == "****"
+    assert kwargs["sealed_callback_secret"].startswith(FERNET_PREFIX.decode())
+    assert find(redis_values(redis_client), secret_needles(SECRET)) == []
+
+
+# ---------------------------------------------------------------------------
+# the worker: a real RQ worker, a real SMTP target, a real HTTP receiver
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hooked(
+    redis_url: str,
+    smtp_target: Callable[..., SMTPTarget],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[..., FlaskClient]]:
+    """``hooked(allow="127.0.0.0/8", ports=[...])``: an API and worker env in which
+    checks go to a plain aiosmtpd target on 127.0.0.1 and webhooks may use
+    http on the given ports."""
+    target = smtp_target(tls="none")
+    apps: list[Flask] = []
+
+    def make(
+        ports: list[int], allow: str = "127.0.0.0/8", dns: DNSServer | None = None
+    ) -> FlaskClient:
+        env = {
+            "SMTPCHECK_SECRET_KEY": "test-secret",
+            "SMTPCHECK_ALLOW_NETWORKS": allow,
+            "SMTPCHECK_ALLOWED_PORTS": str(target.port),
+            "SMTPCHECK_HELO_NAME": "checker.test",
+            "SMTPCHECK_CALLBACK_HTTP": "on",
+            "SMTPCHECK_CALLBACK_PORTS": ",".join(map(str, ports)),
+        }
+        if dns is not None:
+            env["SMTPCHECK_DNS_SERVERS"] = f"{dns.host}:{dns.port}"
+        else:
+            monkeypatch.delenv("SMTPCHECK_DNS_SERVERS", raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)  # the worker reads its settings from here
+        settings = Settings.from_env(
+            {**env, "REDIS_URL": redis_url, "SMTPCHECK_API_KEYS": API_KEYS}
+        )
+        app = create_app(settings)
+        apps.append(app)
+        return app.test_client()
+
+    make.target = target  # type: ignore[attr-defined]
+    yield make
+    for app in apps:
+        app.extensions["smtpcheck"].close()
+
+
+def check_body(port: int, url: str, secret: str = SECRET) -> dict[str, Any]:
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": "none",
+        "stop_after": "ehlo",
+        "callback": {"url": url, "secret": secret},
+    }
+
+
+def work(connection: redis.Redis, *, scheduler: bool = False) -> None:
+    queue = Queue("vantage:default", connection=connection, serializer=JSONSerializer)
+    worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer)
+    worker.work(burst=True, logging_level="WARNING", with_scheduler=scheduler)
+
+
+def wait_until_due(connection: redis.Redis, timeout: float = 15.0) -> None:
+    """Until RQ's scheduler would move the scheduled retry to the queue."""
+    queue = Queue("vantage:default", connection=connection, serializer=JSONSerializer)
+    registry = ScheduledJobRegistry(queue=queue)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        due = connection.zrange(registry.key, 0, 0, withscores=True)
+        assert due, "no retry was scheduled"
+        if due[0][1] <= time.time():
+            return
+        time.sleep(0.1)
+    raise AssertionError("the retry never came due")
+
+
+def test_a_finished_check_is_posted_to_the_receiver_signed(
+    hooked: Callable[..., FlaskClient],
+    receiver: Callable[..., Receiver],
+    redis_client: redis.Redis,
+) -> None:
+    hook = receiver([(204, {})])
+    client = hooked([hook.port])
+    check_id = submit(client, check_body(hooked.target.port, hook.url("/hook?src=smtpcheck")))  # type: ignore[attr-defined]
+
+    work(redis_client)  # the check, then the delivery RQ enqueues once it ended
+
+    assert len(hook.received) == 1
+    got = hook.received[0]
+    assert got.path == "/hook?src=smtpcheck"
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers["webhook-id"] == check_id
+    assert abs(int(got.headers["webhook-timestamp"]) - time.time()) < 120
+    assert verify(SECRET, got)
+    assert not verify("whsec_" + base64.b64encode(b"another-key-another-key-1234").decode(), got)
+    posted = json.loads(got.body)
+    assert posted["id"] == check_id
+    assert posted["status"] == "finished"
+    assert posted["result"]["outcome"] == "ok"
+    assert posted["request"]["callback"]["secret"] == "****"
+
+    body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
+    assert {key: value for key, value in body.items() if key != "callback"} == {
+        key: value for key, value in posted.items() if key != "callback"
+    }  # the document GET returns, as it was when sent
+    assert body["callback"]["status"] == "delivered"
+    (attempt,) = body["callback"]["attempts"]
+    assert attempt["status_code"] == 204
+    assert attempt["error"] is None
+    assert attempt["address"] == "127.0.0.1"
+    assert attempt["duration_ms"] >= 0
+    # nothing of the secret is left: no seal in the check, no delivery job
+    raw = redis_client.hget(f"rq:job:{check_id}", "data")
+    assert raw is not None
+    assert json.loads(zlib.decompress(raw))[3]["sealed_callback_secret"] is None
+    assert find(redis_values(redis_client), secret_needles(SECRET)) == []
+    assert find(redis_values(redis_client), [Needle("Fernet token", FERNET_PREFIX)]) == []
+
+
+def test_a_500_is_retried_through_the_scheduler_and_every_attempt_shows(
+    hooked: Callable[..., FlaskClient],
+    receiver: Callable[..., Receiver],
+    redis_client: redis.Redis,
+) -> None:
+    hook = receiver([(500, {}), (200, {})])
+    client = hooked([hook.port])
+    check_id = submit(client, check_body(hooked.target.port, hook.url(), PLAIN_SECRET))  # type: ignore[attr-defined]
+
+    work(redis_client)
+    waiting = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
+    assert waiting["status"] == "finished"
+    assert waiting["callback"]["status"] == "retrying", waiting["callback"]
+    assert waiting["callback"]["next_attempt_at"]
+    wait_until_due(redis_client)
+    work(redis_client, scheduler=True)  # RQ's scheduler moves the due retry to the queue
+
+    callback = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["callback"]
+    assert [a["status_code"] for a in callback["attempts"]] == [500, 200]
+    assert callback["attempts"][0]["error"] == "the receiver answered 500"
+    assert callback["status"] == "delivered"
+    assert len(hook.received) == 2
+    assert all(verify(PLAIN_SECRET, got) for got in hook.received)
+    assert {got.headers["webhook-id"] for got in hook.received} == {check_id}
+    assert find(redis_values(redis_client), secret_needles(PLAIN_SECRET)) == []
+
+
+def test_a_redirect_is_not_followed_nor_retried(
+    hooked: Callable[..., FlaskClient],
+    receiver: Callable[..., Receiver],
+    redis_client: redis.Redis,
+) -> None:
+    elsewhere = receiver([(200, {})])
+    hook = receiver([(307, {"Location": elsewhere.url("/stolen")})])
+    client = hooked([hook.port, elsewhere.port])
+    check_id = submit(client, check_body(hooked.target.port, hook.url()))  # type: ignore[attr-defined]
+
+    work(redis_client)
+
+    callback = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["callback"]
+    assert callback["status"] == "failed"
+    (attempt,) = callback["attempts"]
+    assert attempt["status_code"] == 307
+    assert "redirects are not followed" in attempt["error"]
+    assert len(hook.received) == 1
+    assert elsewhere.received == []
+    queue = Queue("vantage:default", connection=redis_client, serializer=JSONSerializer)
+    assert ScheduledJobRegistry(queue=queue).count == 0
+
+
+def test_a_host_name_that_resolves_to_a_forbidden_address_is_not_dialled(
+    hooked: Callable[..., FlaskClient],
+    receiver: Callable[..., Receiver],
+    dns_server: Callable[..., DNSServer],
+    redis_client: redis.Redis,
+) -> None:
+    """The API cannot judge a name; the worker resolves it, judges the address
+    and dials nothing (the checks' own target, 127.0.0.1, is allowed)."""
+    hook = receiver([(200, {})], host="127.0.0.2")
+    dns = dns_server({"hooks.rebind.test.": {"A": ["127.0.0.2"]}})
+    client = hooked([hook.port], allow="127.0.0.1/32", dns=dns)
+    url = f"http://hooks.rebind.test:{hook.port}/hook"
+    check_id = submit(client, check_body(hooked.target.port, url))  # type: ignore[attr-defined]
+
+    work(redis_client)
+
+    callback = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["callback"]
+    assert callback["status"] == "failed"
+    (attempt,) = callback["attempts"]
+    assert attempt["status_code"] is None
+    assert attempt["error"].startswith("refused: 127.0.0.2 is a loopback address")
+    assert hook.received == []

@@ -1,0 +1,100 @@
+"""A webhook receiver for the tests: a real HTTP server (http.server) in a
+thread on loopback, answering from a script and recording every request."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+class Receiver:
+    """Answers each POST with the next ``(status, headers)`` of ``answers``
+    (the last one repeats), and keeps what it got in ``received``."""
+
+    def __init__(self, answers: list[tuple[int, dict[str, str]]], host: str = "127.0.0.1") -> None:
+        self.answers = list(answers)
+        self.received: list[Received] = []
+        self.got = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                receiver.received.append(Received(self.path, headers, body))
+                status, extra = receiver.answers[
+                    min(len(receiver.received), len(receiver.answers)) - 1
+                ]
+                self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+                receiver.got.set()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.host = host
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def start(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def receiver() -> Iterator[type[Receiver]]:
+    """Factory: ``receiver([(200, {})])`` starts one; each is stopped after the test."""
+    started: list[Receiver] = []
+
+    def start(answers: list[tuple[int, dict[str, str]]], host: str = "127.0.0.1") -> Receiver:
+        server = Receiver(answers, host).start()
+        started.append(server)
+        return server
+
+    yield start  # type: ignore[misc]
+    for server in started:
+        server.stop()
+
+
+def verify(secret: str, got: Received) -> bool:
+    """The README's receiver check: Standard Webhooks, standard library only."""
+    key = (
+        base64.b64decode(secret.removeprefix("whsec_"))
+        if secret.startswith("whsec_")
+        else secret.encode()
+    )
+    signed = f"{got.headers['webhook-id']}.{got.headers['webhook-timestamp']}.".encode() + got.body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(
+        hmac.compare_digest(f"v1,{expected}", candidate)
+        for candidate in got.headers["webhook-signature"].split()
+    )

@@ -1,0 +1,337 @@
+"""Webhooks: once a check ends, POST its document to the request's ``callback.url``.
+
+How a delivery travels:
+
+- When a check with a ``callback`` starts (its first attempt), :func:`arrange`
+  queues a small delivery job on the check's own queue that *depends on* the
+  check (RQ ``Dependency``, ``allow_failure=True``). RQ enqueues it only
+  once the check has ended and its result is stored — finished, or failed in
+  a way the worker knows (an exception, its time limit, a work horse that
+  died) — so the document it sends is the one ``GET /v1/checks/{id}``
+  returns at that moment. The callback secret leaves the check's arguments
+  for the delivery job's, still sealed.
+- Each delivery job makes one attempt, bounded in time (:data:`CONNECT_TIMEOUT`,
+  :data:`ATTEMPT_TIMEOUT`), and writes it to the check's ``job.meta["callback"]``,
+  which the check's document shows as ``callback``. A retryable failure (5xx,
+  408, 429, a timeout, a connection or DNS error) schedules the next attempt
+  as a new job through RQ's scheduler after :data:`RETRY_DELAYS`; nothing
+  sleeps in a worker slot. Every delivery job is deleted when it ends
+  (``result_ttl=0``), and its seal with it.
+
+Why jobs and not a thread: a worker's work horse may exit as soon as the
+check returns (RQ's forking worker), taking any thread with it, and a thread
+would hold the clear secret for minutes. A job per attempt costs a slot for
+at most :data:`ATTEMPT_TIMEOUT` seconds and survives a worker restart.
+
+The HTTP side: the URL passes :func:`smtpcheck.targetpolicy.http_target`
+again, the host is resolved here and every address judged by the same table
+as a mail server's; the socket is opened to the vetted address itself (no
+second lookup, so DNS rebinding gains nothing), then TLS with SNI and
+verification against the system store plus ``SMTPCHECK_CA_FILE``, then
+``http.client`` over that socket. Redirects are not followed (a 3xx is a
+failed attempt); at most :data:`MAX_RESPONSE_BYTES` of the answer are read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rq import Queue, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Dependency, Job
+from rq.serializers import JSONSerializer
+
+from smtpcheck import signature
+from smtpcheck.config import Settings
+from smtpcheck.document import check_document, isoformat
+from smtpcheck.logs import log_context
+from smtpcheck.sealing import SealError, unseal
+from smtpcheck.targetpolicy import HTTPTarget, IPAddress, forbidden_reason, http_target
+from workers.errors import DNSError
+from workers.resolver import Resolver
+
+log = logging.getLogger("smtpcheck.webhook")
+
+DELIVERY_FUNCTION = "workers.webhook.deliver"
+DESCRIPTION = "smtpcheck-webhook"
+#: Seconds before attempts 2, 3, ...: six attempts over about eight minutes.
+RETRY_DELAYS = (1, 5, 30, 120, 300)
+CONNECT_TIMEOUT = 5.0
+ATTEMPT_TIMEOUT = 10.0  # resolve, connect, TLS, send, and read the answer
+MAX_RESPONSE_BYTES = 64 * 1024
+JOB_TIMEOUT = 60
+USER_AGENT = "smtpcheck-webhook/1"
+
+# Write the check's meta, unless the check was deleted meanwhile (a plain
+# HSET would bring back a bare hash that never expires).
+_WRITE_META = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'meta', ARGV[1])
+end
+"""
+
+
+def arrange(check: Job, sealed_secret: str, settings: Settings) -> None:
+    """Queue the delivery that runs once ``check`` ends (first attempt only)."""
+    if (check.meta or {}).get("callback"):
+        return  # a later attempt of a greylisted check: arranged already
+    queue = Queue(check.origin, connection=check.connection, serializer=JSONSerializer)
+    _enqueue(
+        queue,
+        check.id,
+        sealed_secret,
+        attempt=1,
+        settings=settings,
+        depends_on=Dependency(jobs=[check.id], allow_failure=True, enqueue_at_front=True),
+    )
+    check.meta["callback"] = {"status": "pending", "attempts": []}
+    check.save_meta()
+
+
+def _enqueue(
+    queue: Queue,
+    check_id: str,
+    sealed_secret: str,
+    *,
+    attempt: int,
+    settings: Settings,
+    delay: int = 0,
+    depends_on: Dependency | None = None,
+) -> None:
+    options: dict[str, Any] = {
+        "kwargs": {"check_id": check_id, "sealed_secret": sealed_secret, "attempt": attempt},
+        "job_id": f"{check_id}-webhook-{attempt}",
+        "description": DESCRIPTION,
+        "job_timeout": JOB_TIMEOUT,
+        "result_ttl": 0,  # deleted once it ends: the seal goes with it
+        "failure_ttl": 24 * 3600,
+        "ttl": settings.result_ttl,
+        "meta": {"check_id": check_id},
+    }
+    if delay:
+        queue.enqueue_in(timedelta(seconds=delay), DELIVERY_FUNCTION, **options)
+    else:
+        queue.enqueue(DELIVERY_FUNCTION, depends_on=depends_on, at_front=True, **options)
+
+
+# ---------------------------------------------------------------------------
+# one delivery attempt, as an RQ job
+# ---------------------------------------------------------------------------
+
+
+def deliver(check_id: str, sealed_secret: str, attempt: int = 1) -> None:
+    """POST the check's document once; record the attempt; schedule the next if due."""
+    settings = Settings.from_env()
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("workers.webhook.deliver runs as an RQ job")
+    log_context.set({"check_id": check_id, "vantage": settings.vantage})
+    try:
+        check = Job.fetch(check_id, connection=job.connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        log.info("check %s was deleted before its webhook went out", check_id)
+        return
+    document = check_document(check)
+    callback = dict(check.meta.get("callback") or {})
+    attempts = list(callback.get("attempts") or [])
+    try:
+        secret = unseal(sealed_secret, settings.secret_key or "")
+    except SealError as exc:
+        record, retry = Attempt.failed(f"cannot sign: {exc}"), False
+    else:
+        record, retry = post(document, secret, settings)
+        del secret
+    attempts.append(record.as_dict())
+    callback = {"status": "delivered" if record.ok else "failed", "attempts": attempts}
+    if retry and attempt <= len(RETRY_DELAYS):
+        delay = RETRY_DELAYS[attempt - 1]
+        callback["status"] = "retrying"
+        callback["next_attempt_at"] = isoformat(datetime.now(UTC) + timedelta(seconds=delay))
+        queue = Queue(job.origin, connection=job.connection, serializer=JSONSerializer)
+        _enqueue(
+            queue, check_id, sealed_secret, attempt=attempt + 1, settings=settings, delay=delay
+        )
+    check.meta["callback"] = callback
+    job.connection.eval(_WRITE_META, 1, check.key, check.serializer.dumps(check.meta))
+    log.info(
+        "check %s: webhook attempt %d: %s",
+        check_id,
+        attempt,
+        record.status_code or record.error,
+        extra={
+            "check_id": check_id,
+            "host": record.host,
+            "address": record.address,
+            "status": callback["status"],
+            "duration_ms": record.duration_ms,
+        },
+    )
+
+
+@dataclass
+class Attempt:
+    """One POST: when, what came back (a status code, or why none), how long."""
+
+    at: str
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    host: str | None = None
+    address: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    @classmethod
+    def failed(cls, error: str) -> Attempt:
+        return cls(at=isoformat(datetime.now(UTC)) or "", duration_ms=0.0, error=error)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "status_code": self.status_code,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+            "address": self.address,
+        }
+
+
+class Refused(Exception):
+    """The policy refuses this URL or every address of its host: no retry."""
+
+
+def post(document: dict[str, Any], secret: str, settings: Settings) -> tuple[Attempt, bool]:
+    """One signed POST of ``document``; the attempt, and whether another is worth it."""
+    started = time.monotonic()
+    record = Attempt(at=isoformat(datetime.now(UTC)) or "", duration_ms=0.0)
+    retry = False
+    try:
+        target = http_target(
+            document["request"]["callback"]["url"],
+            settings.callback_ports,
+            allow_http=settings.callback_http,
+        )
+        record.host = target.host
+        body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": document["id"],  # the same on every retry, so receivers can dedupe
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature.sign(secret, document["id"], timestamp, body),
+        }
+        deadline = started + ATTEMPT_TIMEOUT
+        status, address = _send(target, body, headers, settings, deadline)
+        record.address = str(address)
+        record.status_code = status
+        if 300 <= status < 400:
+            record.error = "the receiver answered with a redirect; redirects are not followed"
+        elif not 200 <= status < 300:
+            record.error = f"the receiver answered {status}"
+            retry = status >= 500 or status in (408, 429)
+    except ssl.SSLError as exc:  # before ValueError: a certificate error is both
+        record.error = f"TLS: {getattr(exc, 'verify_message', None) or exc.reason or exc}"
+        retry = True
+    except (ValueError, Refused) as exc:
+        record.error = f"refused: {exc}"
+    except DNSError as exc:
+        record.error = f"DNS: {exc}"
+        retry = True
+    except TimeoutError:
+        record.error = f"timed out (at most {ATTEMPT_TIMEOUT:g} s per attempt)"
+        retry = True
+    except (OSError, http.client.HTTPException) as exc:
+        record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        retry = True
+    record.duration_ms = round((time.monotonic() - started) * 1000, 1)
+    return record, retry
+
+
+def _send(
+    target: HTTPTarget, body: bytes, headers: dict[str, str], settings: Settings, deadline: float
+) -> tuple[int, IPAddress]:
+    """Resolve, vet, connect to the vetted address, POST; the status code and address."""
+    addresses = _vetted(target, settings, deadline)
+    sock: socket.socket | None = None
+    errors = []
+    for address in addresses:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            sock = socket.create_connection(
+                (str(address), target.port), timeout=min(CONNECT_TIMEOUT, left)
+            )
+            break
+        except OSError as exc:
+            errors.append(f"{address}: {exc.strerror or exc}")
+    if sock is None:
+        raise ConnectionError("; ".join(errors))
+    # The whole attempt has one deadline, however slowly the receiver trickles.
+    watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut, args=(sock,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.1))
+        connection: http.client.HTTPConnection
+        if target.scheme == "https":
+            sock = tls_context(settings.ca_file).wrap_socket(sock, server_hostname=target.host)
+            connection = http.client.HTTPSConnection(target.host, target.port)
+        else:
+            connection = http.client.HTTPConnection(target.host, target.port)
+        connection.sock = sock  # dial nothing else: http.client speaks over this socket
+        connection.request("POST", target.target, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read(MAX_RESPONSE_BYTES)  # at most this much; the rest is never read
+        status = response.status
+    except OSError:
+        if time.monotonic() >= deadline:
+            raise TimeoutError from None
+        raise
+    finally:
+        watchdog.cancel()
+        sock.close()
+    return status, address
+
+
+def _cut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed meanwhile
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _vetted(target: HTTPTarget, settings: Settings, deadline: float) -> list[IPAddress]:
+    """The host's addresses that the target policy lets through; Refused if none."""
+    addresses = Resolver(settings, deadline).addresses(target.host, None)
+    allowed = []
+    refused = []
+    for address in addresses:
+        reason = forbidden_reason(address, settings.allow_networks)
+        if reason is None:
+            allowed.append(address)
+        else:
+            refused.append(f"{address} is a {reason} address")
+    if not allowed:
+        raise Refused("; ".join(refused) + " (SMTPCHECK_ALLOW_NETWORKS can let a network through)")
+    return allowed
+
+
+@functools.lru_cache(maxsize=4)
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify the receiver as SMTP TLS verification does: system store plus SMTPCHECK_CA_FILE."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
