@@ -65,11 +65,11 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     app.extensions["smtpcheck.apikeys"] = keys
     app.extensions["smtpcheck.request_schema"] = build_schemas(settings).check_request()
     problems.register(app)
-    from . import checks, health, metrics, requestlog, spec  # here: `python -m service.spec`
+    from . import checks, health, metrics, requestlog, spec, web  # here: `python -m service.spec`
 
     requestlog.install(app)
     metrics.install(app)
 
-    for module in (checks, health, metrics, spec):
+    for module in (checks, health, metrics, spec, web):
         app.register_blueprint(module.blueprint)
     return app

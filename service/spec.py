@@ -331,6 +331,27 @@ def build_spec(settings: Settings) -> APISpec:
             }
         },
     )
+    pages = {
+        "/": ("page", "The web page: run a check and watch it live (asks for an API key)"),
+        "/docs": ("docs", "This document rendered for reading, served with no CDN"),
+    }
+    for path, (operation, summary) in pages.items():
+        spec.path(
+            path=path,
+            operations={
+                "get": {
+                    "operationId": operation,
+                    "summary": summary,
+                    **open_access,
+                    "responses": {
+                        "200": {
+                            "description": "an HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        )
     spec.path(
         path="/openapi.yaml",
         operations={

@@ -1,0 +1,849 @@
+// The check page: builds a check request from the form, submits it to this
+// service's /v1 API and follows it live. Plain DOM, no library; every piece of
+// data reaches the page through textContent, never as markup.
+"use strict";
+
+(function () {
+  const KEY_STORE = "smtpcheck.apiKey";
+  const STAGES = ["connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data"];
+  const ENDED = new Set(["finished", "failed", "canceled"]);
+  const MARKERS = { note: "===", server: "<-", client: "->", error: "***" };
+  const TLS_MARKERS = { note: "===", server: "<~", client: "~>", error: "***" };
+  const SEVERITY_ORDER = ["fail", "warning", "info", "pass"];
+  const SEVERITY_LABEL = { fail: "FAIL", warning: "WARN", info: "INFO", pass: "PASS" };
+  const PASSWORD_VARIABLE = "SMTPCHECK_AUTH_PASSWORD";
+  const POLL_SECONDS = 10;
+
+  const $ = (id) => document.getElementById(id);
+  let current = null; // the check on screen: {id, aborter, started}
+  let pending = null; // what to do once an API key has been given
+
+  // -- small DOM helpers -------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") node.className = value;
+      else node.setAttribute(name, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function table(caption, headers, rows) {
+    return el(
+      "table",
+      {},
+      el("caption", {}, caption),
+      headers ? el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))) : null,
+      el(
+        "tbody",
+        {},
+        rows.map((row) =>
+          el("tr", {}, row.map((cell, i) =>
+            i === 0 && !headers ? el("th", { scope: "row" }, cell) : el("td", {}, cell)))
+        )
+      )
+    );
+  }
+
+  // -- the API ---------------------------------------------------------------
+
+  class NeedKey extends Error {}
+
+  class ApiError extends Error {
+    constructor(status, problem) {
+      super((problem && (problem.detail || problem.title)) || `HTTP ${status}`);
+      this.status = status;
+      this.problem = problem;
+    }
+  }
+
+  function apiKey() {
+    return sessionStorage.getItem(KEY_STORE) || "";
+  }
+
+  function headers(extra) {
+    const sent = Object.assign({ Accept: "application/json" }, extra || {});
+    const key = apiKey();
+    if (key) sent.Authorization = `Bearer ${key}`;
+    return sent;
+  }
+
+  async function api(method, path, body, options) {
+    const init = { method, headers: headers(), signal: options && options.signal };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (error) {
+      if (error.name === "AbortError") throw error;
+      throw new ApiError(0, { title: "The service cannot be reached", detail: String(error.message || error) });
+    }
+    const type = response.headers.get("Content-Type") || "";
+    const data = type.includes("json") ? await response.json().catch(() => null) : await response.text();
+    if (response.status === 401) {
+      askForKey(data && data.detail);
+      throw new NeedKey("API key needed");
+    }
+    if (!response.ok) throw new ApiError(response.status, typeof data === "object" ? data : { detail: data });
+    return { status: response.status, data, response };
+  }
+
+  // -- the API key -------------------------------------------------------------
+
+  function askForKey(reason) {
+    const section = $("key-section");
+    section.hidden = false;
+    const error = $("key-error");
+    error.hidden = !(reason && apiKey());
+    error.textContent = reason && apiKey() ? `The service said: ${reason}` : "";
+    $("api-key").value = "";
+    $("api-key").focus();
+  }
+
+  function setupKey() {
+    $("key-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const key = $("api-key").value.trim();
+      if (!key) {
+        $("key-error").hidden = false;
+        $("key-error").textContent = "Type the API key first.";
+        return;
+      }
+      sessionStorage.setItem(KEY_STORE, key);
+      $("api-key").value = "";
+      $("key-section").hidden = true;
+      loadVantages();
+      const next = pending;
+      pending = null;
+      if (next) next();
+      else $("target").focus();
+    });
+    $("change-key").addEventListener("click", () => {
+      sessionStorage.removeItem(KEY_STORE);
+      askForKey();
+    });
+  }
+
+  // -- vantages ------------------------------------------------------------------
+
+  async function loadVantages() {
+    let vantages;
+    try {
+      vantages = (await api("GET", "/v1/vantages")).data;
+    } catch (error) {
+      if (!(error instanceof NeedKey)) $("f-vantage-help").textContent = `Vantages could not be loaded: ${error.message}`;
+      return;
+    }
+    const select = $("f-vantage");
+    const chosen = select.value;
+    select.replaceChildren();
+    const names = vantages.map((v) => v.name);
+    if (!names.includes("default")) names.unshift("default");
+    for (const vantage of vantages) {
+      const workers = vantage.workers === undefined ? "" : ` (${vantage.workers} worker${vantage.workers === 1 ? "" : "s"})`;
+      select.append(el("option", { value: vantage.name }, vantage.name + workers));
+    }
+    if (!vantages.some((v) => v.name === "default")) select.prepend(el("option", { value: "default" }, "default"));
+    select.append(el("option", { value: "all" }, "all vantages"));
+    select.value = names.includes(chosen) || chosen === "all" ? chosen : "default";
+    $("f-vantage-help").textContent = `${vantages.length} vantage point${vantages.length === 1 ? "" : "s"} from GET /v1/vantages.`;
+  }
+
+  // -- the form <-> a check request ---------------------------------------------------
+
+  function value(id) {
+    return $(id).value.trim();
+  }
+
+  function lines(id) {
+    return $(id).value.split(/[\n,]/).map((s) => s.trim()).filter(Boolean);
+  }
+
+  function number(id) {
+    const raw = value(id);
+    if (raw === "") return undefined;
+    const parsed = Number(raw);
+    return Number.isFinite(parsed) ? parsed : raw; // the API says what is wrong with it
+  }
+
+  /** The request the form describes, with only the fields that differ from the defaults. */
+  function buildRequest() {
+    const request = {};
+    const target = value("target");
+    const at = target.lastIndexOf("@");
+    const address = at > 0 && at < target.length - 1 ? target : null;
+    let rcpt = lines("f-rcpt_to");
+    request.host = address ? target.slice(at + 1) : target;
+    if (address || $("f-mx").checked) request.mx = true;
+    if (request.mx && $("f-mx_hosts").value !== "first") request.mx_hosts = $("f-mx_hosts").value;
+    const port = number("f-port");
+    if (port !== undefined && port !== 25) request.port = port;
+    if ($("f-tls").value !== "auto") request.tls = $("f-tls").value;
+    if ($("f-tls_verify").checked) request.tls_verify = true;
+    if (value("f-helo")) request.helo = value("f-helo");
+    const username = value("f-auth-username");
+    if (username) {
+      request.auth = { username, password: $("f-auth-password").value };
+      if ($("f-auth-mechanism").value !== "auto") request.auth.mechanism = $("f-auth-mechanism").value;
+    }
+    let sender = value("f-mail_from");
+    if (sender === "<>") sender = "";
+    if (address && !rcpt.includes(address)) rcpt = [address, ...rcpt];
+    if (value("f-mail_from") !== "") request.mail_from = sender;
+    else if (rcpt.length) request.mail_from = "";
+    if (rcpt.length) request.rcpt_to = rcpt;
+    if ($("f-stop_after").value) request.stop_after = $("f-stop_after").value;
+    const timeouts = {};
+    for (const name of ["connect", "command", "total"]) {
+      const seconds = number(`f-timeouts-${name}`);
+      if (seconds !== undefined) timeouts[name] = seconds;
+    }
+    if (Object.keys(timeouts).length) request.timeouts = timeouts;
+    if ($("f-vantage").value !== "default") request.vantage = $("f-vantage").value;
+    if ($("f-ip_version").value) request.ip_version = Number($("f-ip_version").value);
+    return request;
+  }
+
+  /** Put a stored request (as GET /v1/checks/{id} returns it) back into the form. */
+  function fillForm(request) {
+    if (!request) return;
+    $("check-form").reset();
+    $("target").value = request.host || "";
+    $("f-mx").checked = Boolean(request.mx);
+    $("f-mx_hosts").value = request.mx_hosts || "first";
+    if (request.port && request.port !== 25) $("f-port").value = request.port;
+    $("f-tls").value = request.tls || "auto";
+    $("f-tls_verify").checked = Boolean(request.tls_verify);
+    $("f-helo").value = request.helo || "";
+    const auth = request.auth || {};
+    $("f-auth-username").value = auth.username || "";
+    $("f-auth-mechanism").value = auth.mechanism || "auto";
+    $("f-mail_from").value = request.mail_from === "" ? "<>" : request.mail_from || "";
+    $("f-rcpt_to").value = (request.rcpt_to || []).join("\n");
+    $("f-stop_after").value = request.stop_after || "";
+    for (const name of ["connect", "command", "total"]) {
+      const timeouts = request.timeouts || {};
+      $(`f-timeouts-${name}`).value = timeouts[name] === undefined ? "" : timeouts[name];
+    }
+    const vantage = request.vantage || "default";
+    if (![...$("f-vantage").options].some((o) => o.value === vantage)) {
+      $("f-vantage").append(el("option", { value: vantage }, vantage));
+    }
+    $("f-vantage").value = vantage;
+    $("f-ip_version").value = request.ip_version ? String(request.ip_version) : "";
+    if (request.auth || request.stop_after || request.timeouts || request.mail_from !== undefined) {
+      $("advanced").open = true;
+    }
+  }
+
+  // -- the same check as shell commands ---------------------------------------------
+
+  function shellQuote(text) {
+    const s = String(text);
+    if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(s)) return s;
+    return `'${s.replace(/'/g, `'\\''`)}'`;
+  }
+
+  const PASSWORD_SLOT = "\u0000password\u0000";
+
+  /** curl that POSTs this very request; the key (and any password) come from the shell. */
+  function curlCommand(request) {
+    const body = JSON.parse(JSON.stringify(request));
+    if (body.auth) body.auth.password = PASSWORD_SLOT;
+    let json = shellQuote(JSON.stringify(body));
+    if (!json.startsWith("'")) json = `'${json}'`;
+    json = json.replace(JSON.stringify(PASSWORD_SLOT), `"'"$${PASSWORD_VARIABLE}"'"`);
+    return [
+      "curl -sS -X POST",
+      shellQuote(`${location.origin}/v1/checks`),
+      '-H "Authorization: Bearer $SMTPCHECK_API_KEY"',
+      "-H 'Content-Type: application/json'",
+      `--data-raw ${json}`,
+    ].join(" ");
+  }
+
+  /** The same check as `smtpcheck check` options. */
+  function cliCommand(request) {
+    const args = ["smtpcheck", "check", shellQuote(request.host)];
+    const add = (...parts) => args.push(...parts.map(shellQuote));
+    if (request.mx) add("--mx");
+    if (request.mx_hosts) add("--mx-hosts", request.mx_hosts);
+    if (request.port) add("--port", request.port);
+    if (request.tls) add("--tls", request.tls);
+    if (request.tls_verify) add("--tls-verify");
+    if (request.helo) add("--helo", request.helo);
+    if (request.auth) {
+      add("--auth-user", request.auth.username);
+      if (request.auth.mechanism) add("--auth-mechanism", request.auth.mechanism);
+    }
+    if (request.mail_from !== undefined) args.push("--from", request.mail_from === "" ? "''" : shellQuote(request.mail_from));
+    for (const rcpt of request.rcpt_to || []) add("--to", rcpt);
+    if (request.stop_after) add("--stop-after", request.stop_after);
+    const timeouts = request.timeouts || {};
+    if (timeouts.connect !== undefined) add("--connect-timeout", timeouts.connect);
+    if (timeouts.command !== undefined) add("--command-timeout", timeouts.command);
+    if (timeouts.total !== undefined) add("--timeout", timeouts.total);
+    if (request.ip_version) add("--ip-version", request.ip_version);
+    if (request.vantage) add("--vantage", request.vantage);
+    add("--url", location.origin);
+    return args.join(" ");
+  }
+
+  function showCommands(request) {
+    $("curl-command").value = curlCommand(request);
+    $("cli-command").value = cliCommand(request);
+    const note = $("cli-note");
+    note.hidden = !request.auth;
+    note.textContent = request.auth
+      ? `The curl command reads the password from $${PASSWORD_VARIABLE}; smtpcheck check asks for it.`
+      : "";
+  }
+
+  async function copy(id) {
+    const area = $(id);
+    let done = false;
+    if (navigator.clipboard && window.isSecureContext) {
+      done = await navigator.clipboard.writeText(area.value).then(() => true, () => false);
+    }
+    if (!done) {
+      area.focus();
+      area.select();
+      done = document.execCommand && document.execCommand("copy");
+    }
+    $("copied").textContent = done ? "Copied." : "Select the command below and copy it.";
+    setTimeout(() => { $("copied").textContent = ""; }, 4000);
+  }
+
+  // -- errors ------------------------------------------------------------------
+
+  function fieldFor(path) {
+    const [head, sub] = path.split(".");
+    if (head === "host") return "target";
+    if ((head === "auth" || head === "timeouts") && sub) return `f-${head}-${sub}`;
+    if (head === "auth") return "f-auth-username";
+    return `f-${head}`;
+  }
+
+  function clearProblems() {
+    const box = $("problem");
+    box.hidden = true;
+    box.replaceChildren();
+    for (const node of document.querySelectorAll(".field-error")) {
+      node.hidden = true;
+      node.textContent = "";
+    }
+    for (const node of document.querySelectorAll("[aria-invalid]")) node.removeAttribute("aria-invalid");
+  }
+
+  function showProblem(error, heading) {
+    const problem = error.problem || { detail: error.message };
+    const box = $("problem");
+    const parts = [el("h3", {}, heading || problem.title || "The request failed")];
+    if (problem.status || error.status) parts.push(el("p", { class: "small" }, `HTTP ${problem.status || error.status}${problem.title && heading ? ` ${problem.title}` : ""}`));
+    if (problem.detail) parts.push(el("p", {}, problem.detail));
+    const errors = problem.errors || {};
+    const items = [];
+    for (const [path, messages] of Object.entries(errors)) {
+      const text = messages.join("; ");
+      items.push(el("li", {}, el("code", {}, path === "_schema" ? "request" : path), ": ", text));
+      const id = fieldFor(path);
+      const input = $(id);
+      const slot = $(`${id}-error`);
+      if (input && slot) {
+        input.setAttribute("aria-invalid", "true");
+        slot.hidden = false;
+        slot.textContent = slot.textContent ? `${slot.textContent}; ${text}` : text;
+        if (input.closest("details")) input.closest("details").open = true;
+      }
+    }
+    if (items.length) parts.push(el("ul", { class: "errors" }, items));
+    box.replaceChildren(...parts);
+    box.hidden = false;
+    box.focus();
+  }
+
+  // -- running a check --------------------------------------------------------------
+
+  async function submit() {
+    clearProblems();
+    if (!value("target")) {
+      showProblem({ problem: { title: "Nothing to check", errors: { host: ["type a host, a mail domain or an address"] } } });
+      $("target").focus();
+      return;
+    }
+    const request = buildRequest();
+    $("run").disabled = true;
+    try {
+      const created = (await api("POST", "/v1/checks", request)).data;
+      showCommands(request);
+      history.pushState(null, "", `#${created.id}`);
+      await openCheck(created.id, { request, fresh: true });
+    } catch (error) {
+      if (error instanceof NeedKey) pending = submit;
+      else showProblem(error, "The check was not accepted");
+    } finally {
+      $("run").disabled = false;
+    }
+  }
+
+  function stopFollowing() {
+    if (current && current.aborter) current.aborter.abort();
+    if (current && current.timer) clearInterval(current.timer);
+    current = null;
+  }
+
+  /** Show check ``id``: its status, then live lines, then the verdict. */
+  async function openCheck(id, options) {
+    stopFollowing();
+    const me = { id, aborter: new AbortController(), started: Date.now(), request: options && options.request };
+    current = me;
+    const section = $("check");
+    section.hidden = false;
+    $("check-title").textContent = `Check ${id}`;
+    $("permalink").href = `#${id}`;
+    $("verdict").replaceChildren();
+    $("details").replaceChildren();
+    $("transcripts").replaceChildren();
+    setStatus("loading", "");
+    let doc;
+    try {
+      doc = (await api("GET", `/v1/checks/${encodeURIComponent(id)}`, undefined, { signal: me.aborter.signal })).data;
+    } catch (error) {
+      if (error instanceof NeedKey) pending = () => openCheck(id, options);
+      else if (error.name !== "AbortError") showProblem(error, `Check ${id} cannot be shown`);
+      if (current === me) section.hidden = true;
+      return;
+    }
+    if (current !== me) return;
+    if (!(options && options.fresh)) {
+      fillForm(doc.request);
+      showCommands(buildRequest());
+    }
+    me.timer = setInterval(() => { if (current === me && !me.ended) setStatus(me.status || "queued"); }, 1000);
+    if (doc.vantages) await followFanOut(me, doc);
+    else await followOne(me, doc, pane(null));
+  }
+
+  function setStatus(status, detail) {
+    if (current) current.status = status;
+    const seconds = current ? Math.round((Date.now() - current.started) / 1000) : 0;
+    const running = !ENDED.has(status) && status !== "loading";
+    $("status").textContent = running
+      ? `${status}: ${seconds} s${detail ? `, ${detail}` : ""}`
+      : `${status}${detail ? `: ${detail}` : ""}`;
+    $("status").className = `status status-${status}`;
+    $("cancel").hidden = !running;
+  }
+
+  function pane(vantage) {
+    const log = el("div", {
+      class: "transcript",
+      role: "log",
+      "aria-live": "polite",
+      "aria-label": vantage ? `Transcript from vantage ${vantage}` : "Transcript",
+      tabindex: "0",
+    });
+    const wrap = el("div", { class: "pane" }, vantage ? el("h4", {}, `Vantage ${vantage}`) : null, log);
+    $("transcripts").append(wrap);
+    return { log, count: 0, lastEventId: "" };
+  }
+
+  function addLine(into, line) {
+    const markers = line.tls ? TLS_MARKERS : MARKERS;
+    const marker = markers[line.dir] || "   ";
+    const t = Number(line.t_ms || 0).toFixed(1).padStart(9, " ");
+    const texts = String(line.text === undefined ? "" : line.text).split("\n");
+    texts.forEach((text, i) => {
+      into.log.append(
+        el(
+          "div",
+          { class: `line dir-${line.dir || "note"}${line.tls ? " tls" : ""}` },
+          el("span", { class: "t" }, i === 0 ? `${t}ms` : " ".repeat(11)),
+          " ",
+          el("span", { class: "m" }, marker),
+          " ",
+          el("span", { class: "x" }, text)
+        )
+      );
+    });
+    into.count += 1;
+    into.log.scrollTop = into.log.scrollHeight;
+  }
+
+  function showTranscript(into, entries) {
+    into.log.replaceChildren();
+    into.count = 0;
+    for (const line of entries || []) addLine(into, line);
+    if (!into.count) into.log.append(el("p", { class: "help" }, "No transcript."));
+  }
+
+  async function followOne(me, doc, into) {
+    if (!ENDED.has(doc.status)) {
+      setStatus(doc.status);
+      doc = await watch(me, doc, into);
+      if (!doc || current !== me) return;
+    }
+    me.ended = true;
+    showEnded(doc, into);
+  }
+
+  /** Live lines from /events where the service has it; long polls where not. */
+  async function watch(me, doc, into) {
+    const streamed = await stream(me, doc.id, into);
+    if (current !== me) return null;
+    if (streamed === "ended") {
+      return (await api("GET", `/v1/checks/${encodeURIComponent(doc.id)}`, undefined, { signal: me.aborter.signal })).data;
+    }
+    return poll(me, doc.id);
+  }
+
+  async function poll(me, id) {
+    for (;;) {
+      const doc = (await api("GET", `/v1/checks/${encodeURIComponent(id)}?wait=${POLL_SECONDS}`, undefined, { signal: me.aborter.signal })).data;
+      if (current !== me) return null;
+      setStatus(doc.status);
+      if (ENDED.has(doc.status)) return doc;
+    }
+  }
+
+  /**
+   * Read /v1/checks/{id}/events with fetch (EventSource cannot send the
+   * Authorization header) and parse the event stream here. Returns "ended"
+   * after the final result event, "unsupported" when the service has no
+   * event stream, "broken" when it failed more than a few times.
+   */
+  async function stream(me, id, into) {
+    let failures = 0;
+    while (current === me && failures < 5) {
+      let response;
+      try {
+        const sent = headers({ Accept: "text/event-stream" });
+        if (into.lastEventId) sent["Last-Event-ID"] = into.lastEventId;
+        response = await fetch(`/v1/checks/${encodeURIComponent(id)}/events`, { headers: sent, signal: me.aborter.signal });
+      } catch (error) {
+        if (error.name === "AbortError") return "aborted";
+        failures += 1;
+        await sleep(500 * failures);
+        continue;
+      }
+      if (response.status === 404 || response.status === 405 || response.status === 406) return "unsupported";
+      if (!response.ok || !(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
+        failures += 1;
+        await sleep(500 * failures);
+        continue;
+      }
+      let ended = false;
+      try {
+        ended = await readEvents(response, (event) => {
+          if (event.id) into.lastEventId = event.id;
+          let data = null;
+          try { data = event.data ? JSON.parse(event.data) : null; } catch (_) { data = event.data; }
+          if (event.type === "line" && data) {
+            if (into.count === 0) into.log.replaceChildren();
+            addLine(into, data);
+          } else if (event.type === "status" && data) {
+            setStatus(typeof data === "string" ? data : data.status || "running");
+          } else if (event.type === "result") {
+            return true;
+          }
+          return false;
+        });
+      } catch (error) {
+        if (error.name === "AbortError") return "aborted";
+      }
+      if (ended) return "ended";
+      failures += 1; // the stream closed early: resume from the last id
+      await sleep(250);
+    }
+    return "broken";
+  }
+
+  /** Feed each event of an SSE body to ``handle``; true once ``handle`` says it was the last. */
+  async function readEvents(response, handle) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let event = { type: "message", data: [], id: "" };
+    for (;;) {
+      const { value: chunk, done } = await reader.read();
+      if (done) return false;
+      buffer += decoder.decode(chunk, { stream: true });
+      let end;
+      while ((end = buffer.search(/\r\n|\r|\n/)) >= 0) {
+        const lineText = buffer.slice(0, end);
+        buffer = buffer.slice(end + (buffer.startsWith("\r\n", end) ? 2 : 1));
+        if (lineText === "") {
+          if (event.data.length || event.type !== "message") {
+            const last = handle({ type: event.type, data: event.data.join("\n"), id: event.id });
+            if (last) {
+              reader.cancel().catch(() => {});
+              return true;
+            }
+          }
+          event = { type: "message", data: [], id: "" };
+          continue;
+        }
+        if (lineText.startsWith(":")) continue;
+        const colon = lineText.indexOf(":");
+        const field = colon < 0 ? lineText : lineText.slice(0, colon);
+        let data = colon < 0 ? "" : lineText.slice(colon + 1);
+        if (data.startsWith(" ")) data = data.slice(1);
+        if (field === "event") event.type = data;
+        else if (field === "data") event.data.push(data);
+        else if (field === "id") event.id = data;
+      }
+    }
+  }
+
+  function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  }
+
+  async function followFanOut(me, doc) {
+    const panes = new Map();
+    for (const row of doc.vantages) panes.set(row.vantage, pane(row.vantage));
+    const members = await Promise.all(
+      doc.vantages.map(async (row) => {
+        const into = panes.get(row.vantage);
+        if (!row.id) {
+          into.log.append(el("p", { class: "help" }, row.error || "not run"));
+          return { row, doc: null };
+        }
+        let member = (await api("GET", `/v1/checks/${encodeURIComponent(row.id)}`, undefined, { signal: me.aborter.signal })).data;
+        if (!ENDED.has(member.status)) member = await watchMember(me, member, into);
+        if (member) showTranscript(into, member.result ? member.result.transcript : []);
+        return { row, doc: member };
+      })
+    );
+    if (current !== me) return;
+    const overall = (await api("GET", `/v1/checks/${encodeURIComponent(doc.id)}`, undefined, { signal: me.aborter.signal })).data;
+    me.ended = true;
+    setStatus(overall.status);
+    showVerdict(overall.result, overall);
+    const details = $("details");
+    details.replaceChildren(grid(members.filter((m) => m.doc).map((m) => ({ vantage: m.row.vantage, doc: m.doc }))));
+    for (const m of members) {
+      if (m.doc && m.doc.result) details.append(el("h3", {}, `From vantage ${m.row.vantage}`), ...resultDetails(m.doc.result));
+    }
+  }
+
+  async function watchMember(me, member, into) {
+    const streamed = await stream(me, member.id, into);
+    if (current !== me) return null;
+    if (streamed === "ended") return (await api("GET", `/v1/checks/${encodeURIComponent(member.id)}`, undefined, { signal: me.aborter.signal })).data;
+    for (;;) {
+      const doc = (await api("GET", `/v1/checks/${encodeURIComponent(member.id)}?wait=${POLL_SECONDS}`, undefined, { signal: me.aborter.signal })).data;
+      if (current !== me) return null;
+      if (ENDED.has(doc.status)) return doc;
+    }
+  }
+
+  // -- the verdict and the facts ------------------------------------------------------
+
+  function showEnded(doc, into) {
+    setStatus(doc.status);
+    const result = doc.result;
+    if (result) showTranscript(into, result.transcript);
+    else if (!into.count) into.log.append(el("p", { class: "help" }, "No transcript."));
+    showVerdict(result, doc);
+    const details = $("details");
+    details.replaceChildren();
+    if (result) {
+      details.append(grid([{ vantage: doc.vantage, doc }]));
+      details.append(...resultDetails(result));
+    }
+  }
+
+  function showVerdict(result, doc) {
+    const box = $("verdict");
+    if (!result) {
+      const why = doc.status === "canceled" ? "The check was canceled." : doc.error || `The check ended ${doc.status} with no result.`;
+      box.replaceChildren(el("div", { class: "verdict-card fail" },
+        el("p", { class: "badge" }, doc.status === "canceled" ? "CANCELED" : "ERROR"),
+        el("p", { class: "summary" }, why)));
+      return;
+    }
+    const ok = Boolean(result.ok);
+    box.replaceChildren(
+      el("div", { class: `verdict-card ${ok ? "pass" : "fail"}` },
+        el("p", { class: "badge" }, ok ? "PASS" : "FAIL"),
+        el("div", {},
+          el("p", { class: "outcome" }, el("code", {}, result.outcome || "?"),
+            result.stage ? ` at stage ${result.stage}` : "",
+            result.target ? ` on ${targetText(result.target)}` : ""),
+          el("p", { class: "summary" }, result.summary || "")))
+    );
+  }
+
+  function targetText(target) {
+    let where = target.host || "?";
+    if (target.address && target.address !== target.host) where += ` [${target.address}]`;
+    if (target.port) where += `:${target.port}`;
+    return where;
+  }
+
+  function resultDetails(result) {
+    const parts = [];
+    parts.push(findings(result.findings || []));
+    if (result.mx) parts.push(mxTable(result));
+    const hosts = result.hosts && result.hosts.length ? result.hosts : [result];
+    for (const host of hosts) {
+      const title = hosts.length > 1 || result.mx ? ` of ${targetText(host.target || {})}` : "";
+      parts.push(facts(host, title));
+      if (host.tls) parts.push(tlsFacts(host.tls, title));
+      if (hosts.length > 1 && host.transcript) {
+        const into = { log: el("div", { class: "transcript", role: "log", tabindex: "0", "aria-label": `Transcript${title}` }), count: 0 };
+        for (const line of host.transcript) addLine(into, line);
+        parts.push(el("details", { class: "host-transcript" }, el("summary", {}, `Transcript${title}`), into.log));
+      }
+    }
+    return parts;
+  }
+
+  function findings(list) {
+    const sorted = [...list].sort((a, b) => SEVERITY_ORDER.indexOf(a.severity) - SEVERITY_ORDER.indexOf(b.severity));
+    const section = el("section", { class: "block", "aria-labelledby": "findings-heading" },
+      el("h3", { id: "findings-heading" }, `Findings (${list.length})`));
+    if (!sorted.length) section.append(el("p", { class: "help" }, "No findings."));
+    else section.append(el("ul", { class: "findings" }, sorted.map((f) =>
+      el("li", { class: `sev-${f.severity}` },
+        el("span", { class: "sev" }, SEVERITY_LABEL[f.severity] || f.severity), " ",
+        el("code", {}, f.code), " ", f.message))));
+    return section;
+  }
+
+  function facts(result, title) {
+    const target = result.target || {};
+    const rows = [
+      ["Outcome", `${result.ok ? "pass" : "fail"}: ${result.outcome} at stage ${result.stage}`],
+      ["Target", targetText(target)],
+      ["Checked from", target.source || "unknown"],
+    ];
+    if (result.vantage) rows.push(["Vantage", result.vantage]);
+    if (result.banner) rows.push(["Banner", `${result.banner.code} ${result.banner.text || ""}`]);
+    const ehlo = result.ehlo;
+    if (ehlo && ehlo.keywords) {
+      const words = Object.entries(ehlo.keywords).map(([k, v]) => (v && v.length ? `${k} ${v.join(" ")}` : k));
+      rows.push([`${ehlo.command || "EHLO"} keywords`, words.join(", ") || "none"]);
+      if (ehlo.before_tls && ehlo.before_tls.keywords) {
+        rows.push(["Before TLS", Object.keys(ehlo.before_tls.keywords).join(", ")]);
+      }
+    }
+    if (result.auth) rows.push(["AUTH", `${result.auth.mechanism || "?"} ${result.auth.accepted ? "accepted" : "refused"}`]);
+    if (result.mail) rows.push(["MAIL FROM", `<${result.mail.from}> ${result.mail.code || ""} ${result.mail.text || ""}`]);
+    for (const rcpt of result.rcpt || []) rows.push(["RCPT TO", `<${rcpt.to}> ${rcpt.code || ""} ${rcpt.text || ""}`]);
+    if (result.reply && result.reply.class) rows.push(["Reply class", result.reply.class]);
+    if (result.timings) {
+      rows.push(["Timings", Object.entries(result.timings).filter(([, v]) => v !== null)
+        .map(([k, v]) => `${k} ${Math.round(v)} ms`).join(", ")]);
+    }
+    return table(`Facts${title}`, null, rows);
+  }
+
+  function tlsFacts(tls, title) {
+    const rows = [["Mode", tls.mode || "?"], ["Established", tls.established ? "yes" : "no"]];
+    if (tls.established) {
+      rows.push(["Version", tls.version || "?"], ["Cipher", `${tls.cipher || "?"}${tls.bits ? ` (${tls.bits} bits)` : ""}`]);
+      rows.push(["Certificate", tls.verified ? "verified" : `NOT verified: ${tls.verify_error || "unknown reason"}`]);
+    } else if (tls.offered !== undefined) {
+      rows.push(["STARTTLS offered", tls.offered ? "yes" : "no"]);
+    }
+    const cert = tls.certificate;
+    if (cert) {
+      rows.push(["Subject", cert.subject || ""], ["Names (SAN)", (cert.sans || []).join(", ") || "none"],
+        ["Issuer", cert.issuer || ""], ["Valid from", cert.not_before || ""], ["Valid until", cert.not_after || ""]);
+      if (cert.sha256) rows.push(["SHA-256", cert.sha256]);
+    }
+    if (tls.sni !== undefined) rows.push(["SNI sent", tls.sni || "none"]);
+    for (const problem of tls.problems || []) rows.push(["Problem", typeof problem === "string" ? problem : JSON.stringify(problem)]);
+    return table(`TLS${title}`, null, rows);
+  }
+
+  function mxTable(result) {
+    const checked = new Map((result.hosts || []).map((h) => [(h.target || {}).host, h]));
+    const rows = (result.mx.hosts || []).map((host) => {
+      const done = checked.get(host.host);
+      return [String(host.preference), host.host + (host.implicit ? " (no MX: the domain itself)" : ""),
+        done ? `${done.ok ? "pass" : "fail"}: ${done.outcome}` : "not checked"];
+    });
+    return table(`MX hosts of ${result.mx.domain}`, ["Preference", "Host", "Result"], rows);
+  }
+
+  /** One cell per stage: passed, failed, not reached, or not part of this check. */
+  function stageCells(result) {
+    const reached = STAGES.indexOf(result.stage);
+    const timings = result.timings || {};
+    return STAGES.map((stage, i) => {
+      let mark;
+      if (i === reached) mark = result.ok ? "pass" : "fail";
+      else if (i < reached) mark = stage in timings || stage === "connect" || stage === "banner" ? "pass" : "skipped";
+      else mark = result.ok ? "not asked" : "not reached";
+      const symbol = { pass: "\u2713 ", fail: "\u2717 " }[mark] || "";
+      return el("td", { class: `cell-${mark.replace(" ", "-")}` }, symbol + mark);
+    });
+  }
+
+  /** Host x vantage x stage, for one check or many. */
+  function grid(members) {
+    const rows = [];
+    for (const { vantage, doc } of members) {
+      const result = doc && doc.result;
+      if (!result) {
+        rows.push(el("tr", {}, el("th", { scope: "row" }, "?"), el("td", {}, vantage),
+          el("td", { colspan: STAGES.length, class: "cell-fail" }, doc ? doc.error || doc.status : "no result")));
+        continue;
+      }
+      const hosts = result.hosts && result.hosts.length ? result.hosts : [result];
+      for (const host of hosts) {
+        rows.push(el("tr", {}, el("th", { scope: "row" }, targetText(host.target || {})), el("td", {}, vantage), stageCells(host)));
+      }
+    }
+    return el("table", { class: "stage-grid" },
+      el("caption", {}, "Stages by host and vantage"),
+      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Host"), el("th", { scope: "col" }, "Vantage"),
+        STAGES.map((s) => el("th", { scope: "col" }, s)))),
+      el("tbody", {}, rows));
+  }
+
+  // -- cancel, run again, permalinks -------------------------------------------------
+
+  async function cancel() {
+    if (!current) return;
+    try {
+      await api("DELETE", `/v1/checks/${encodeURIComponent(current.id)}`);
+      setStatus("canceling");
+    } catch (error) {
+      if (!(error instanceof NeedKey)) showProblem(error, "The check could not be canceled");
+    }
+  }
+
+  function fromLocation() {
+    const id = decodeURIComponent(location.hash.slice(1));
+    if (id && (!current || current.id !== id)) openCheck(id, {});
+  }
+
+  function setup() {
+    $("check-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      submit();
+    });
+    $("again").addEventListener("click", () => submit());
+    $("cancel").addEventListener("click", () => cancel());
+    $("copy-curl").addEventListener("click", () => copy("curl-command"));
+    $("copy-cli").addEventListener("click", () => copy("cli-command"));
+    window.addEventListener("hashchange", fromLocation);
+    setupKey();
+    loadVantages().then(fromLocation);
+  }
+
+  document.addEventListener("DOMContentLoaded", setup);
+})();
