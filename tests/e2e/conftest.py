@@ -398,14 +398,29 @@ def service(
     redis_server: EmbeddedRedis, targets: Targets, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     """gunicorn and two ``smtpcheck worker`` processes on the session Redis."""
-    client = redis.Redis.from_url(redis_server.url)
+    with running_service(
+        redis_server.url, tmp_path_factory.mktemp("service"), targets.ports, targets.dns
+    ) as svc:
+        yield svc
+
+
+@contextlib.contextmanager
+def running_service(
+    redis_url: str,
+    tmp: Path,
+    ports: list[int],
+    dns: DNSServer,
+    *,
+    gunicorn_workers: int = 2,
+    workers: int = 2,
+) -> Iterator[Service]:
+    """A fresh Redis database, gunicorn and workers allowed to dial ``ports``; logs on failure."""
+    client = redis.Redis.from_url(redis_url)
     client.flushall()
     client.close()
-    tmp = tmp_path_factory.mktemp("service")
-    env = base_env(tmp, redis_server.url, targets.ports, targets.dns)
-    svc = Service(tmp, env, redis_server.url)
+    svc = Service(tmp, base_env(tmp, redis_url, ports, dns), redis_url)
     try:
-        svc.start_api().start_workers(2)
+        svc.start_api(gunicorn_workers).start_workers(workers)
         yield svc
     except BaseException:
         print(svc.logs())

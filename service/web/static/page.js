@@ -298,9 +298,15 @@
     return args.join(" ");
   }
 
+  function showCommand(id, text) {
+    const area = $(id);
+    area.value = text;
+    area.rows = Math.min(8, Math.ceil(text.length / 100) + 1);
+  }
+
   function showCommands(request) {
-    $("curl-command").value = curlCommand(request);
-    $("cli-command").value = cliCommand(request);
+    showCommand("curl-command", curlCommand(request));
+    showCommand("cli-command", cliCommand(request));
     const note = $("cli-note");
     note.hidden = !request.auth;
     note.textContent = request.auth
@@ -469,7 +475,7 @@
           { class: `line dir-${line.dir || "note"}${line.tls ? " tls" : ""}` },
           el("span", { class: "t" }, i === 0 ? `${t}ms` : " ".repeat(11)),
           " ",
-          el("span", { class: "m" }, marker),
+          el("span", { class: "m" }, i === 0 ? marker : "   "),
           " ",
           el("span", { class: "x" }, text)
         )
@@ -652,7 +658,10 @@
   function showEnded(doc, into) {
     setStatus(doc.status);
     const result = doc.result;
-    if (result) showTranscript(into, result.transcript);
+    if (result) {
+      showTranscript(into, result.transcript);
+      into.log.scrollTop = 0; // ended: read it from the top
+    }
     else if (!into.count) into.log.append(el("p", { class: "help" }, "No transcript."));
     showVerdict(result, doc);
     const details = $("details");

@@ -1,0 +1,344 @@
+"""The page at / in a real headless Chromium against a real API, worker and SMTP servers.
+
+A person's path: give the API key, type a host, open the advanced drawer,
+run a STARTTLS check and watch its transcript arrive while the server is
+still holding back its banner, read the verdict, then paste the page's
+copy-as-curl command into a shell and get the same check. Also: a 422 shown
+field by field, a failing check, a permalink that loads a check.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (.ci/run installs them);
+skipped, saying so, where they are missing. With ``SMTPCHECK_SCREENSHOTS=DIR``
+the screenshots go to DIR too (docs/screenshots holds the committed ones).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtpcheck.embedded_redis import EmbeddedRedis
+from tests.dns_server import DNSServer
+from tests.e2e.conftest import API_KEY, Service, running_service
+from tests.smtp_servers import Certificates, ScriptedServer, SMTPTarget
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip(
+        "needs Debian's chromium and chromium-driver (apt-get install chromium "
+        "chromium-driver; .ci/run installs them)",
+        allow_module_level=True,
+    )
+
+from selenium import webdriver  # noqa: E402  (only where a browser exists)
+from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+#: How long the slow server holds its banner back: the page must show lines before it.
+BANNER_DELAY = 3.0
+WAIT = 30.0  # generous: the machine is shared
+
+
+def slow_banner(upstream_port: int, delay: float) -> Callable[[socket.socket], None]:
+    """Relay to the STARTTLS server, holding its banner back for ``delay`` seconds."""
+
+    def script(client: socket.socket) -> None:
+        with socket.create_connection(("127.0.0.1", upstream_port), timeout=10) as upstream:
+            time.sleep(delay)
+            peers = {client: upstream, upstream: client}
+            while True:
+                ready, _, _ = select.select(list(peers), [], [], 10)
+                if not ready:
+                    return
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+
+    return script
+
+
+@dataclass
+class PageTargets:
+    starttls: SMTPTarget
+    slow: ScriptedServer
+
+
+@pytest.fixture(scope="module")
+def page_targets(e2e_certificates: Certificates) -> Iterator[PageTargets]:
+    starttls = SMTPTarget(e2e_certificates, tls="starttls").start()
+    slow = ScriptedServer(slow_banner(starttls.port, BANNER_DELAY)).start()
+    try:
+        yield PageTargets(starttls, slow)
+    finally:
+        slow.stop()
+        starttls.stop()
+
+
+@pytest.fixture(scope="module")
+def page_service(
+    redis_server: EmbeddedRedis,
+    page_targets: PageTargets,
+    e2e_dns: DNSServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Service]:
+    ports = [page_targets.starttls.port, page_targets.slow.port]
+    tmp = tmp_path_factory.mktemp("page-service")
+    with running_service(
+        redis_server.url, tmp, ports, e2e_dns, gunicorn_workers=1, workers=1
+    ) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1600",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=DriverService(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# -- what a person sees ---------------------------------------------------------
+
+
+def wait_for(browser: WebDriver, what: str, condition: Callable[[], Any]) -> Any:
+    try:
+        return WebDriverWait(browser, WAIT, poll_frequency=0.05).until(lambda _: condition())
+    except Exception as error:
+        raise AssertionError(f"{what}; the page says:\n{page_text(browser)}") from error
+
+
+def page_text(browser: WebDriver) -> str:
+    return str(browser.find_element(By.TAG_NAME, "main").text)
+
+
+def shown(browser: WebDriver, element_id: str) -> bool:
+    return bool(browser.find_element(By.ID, element_id).is_displayed())
+
+
+def transcript(browser: WebDriver) -> list[str]:
+    return [str(e.text) for e in browser.find_elements(By.CSS_SELECTOR, "#transcripts .line")]
+
+
+def verdict(browser: WebDriver) -> str:
+    return str(browser.find_element(By.ID, "verdict").text)
+
+
+def fill(browser: WebDriver, element_id: str, text: str) -> None:
+    field = browser.find_element(By.ID, element_id)
+    field.clear()
+    field.send_keys(text)
+
+
+def open_page(browser: WebDriver, url: str) -> None:
+    browser.get(url)
+    wait_for(browser, "the page's script ran", lambda: browser.execute_script("return true"))
+
+
+def give_key(browser: WebDriver) -> None:
+    wait_for(browser, "the page asks for the API key", lambda: shown(browser, "key-section"))
+    assert browser.switch_to.active_element.get_attribute("id") == "api-key"
+    fill(browser, "api-key", API_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    wait_for(browser, "the key is taken", lambda: not shown(browser, "key-section"))
+
+
+def set_check(browser: WebDriver, host: str, port: int, *, verify: bool = False) -> None:
+    fill(browser, "target", host)
+    drawer = browser.find_element(By.ID, "advanced")
+    if not drawer.get_attribute("open"):
+        drawer.find_element(By.TAG_NAME, "summary").click()
+    fill(browser, "f-port", str(port))
+    Select(browser.find_element(By.ID, "f-tls")).select_by_value("starttls")
+    box = browser.find_element(By.ID, "f-tls_verify")
+    if box.is_selected() != verify:
+        box.click()
+    fill(browser, "f-mail_from", "support@local.test")
+    fill(browser, "f-rcpt_to", "bob@local.test")
+
+
+def check_id(browser: WebDriver) -> str:
+    return str(browser.execute_script("return location.hash.slice(1)"))
+
+
+def screenshot(browser: WebDriver, name: str, tmp_path: Path) -> None:
+    """Save the whole page (not only the window) as ``name``.png."""
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, max(900, min(int(height) + 40, 4000)))
+    for folder in (tmp_path, os.environ.get("SMTPCHECK_SCREENSHOTS")):
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(str(Path(folder) / f"{name}.png"))
+    browser.set_window_size(1280, 1600)
+
+
+def console_errors(browser: WebDriver) -> list[str]:
+    """Script errors and CSP refusals; an HTTP error status the page handles is none."""
+    return [
+        str(entry["message"])
+        for entry in browser.get_log("browser")
+        if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]
+    ]
+
+
+def has_event_stream(service: Service, check: str) -> bool:
+    """Whether this service has GET /v1/checks/{id}/events (the page long-polls where not)."""
+    reply = service.client.request("HEAD", f"/v1/checks/{check}/events", timeout=5)
+    return reply.status != 404
+
+
+# -- the tests --------------------------------------------------------------------
+
+
+def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
+    browser: WebDriver, page_service: Service, page_targets: PageTargets, tmp_path: Path
+) -> None:
+    open_page(browser, page_service.url + "/")
+    give_key(browser)
+    set_check(browser, "127.0.0.1", page_targets.slow.port)
+    started = time.monotonic()
+    browser.find_element(By.ID, "run").click()
+
+    # The first lines show while the server still holds its banner back.
+    lines = wait_for(browser, "transcript lines arrive", lambda: transcript(browser))
+    seen_after = time.monotonic() - started
+    first_id = check_id(browser)
+    status = page_service.client.request("GET", f"/v1/checks/{first_id}").json()["status"]
+    if has_event_stream(page_service, first_id):
+        assert status in ("queued", "running"), (status, lines)
+        assert not verdict(browser), "the verdict came with the first line: nothing was live"
+        assert any("connect" in line and "===" in line for line in lines), lines
+        assert seen_after < BANNER_DELAY + 2, f"the first line took {seen_after:.1f}s"
+
+    wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
+    assert "ok" in verdict(browser)
+    lines = transcript(browser)
+    assert any("<- " in line and "220" in line for line in lines), lines
+    assert any("-> " in line and "STARTTLS" in line for line in lines), lines
+    assert any("~> " in line and "RCPT TO:<bob@local.test>" in line for line in lines), lines
+    assert "TLSv1." in page_text(browser)  # the TLS facts
+    assert "STARTTLS is offered" in page_text(browser)  # a finding
+    assert "finished" in browser.find_element(By.ID, "status").text
+    screenshot(browser, "check-pass", tmp_path)
+
+    # The copy-as-curl command, pasted in a shell, makes the same check.
+    curl = browser.find_element(By.ID, "curl-command").get_attribute("value")
+    assert curl and "$SMTPCHECK_API_KEY" in curl and API_KEY not in curl
+    shell = subprocess.run(
+        ["bash", "-c", curl],
+        env={"PATH": os.environ["PATH"], "SMTPCHECK_API_KEY": API_KEY},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shell.returncode == 0, shell.stderr
+    created = json.loads(shell.stdout)
+    assert created["status"] == "queued"
+    again = page_service.client.wait(created["id"])
+    first = page_service.client.wait(first_id)
+    assert again["request"] == first["request"]
+    assert again["status"] == "finished"
+    assert again["result"]["outcome"] == first["result"]["outcome"] == "ok"
+    assert again["result"]["target"]["port"] == page_targets.slow.port
+    assert not console_errors(browser)
+
+
+def test_a_refused_request_is_shown_field_by_field(
+    browser: WebDriver, page_service: Service, page_targets: PageTargets
+) -> None:
+    open_page(browser, page_service.url + "/")
+    if shown(browser, "key-section"):
+        give_key(browser)
+    set_check(browser, "127.0.0.1", 26)
+    fill(browser, "f-timeouts-total", "-1")
+    browser.find_element(By.ID, "run").click()
+    wait_for(browser, "the problem shows", lambda: shown(browser, "problem"))
+    problem = browser.find_element(By.ID, "problem").text
+    assert "422" in problem and "port" in problem and "timeouts.total" in problem
+    port_error = browser.find_element(By.ID, "f-port-error")
+    assert port_error.is_displayed() and "26" in port_error.text
+    assert browser.find_element(By.ID, "f-port").get_attribute("aria-invalid") == "true"
+    assert browser.find_element(By.ID, "f-timeouts-total-error").is_displayed()
+    assert browser.switch_to.active_element.get_attribute("id") == "problem"
+
+
+def test_a_failing_check_and_its_permalink(
+    browser: WebDriver, page_service: Service, page_targets: PageTargets, tmp_path: Path
+) -> None:
+    open_page(browser, page_service.url + "/")
+    if shown(browser, "key-section"):
+        give_key(browser)
+    with contextlib.suppress(Exception):
+        browser.find_element(By.ID, "f-timeouts-total").clear()
+    set_check(browser, "127.0.0.1", page_targets.starttls.port, verify=True)
+    browser.find_element(By.ID, "run").click()
+    wait_for(browser, "the verdict shows", lambda: "FAIL" in verdict(browser))
+    assert "tls_untrusted" in verdict(browser)
+    assert "certificate_untrusted" in page_text(browser)
+    failed_id = check_id(browser)
+    screenshot(browser, "check-fail", tmp_path)
+
+    # A fresh load of the permalink shows that check again, its form filled in.
+    browser.get("about:blank")
+    open_page(browser, f"{page_service.url}/#{failed_id}")
+    wait_for(browser, "the permalink loads", lambda: "FAIL" in verdict(browser))
+    assert browser.find_element(By.ID, "f-port").get_attribute("value") == str(
+        page_targets.starttls.port
+    )
+    assert browser.find_element(By.ID, "f-tls_verify").is_selected()
+    assert "--tls-verify" in str(browser.find_element(By.ID, "cli-command").get_attribute("value"))
+    assert not console_errors(browser)
+
+
+def test_docs_render_the_spec_in_the_browser(
+    browser: WebDriver, page_service: Service, tmp_path: Path
+) -> None:
+    open_page(browser, page_service.url + "/docs")
+    wait_for(
+        browser,
+        "Swagger UI shows the operations",
+        lambda: browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"),
+    )
+    paths = {
+        str(e.get_attribute("data-path"))
+        for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+    }
+    assert {"/v1/checks", "/v1/checks/{check_id}", "/docs", "/"} <= paths, paths
+    assert "smtpcheck" in browser.find_element(By.CSS_SELECTOR, ".info .title").text
+    assert not console_errors(browser)
+    screenshot(browser, "docs", tmp_path)
