@@ -20,6 +20,7 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import pytest
 
 from smtpcheck.embedded_redis import EmbeddedRedis
 from tests.dns_server import DNSServer
-from tests.e2e.conftest import API_KEY, Service, running_service
+from tests.e2e.conftest import API_KEY, LOCAL_ZONE, Service, running_service
 from tests.smtp_servers import Certificates, ScriptedServer, SMTPTarget
 
 pytestmark = pytest.mark.e2e
@@ -92,17 +93,30 @@ def page_targets(e2e_certificates: Certificates) -> Iterator[PageTargets]:
         starttls.stop()
 
 
+#: The e2e zone plus an MX for local.test, so an address typed in the box has MX hosts.
+PAGE_ZONE = {**LOCAL_ZONE, "local.test.": {"MX": ["10 mail.local.test."]}}
+
+
+@pytest.fixture(scope="module")
+def page_dns() -> Iterator[DNSServer]:
+    server = DNSServer(PAGE_ZONE).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def page_service(
     redis_server: EmbeddedRedis,
     page_targets: PageTargets,
-    e2e_dns: DNSServer,
+    page_dns: DNSServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Service]:
     ports = [page_targets.starttls.port, page_targets.slow.port]
     tmp = tmp_path_factory.mktemp("page-service")
     with running_service(
-        redis_server.url, tmp, ports, e2e_dns, gunicorn_workers=1, workers=1
+        redis_server.url, tmp, ports, page_dns, gunicorn_workers=1, workers=1
     ) as svc:
         yield svc
 
@@ -216,10 +230,18 @@ def console_errors(browser: WebDriver) -> list[str]:
     ]
 
 
-def has_event_stream(service: Service, check: str) -> bool:
+def run_in_shell(command: str) -> subprocess.CompletedProcess[str]:
+    """``command`` as pasted into bash, with smtpcheck on PATH and the key exported."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {"PATH": path, "HOME": os.environ.get("HOME", "/"), "SMTPCHECK_API_KEY": API_KEY}
+    return subprocess.run(
+        ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def has_event_stream(service: Service) -> bool:
     """Whether this service has GET /v1/checks/{id}/events (the page long-polls where not)."""
-    reply = service.client.request("HEAD", f"/v1/checks/{check}/events", timeout=5)
-    return reply.status != 404
+    return "/v1/checks/{check_id}/events:" in service.client.request("GET", "/openapi.yaml").text
 
 
 # -- the tests --------------------------------------------------------------------
@@ -239,7 +261,7 @@ def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
     seen_after = time.monotonic() - started
     first_id = check_id(browser)
     status = page_service.client.request("GET", f"/v1/checks/{first_id}").json()["status"]
-    if has_event_stream(page_service, first_id):
+    if has_event_stream(page_service):
         assert status in ("queued", "running"), (status, lines)
         assert not verdict(browser), "the verdict came with the first line: nothing was live"
         assert any("connect" in line and "===" in line for line in lines), lines
@@ -259,13 +281,7 @@ def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
     # The copy-as-curl command, pasted in a shell, makes the same check.
     curl = browser.find_element(By.ID, "curl-command").get_attribute("value")
     assert curl and "$SMTPCHECK_API_KEY" in curl and API_KEY not in curl
-    shell = subprocess.run(
-        ["bash", "-c", curl],
-        env={"PATH": os.environ["PATH"], "SMTPCHECK_API_KEY": API_KEY},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    shell = run_in_shell(curl)
     assert shell.returncode == 0, shell.stderr
     created = json.loads(shell.stdout)
     assert created["status"] == "queued"
@@ -313,6 +329,13 @@ def test_a_failing_check_and_its_permalink(
     failed_id = check_id(browser)
     screenshot(browser, "check-fail", tmp_path)
 
+    # The copy-as-smtpcheck-check command, pasted in a shell, says the same.
+    command = str(browser.find_element(By.ID, "cli-command").get_attribute("value"))
+    assert command.startswith("smtpcheck check 127.0.0.1 ") and "--tls-verify" in command
+    shell = run_in_shell(command)
+    assert "tls_untrusted" in shell.stdout, (shell.stdout, shell.stderr)
+    assert shell.returncode != 0
+
     # A fresh load of the permalink shows that check again, its form filled in.
     browser.get("about:blank")
     open_page(browser, f"{page_service.url}/#{failed_id}")
@@ -342,3 +365,31 @@ def test_docs_render_the_spec_in_the_browser(
     assert "smtpcheck" in browser.find_element(By.CSS_SELECTOR, ".info .title").text
     assert not console_errors(browser)
     screenshot(browser, "docs", tmp_path)
+
+
+def test_an_address_checks_its_domain_mx_from_every_vantage(
+    browser: WebDriver, page_service: Service, page_targets: PageTargets
+) -> None:
+    open_page(browser, page_service.url + "/")
+    if shown(browser, "key-section"):
+        give_key(browser)
+    browser.find_element(By.ID, "check-form").find_element(By.TAG_NAME, "summary").click()
+    fill(browser, "target", "bob@local.test")
+    fill(browser, "f-port", str(page_targets.starttls.port))
+    wait_for(
+        browser,
+        "the vantages are loaded",
+        lambda: "vantage point" in browser.find_element(By.ID, "f-vantage-help").text,
+    )
+    Select(browser.find_element(By.ID, "f-vantage")).select_by_value("all")
+    browser.find_element(By.ID, "run").click()
+    wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
+    grid = browser.find_element(By.CSS_SELECTOR, "table.stage-grid").text
+    assert f"mail.local.test [127.0.0.1]:{page_targets.starttls.port} default" in grid, grid
+    assert "MX hosts of local.test" in page_text(browser)
+    created = page_service.client.wait(check_id(browser))
+    assert created["vantage"] == "all"
+    assert created["request"]["mx"] is True
+    assert created["request"]["rcpt_to"] == ["bob@local.test"]
+    assert created["request"]["mail_from"] == ""
+    assert "--mx --port" in str(browser.find_element(By.ID, "cli-command").get_attribute("value"))

@@ -106,7 +106,7 @@ def test_default_limit_admits_the_largest_message(client: FlaskClient) -> None:
 
 def test_unknown_route_is_404_problem(client: FlaskClient) -> None:
     assert_problem(client.get("/v2/checks", headers=ALICE), 404)
-    assert_problem(client.get("/"), 404)
+    assert_problem(client.get("/no-such-page"), 404)  # "/" is the web page
 
 
 def test_wrong_method_is_405_problem_with_allow(client: FlaskClient) -> None:

@@ -10,14 +10,6 @@ from werkzeug.test import TestResponse
 from service.web import STATIC
 
 
-def fetch(client: FlaskClient, url: str) -> TestResponse:
-    """GET ``url`` and close the response (a sent file holds its handle until then)."""
-    response = client.get(url)
-    response.get_data()
-    response.close()
-    return response
-
-
 def policy(response: TestResponse) -> dict[str, list[str]]:
     header = response.headers["Content-Security-Policy"]
     directives = {}
@@ -28,7 +20,7 @@ def policy(response: TestResponse) -> dict[str, list[str]]:
 
 
 def test_page_needs_no_key_and_loads_nothing_from_elsewhere(client: FlaskClient) -> None:
-    response = fetch(client, "/")
+    response = client.get("/")
     assert response.status_code == 200
     assert response.mimetype == "text/html"
     html = response.get_data(as_text=True)
@@ -46,15 +38,15 @@ def test_page_needs_no_key_and_loads_nothing_from_elsewhere(client: FlaskClient)
 
 def test_page_assets_are_served_and_nothing_outside_the_folder(client: FlaskClient) -> None:
     for name in ("page.js", "page.css"):
-        response = fetch(client, f"/ui/{name}")
+        response = client.get(f"/ui/{name}")
         assert response.status_code == 200, name
         assert response.get_data() == (STATIC / name).read_bytes()
-    assert fetch(client, "/ui/../__init__.py").status_code == 404
-    assert fetch(client, "/ui/nothing.js").status_code == 404
+    assert client.get("/ui/../__init__.py").status_code == 404
+    assert client.get("/ui/nothing.js").status_code == 404
 
 
 def test_every_label_names_a_control(client: FlaskClient) -> None:
-    html = fetch(client, "/").get_data(as_text=True)
+    html = client.get("/").get_data(as_text=True)
     ids = set(re.findall(r'\bid="([^"]+)"', html))
     controls = re.findall(r"<(?:input|select|textarea)\b[^>]*>", html)
     labelled = set(re.findall(r'<label for="([^"]+)"', html))
@@ -65,14 +57,22 @@ def test_every_label_names_a_control(client: FlaskClient) -> None:
 
 
 def test_docs_render_the_spec_with_vendored_swagger_ui(client: FlaskClient) -> None:
-    response = fetch(client, "/docs")
+    response = client.get("/docs")
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     for url in re.findall(r'(?:src|href)="([^"]+)"', html):
         assert url.startswith("/"), url
-        assert fetch(client, url).status_code == 200, url
+        assert client.get(url).status_code == 200, url
     assert policy(response)["script-src"] == ["'self'"]
-    bundle = fetch(client, "/docs/assets/swagger-ui-bundle.js")
+    bundle = client.get("/docs/assets/swagger-ui-bundle.js")
     assert bundle.status_code == 200 and b"SwaggerUIBundle" in bundle.get_data()
-    assert fetch(client, "/docs/assets/index.html").status_code == 404
+    assert client.get("/docs/assets/index.html").status_code == 404
     assert 'url: "/openapi.yaml"' in (STATIC / "docs.js").read_text()
+
+
+def test_files_carry_an_etag_and_answer_304(client: FlaskClient) -> None:
+    first = client.get("/ui/page.js")
+    assert first.mimetype == "text/javascript"
+    again = client.get("/ui/page.js", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304
+    assert "Content-Security-Policy" in again.headers

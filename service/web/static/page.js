@@ -13,10 +13,13 @@
   const SEVERITY_LABEL = { fail: "FAIL", warning: "WARN", info: "INFO", pass: "PASS" };
   const PASSWORD_VARIABLE = "SMTPCHECK_AUTH_PASSWORD";
   const POLL_SECONDS = 10;
+  // Request fields the form has no control for: a loaded check keeps them for "Run again".
+  const KEPT_FIELDS = ["probes", "retry_temporary", "retry", "data", "message", "tls_name", "tls_ca"];
 
   const $ = (id) => document.getElementById(id);
   let current = null; // the check on screen: {id, aborter, started}
   let pending = null; // what to do once an API key has been given
+  let kept = {}; // KEPT_FIELDS of the check the form was filled from
 
   // -- small DOM helpers -------------------------------------------------------
 
@@ -210,13 +213,36 @@
     if (Object.keys(timeouts).length) request.timeouts = timeouts;
     if ($("f-vantage").value !== "default") request.vantage = $("f-vantage").value;
     if ($("f-ip_version").value) request.ip_version = Number($("f-ip_version").value);
-    return request;
+    return Object.assign(request, kept);
+  }
+
+  function keptFields(request) {
+    const found = {};
+    for (const name of KEPT_FIELDS) {
+      const given = request[name];
+      if (given === undefined || given === null || given === false) continue;
+      if (Array.isArray(given) && !given.length) continue;
+      if (name === "retry" && !request.retry_temporary) continue;
+      found[name] = given;
+    }
+    return found;
+  }
+
+  function showKept() {
+    const note = $("kept-note");
+    const names = Object.keys(kept);
+    note.hidden = !names.length;
+    note.textContent = names.length
+      ? `The loaded check also sets ${names.join(", ")}; Run check and Run again keep them (editing the host drops them).`
+      : "";
   }
 
   /** Put a stored request (as GET /v1/checks/{id} returns it) back into the form. */
   function fillForm(request) {
     if (!request) return;
     $("check-form").reset();
+    kept = keptFields(request);
+    showKept();
     $("target").value = request.host || "";
     $("f-mx").checked = Boolean(request.mx);
     $("f-mx_hosts").value = request.mx_hosts || "first";
@@ -419,7 +445,7 @@
     $("verdict").replaceChildren();
     $("details").replaceChildren();
     $("transcripts").replaceChildren();
-    setStatus("loading", "");
+    setStatus("loading");
     let doc;
     try {
       doc = (await api("GET", `/v1/checks/${encodeURIComponent(id)}`, undefined, { signal: me.aborter.signal })).data;
@@ -439,14 +465,15 @@
     else await followOne(me, doc, pane(null));
   }
 
-  function setStatus(status, detail) {
+  function setStatus(status) {
+    const running = !ENDED.has(status) && status !== "loading";
+    if (!current || current.status !== status) {
+      $("status").textContent = status; // announced: only when it changes
+      $("status").className = `status status-${status}`;
+    }
     if (current) current.status = status;
     const seconds = current ? Math.round((Date.now() - current.started) / 1000) : 0;
-    const running = !ENDED.has(status) && status !== "loading";
-    $("status").textContent = running
-      ? `${status}: ${seconds} s${detail ? `, ${detail}` : ""}`
-      : `${status}${detail ? `: ${detail}` : ""}`;
-    $("status").className = `status status-${status}`;
+    $("elapsed").textContent = running ? `${seconds} s` : "";
     $("cancel").hidden = !running;
   }
 
@@ -846,6 +873,10 @@
       submit();
     });
     $("again").addEventListener("click", () => submit());
+    $("target").addEventListener("input", () => {
+      kept = {};
+      showKept();
+    });
     $("cancel").addEventListener("click", () => cancel());
     $("copy-curl").addEventListener("click", () => copy("curl-command"));
     $("copy-cli").addEventListener("click", () => copy("cli-command"));
