@@ -192,7 +192,9 @@ def give_key(browser: WebDriver) -> None:
     wait_for(browser, "the key is taken", lambda: not shown(browser, "key-section"))
 
 
-def set_check(browser: WebDriver, host: str, port: int, *, verify: bool = False) -> None:
+def set_check(
+    browser: WebDriver, host: str, port: int, *, verify: bool = False, ca: str = ""
+) -> None:
     fill(browser, "target", host)
     drawer = browser.find_element(By.ID, "advanced")
     if not drawer.get_attribute("open"):
@@ -202,6 +204,7 @@ def set_check(browser: WebDriver, host: str, port: int, *, verify: bool = False)
     box = browser.find_element(By.ID, "f-tls_verify")
     if box.is_selected() != verify:
         box.click()
+    browser.execute_script("document.getElementById('f-tls_ca').value = arguments[0]", ca)
     fill(browser, "f-mail_from", "support@local.test")
     fill(browser, "f-rcpt_to", "bob@local.test")
 
@@ -248,11 +251,16 @@ def has_event_stream(service: Service) -> bool:
 
 
 def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
-    browser: WebDriver, page_service: Service, page_targets: PageTargets, tmp_path: Path
+    browser: WebDriver,
+    page_service: Service,
+    page_targets: PageTargets,
+    e2e_certificates: Certificates,
+    tmp_path: Path,
 ) -> None:
     open_page(browser, page_service.url + "/")
     give_key(browser)
-    set_check(browser, "127.0.0.1", page_targets.slow.port)
+    ca = Path(e2e_certificates.ca_file).read_text()
+    set_check(browser, "127.0.0.1", page_targets.slow.port, verify=True, ca=ca)
     started = time.monotonic()
     browser.find_element(By.ID, "run").click()
 
@@ -274,6 +282,7 @@ def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
     assert any("-> " in line and "STARTTLS" in line for line in lines), lines
     assert any("~> " in line and "RCPT TO:<bob@local.test>" in line for line in lines), lines
     assert "TLSv1." in page_text(browser)  # the TLS facts
+    assert "NOT verified" not in page_text(browser)  # trusted through tls_ca
     assert "STARTTLS is offered" in page_text(browser)  # a finding
     assert "finished" in browser.find_element(By.ID, "status").text
     screenshot(browser, "check-pass", tmp_path)

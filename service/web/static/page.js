@@ -14,7 +14,7 @@
   const PASSWORD_VARIABLE = "SMTPCHECK_AUTH_PASSWORD";
   const POLL_SECONDS = 10;
   // Request fields the form has no control for: a loaded check keeps them for "Run again".
-  const KEPT_FIELDS = ["probes", "retry_temporary", "retry", "data", "message", "tls_name", "tls_ca"];
+  const KEPT_FIELDS = ["probes", "retry_temporary", "retry", "data", "message"];
 
   const $ = (id) => document.getElementById(id);
   let current = null; // the check on screen: {id, aborter, started}
@@ -192,6 +192,8 @@
     if (port !== undefined && port !== 25) request.port = port;
     if ($("f-tls").value !== "auto") request.tls = $("f-tls").value;
     if ($("f-tls_verify").checked) request.tls_verify = true;
+    if (value("f-tls_name")) request.tls_name = value("f-tls_name");
+    if (value("f-tls_ca")) request.tls_ca = $("f-tls_ca").value.trim() + "\n";
     if (value("f-helo")) request.helo = value("f-helo");
     const username = value("f-auth-username");
     if (username) {
@@ -249,6 +251,8 @@
     if (request.port && request.port !== 25) $("f-port").value = request.port;
     $("f-tls").value = request.tls || "auto";
     $("f-tls_verify").checked = Boolean(request.tls_verify);
+    $("f-tls_name").value = request.tls_name || "";
+    $("f-tls_ca").value = request.tls_ca || "";
     $("f-helo").value = request.helo || "";
     const auth = request.auth || {};
     $("f-auth-username").value = auth.username || "";
@@ -266,7 +270,7 @@
     }
     $("f-vantage").value = vantage;
     $("f-ip_version").value = request.ip_version ? String(request.ip_version) : "";
-    if (request.auth || request.stop_after || request.timeouts || request.mail_from !== undefined) {
+    if (request.auth || request.stop_after || request.timeouts || request.mail_from !== undefined || request.tls_name || request.tls_ca) {
       $("advanced").open = true;
     }
   }
@@ -306,6 +310,8 @@
     if (request.port) add("--port", request.port);
     if (request.tls) add("--tls", request.tls);
     if (request.tls_verify) add("--tls-verify");
+    if (request.tls_name) add("--tls-name", request.tls_name);
+    if (request.tls_ca) add("--tls-ca", "ca.pem");
     if (request.helo) add("--helo", request.helo);
     if (request.auth) {
       add("--auth-user", request.auth.username);
@@ -333,11 +339,12 @@
   function showCommands(request) {
     showCommand("curl-command", curlCommand(request));
     showCommand("cli-command", cliCommand(request));
+    const notes = [];
+    if (request.auth) notes.push(`The curl command reads the password from $${PASSWORD_VARIABLE}; smtpcheck check asks for it.`);
+    if (request.tls_ca) notes.push("smtpcheck check reads the extra CA certificates from a file: save them as ca.pem first.");
     const note = $("cli-note");
-    note.hidden = !request.auth;
-    note.textContent = request.auth
-      ? `The curl command reads the password from $${PASSWORD_VARIABLE}; smtpcheck check asks for it.`
-      : "";
+    note.hidden = !notes.length;
+    note.textContent = notes.join(" ");
   }
 
   async function copy(id) {
