@@ -557,9 +557,10 @@
 
   /**
    * Read /v1/checks/{id}/events with fetch (EventSource cannot send the
-   * Authorization header) and parse the event stream here. Returns "ended"
-   * after the final result event, "unsupported" when the service has no
-   * event stream, "broken" when it failed more than a few times.
+   * Authorization header) and parse the event stream here. The service ends
+   * a held stream after a while; it is resumed with Last-Event-ID. Returns
+   * "ended" after the final result event, "unsupported" when the service has
+   * no event stream for this check, "broken" after repeated failures.
    */
   async function stream(me, id, into) {
     let failures = 0;
@@ -575,15 +576,17 @@
         await sleep(500 * failures);
         continue;
       }
-      if (response.status === 404 || response.status === 405 || response.status === 406) return "unsupported";
+      if ([404, 405, 406, 409].includes(response.status)) return "unsupported";
       if (!response.ok || !(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
         failures += 1;
         await sleep(500 * failures);
         continue;
       }
       let ended = false;
+      let events = 0;
       try {
         ended = await readEvents(response, (event) => {
+          events += 1;
           if (event.id) into.lastEventId = event.id;
           let data = null;
           try { data = event.data ? JSON.parse(event.data) : null; } catch (_) { data = event.data; }
@@ -601,8 +604,9 @@
         if (error.name === "AbortError") return "aborted";
       }
       if (ended) return "ended";
-      failures += 1; // the stream closed early: resume from the last id
-      await sleep(250);
+      // The held stream ended (its time is bounded) or broke: resume after the last id.
+      failures = events ? 0 : failures + 1;
+      await sleep(250 * (failures + 1));
     }
     return "broken";
   }
