@@ -48,6 +48,7 @@ if not (CHROMIUM and CHROMEDRIVER):
 from selenium import webdriver  # noqa: E402  (only where a browser exists)
 from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
@@ -377,13 +378,14 @@ def test_docs_render_the_spec_in_the_browser(
 
 
 def test_an_address_checks_its_domain_mx_from_every_vantage(
-    browser: WebDriver, page_service: Service, page_targets: PageTargets
+    browser: WebDriver, page_service: Service, page_targets: PageTargets, tmp_path: Path
 ) -> None:
     open_page(browser, page_service.url + "/")
     if shown(browser, "key-section"):
         give_key(browser)
-    browser.find_element(By.ID, "check-form").find_element(By.TAG_NAME, "summary").click()
-    fill(browser, "target", "bob@local.test")
+    # Keyboard only: Enter opens the drawer, Enter in the box runs the check.
+    browser.find_element(By.CSS_SELECTOR, "#advanced > summary").send_keys(Keys.ENTER)
+    assert browser.find_element(By.ID, "advanced").get_attribute("open") is not None
     fill(browser, "f-port", str(page_targets.starttls.port))
     wait_for(
         browser,
@@ -391,11 +393,14 @@ def test_an_address_checks_its_domain_mx_from_every_vantage(
         lambda: "vantage point" in browser.find_element(By.ID, "f-vantage-help").text,
     )
     Select(browser.find_element(By.ID, "f-vantage")).select_by_value("all")
-    browser.find_element(By.ID, "run").click()
+    browser.find_element(By.ID, "target").send_keys("bob@local.test", Keys.ENTER)
     wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
     grid = browser.find_element(By.CSS_SELECTOR, "table.stage-grid").text
     assert f"mail.local.test [127.0.0.1]:{page_targets.starttls.port} default" in grid, grid
     assert "MX hosts of local.test" in page_text(browser)
+    hint = browser.find_element(By.ID, "target-hint").text
+    assert "MX hosts of local.test" in hint and "bob@local.test" in hint
+    screenshot(browser, "check-mx-all", tmp_path)
     created = page_service.client.wait(check_id(browser))
     assert created["vantage"] == "all"
     assert created["request"]["mx"] is True

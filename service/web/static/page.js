@@ -275,6 +275,19 @@
     }
   }
 
+  /** Say what the box's text will check, as it is typed. */
+  function targetHint() {
+    const target = value("target");
+    const at = target.lastIndexOf("@");
+    const hint = $("target-hint");
+    if (at > 0 && at < target.length - 1) {
+      const domain = target.slice(at + 1);
+      hint.textContent = `An address: checks the MX hosts of ${domain} and asks them to take mail for ${target}.`;
+    } else {
+      hint.textContent = "";
+    }
+  }
+
   // -- the same check as shell commands ---------------------------------------------
 
   function shellQuote(text) {
@@ -519,11 +532,13 @@
     into.log.scrollTop = into.log.scrollHeight;
   }
 
+  /** The whole transcript of an ended check, read from the top. */
   function showTranscript(into, entries) {
     into.log.replaceChildren();
     into.count = 0;
     for (const line of entries || []) addLine(into, line);
     if (!into.count) into.log.append(el("p", { class: "help" }, "No transcript."));
+    into.log.scrollTop = 0;
   }
 
   async function followOne(me, doc, into) {
@@ -696,10 +711,7 @@
   function showEnded(doc, into) {
     setStatus(doc.status);
     const result = doc.result;
-    if (result) {
-      showTranscript(into, result.transcript);
-      into.log.scrollTop = 0; // ended: read it from the top
-    }
+    if (result) showTranscript(into, result.transcript);
     else if (!into.count) into.log.append(el("p", { class: "help" }, "No transcript."));
     showVerdict(result, doc);
     const details = $("details");
@@ -811,7 +823,9 @@
       if (cert.sha256) rows.push(["SHA-256", cert.sha256]);
     }
     if (tls.sni !== undefined) rows.push(["SNI sent", tls.sni || "none"]);
-    for (const problem of tls.problems || []) rows.push(["Problem", typeof problem === "string" ? problem : JSON.stringify(problem)]);
+    for (const problem of tls.problems || []) {
+      rows.push(["Problem", typeof problem === "string" ? problem : `${problem.code || "?"}: ${problem.message || ""}`]);
+    }
     return table(`TLS${title}`, null, rows);
   }
 
@@ -887,6 +901,7 @@
     $("target").addEventListener("input", () => {
       kept = {};
       showKept();
+      targetHint();
     });
     $("cancel").addEventListener("click", () => cancel());
     $("copy-curl").addEventListener("click", () => copy("curl-command"));
