@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,12 @@ class Receiver:
     """Answers each POST with the next ``(status, headers)`` of ``answers``
     (the last one repeats), and keeps what it got in ``received``."""
 
-    def __init__(self, answers: list[tuple[int, dict[str, str]]], host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        answers: list[tuple[int, dict[str, str]]],
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.answers = list(answers)
         self.received: list[Received] = []
         self.got = threading.Event()
@@ -54,12 +60,16 @@ class Receiver:
 
         self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # https: the handshake runs as each connection is accepted
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.host = host
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def url(self, path: str = "/hook") -> str:
-        return f"http://{self.host}:{self.port}{path}"
+    def url(self, path: str = "/hook", host: str | None = None) -> str:
+        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
 
     def start(self) -> Receiver:
         self.thread.start()
@@ -76,8 +86,12 @@ def receiver() -> Iterator[type[Receiver]]:
     """Factory: ``receiver([(200, {})])`` starts one; each is stopped after the test."""
     started: list[Receiver] = []
 
-    def start(answers: list[tuple[int, dict[str, str]]], host: str = "127.0.0.1") -> Receiver:
-        server = Receiver(answers, host).start()
+    def start(
+        answers: list[tuple[int, dict[str, str]]],
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+    ) -> Receiver:
+        server = Receiver(answers, host, tls).start()
         started.append(server)
         return server
 

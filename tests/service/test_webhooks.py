@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,18 +24,19 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue, SimpleWorker
-from rq.registry import ScheduledJobRegistry
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from service import create_app
-from smtpcheck.config import Settings
+from smtpcheck.config import ConfigError, Settings
 from smtpcheck.signature import sign
 from tests.dns_server import DNSServer
 from tests.security.leaks import FERNET_PREFIX, Needle, base64_forms, find, redis_values
 from tests.service.conftest import ALICE, API_KEYS, submit
-from tests.smtp_servers import SMTPTarget
+from tests.smtp_servers import Certificates, ScriptedServer, SMTPTarget
 from tests.webhook_receiver import Receiver, verify
 
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec_" + base64.b64encode(b"webhook-key-for-the-tests-32byte").decode()
 KEY = base64.b64decode(SECRET.removeprefix("whsec_"))
 PLAIN_SECRET = "a-plain-secret-of-enough-length"
@@ -196,23 +204,31 @@ def hooked(
     smtp_target: Callable[..., SMTPTarget],
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Callable[..., FlaskClient]]:
-    """``hooked(allow="127.0.0.0/8", ports=[...])``: an API and worker env in which
-    checks go to a plain aiosmtpd target on 127.0.0.1 and webhooks may use
-    http on the given ports."""
+    """``hooked(ports, allow=..., dns=..., ca_file=...)``: an API and worker env in
+    which checks go to a plain aiosmtpd target on 127.0.0.1 and webhooks may
+    use http or https on the given ports."""
     target = smtp_target(tls="none")
     apps: list[Flask] = []
 
     def make(
-        ports: list[int], allow: str = "127.0.0.0/8", dns: DNSServer | None = None
+        ports: list[int],
+        allow: str = "127.0.0.0/8",
+        dns: DNSServer | None = None,
+        ca_file: str | None = None,
+        smtp_port: int | None = None,
     ) -> FlaskClient:
         env = {
             "SMTPCHECK_SECRET_KEY": "test-secret",
             "SMTPCHECK_ALLOW_NETWORKS": allow,
-            "SMTPCHECK_ALLOWED_PORTS": str(target.port),
+            "SMTPCHECK_ALLOWED_PORTS": str(smtp_port or target.port),
             "SMTPCHECK_HELO_NAME": "checker.test",
             "SMTPCHECK_CALLBACK_HTTP": "on",
             "SMTPCHECK_CALLBACK_PORTS": ",".join(map(str, ports)),
         }
+        if ca_file is not None:
+            env["SMTPCHECK_CA_FILE"] = ca_file
+        else:
+            monkeypatch.delenv("SMTPCHECK_CA_FILE", raising=False)
         if dns is not None:
             env["SMTPCHECK_DNS_SERVERS"] = f"{dns.host}:{dns.port}"
         else:
@@ -377,3 +393,129 @@ def test_a_host_name_that_resolves_to_a_forbidden_address_is_not_dialled(
     assert attempt["status_code"] is None
     assert attempt["error"].startswith("refused: 127.0.0.2 is a loopback address")
     assert hook.received == []
+
+
+def test_https_is_verified_with_sni_against_the_configured_ca(
+    hooked: Callable[..., FlaskClient],
+    receiver: Callable[..., Receiver],
+    certificates: Certificates,
+    dns_server: Callable[..., DNSServer],
+    redis_client: redis.Redis,
+) -> None:
+    """The name is resolved by the worker, the socket opened to the address it
+    vetted, and TLS verified for the name (SNI) against SMTPCHECK_CA_FILE."""
+    hook = receiver([(200, {})], tls=certificates.server_context())
+    dns = dns_server({"mail.local.test.": {"A": ["127.0.0.1"]}})
+    client = hooked([hook.port], dns=dns, ca_file=certificates.ca_file)
+    url = hook.url(host="mail.local.test")
+    check_id = submit(client, check_body(hooked.target.port, url))  # type: ignore[attr-defined]
+
+    work(redis_client)
+
+    callback = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["callback"]
+    assert callback["status"] == "delivered", callback
+    assert callback["attempts"][0]["status_code"] == 200
+    assert "mail.local.test" in certificates.sni_seen
+    assert verify(SECRET, hook.received[0])
+
+
+def test_an_untrusted_certificate_is_a_failed_attempt_and_retried(
+    hooked: Callable[..., FlaskClient],
+    receiver: Callable[..., Receiver],
+    certificates: Certificates,
+    redis_client: redis.Redis,
+) -> None:
+    hook = receiver([(200, {})], tls=certificates.server_context())
+    client = hooked([hook.port])  # no SMTPCHECK_CA_FILE: the test CA is unknown
+    check_id = submit(client, check_body(hooked.target.port, hook.url()))  # type: ignore[attr-defined]
+
+    work(redis_client)
+
+    callback = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["callback"]
+    assert callback["status"] == "retrying", callback
+    (attempt,) = callback["attempts"]
+    assert attempt["status_code"] is None
+    assert attempt["error"].startswith("TLS: "), attempt
+    assert "certificate" in attempt["error"]
+    assert hook.received == []
+
+
+def test_callback_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {"SMTPCHECK_CALLBACK_PORTS": "443, 8443", "SMTPCHECK_CALLBACK_HTTP": "on"}
+    )
+    assert settings.callback_ports == frozenset({443, 8443})
+    assert settings.callback_http is True
+    assert Settings.from_env({}).callback_ports == frozenset({443})
+    assert Settings.from_env({}).callback_http is False
+    for bad in ({"SMTPCHECK_CALLBACK_PORTS": "443,x"}, {"SMTPCHECK_CALLBACK_HTTP": "yes"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            Settings.from_env(bad)
+
+
+def test_a_check_whose_worker_died_is_posted_as_failed(
+    hooked: Callable[..., FlaskClient],
+    receiver: Callable[..., Receiver],
+    scripted_server: Callable[..., ScriptedServer],
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    """The check's worker is killed mid-dialogue; once RQ marks the check failed
+    (its heartbeat lapsed), the delivery RQ enqueues posts the failed check."""
+    hook = receiver([(200, {})])
+    released = threading.Event()
+
+    def stall(sock: socket.socket) -> None:  # greets, then says nothing more
+        sock.sendall(b"220 stall.local.test ESMTP\r\n")
+        released.wait(30)
+
+    server = scripted_server(stall)
+    client = hooked([hook.port], smtp_port=server.port)
+    check_id = submit(client, check_body(server.port, hook.url()))
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("rq")),
+            "worker",
+            "--url",
+            redis_url,
+            "--serializer",
+            "rq.serializers.JSONSerializer",
+            "--path",
+            str(ROOT),
+            "--logging_level",
+            "WARNING",
+            "--worker-class",
+            "rq.SimpleWorker",  # the check runs in this very process: one SIGKILL ends it
+            "vantage:default",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not redis_client.exists(f"rq:job:{check_id}-webhook-1"):  # arranged: mid-check
+            assert time.monotonic() < deadline, "the check never started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # without a word
+        process.wait(timeout=10)
+        released.set()
+    registry = StartedJobRegistry(
+        "vantage:default", connection=redis_client, serializer=JSONSerializer
+    )
+    members = redis_client.zrange(registry.key, 0, -1)
+    redis_client.zadd(registry.key, dict.fromkeys(members, time.time() - 1), xx=True)  # lapsed
+    assert client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["status"] == "failed"
+
+    work(redis_client)  # a live worker takes the delivery
+
+    (got,) = hook.received
+    posted = json.loads(got.body)
+    assert posted["id"] == check_id
+    assert posted["status"] == "failed"
+    assert posted["error"] == "the worker running this check stopped before it finished"
+    assert verify(SECRET, got)
+    callback = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["callback"]
+    assert callback["status"] == "delivered"
