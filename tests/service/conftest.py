@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
 import redis
@@ -73,3 +76,31 @@ def submit(client: FlaskClient, body: dict, headers: dict[str, str] | None = Non
     response = client.post("/v1/checks", json=body, headers=headers or ALICE)
     assert response.status_code == 202, response.get_json()
     return str(response.get_json()["id"])
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rq_worker(redis_url: str, *options: str) -> subprocess.Popen[bytes]:
+    """A real ``rq worker`` process on vantage:default, in its own session (so
+    ``os.killpg(process.pid, ...)`` reaches it and what it forks)."""
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("rq")),
+            "worker",
+            "--url",
+            redis_url,
+            "--serializer",
+            "rq.serializers.JSONSerializer",
+            "--path",
+            str(ROOT),
+            "--logging_level",
+            "WARNING",
+            *options,
+            "vantage:default",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )

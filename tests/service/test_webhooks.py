@@ -9,14 +9,11 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from ipaddress import ip_network
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,11 +29,10 @@ from smtpcheck.config import ConfigError, Settings
 from smtpcheck.signature import sign
 from tests.dns_server import DNSServer
 from tests.security.leaks import FERNET_PREFIX, Needle, base64_forms, find, redis_values
-from tests.service.conftest import ALICE, API_KEYS, submit
+from tests.service.conftest import ALICE, API_KEYS, rq_worker, submit
 from tests.smtp_servers import Certificates, ScriptedServer, SMTPTarget
 from tests.webhook_receiver import Receiver, verify
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec_" + base64.b64encode(b"webhook-key-for-the-tests-32byte").decode()
 KEY = base64.b64decode(SECRET.removeprefix("whsec_"))
 PLAIN_SECRET = "a-plain-secret-of-enough-length"
@@ -472,27 +468,8 @@ def test_a_check_whose_worker_died_is_posted_as_failed(
     server = scripted_server(stall)
     client = hooked([hook.port], smtp_port=server.port)
     check_id = submit(client, check_body(server.port, hook.url()))
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("rq")),
-            "worker",
-            "--url",
-            redis_url,
-            "--serializer",
-            "rq.serializers.JSONSerializer",
-            "--path",
-            str(ROOT),
-            "--logging_level",
-            "WARNING",
-            "--worker-class",
-            "rq.SimpleWorker",  # the check runs in this very process: one SIGKILL ends it
-            "vantage:default",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    # rq.SimpleWorker: the check runs in this very process, so one SIGKILL ends it
+    process = rq_worker(redis_url, "--worker-class", "rq.SimpleWorker")
     try:
         deadline = time.monotonic() + 20
         while not redis_client.exists(f"rq:job:{check_id}-webhook-1"):  # arranged: mid-check

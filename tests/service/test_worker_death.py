@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -18,35 +16,13 @@ from rq.serializers import JSONSerializer
 
 from service.jobstore import JobStore
 from tests.service import jobs
-from tests.service.conftest import ALICE, submit
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.service.conftest import ALICE, rq_worker, submit
 
 
 @pytest.fixture
 def worker_process(redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
     """A real forking RQ worker (``rq worker``) on vantage:default, stopped at the end."""
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("rq")),
-            "worker",
-            "--url",
-            redis_url,
-            "--serializer",
-            "rq.serializers.JSONSerializer",
-            "--path",
-            str(ROOT),
-            "--logging_level",
-            "WARNING",
-            "--name",
-            f"test-worker-{os.getpid()}",
-            "vantage:default",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = rq_worker(redis_url, "--name", f"test-worker-{os.getpid()}")
     try:
         yield process
     finally:
