@@ -1,5 +1,6 @@
-"""The /v1 API: submit a check, read it (optionally waiting), its transcript,
-delete it, list vantages. Views stay short and raise; ``problems`` renders.
+"""The /v1 API: submit a check, list them, read one (optionally waiting), its
+transcript and its live events, cancel or delete it, list vantages. Views
+stay short and raise; ``problems`` renders.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from marshmallow import Schema
 
 from smtpcheck.document import failure_reason, isoformat, links, public_status
-from smtpcheck.report import render_text
+from smtpcheck.report import render_text, transcript_lines
 
-from . import fanout, metrics, ratelimit
+from . import events, fanout, listing, metrics, ratelimit
 from .apikeys import authenticate, current_owner
 from .jobstore import JobStore
 from .problems import NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
+from .schemas import STATUSES
 
 blueprint = Blueprint("checks", __name__, url_prefix="/v1")
 blueprint.before_request(authenticate)
@@ -65,6 +67,83 @@ def create_check() -> Response:
     return response
 
 
+@blueprint.get("/checks")
+def list_checks() -> Response:
+    owner = current_owner()
+    unknown = sorted(set(request.args) - {"limit", "cursor", "status"})
+    if unknown:
+        raise validation_problem({key: ["unknown query parameter"] for key in unknown})
+    limit = _list_limit()
+    cursor = None
+    if request.args.get("cursor"):
+        cursor = listing.decode_cursor(request.args["cursor"])
+        if cursor is None:
+            raise validation_problem({"cursor": ["not a cursor this service handed out"]})
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        raise validation_problem({"status": [f"must be one of: {', '.join(STATUSES)}"]})
+    items, next_cursor = listing.page(
+        store().connection,
+        owner,
+        limit=limit,
+        cursor=cursor,
+        status=status,
+        describe=lambda check_id: _list_item(check_id, owner),
+    )
+    return jsonify(items=items, next=next_cursor)
+
+
+def _list_limit() -> int:
+    raw = request.args.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise validation_problem({"limit": ["must be a whole number from 1 to 100"]})
+    return int(raw)
+
+
+def _list_item(check_id: str, owner: str) -> dict[str, Any] | None:
+    spread = fanout.load(store(), check_id, owner)
+    if spread is not None:
+        return fanout.describe(store(), spread)
+    try:
+        return store().list_item(store().load(check_id, owner))
+    except Problem:  # expired, or deleted meanwhile
+        return None
+
+
+@blueprint.get("/checks/<check_id>/events")
+def get_events(check_id: str) -> Response:
+    owner = current_owner()
+    jobstore = store()
+    if fanout.load(jobstore, check_id, owner) is not None:
+        raise Problem(
+            409,
+            "Conflict",
+            "a check with vantage 'all' has one event stream per vantage: read "
+            "/v1/checks/{id}/events of each id in its 'vantages'",
+            type=NOT_FINISHED,
+        )
+    jobstore.load(check_id, owner)  # 404 before the stream starts
+
+    def state() -> tuple[str, dict[str, Any]] | None:
+        try:
+            document = jobstore.describe(jobstore.load(check_id, owner))
+        except Problem:
+            return None
+        return str(document["status"]), document
+
+    body = events.stream(
+        jobstore.blocking,
+        check_id,
+        events.start_id(request.headers.get("Last-Event-ID")),
+        state=state,
+        max_seconds=jobstore.settings.limits.max_wait,
+    )
+    response = Response(body, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
+
+
 @blueprint.get("/checks/<check_id>")
 def get_check(check_id: str) -> Response:
     spread = fanout.load(store(), check_id, current_owner())
@@ -100,6 +179,9 @@ def get_transcript(check_id: str) -> Response:
             type=NO_TRANSCRIPT,
         )
     result = store().result(job)
+    if result is None and status in ("queued", "running", "retrying", "canceled"):
+        lines = transcript_lines(list(store().lines_so_far(job)))
+        return Response("".join(f"{line}\n" for line in lines), mimetype="text/plain")
     if result is None:
         raise Problem(
             409,
@@ -114,9 +196,19 @@ def get_transcript(check_id: str) -> Response:
 def delete_check(check_id: str) -> Response:
     spread = fanout.load(store(), check_id, current_owner())
     if spread is not None:
+        members = [job for _, job in fanout.jobs(store(), spread) if job is not None]
+        if [job for job in members if store().cancel(job)]:
+            response = jsonify(fanout.describe(store(), spread))
+            response.status_code = 202
+            return response
         fanout.delete(store(), spread)
         return Response(status=204)
-    store().delete(store().load(check_id, current_owner()))
+    job = store().load(check_id, current_owner())
+    if store().cancel(job):  # a queued or running check: canceled, still readable
+        response = jsonify(store().describe(store().refetch(job)))
+        response.status_code = 202
+        return response
+    store().delete(job)  # an ended one
     return Response(status=204)
 
 

@@ -21,6 +21,7 @@ from smtpcheck.contract import ALL_VANTAGES, FANOUT_PREFIX
 from smtpcheck.document import TERMINAL, isoformat, links, public_status
 from smtpcheck.report import render_text
 
+from . import listing
 from .jobstore import JobStore, mask_secrets
 from .problems import Problem
 
@@ -49,7 +50,7 @@ def submit(store: JobStore, request: dict[str, Any], owner: str) -> FanOut:
         )
     members = []
     for vantage in live:
-        job = store.submit({**request, "vantage": vantage}, owner)
+        job = store.submit({**request, "vantage": vantage}, owner, listed=False)
         members.append({"vantage": vantage, "id": job.id})
     fanout = FanOut(
         id=str(uuid.uuid4()),
@@ -70,6 +71,7 @@ def submit(store: JobStore, request: dict[str, Any], owner: str) -> FanOut:
         ),
         ex=store.settings.result_ttl,
     )
+    listing.add(store.connection, owner, fanout.id, store.settings.result_ttl)
     return fanout
 
 
@@ -188,3 +190,4 @@ def delete(store: JobStore, fanout: FanOut) -> None:
         if job is not None:
             store.delete(job)
     store.connection.delete(FANOUT_PREFIX + fanout.id)
+    listing.remove(store.connection, fanout.owner, fanout.id)

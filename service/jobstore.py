@@ -26,7 +26,14 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from smtpcheck.config import Settings
-from smtpcheck.contract import JOB_FUNCTION, QUEUE_PREFIX, SECRET_MASK, SUBMITTED_KEY, queue_name
+from smtpcheck.contract import (
+    CANCEL_KEY_PREFIX,
+    JOB_FUNCTION,
+    QUEUE_PREFIX,
+    SECRET_MASK,
+    SUBMITTED_KEY,
+    queue_name,
+)
 from smtpcheck.document import (
     PUBLIC_STATUS,
     TERMINAL,
@@ -36,6 +43,7 @@ from smtpcheck.document import (
 from smtpcheck.logs import log_context
 from smtpcheck.sealing import seal
 
+from . import events, listing
 from .problems import CHECK_RUNNING, MISCONFIGURED, NOT_FOUND, Problem, validation_problem
 from .schemas import DEFAULT_VANTAGE, check_id_is_valid
 
@@ -81,8 +89,11 @@ class JobStore:
 
     # -- submit ---------------------------------------------------------------
 
-    def submit(self, request: dict[str, Any], owner: str) -> Job:
-        """Queue a validated, normalized request. The AUTH password leaves in a seal."""
+    def submit(self, request: dict[str, Any], owner: str, *, listed: bool = True) -> Job:
+        """Queue a validated, normalized request. The AUTH password leaves in a seal.
+
+        ``listed``: shown in ``GET /v1/checks`` (a fan-out lists its own id instead).
+        """
         request, password, callback_secret = mask_secrets(request)
         sealed = None if password is None else self.seal(password, "AUTH passwords")
         kwargs: dict[str, Any] = {"request": request, "sealed_password": sealed}
@@ -110,6 +121,8 @@ class JobStore:
             meta={"owner": owner, "vantage": vantage, **_request_context()},
         )
         self.connection.hincrby(SUBMITTED_KEY, vantage, 1)
+        if listed:
+            listing.add(self.connection, owner, job.id, ttl)
         return job
 
     def seal(self, secret: str, what: str) -> str:
@@ -209,6 +222,17 @@ class JobStore:
         """The GET /v1/checks/{id} body."""
         return check_document(job)
 
+    def list_item(self, job: Job) -> dict[str, Any]:
+        """A check as ``GET /v1/checks`` lists it: its document without the transcript."""
+        document = check_document(job)
+        if isinstance(document.get("result"), dict):
+            document["result"] = {k: v for k, v in document["result"].items() if k != "transcript"}
+        return document
+
+    def lines_so_far(self, job: Job) -> list[dict[str, Any]]:
+        """The transcript lines a running check has recorded yet."""
+        return events.lines_so_far(self.connection, job.id)
+
     def result(self, job: Job) -> dict[str, Any] | None:
         """The worker's result dict, once finished."""
         if public_status(job) != "finished":
@@ -217,6 +241,22 @@ class JobStore:
         return value if isinstance(value, dict) else None
 
     # -- delete ---------------------------------------------------------------
+
+    def cancel(self, job: Job) -> bool:
+        """Cancel a check that has not ended; False if it had ended already.
+
+        A queued (or retrying) check is canceled in RQ and reads ``canceled``;
+        a running one gets the flag its worker polls (workers/cancel.py) and
+        ends within a second with outcome ``canceled``, its transcript so far.
+        """
+        status = job.get_status(refresh=True)
+        if status != JobStatus.STARTED and PUBLIC_STATUS.get(status) != "queued":
+            return False
+        self.connection.set(CANCEL_KEY_PREFIX + job.id, "1", ex=self.settings.result_ttl)
+        if status != JobStatus.STARTED:
+            with contextlib.suppress(InvalidJobOperation):  # canceled meanwhile
+                job.cancel()
+        return True
 
     def delete(self, job: Job) -> None:
         """Cancel a queued check or delete a stored one; a running one is 409."""
@@ -233,6 +273,11 @@ class JobStore:
             with contextlib.suppress(InvalidJobOperation):  # canceled meanwhile
                 job.cancel()
         job.delete()
+        owner = (job.meta or {}).get("owner")
+        if owner:
+            listing.remove(self.connection, str(owner), job.id)
+        events.discard(self.connection, job.id)
+        self.connection.delete(CANCEL_KEY_PREFIX + job.id)
 
     # -- vantages -------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from .problems import ALL_TYPES
 
 TLS_MODES = ("none", "starttls", "implicit", "auto")
 MECHANISMS = ("auto", "PLAIN", "LOGIN", "CRAM-MD5")
-STATUSES = ("queued", "running", "retrying", "finished", "failed")
+STATUSES = ("queued", "running", "retrying", "finished", "failed", "canceled")
 MX_HOSTS = ("first", "all")
 DEFAULT_RETRY_ATTEMPTS = 3
 DEFAULT_RETRY_DELAY = 300.0

@@ -25,6 +25,7 @@ from smtpcheck.config import Settings
 from .problems import PROBLEM_JSON
 from .schemas import (
     CHECK_ID_PATTERN,
+    STATUSES,
     CheckCreatedSchema,
     HealthSchema,
     ProblemSchema,
@@ -223,7 +224,54 @@ def build_spec(settings: Settings) -> APISpec:
                         **{"Retry-After": retry_after},
                     ),
                 },
-            }
+            },
+            "get": {
+                "operationId": "listChecks",
+                "summary": "This API key's checks, newest first, a page at a time",
+                "description": "Each item is the check as GET /v1/checks/{check_id} returns "
+                "it, without `result.transcript`. Pass `next` back as `cursor` for the "
+                "next page; checks created meanwhile never shift a later page (no item "
+                "twice, none skipped). `next` is null on the last page.",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "items per page",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "the previous page's `next` (opaque)",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "description": "only checks with this status",
+                        "schema": {"type": "string", "enum": list(STATUSES)},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["items", "next"],
+                            "properties": {
+                                "items": {"type": "array", "items": "Check"},
+                                "next": {"type": ["string", "null"]},
+                            },
+                        },
+                        "one page of checks",
+                    ),
+                    **guarded,
+                    "422": ref["Invalid"],
+                    "503": ref["Unavailable"],
+                },
+            },
         },
     )
     spec.path(
@@ -244,12 +292,16 @@ def build_spec(settings: Settings) -> APISpec:
             },
             "delete": {
                 "operationId": "deleteCheck",
-                "summary": "Cancel a queued check or delete a stored one",
+                "summary": "Cancel a queued or running check, or delete an ended one",
+                "description": "A queued check is canceled at once; a running one stops "
+                "within a second (QUIT if the dialogue allows it) and ends with status "
+                "`canceled`, outcome `canceled` and its transcript so far. Either stays "
+                "readable; DELETE it again to delete it.",
                 "responses": {
-                    "204": {"description": "gone"},
+                    "202": _json("Check", "canceled (a running check: being canceled)"),
+                    "204": {"description": "it had ended: deleted"},
                     **guarded,
                     "404": ref["NotFound"],
-                    "409": _problem("the check is running"),
                     "503": ref["Unavailable"],
                 },
             },
@@ -266,13 +318,55 @@ def build_spec(settings: Settings) -> APISpec:
                 "responses": {
                     "200": {
                         "description": "swaks-like markers: === notes, <- server, -> client, "
-                        "<~ ~> inside TLS, *** errors; each line prefixed with elapsed ms",
+                        "<~ ~> inside TLS, *** errors; each line prefixed with elapsed ms. "
+                        "While the check is queued or running: the lines so far",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     **guarded,
                     "404": ref["NotFound"],
-                    "409": _problem("the check has not finished, or failed to run"),
+                    "409": _problem(
+                        "the check failed to run; or, for vantage `all`, some vantage has not ended"
+                    ),
                     "422": ref["Invalid"],
+                    "503": ref["Unavailable"],
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/v1/checks/{check_id}/events",
+        parameters=[check_id],
+        operations={
+            "get": {
+                "operationId": "getCheckEvents",
+                "summary": "The check as it happens, as Server-Sent Events",
+                "description": '`status` events (`{"id", "status"}`) first and at '
+                "every change; one `line` event per transcript line as the worker records "
+                'it (`{"t_ms", "dir", "text"}`, `tls` inside TLS), whose SSE `id` '
+                "resumes the stream when sent back as `Last-Event-ID`; once the check "
+                "has ended, a `result` event with the check as GET /v1/checks/{check_id} "
+                "returns it, and the stream ends. A stream is held for at most "
+                f"{limits.max_wait} s: reconnect with `Last-Event-ID` to go on (browsers' "
+                "EventSource does so by itself).",
+                "parameters": [
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "the id of the last `line` event received",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **guarded,
+                    "404": ref["NotFound"],
+                    "409": _problem(
+                        "a check with vantage `all`: read the events of each vantage's check"
+                    ),
                     "503": ref["Unavailable"],
                 },
             }

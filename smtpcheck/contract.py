@@ -122,6 +122,17 @@ FANOUT_PREFIX = KEY_PREFIX + "fanout:"
 #: ``<prefix><address>``: the checks holding a politeness slot to one address.
 TARGET_SLOTS_PREFIX = KEY_PREFIX + "target:"
 
+#: A check's live view in Redis, each key with the check's TTL: the worker
+#: appends every transcript line to the stream ``smtpcheck:events:<id>``
+#: (capped at EVENTS_MAXLEN entries) and the API streams it to callers;
+#: ``DELETE`` of a running check sets ``smtpcheck:cancel:<id>``, which the
+#: worker polls between and within reads; ``smtpcheck:checks:<key name>``
+#: indexes a key's checks for ``GET /v1/checks``.
+EVENTS_KEY_PREFIX = KEY_PREFIX + "events:"
+EVENTS_MAXLEN = 6000
+CANCEL_KEY_PREFIX = KEY_PREFIX + "cancel:"
+CHECKS_INDEX_PREFIX = KEY_PREFIX + "checks:"
+
 #: What stored requests, transcripts and logs show instead of a secret.
 SECRET_MASK = "****"  # noqa: S105 - the mask, not a secret
 

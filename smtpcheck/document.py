@@ -27,9 +27,11 @@ PUBLIC_STATUS: dict[JobStatus, str] = {
     JobStatus.FINISHED: "finished",
     JobStatus.FAILED: "failed",
     JobStatus.STOPPED: "failed",
-    JobStatus.CANCELED: "failed",
+    JobStatus.CANCELED: "canceled",  # DELETE while queued
 }
-TERMINAL = frozenset({"finished", "failed"})
+#: A running check canceled by DELETE finishes with outcome ``canceled``:
+#: its document says ``canceled`` too (see check_document).
+TERMINAL = frozenset({"finished", "failed", "canceled"})
 
 
 def isoformat(moment: datetime | None) -> str | None:
@@ -81,7 +83,9 @@ def check_document(job: Job) -> dict[str, Any]:
     error = None
     if status == "finished" and result is not None and result.type == Result.Type.SUCCESSFUL:
         value = result.return_value
-    elif status == "failed":
+        if isinstance(value, dict) and value.get("outcome") == "canceled":
+            status = "canceled"  # stopped by DELETE while it ran: the transcript so far
+    elif status in ("failed", "canceled"):
         error = failure_reason(job, result)
     ended = job.ended_at
     if ended is None and result is not None and status in TERMINAL:

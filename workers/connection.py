@@ -11,7 +11,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 
-from workers import protocol
+from workers import cancel, protocol
 from workers.errors import (
     CheckAborted,
     ConnectionClosed,
@@ -68,6 +68,7 @@ class Connection:
     # -- connection --------------------------------------------------------
 
     def open(self, address: IPAddress, port: int, timeout: float) -> None:
+        cancel.before_connect()
         try:
             self.stream = Stream.connect(
                 address, port, min(time.monotonic() + timeout, self.deadline)
@@ -147,7 +148,7 @@ class Connection:
             event = self.reader.next_line()
             if event is NEED_DATA:
                 try:
-                    data = self.stream.read(deadline)
+                    data = cancel.read(self.stream.read, deadline)  # in slices: DELETE
                 except ReadTimeout as exc:
                     exc.total = self.total_expired
                     raise

@@ -24,6 +24,7 @@ Every check is gated by :class:`workers.politeness.TargetGate`: at most
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import zlib
@@ -36,7 +37,7 @@ from rq.job import Job
 from smtpcheck.config import Settings
 from smtpcheck.logs import log_context
 from smtpcheck.sealing import unseal
-from workers import stats, webhook
+from workers import cancel, events, stats, webhook
 from workers.check import run_check
 from workers.politeness import TargetGate
 
@@ -92,13 +93,17 @@ def run_check_job(
     gate = None
     if job is not None:
         gate = TargetGate(job.connection, settings.max_concurrent_per_target)
-    result = run_check(
-        request,
-        settings,
-        password=password,
-        check_id=job.id if job is not None else None,
-        gate=gate,
-    )
+    with contextlib.ExitStack() as live:
+        if job is not None:  # lines published as they happen; DELETE cancels
+            live.enter_context(events.publishing(job.connection, job.id, settings.result_ttl))
+            live.enter_context(cancel.watching(job.connection, job.id))
+        result = run_check(
+            request,
+            settings,
+            password=password,
+            check_id=job.id if job is not None else None,
+            gate=gate,
+        )
     del password
     if job is not None:
         result["worker"] = job.worker_name

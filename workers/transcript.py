@@ -3,13 +3,24 @@
 Recorded once, by the driver, where bytes cross the wire, with elapsed
 milliseconds on a monotonic clock. Secrets are redacted by the caller before
 a line is recorded; nothing here ever sees them.
+
+A listener (``listening(callback)`` around a check) hears every entry as it
+is recorded, already redacted: the worker publishes them for
+``GET /v1/checks/{id}/events`` (workers/events.py), the CLI prints them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+
+Listener = Callable[[dict[str, Any]], None]
+
+_listener: ContextVar[Listener | None] = ContextVar("transcript_listener", default=None)
 
 NOTE = "note"
 SERVER = "server"
@@ -20,11 +31,22 @@ MAX_ENTRIES = 5000  # a hostile server cannot grow a transcript without bound
 MAX_TEXT = 1000  # characters kept of one entry
 
 
+@contextlib.contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    """Every Transcript made inside this block (in this thread) calls ``listener``."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
 @dataclass
 class Transcript:
     started: float = field(default_factory=time.monotonic)
     entries: list[dict[str, Any]] = field(default_factory=list)
     dropped: int = 0
+    listener: Listener | None = field(default_factory=_listener.get, repr=False)
 
     def elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 1)
@@ -39,6 +61,8 @@ class Transcript:
         if tls:
             entry["tls"] = True
         self.entries.append(entry)
+        if self.listener is not None:
+            self.listener(entry)
 
     def note(self, text: str) -> None:
         self.record(NOTE, text)

@@ -252,7 +252,7 @@ class Client:
             reply = self.request("GET", f"/v1/checks/{check_id}?wait={wait}", timeout=wait + 15)
             assert reply.status == 200, (reply.status, reply.text)
             job: dict[str, Any] = reply.json()
-            if job["status"] in ("finished", "failed") or time.monotonic() > deadline:
+            if job["status"] in ("finished", "failed", "canceled") or time.monotonic() > deadline:
                 return job
 
 

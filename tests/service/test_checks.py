@@ -249,25 +249,38 @@ def test_invalid_wait_is_422(client: FlaskClient, wait: str) -> None:
     assert "wait" in response.get_json()["errors"]
 
 
-def test_transcript_of_unfinished_check_is_409(client: FlaskClient) -> None:
+def test_transcript_of_a_queued_check_is_the_lines_so_far(client: FlaskClient) -> None:
     check_id = submit(client, {"host": "mx.example.com"})
 
     response = client.get(f"/v1/checks/{check_id}/transcript", headers=ALICE)
 
-    assert response.status_code == 409
-    assert response.get_json()["type"] == "urn:smtpcheck:problem:check-not-finished"
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    assert response.data == b""  # no worker has started it yet
 
 
-def test_delete_cancels_a_queued_check(client: FlaskClient, redis_client: redis.Redis) -> None:
+def test_delete_cancels_a_queued_check(
+    client: FlaskClient, redis_client: redis.Redis, run_worker: Callable[..., bool]
+) -> None:
     check_id = submit(client, {"host": "mx.example.com"})
 
     response = client.delete(f"/v1/checks/{check_id}", headers=ALICE)
 
+    assert response.status_code == 202
+    assert response.get_json()["status"] == "canceled"
+    assert redis_client.llen("rq:queue:vantage:default") == 0
+    run_worker()  # nothing left to run
+    body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
+    assert body["status"] == "canceled"
+    assert body["error"] == "the check was canceled before it ran"
+    # Ended now: a second DELETE deletes it, and everything kept for it.
+    response = client.delete(f"/v1/checks/{check_id}", headers=ALICE)
     assert response.status_code == 204
     assert response.data == b""
     assert client.get(f"/v1/checks/{check_id}", headers=ALICE).status_code == 404
-    assert redis_client.llen("rq:queue:vantage:default") == 0
     assert not redis_client.exists(f"rq:job:{check_id}")
+    assert not redis_client.exists(f"smtpcheck:cancel:{check_id}")
+    assert check_id.encode() not in redis_client.zrange("smtpcheck:checks:alice", 0, -1)
 
 
 def test_delete_removes_a_finished_check(

@@ -90,8 +90,11 @@ def test_check_whose_heartbeat_lapsed_is_failed(
     assert body["error"] == "the worker running this check stopped before it finished"
 
 
-def test_running_check_cannot_be_deleted(
-    client: FlaskClient, store: JobStore, worker_process: subprocess.Popen[bytes]
+def test_delete_of_a_running_check_asks_its_worker_to_cancel_it(
+    client: FlaskClient,
+    store: JobStore,
+    worker_process: subprocess.Popen[bytes],
+    redis_client: redis.Redis,
 ) -> None:
     store.job_function = jobs.SLOW
     check_id = submit(client, {"host": "mx.example.com"})
@@ -99,5 +102,8 @@ def test_running_check_cannot_be_deleted(
 
     response = client.delete(f"/v1/checks/{check_id}", headers=ALICE)
 
-    assert response.status_code == 409
-    assert response.get_json()["type"] == "urn:smtpcheck:problem:check-running"
+    # The flag the engine polls (tests/e2e/test_live.py runs the real engine on it).
+    assert response.status_code == 202
+    assert response.get_json()["status"] == "running"
+    assert redis_client.exists(f"smtpcheck:cancel:{check_id}")
+    assert 0 < redis_client.ttl(f"smtpcheck:cancel:{check_id}") <= store.settings.result_ttl

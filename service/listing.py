@@ -1,0 +1,130 @@
+"""``GET /v1/checks``: one API key's checks, newest first, a page at a time.
+
+Each key has a sorted set ``smtpcheck:checks:<key name>`` of check ids (a
+fan-out's own id, not its members') scored by their creation time in
+microseconds; it expires with the checks (every add renews the TTL and drops
+members older than it). A cursor is the last item's ``(score, id)``, opaque
+to callers (base64url). Members of one score are ordered by id, so a page
+starts strictly after the cursor: checks created meanwhile are newer than
+every cursor and land before it, never inside a later page, so paging never
+shows an item twice and never skips one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from smtpcheck.contract import CHECKS_INDEX_PREFIX
+
+INDEX_PREFIX = CHECKS_INDEX_PREFIX
+MAX_SCANNED = 1000  # ids looked at for one page (a ?status= filter skips some)
+
+Cursor = tuple[int, str]
+
+
+def index_key(owner: str) -> str:
+    return INDEX_PREFIX + owner
+
+
+def add(connection: redis.Redis, owner: str, check_id: str, ttl: int) -> None:
+    """Index a new check of ``owner``."""
+    now = int(time.time() * 1_000_000)
+    key = index_key(owner)
+    pipe = connection.pipeline(transaction=False)
+    pipe.zadd(key, {check_id: now})
+    pipe.zremrangebyscore(key, "-inf", now - ttl * 1_000_000)
+    pipe.expire(key, ttl)
+    pipe.execute()
+
+
+def remove(connection: redis.Redis, owner: str, check_id: str) -> None:
+    connection.zrem(index_key(owner), check_id)
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    raw = f"{cursor[0]}:{cursor[1]}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> Cursor | None:
+    """The cursor a previous page handed out, or None if ``text`` is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    score, sep, check_id = raw.partition(":")
+    if not sep or not score.isdigit() or not check_id or len(check_id) > 100:
+        return None
+    return int(score), check_id
+
+
+def after(connection: redis.Redis, owner: str, cursor: Cursor | None, count: int) -> list[Cursor]:
+    """Up to ``count`` (score, id) pairs after ``cursor``, newest first."""
+    key = index_key(owner)
+    found: list[Cursor] = []
+    if cursor is None:
+        return _scored(
+            connection.zrevrangebyscore(key, "+inf", "-inf", start=0, num=count, withscores=True)
+        )
+    score, last = cursor
+    # Same score: ZREVRANGEBYSCORE orders them by id, descending.
+    same: Any = connection.zrangebyscore(key, score, score)
+    ties = sorted((_text(member) for member in same), reverse=True)
+    found = [(score, member) for member in ties if member < last][:count]
+    if len(found) < count:
+        found += _scored(
+            connection.zrevrangebyscore(
+                key, f"({score}", "-inf", start=0, num=count - len(found), withscores=True
+            )
+        )
+    return found
+
+
+def page(
+    connection: redis.Redis,
+    owner: str,
+    *,
+    limit: int,
+    cursor: Cursor | None,
+    describe: Callable[[str], dict[str, Any] | None],
+    status: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of ``owner``'s checks and the cursor of the next (None: the last page).
+
+    ``describe(id)`` gives a check's list item, or None once it is gone.
+    """
+    items: list[dict[str, Any]] = []
+    position = cursor
+    scanned = 0
+    while len(items) < limit and scanned < MAX_SCANNED:
+        batch = after(connection, owner, position, min(100, max(limit - len(items), 20)))
+        if not batch:
+            return items, None
+        for entry in batch:
+            position = entry
+            scanned += 1
+            item = describe(entry[1])
+            if item is None:
+                continue
+            if status is None or item.get("status") == status:
+                items.append(item)
+                if len(items) == limit:
+                    break
+    assert position is not None
+    if not after(connection, owner, position, 1):
+        return items, None
+    return items, encode_cursor(position)
+
+
+def _scored(rows: Any) -> list[Cursor]:
+    return [(int(score), _text(member)) for member, score in rows]
+
+
+def _text(member: bytes | str) -> str:
+    return member.decode() if isinstance(member, bytes) else member

@@ -1,0 +1,241 @@
+"""A check as it happens, end to end: real gunicorn, workers and redis-server.
+
+A slow-banner server makes "before the check ends" visible: it greets only
+after BANNER_DELAY seconds, so whatever the caller sees before that came
+live. A tarpit never greets: only DELETE ends a check on it early.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+import redis
+
+from smtpcheck.embedded_redis import EmbeddedRedis
+from tests.e2e.conftest import Client, Service, Targets, running_service
+from tests.smtp_servers import ScriptedServer, read_line
+
+pytestmark = pytest.mark.e2e
+
+BANNER_DELAY = 2.5
+
+
+@dataclass
+class SlowServers:
+    slow: ScriptedServer
+    tarpit: ScriptedServer
+    banner_sent: list[float] = field(default_factory=list)
+    tarpit_closed: list[float] = field(default_factory=list)
+    tarpit_heard: list[bytes] = field(default_factory=list)
+
+
+def slow_banner(sent: list[float]):  # type: ignore[no-untyped-def]
+    def script(sock: socket.socket) -> None:
+        time.sleep(BANNER_DELAY)
+        sent.append(time.monotonic())
+        sock.sendall(b"220 slow.local.test ESMTP at last\r\n")
+        while line := read_line(sock):
+            if line.upper().startswith(b"QUIT"):
+                sock.sendall(b"221 bye\r\n")
+                return
+            sock.sendall(b"250 slow.local.test\r\n")
+
+    return script
+
+
+def tarpit(closed: list[float], heard: list[bytes]):  # type: ignore[no-untyped-def]
+    def script(sock: socket.socket) -> None:
+        while data := sock.recv(4096):  # never a greeting; until the client goes
+            heard.append(data)
+        closed.append(time.monotonic())
+
+    return script
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[SlowServers]:
+    sent: list[float] = []
+    closed: list[float] = []
+    heard: list[bytes] = []
+    slow = ScriptedServer(slow_banner(sent)).start()
+    pit = ScriptedServer(tarpit(closed, heard)).start()
+    try:
+        yield SlowServers(slow, pit, sent, closed, heard)
+    finally:
+        pit.stop()
+        slow.stop()
+
+
+@pytest.fixture(scope="module")
+def live(
+    redis_server: EmbeddedRedis,
+    targets: Targets,
+    servers: SlowServers,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Service]:
+    ports = [*targets.ports, servers.slow.port, servers.tarpit.port]
+    tmp = tmp_path_factory.mktemp("live")
+    with running_service(redis_server.url, tmp, ports, targets.dns) as svc:
+        yield svc
+
+
+@dataclass
+class Event:
+    at: float
+    name: str
+    data: dict
+    id: str | None
+
+
+def read_events(
+    base: str, check_id: str, last_id: str | None = None, timeout: float = 30
+) -> list[Event]:
+    """GET .../events as `curl -N` would, timing each event as it arrives."""
+    host, _, port = base.removeprefix("http://").partition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    headers = {"Authorization": f"Bearer {Client(base).api_key}"}
+    if last_id:
+        headers["Last-Event-ID"] = last_id
+    connection.request("GET", f"/v1/checks/{check_id}/events", headers=headers)
+    response = connection.getresponse()
+    assert response.status == 200, response.read()
+    assert response.getheader("Content-Type", "").startswith("text/event-stream")
+    events: list[Event] = []
+    fields: dict[str, str] = {}
+    try:
+        while raw := response.fp.readline():
+            line = raw.decode().rstrip("\r\n")
+            if line:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+                continue
+            if "event" in fields:
+                events.append(
+                    Event(
+                        time.monotonic(),
+                        fields["event"],
+                        json.loads(fields["data"]),
+                        fields.get("id"),
+                    )
+                )
+            fields = {}
+    finally:
+        connection.close()
+    return events
+
+
+def submit(live: Service, port: int, **extra: object) -> str:
+    body = {"host": "127.0.0.1", "port": port, "stop_after": "ehlo", **extra}
+    return live.client.submit(body)
+
+
+def test_events_stream_the_transcript_as_it_happens(live: Service, servers: SlowServers) -> None:
+    check_id = submit(live, servers.slow.port)
+    events = read_events(live.url, check_id)
+    names = [event.name for event in events]
+    assert names[0] == "status" and names[-1] == "result", names
+    assert names.count("result") == 1
+    lines = [event for event in events if event.name == "line"]
+    texts = [event.data["text"] for event in lines]
+    connected = next(e for e in lines if e.data["text"].startswith("connected to"))
+    banner = next(e for e in lines if "ESMTP at last" in e.data["text"])
+    assert servers.banner_sent, "the server never greeted"
+    # Seen live: the connect line came before the server even greeted.
+    assert connected.at < servers.banner_sent[-1] < banner.at, texts
+    assert set(lines[0].data) >= {"t_ms", "dir", "text"}
+    assert [e.data for e in lines] == events[-1].data["result"]["transcript"]
+    assert events[-1].data["status"] == "finished"
+    statuses = [e.data["status"] for e in events if e.name == "status"]
+    assert statuses[-1] == "finished"
+
+    # Resuming after the connect line sends only what came after it.
+    resumed = read_events(live.url, check_id, last_id=connected.id)
+    again = [e.data["text"] for e in resumed if e.name == "line"]
+    assert again == texts[texts.index(connected.data["text"]) + 1 :]
+    assert resumed[-1].name == "result"
+
+
+def test_transcript_of_a_running_check_shows_the_lines_so_far(
+    live: Service, servers: SlowServers
+) -> None:
+    check_id = submit(live, servers.tarpit.port, timeouts={"total": 20, "command": 20})
+    deadline = time.monotonic() + 15
+    text = ""
+    while time.monotonic() < deadline:
+        reply = live.client.request("GET", f"/v1/checks/{check_id}/transcript")
+        assert reply.status == 200, reply.text
+        assert reply.content_type == "text/plain"
+        text = reply.text
+        if "connected to" in text:
+            break
+        time.sleep(0.1)
+    assert "=== connected to 127.0.0.1" in text
+    assert live.client.request("DELETE", f"/v1/checks/{check_id}").status == 202
+    assert live.client.wait(check_id, 20)["status"] == "canceled"
+
+
+def test_delete_cancels_a_running_check_within_a_second(
+    live: Service, servers: SlowServers
+) -> None:
+    check_id = submit(live, servers.tarpit.port, timeouts={"total": 30, "command": 30})
+    # Watch it live until it has connected to the tarpit.
+    seen = threading.Event()
+    collected: list[Event] = []
+
+    def watch() -> None:
+        collected.extend(read_events(live.url, check_id))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not seen.is_set():
+        reply = live.client.request("GET", f"/v1/checks/{check_id}/transcript")
+        if "connected to" in reply.text:
+            seen.set()
+        time.sleep(0.05)
+    assert seen.is_set()
+    closed_before = len(servers.tarpit_closed)
+    asked = time.monotonic()
+    reply = live.client.request("DELETE", f"/v1/checks/{check_id}")
+    assert reply.status == 202, reply.text
+    job = live.client.wait(check_id, 10)
+    ended = time.monotonic() - asked
+    watcher.join(15)
+    assert job["status"] == "canceled", job
+    result = job["result"]
+    assert result["outcome"] == "canceled" and result["ok"] is False
+    assert any("connected to" in line["text"] for line in result["transcript"])
+    assert len(servers.tarpit_closed) > closed_before, "the worker did not hang up"
+    hung_up = servers.tarpit_closed[-1] - asked
+    print(f"DELETE -> tarpit hung up in {hung_up:.2f} s; status canceled in {ended:.2f} s")
+    assert hung_up < 2.5  # 1 s by design (0.25 s polls); margin for a loaded machine
+    # The live stream ended with the canceled verdict.
+    assert collected[-1].name == "result" and collected[-1].data["status"] == "canceled"
+    # Ended now: DELETE deletes it.
+    assert live.client.request("DELETE", f"/v1/checks/{check_id}").status == 204
+    assert live.client.request("GET", f"/v1/checks/{check_id}").status == 404
+
+
+def test_delete_cancels_a_queued_check(
+    live: Service, servers: SlowServers, redis_server: EmbeddedRedis
+) -> None:
+    # A vantage that has a queue but no worker: its checks stay queued.
+    client = redis.Redis.from_url(redis_server.url)
+    client.sadd("rq:queues", "rq:queue:vantage:nowhere")
+    client.close()
+    check_id = submit(live, servers.tarpit.port, vantage="nowhere")
+    reply = live.client.request("DELETE", f"/v1/checks/{check_id}")
+    assert reply.status == 202, reply.text
+    job = live.client.request("GET", f"/v1/checks/{check_id}").json()
+    assert job["status"] == "canceled" and job["result"] is None
+    assert "canceled" in job["error"]
+    events = read_events(live.url, check_id)
+    assert [e.name for e in events] == ["status", "result"]
+    assert live.client.request("DELETE", f"/v1/checks/{check_id}").status == 204
