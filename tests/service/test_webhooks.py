@@ -30,7 +30,7 @@ from smtpcheck.signature import sign
 from tests.dns_server import DNSServer
 from tests.security.leaks import FERNET_PREFIX, Needle, base64_forms, find, redis_values
 from tests.service.conftest import ALICE, API_KEYS, rq_worker, submit
-from tests.smtp_servers import Certificates, ScriptedServer, SMTPTarget
+from tests.smtp_servers import LOCAL_DOMAIN, Certificates, ScriptedServer, SMTPTarget, TargetHandler
 from tests.webhook_receiver import Receiver, verify
 
 SECRET = "whsec_" + base64.b64encode(b"webhook-key-for-the-tests-32byte").decode()
@@ -496,3 +496,52 @@ def test_a_check_whose_worker_died_is_posted_as_failed(
     assert verify(SECRET, got)
     callback = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["callback"]
     assert callback["status"] == "delivered"
+
+
+def test_a_greylisted_check_is_posted_once_after_its_last_attempt(
+    hooked: Callable[..., FlaskClient],
+    receiver: Callable[..., Receiver],
+    smtp_target: Callable[..., SMTPTarget],
+    redis_client: redis.Redis,
+) -> None:
+    hook = receiver([(200, {})])
+    target = smtp_target(tls="none", handler=TargetHandler(greylist=True))
+    client = hooked([hook.port], smtp_port=target.port)
+    body = {
+        **check_body(target.port, hook.url()),
+        "stop_after": "rcpt",
+        "mail_from": f"alice@{LOCAL_DOMAIN}",
+        "rcpt_to": [f"bob@{LOCAL_DOMAIN}"],
+        "retry_temporary": True,
+        "retry": {"attempts": 2, "delay": 1},
+    }
+    check_id = submit(client, body)
+
+    work(redis_client)  # attempt 1: greylisted, the check waits for attempt 2
+    assert client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["status"] == "retrying"
+    assert hook.received == []
+    wait_until_due(redis_client)
+    work(redis_client, scheduler=True)  # attempt 2, then the delivery
+
+    (got,) = hook.received
+    posted = json.loads(got.body)
+    assert posted["status"] == "finished"
+    assert posted["result"]["outcome"] == "ok"
+    assert len(posted["result"]["attempts"]) == 2
+    assert redis_client.keys("rq:job:*-webhook-*") == []  # one delivery, and it is gone
+
+
+def test_a_fan_out_stores_no_callback_secret(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    """vantage all: every member's seal, and the fan-out's own record, show no secret."""
+    for vantage in ("east", "west"):
+        queue = Queue(f"vantage:{vantage}", connection=redis_client, serializer=JSONSerializer)
+        SimpleWorker([queue], connection=redis_client, serializer=JSONSerializer).register_birth()
+    callback = {"url": "https://hooks.example.com/x", "secret": SECRET}
+    check_id = submit(client, {"host": "mx.example.com", "vantage": "all", "callback": callback})
+
+    body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
+    assert body["request"]["callback"] == {"url": "https://hooks.example.com/x", "secret": "****"}
+    assert {row["vantage"] for row in body["vantages"]} >= {"east", "west"}
+    assert find(redis_values(redis_client), secret_needles(SECRET)) == []
