@@ -281,7 +281,8 @@ def _send(
     if sock is None:
         raise ConnectionError("; ".join(errors))
     # The whole attempt has one deadline, however slowly the receiver trickles.
-    watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut, args=(sock,))
+    cut = threading.Event()
+    watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut, args=(sock, cut))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -297,9 +298,9 @@ def _send(
         response = connection.getresponse()
         response.read(MAX_RESPONSE_BYTES)  # at most this much; the rest is never read
         status = response.status
-    except OSError:
-        if time.monotonic() >= deadline:
-            raise TimeoutError from None
+    except (OSError, http.client.HTTPException):
+        if cut.is_set() or time.monotonic() >= deadline:
+            raise TimeoutError from None  # whatever half a reply the cut left behind
         raise
     finally:
         watchdog.cancel()
@@ -307,7 +308,8 @@ def _send(
     return status, address
 
 
-def _cut(sock: socket.socket) -> None:
+def _cut(sock: socket.socket, cut: threading.Event) -> None:
+    cut.set()
     with contextlib.suppress(OSError):  # closed meanwhile
         sock.shutdown(socket.SHUT_RDWR)
 

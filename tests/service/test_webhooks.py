@@ -32,6 +32,7 @@ from tests.security.leaks import FERNET_PREFIX, Needle, base64_forms, find, redi
 from tests.service.conftest import ALICE, API_KEYS, rq_worker, submit
 from tests.smtp_servers import LOCAL_DOMAIN, Certificates, ScriptedServer, SMTPTarget, TargetHandler
 from tests.webhook_receiver import Receiver, verify
+from workers import webhook
 
 SECRET = "whsec_" + base64.b64encode(b"webhook-key-for-the-tests-32byte").decode()
 KEY = base64.b64decode(SECRET.removeprefix("whsec_"))
@@ -545,3 +546,58 @@ def test_a_fan_out_stores_no_callback_secret(
     assert body["request"]["callback"] == {"url": "https://hooks.example.com/x", "secret": "****"}
     assert {row["vantage"] for row in body["vantages"]} >= {"east", "west"}
     assert find(redis_values(redis_client), secret_needles(SECRET)) == []
+
+
+def test_a_receiver_that_trickles_is_cut_at_the_attempt_deadline(
+    hooked: Callable[..., FlaskClient],
+    scripted_server: Callable[..., ScriptedServer],
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One byte of status line every 0.2 s: each read is quick, the attempt is not."""
+    monkeypatch.setattr(webhook, "ATTEMPT_TIMEOUT", 1.5)  # 10 s in production
+
+    def trickle(sock: socket.socket) -> None:
+        sock.recv(65536)
+        for byte in b"HTTP/1.1 200 OK\r\n" * 100:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.2)
+
+    server = scripted_server(trickle)
+    client = hooked([server.port])
+    check_id = submit(client, check_body(hooked.target.port, f"http://127.0.0.1:{server.port}/"))  # type: ignore[attr-defined]
+
+    work(redis_client)
+
+    callback = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["callback"]
+    (attempt,) = callback["attempts"]
+    assert attempt["error"] == "timed out (at most 1.5 s per attempt)", attempt
+    assert 1000 <= attempt["duration_ms"] < 6000
+    assert callback["status"] == "retrying"
+
+
+def test_at_most_64_kib_of_the_answer_is_read(
+    hooked: Callable[..., FlaskClient],
+    scripted_server: Callable[..., ScriptedServer],
+    redis_client: redis.Redis,
+) -> None:
+    sent = []
+
+    def flood(sock: socket.socket) -> None:
+        sock.recv(65536)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+        chunk = b"x" * 65536
+        for _ in range(1000):  # 64 MiB, unless the client hangs up first
+            sock.sendall(chunk)
+            sent.append(len(chunk))
+
+    server = scripted_server(flood)
+    client = hooked([server.port])
+    check_id = submit(client, check_body(hooked.target.port, f"http://127.0.0.1:{server.port}/"))  # type: ignore[attr-defined]
+
+    work(redis_client)
+
+    callback = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["callback"]
+    assert callback["status"] == "delivered"
+    assert callback["attempts"][0]["status_code"] == 200
+    assert sum(sent) < 16 * 1024 * 1024  # the client hung up long before the end
