@@ -20,15 +20,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from smtpcheck import signature
 from smtpcheck.config import Settings
 from smtpcheck.contract import (
-    OUTCOMES,
     PROBES,
     SECRET_MASK,
-    SEVERITIES,
     STAGES,
     VANTAGE_PATTERN,
 )
@@ -608,19 +606,29 @@ def build_schemas(settings: Settings) -> Schemas:
                 "description": f"the normalized request; AUTH password shown as {SECRET_MASK}"
             },
         )
-        result = fields.Nested(CheckResultSchema, required=True, allow_none=True)
+        result = fields.Raw(
+            required=True,
+            allow_none=True,
+            metadata=contract_ref(
+                "CheckResult",
+                "FanOutVerdict",
+                nullable=True,
+                description='the worker\'s result once finished (for vantage "all", every '
+                "vantage's verdict side by side); else null",
+            ),
+        )
         error = fields.String(
             required=True,
             allow_none=True,
             metadata={"description": "why the check failed to run (status failed), else null"},
         )
         attempts = fields.List(
-            fields.Dict(),
+            fields.Raw(metadata=contract_ref("AttemptSummary")),
             metadata={"description": "status retrying: the attempts so far (greylisting)"},
         )
         next_attempt_at = timestamp(allow_none=True)  # status retrying: when it runs again
         vantages = fields.List(
-            fields.Dict(),
+            fields.Raw(metadata=contract_ref("VantageRow")),
             metadata={
                 "description": 'vantage "all": each vantage\'s check (id, status, ok, outcome, '
                 "summary, address, worker) side by side"
@@ -705,71 +713,13 @@ class CheckCreatedSchema(StrictSchema):
     links = fields.Nested(LinksSchema, required=True)
 
 
-class OpenSchema(Schema):
-    """A documented object that may carry more fields than it lists."""
-
-    class Meta:
-        unknown = INCLUDE
-
-
-class TargetSchema(OpenSchema):
-    host = fields.String()
-    port = fields.Integer()
-    address = fields.String(allow_none=True, metadata={"description": "the address dialled"})
-    addresses = fields.List(fields.String())
-    source = fields.String(metadata={"description": "the worker's own address on that path"})
-
-
-class TranscriptLineSchema(OpenSchema):
-    t_ms = fields.Float(metadata={"description": "milliseconds since the check started"})
-    dir = fields.String(validate=validate.OneOf(("note", "server", "client", "error")))
-    text = fields.String()
-    tls = fields.Boolean(metadata={"description": "spoken inside TLS"})
-
-
-class FindingSchema(OpenSchema):
-    severity = fields.String(validate=validate.OneOf(SEVERITIES))
-    code = fields.String(metadata={"description": "see the README's list of findings"})
-    message = fields.String()
-
-
-class CheckResultSchema(OpenSchema):
-    """The worker's result (see docs/architecture.md); sections not reached are null."""
-
-    check_id = fields.String()
-    ok = fields.Boolean(metadata={"description": "every stage asked for passed"})
-    outcome = fields.String(validate=validate.OneOf(OUTCOMES))
-    stage = fields.String(
-        allow_none=True, validate=validate.OneOf(STAGES), metadata={"description": "last stage"}
-    )
-    summary = fields.String(metadata={"description": "one sentence a person can act on"})
-    target = fields.Nested(TargetSchema, allow_none=True)
-    vantage = fields.String()
-    started_at = fields.String(allow_none=True)
-    finished_at = fields.String(allow_none=True)
-    banner = fields.Dict(allow_none=True)
-    ehlo = fields.Dict(allow_none=True)
-    tls = fields.Dict(allow_none=True)
-    auth = fields.Dict(allow_none=True)
-    mail = fields.Dict(allow_none=True)
-    rcpt = fields.List(fields.Dict())
-    data = fields.Dict(allow_none=True)
-    timings = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True))
-    transcript = fields.List(fields.Nested(TranscriptLineSchema))
-    mx = fields.Raw(allow_none=True, metadata={"description": "with mx true: MX hosts found"})
-    hosts = fields.List(
-        fields.Dict(), metadata={"description": "with mx true: a result per MX host checked"}
-    )
-    dns = fields.Dict(
-        allow_none=True,
-        metadata={"description": "PTR of the dialled address, forward confirmation, name matches"},
-    )
-    probes = fields.Dict(allow_none=True, metadata={"description": "results of the probes asked"})
-    findings = fields.List(fields.Nested(FindingSchema), metadata={"description": "failures first"})
-    attempts = fields.List(
-        fields.Dict(), metadata={"description": "with retry_temporary: every attempt made"}
-    )
-    worker = fields.String(metadata={"description": "the worker that ran the check"})
+def contract_ref(*names: str, nullable: bool = False, **metadata: Any) -> dict[str, Any]:
+    """Field metadata pointing at result schemas generated from smtpcheck.contract."""
+    options: list[dict[str, Any]] = [{"$ref": f"#/components/schemas/{name}"} for name in names]
+    if nullable:
+        options.append({"type": "null"})
+    key = "anyOf" if len(options) > 1 else "allOf"
+    return {key: options, **metadata}
 
 
 class CallbackAttemptSchema(StrictSchema):

@@ -21,6 +21,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, current_app
 
 from smtpcheck.config import Settings
+from smtpcheck.contract import AttemptSummary, CheckResult, FanOutVerdict, VantageRow
 
 from .problems import PROBLEM_JSON
 from .schemas import (
@@ -32,6 +33,7 @@ from .schemas import (
     VantageSchema,
     build_schemas,
 )
+from .typeschema import Components
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 MEDIA_TYPE = "application/yaml"
@@ -133,6 +135,11 @@ def build_spec(settings: Settings) -> APISpec:
     spec.components.schema("Vantage", schema=VantageSchema)
     spec.components.schema("Health", schema=HealthSchema)
     spec.components.schema("Problem", schema=ProblemSchema)
+    results = Components()
+    for root in (CheckResult, FanOutVerdict, AttemptSummary, VantageRow):
+        results.ref(root)
+    for name, component in results.schemas.items():
+        spec.components.schema(name, component)
 
     retry_after = {"description": "seconds to wait", "schema": {"type": "integer"}}
     spec.components.response(

@@ -8,6 +8,7 @@ openapi.yaml and the tests in the same commit.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated, Literal, NotRequired, TypedDict
 
 STAGES = ("connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data")
 
@@ -184,3 +185,358 @@ def control_character(text: str, *, allow_tab: bool = False) -> str | None:
         name = _CONTROL_NAMES.get(char, "a control character")
         return f"{name} (U+{code:04X}) at position {position}"
     return None
+
+
+# ---------------------------------------------------------------------------
+# The typed contract: the normalized request and the result
+#
+# What the API stores as the request and what a worker returns, as types.
+# service/schemas.py validates the request into a CheckRequest (a test keeps
+# the two in step); openapi.yaml's result schemas are generated from the
+# TypedDicts below (service/typeschema.py), where every object is closed and
+# ``Annotated[..., "text"]`` is a field's description. A key that is
+# NotRequired is absent from some results; every other key is always there,
+# null when its stage was not reached.
+# ---------------------------------------------------------------------------
+
+Stage = Literal["connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data"]
+Probe = Literal["open_relay", "starttls_required", "vrfy", "expn"]
+TLSMode = Literal["none", "starttls", "implicit", "auto"]
+Mechanism = Literal["auto", "PLAIN", "LOGIN", "CRAM-MD5"]
+Severity = Literal["fail", "warning", "info", "pass"]
+Direction = Literal["note", "server", "client", "error"]
+CertificateProblemCode = Literal[
+    "certificate_missing",
+    "certificate_unparseable",
+    "certificate_untrusted",
+    "certificate_name_mismatch",
+    "certificate_expired",
+    "certificate_not_yet_valid",
+    "certificate_expiring",
+]
+
+
+class AuthRequest(TypedDict):
+    username: str
+    password: Annotated[str, f"always {SECRET_MASK} once stored: the real one travels sealed"]
+    mechanism: Mechanism
+
+
+class MessageRequest(TypedDict):
+    subject: str
+    body: str
+    headers: dict[str, str]
+
+
+class TimeoutsRequest(TypedDict):
+    connect: float
+    command: float
+    total: float
+
+
+class RetryRequest(TypedDict):
+    attempts: int
+    delay: float
+
+
+class CallbackRequest(TypedDict):
+    url: str
+    secret: Annotated[str, f"always {SECRET_MASK} once stored: the real one travels sealed"]
+
+
+class CheckRequest(TypedDict):
+    """The request as the API normalized it (every default filled in); the
+    worker takes it as it is, without a second normalization."""
+
+    host: str
+    mx: bool
+    mx_hosts: Literal["first", "all"]
+    port: int
+    tls: TLSMode
+    tls_verify: bool
+    tls_name: str | None
+    tls_ca: str | None
+    helo: str | None
+    auth: AuthRequest | None
+    mail_from: str | None
+    rcpt_to: list[str]
+    data: str | None
+    message: MessageRequest | None
+    stop_after: Stage | None
+    timeouts: TimeoutsRequest
+    vantage: str
+    ip_version: Literal[4, 6] | None
+    probes: list[Probe]
+    retry_temporary: bool
+    retry: RetryRequest
+    callback: CallbackRequest | None
+
+
+class TargetFacts(TypedDict):
+    host: Annotated[str, "the host (or MX host) checked"]
+    port: int
+    address: Annotated[str | None, "the address dialled last (the one connected to, if any)"]
+    addresses: Annotated[list[str], "every address the host resolved to, in the order tried"]
+    source: Annotated[
+        str | None, "the worker's own address on that path, also when the connect failed"
+    ]
+
+
+ServerReply = TypedDict(
+    "ServerReply",
+    {
+        "code": int,
+        "text": Annotated[str, "the reply's text, lines joined"],
+        "class": NotRequired[Annotated[ReplyClass, "what the reply means (one table)"]],
+    },
+)
+
+VerdictReply = TypedDict(
+    "VerdictReply",
+    {
+        "code": int,
+        "enhanced": Annotated[str | None, "the enhanced status code (RFC 3463), if any"],
+        "text": str,
+        "class": ReplyClass | None,
+    },
+)
+
+
+class EhloFacts(TypedDict):
+    command: Literal["EHLO", "HELO"]
+    name: Annotated[str, "the name the checker sent"]
+    greeting: Annotated[str, "the first line of the server's reply"]
+    keywords: Annotated[dict[str, list[str]], "EHLO keywords and their parameters"]
+    size: Annotated[int | None, "the SIZE limit advertised"]
+    auth: Annotated[list[str], "AUTH mechanisms offered"]
+    starttls: bool
+    before_tls: NotRequired[Annotated[EhloFacts, "the EHLO reply before STARTTLS"]]
+
+
+class CertificateFacts(TypedDict):
+    subject: str
+    common_name: str | None
+    sans: Annotated[list[str], "subjectAltNames, DNS:... and IP:..."]
+    issuer: str
+    not_before: str
+    not_after: str
+    serial: Annotated[str, "hexadecimal"]
+    sha256: Annotated[str, "fingerprint of the DER certificate"]
+
+
+class CertificateProblem(TypedDict):
+    code: Annotated[CertificateProblemCode, "also the code of the finding it makes"]
+    message: str
+
+
+class TLSFacts(TypedDict):
+    mode: Literal["starttls", "implicit"]
+    offered: bool
+    established: bool
+    version: NotRequired[str | None]
+    cipher: NotRequired[str | None]
+    bits: NotRequired[int | None]
+    sni: NotRequired[Annotated[str | None, "the name sent as SNI (none for an IP)"]]
+    verify_name: NotRequired[
+        Annotated[str | None, "the name verified (tls_name or host); null: chain only"]
+    ]
+    verified: NotRequired[
+        Annotated[bool, "trusted, in date and (with verify_name) valid for that name"]
+    ]
+    verify_error: NotRequired[Annotated[str | None, "every reason it did not verify"]]
+    problems: NotRequired[Annotated[list[CertificateProblem], "every problem found, at once"]]
+    certificate: NotRequired[CertificateFacts | None]
+    chain_length: NotRequired[int]
+
+
+AuthAttempt = TypedDict(
+    "AuthAttempt",
+    {
+        "mechanism": str,
+        "code": int,
+        "text": str,
+        "class": ReplyClass,
+        "accepted": bool,
+    },
+)
+
+AuthFacts = TypedDict(
+    "AuthFacts",
+    {
+        "mechanism": Annotated[str | None, "the mechanism used last (null: none usable)"],
+        "offered": list[str],
+        "accepted": bool,
+        "attempts": NotRequired[Annotated[list[AuthAttempt], "each exchange, in order"]],
+        "code": NotRequired[int],
+        "text": NotRequired[str],
+        "class": NotRequired[ReplyClass],
+    },
+)
+
+MailFacts = TypedDict(
+    "MailFacts",
+    {
+        "from": str,
+        "code": int,
+        "text": str,
+        "class": NotRequired[ReplyClass],
+        "accepted": bool,
+    },
+)
+
+RcptFacts = TypedDict(
+    "RcptFacts",
+    {
+        "to": str,
+        "code": int,
+        "text": str,
+        "class": NotRequired[ReplyClass],
+        "accepted": bool,
+    },
+)
+
+DataFacts = TypedDict(
+    "DataFacts",
+    {
+        "code": int,
+        "text": str,
+        "class": NotRequired[ReplyClass],
+        "accepted": bool,
+        "bytes": NotRequired[Annotated[int, "the message as sent, dot-stuffed"]],
+        "queue_id": NotRequired[Annotated[str | None, "the queue id the server named"]],
+    },
+)
+
+
+class DNSFacts(TypedDict):
+    address: Annotated[str, "the dialled address"]
+    ptr: list[str]
+    ptr_error: str | None
+    forward_confirmed: Annotated[bool | None, "a PTR name resolves back to the address"]
+    ptr_skipped: NotRequired[Annotated[str, "why no PTR lookup was made"]]
+    banner_host: str | None
+    banner_matches_ptr: bool | None
+    ehlo_host: str | None
+    ehlo_matches_ptr: bool | None
+
+
+ProbeReply = TypedDict("ProbeReply", {"code": int, "text": str, "class": NotRequired[ReplyClass]})
+
+ProbeResult = TypedDict(
+    "ProbeResult",
+    {
+        "result": Annotated[str, "the probe's verdict, e.g. open, closed, inconclusive"],
+        "detail": NotRequired[str],
+        "code": NotRequired[int],
+        "text": NotRequired[str],
+        "class": NotRequired[ReplyClass],
+        "mail": NotRequired[ProbeReply],
+        "rcpt": NotRequired[ProbeReply],
+        "unknown": NotRequired[Annotated[ProbeReply, "the answer for a name that cannot exist"]],
+    },
+)
+
+
+class Finding(TypedDict):
+    severity: Severity
+    code: Annotated[str, "see the README's list of findings"]
+    message: Annotated[str, "one line"]
+
+
+class TranscriptLine(TypedDict):
+    t_ms: Annotated[float, "milliseconds since the check started"]
+    dir: Direction
+    text: str
+    tls: NotRequired[Annotated[bool, "spoken inside TLS"]]
+
+
+class MXRecord(TypedDict):
+    preference: int
+    host: str
+    implicit: Annotated[bool, "no MX record: the domain itself (RFC 5321 5.1)"]
+
+
+class MXFacts(TypedDict):
+    domain: str
+    mode: Literal["first", "all"]
+    hosts: list[MXRecord]
+    checked: Annotated[int, "how many MX hosts were checked"]
+
+
+class AttemptSummary(TypedDict):
+    """An earlier attempt of a greylisted check, without its transcript."""
+
+    outcome: Outcome
+    stage: Stage
+    summary: str
+    started_at: str | None
+    finished_at: str | None
+    target: TargetFacts
+    rcpt: list[RcptFacts]
+    mail: MailFacts | None
+
+
+class _ResultFacts(TypedDict):
+    check_id: str | None
+    ok: Annotated[bool, "every stage asked for passed"]
+    outcome: Outcome
+    stage: Annotated[Stage, "the last stage reached"]
+    summary: Annotated[str, "one sentence a person can act on"]
+    reply: NotRequired[Annotated[VerdictReply | None, "the reply the verdict rests on"]]
+    target: TargetFacts
+    vantage: str
+    started_at: str
+    finished_at: str
+    banner: ServerReply | None
+    ehlo: EhloFacts | None
+    tls: TLSFacts | None
+    auth: AuthFacts | None
+    mail: MailFacts | None
+    rcpt: list[RcptFacts]
+    data: DataFacts | None
+    dns: Annotated[DNSFacts | None, "PTR of the dialled address, forward confirmation"]
+    probes: dict[Probe, ProbeResult] | None
+    findings: Annotated[list[Finding], "failures first"]
+    timings: Annotated[dict[str, float], "milliseconds per step, and total"]
+
+
+class MXHostResult(_ResultFacts):
+    """One MX host's result (its transcript is in the domain's)."""
+
+    preference: int
+
+
+class CheckResult(_ResultFacts):
+    """What a worker returns for one check (``GET /v1/checks/{id}`` ``result``)."""
+
+    transcript: list[TranscriptLine]
+    mx: NotRequired[Annotated[MXFacts, "with mx true: the MX hosts found"]]
+    hosts: NotRequired[Annotated[list[MXHostResult], "with mx true: a result per host checked"]]
+    attempts: NotRequired[
+        Annotated[list[AttemptSummary], "with retry_temporary: every attempt made"]
+    ]
+    worker: NotRequired[Annotated[str, "the RQ worker that ran the check"]]
+
+
+class VantageRow(TypedDict):
+    """``vantage: "all"``: one vantage's check, side by side with the others."""
+
+    vantage: str
+    status: str
+    id: NotRequired[str]
+    ok: NotRequired[bool]
+    outcome: NotRequired[Outcome]
+    stage: NotRequired[Stage]
+    summary: NotRequired[str]
+    address: NotRequired[str | None]
+    worker: NotRequired[str | None]
+    error: NotRequired[str]
+
+
+class FanOutVerdict(TypedDict):
+    """The result of a ``vantage: "all"`` check: every vantage's verdict."""
+
+    ok: bool
+    outcome: Outcome
+    summary: str
+    vantages: list[VantageRow]

@@ -64,6 +64,9 @@ def run_domain_check(
         "vantage": settings.vantage,
         "started_at": utc_timestamp(),
         "finished_at": None,
+        # No host reached yet: every stage's section is null (the contract's shape).
+        **dict.fromkeys(("banner", "ehlo", "tls", "auth", "mail", "data", "dns", "probes")),
+        "rcpt": [],
         "mx": {"domain": domain, "mode": mode, "hosts": [], "checked": 0},
         "hosts": [],
         "findings": [],

@@ -17,37 +17,50 @@ SLOW = "tests.service.jobs.slow"
 
 
 def run_check_job(request: dict[str, Any], sealed_password: str | None) -> dict[str, Any]:
-    """A result shaped like docs/architecture.md's, for a banner-only dialogue."""
+    """A result of the contract's shape (smtpcheck.contract.CheckResult) for an
+    EHLO-only dialogue; its summary says whether a sealed password came along."""
+    sealed = " (a sealed password came with it)" if sealed_password is not None else ""
     return {
         "check_id": "from-test",
         "ok": True,
         "outcome": "ok",
         "stage": "ehlo",
-        "summary": "the server answered EHLO",
+        "summary": "the server answered EHLO" + sealed,
         "target": {
             "host": request["host"],
             "port": request["port"],
             "address": "192.0.2.1",
             "addresses": ["192.0.2.1"],
+            "source": "198.51.100.7",
         },
         "vantage": request["vantage"],
         "started_at": "2026-01-01T00:00:00.000Z",
         "finished_at": "2026-01-01T00:00:00.050Z",
         "banner": {"code": 220, "text": "mx.example.com ESMTP"},
-        "ehlo": {"command": "EHLO", "keywords": {"PIPELINING": []}},
+        "ehlo": {
+            "command": "EHLO",
+            "name": "checker.example",
+            "greeting": "mx.example.com",
+            "keywords": {"PIPELINING": []},
+            "size": None,
+            "auth": [],
+            "starttls": False,
+        },
         "tls": None,
         "auth": None,
         "mail": None,
         "rcpt": [],
         "data": None,
+        "dns": None,
+        "probes": None,
+        "findings": [],
         "timings": {"connect": 1.0, "banner": 20.0, "ehlo": 1.0, "total": 22.0},
         "transcript": [
             {"t_ms": 0.0, "dir": "note", "text": "connected to 192.0.2.1:25"},
             {"t_ms": 20.1, "dir": "server", "text": "220 mx.example.com ESMTP"},
-            {"t_ms": 20.3, "dir": "client", "text": "EHLO checker.example", "tls": False},
+            {"t_ms": 20.3, "dir": "client", "text": "EHLO checker.example"},
             {"t_ms": 21.0, "dir": "server", "text": "250 PIPELINING"},
         ],
-        "sealed_password_seen": sealed_password is not None,
     }
 
 

@@ -183,7 +183,7 @@ def test_finished_check_without_report_module(
 
     assert body["status"] == "finished"
     assert body["result"]["ok"] is True
-    assert body["result"]["sealed_password_seen"] is True
+    assert body["result"]["summary"].endswith("(a sealed password came with it)")
     assert body["request"]["auth"]["password"] == "****"
     assert body["started_at"] <= body["ended_at"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,17 @@ from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
 from service.jobstore import JobStore
+from service.schemas import build_schemas
 from service.spec import SPEC_PATH, render
+from smtpcheck import contract
 from smtpcheck.config import Settings
+from smtpcheck.contract import (
+    AuthRequest,
+    CheckRequest,
+    MessageRequest,
+    RetryRequest,
+    TimeoutsRequest,
+)
 from tests.service import jobs
 from tests.service.conftest import ALICE, submit
 
@@ -102,3 +112,61 @@ def test_finished_and_failed_checks_match_the_spec(
 
     for check_id in (finished, failed):
         validate_check(client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json())
+
+
+def test_the_normalized_request_is_the_contracts_check_request() -> None:
+    """service/schemas.py and smtpcheck.contract.CheckRequest name the same fields."""
+    schemas = build_schemas(Settings())
+    request_schema = schemas.check_request()
+    normalized = request_schema.load(
+        {
+            "host": "mx.example.com",
+            "auth": {"username": "u", "password": "p"},
+            "mail_from": "a@example.org",
+            "rcpt_to": ["b@example.com"],
+            "message": {"subject": "s"},
+        }
+    )
+
+    def keys(typed: Any) -> set[str]:
+        return set(typing.get_type_hints(typed))
+
+    assert set(normalized) == keys(CheckRequest) == set(request_schema.fields)
+    for name, typed in (
+        ("auth", AuthRequest),
+        ("message", MessageRequest),
+        ("timeouts", TimeoutsRequest),
+        ("retry", RetryRequest),
+    ):
+        assert set(normalized[name]) == keys(typed), name
+
+
+def test_result_schemas_are_closed_objects() -> None:
+    """No open objects: every result object lists its keys and refuses others."""
+    components = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))["components"]["schemas"]
+    result_names = {"CheckResult", "TLSFacts", "CertificateProblem", "AuthFacts", "DNSFacts"}
+    assert result_names <= set(components)
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" or "properties" in node:
+                closed = node.get("additionalProperties") is False or isinstance(
+                    node.get("additionalProperties"), dict
+                )
+                assert closed, f"{where} is an open object"
+            for key, value in node.items():
+                walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}[{index}]")
+
+    walk(components["CheckResult"], "CheckResult")
+    walk(components["Check"], "Check")
+    reply = components["ServerReply"]["properties"]["class"]
+    assert "greylisted" in reply["enum"]  # the reply class, from the contract's enum
+
+
+def test_the_contracts_literals_are_its_tuples() -> None:
+    assert typing.get_args(contract.Stage) == contract.STAGES
+    assert typing.get_args(contract.Probe) == contract.PROBES
+    assert typing.get_args(contract.Severity) == contract.SEVERITIES
