@@ -176,6 +176,7 @@ def base_env(
             # All targets are 127.0.0.1; these tests are not about limits.
             "SMTPCHECK_RATE_LIMIT": "10000/minute",
             "SMTPCHECK_MAX_CONCURRENT_PER_TARGET": "100",
+            "SMTPCHECK_MAX_CONCURRENT_PER_KEY": "100",
             "SMTPCHECK_DATA_DIR": str(tmp / "data"),
             "SMTPCHECK_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
