@@ -11,19 +11,20 @@ from smtpcheck.config import Settings
 
 
 def default_api_workers() -> int:
-    """gunicorn processes: one per core, at least two (threads cover the waiting)."""
+    """gunicorn processes: one per core, at least two (each serves many connections)."""
     return max(2, min(os.cpu_count() or 1, 8))
 
 
-def gunicorn_argv(bind: str, workers: int, threads: int, log_level: str) -> list[str]:
+def gunicorn_argv(bind: str, workers: int, connections: int, log_level: str) -> list[str]:
+    """gunicorn's command line; the rest of its settings (worker class gevent, the
+    header timeout) are in cli/gunicorn_config.py, which says why."""
     return [
         sys.executable, "-m", "gunicorn",
-        "--worker-class", "gthread",
-        "--threads", str(threads),
         "--workers", str(workers),
+        "--worker-connections", str(connections),
         "--bind", bind,
         "--no-control-socket",
-        "--config", "python:service.server",
+        "--config", "python:cli.gunicorn_config",
         "--log-level", log_level.lower(),
         "--error-logfile", "-",
         "service:create_app()",
@@ -34,11 +35,11 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     argv = gunicorn_argv(
         args.bind or settings.bind,
         args.workers or default_api_workers(),
-        args.threads,
+        args.connections,
         settings.log_level,
     )
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from service.server import metrics_dir
+        from cli.gunicorn_config import metrics_dir
 
         # prometheus-client's multiprocess mode: every gunicorn process adds up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir()

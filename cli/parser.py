@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = commands.add_parser("api", help="run the API under gunicorn")
     api.add_argument("--workers", type=positive_int, help="gunicorn worker processes")
-    api.add_argument("--threads", type=positive_int, default=8, help="threads per process")
+    api.add_argument(
+        "--connections",
+        type=positive_int,
+        default=1000,
+        help="connections each gunicorn process serves at once (gevent)",
+    )
     api.add_argument("--bind", help="listen address (default: SMTPCHECK_BIND or 127.0.0.1:8025)")
     api.set_defaults(func=cmd_api)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from marshmallow import Schema
@@ -15,7 +16,7 @@ from marshmallow import Schema
 from smtpcheck.document import failure_reason, isoformat, links, public_status
 from smtpcheck.report import render_text, transcript_lines
 
-from . import events, fanout, listing, metrics, ratelimit
+from . import events, fanout, held, listing, metrics, ratelimit
 from .apikeys import authenticate, current_owner
 from .jobstore import JobStore
 from .problems import NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
@@ -25,6 +26,7 @@ blueprint = Blueprint("checks", __name__, url_prefix="/v1")
 blueprint.before_request(authenticate)
 
 _WAIT = re.compile(r"[0-9]{1,6}")
+T = TypeVar("T")
 
 
 def store() -> JobStore:
@@ -148,9 +150,10 @@ def get_events(check_id: str) -> Response:
 def get_check(check_id: str) -> Response:
     spread = fanout.load(store(), check_id, current_owner())
     if spread is not None:
-        fanout.wait(store(), spread, wait_seconds())
+        waited(lambda seconds: fanout.wait(store(), spread, seconds), None)
         return jsonify(fanout.describe(store(), spread))
-    job = store().wait(store().load(check_id, current_owner()), wait_seconds())
+    job = store().load(check_id, current_owner())
+    job = waited(lambda seconds: store().wait(job, seconds), job)
     return jsonify(store().describe(job))
 
 
@@ -158,7 +161,7 @@ def get_check(check_id: str) -> Response:
 def get_transcript(check_id: str) -> Response:
     spread = fanout.load(store(), check_id, current_owner())
     if spread is not None:
-        fanout.wait(store(), spread, wait_seconds())
+        waited(lambda seconds: fanout.wait(store(), spread, seconds), None)
         text = fanout.transcript(store(), spread)
         if text is None:
             raise Problem(
@@ -168,7 +171,8 @@ def get_transcript(check_id: str) -> Response:
                 type=NOT_FINISHED,
             )
         return Response(text, mimetype="text/plain")
-    job = store().wait(store().load(check_id, current_owner()), wait_seconds())
+    job = store().load(check_id, current_owner())
+    job = waited(lambda seconds: store().wait(job, seconds), job)
     status = public_status(job)
     if status == "failed":
         reason = failure_reason(job, job.latest_result())
@@ -234,6 +238,16 @@ def json_body() -> Any:
             400, "Bad Request", f"the body is not valid JSON: {_first_line(exc)}"
         ) from None
     return body
+
+
+def waited(wait: Callable[[int], T], unheld: T) -> T:
+    """Run ``wait(seconds)`` for ``?wait=N``, holding the response within the bounds of
+    ``held`` (429/503 past them); with no ``?wait``, ``unheld`` at once."""
+    seconds = wait_seconds()
+    if seconds <= 0:
+        return unheld
+    with held.hold(current_owner(), seconds):
+        return wait(seconds)
 
 
 def wait_seconds() -> int:

@@ -33,6 +33,8 @@ STORE_UNAVAILABLE = TYPE_PREFIX + "store-unavailable"
 MISCONFIGURED = TYPE_PREFIX + "misconfigured"
 RATE_LIMITED = TYPE_PREFIX + "rate-limited"
 TOO_MANY_CHECKS = TYPE_PREFIX + "too-many-checks"
+TOO_MANY_HELD = TYPE_PREFIX + "too-many-held"
+SERVER_BUSY = TYPE_PREFIX + "busy"
 INTERNAL_ERROR = TYPE_PREFIX + "internal-error"
 
 #: Every type above, for the spec's enum.
@@ -48,6 +50,8 @@ ALL_TYPES = (
     MISCONFIGURED,
     RATE_LIMITED,
     TOO_MANY_CHECKS,
+    TOO_MANY_HELD,
+    SERVER_BUSY,
     INTERNAL_ERROR,
 )
 

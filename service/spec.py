@@ -159,9 +159,25 @@ def build_spec(settings: Settings) -> APISpec:
     spec.components.response(
         "Unavailable", _problem("Redis cannot be reached", **{"Retry-After": retry_after})
     )
+    spec.components.response(
+        "TooManyHeld",
+        _problem(
+            f"too-many-held: this API key already holds {settings.max_held_per_key} "
+            "requests open (?wait, event streams)",
+            **{"Retry-After": retry_after},
+        ),
+    )
+    spec.components.response(
+        "Busy",
+        _problem(
+            f"Redis cannot be reached; or busy: this API process already holds "
+            f"{settings.max_held} requests open",
+            **{"Retry-After": retry_after},
+        ),
+    )
     ref = {
         name: {"$ref": f"#/components/responses/{name}"}
-        for name in ("Unauthorized", "NotFound", "Invalid", "Unavailable")
+        for name in ("Unauthorized", "NotFound", "Invalid", "Unavailable", "TooManyHeld", "Busy")
     }
     guarded = {"401": ref["Unauthorized"]} if settings.auth_enabled else {}
     open_access: dict[str, Any] = {"security": []} if settings.auth_enabled else {}
@@ -294,7 +310,8 @@ def build_spec(settings: Settings) -> APISpec:
                     **guarded,
                     "404": ref["NotFound"],
                     "422": ref["Invalid"],
-                    "503": ref["Unavailable"],
+                    "429": ref["TooManyHeld"],
+                    "503": ref["Busy"],
                 },
             },
             "delete": {
@@ -335,7 +352,8 @@ def build_spec(settings: Settings) -> APISpec:
                         "the check failed to run; or, for vantage `all`, some vantage has not ended"
                     ),
                     "422": ref["Invalid"],
-                    "503": ref["Unavailable"],
+                    "429": ref["TooManyHeld"],
+                    "503": ref["Busy"],
                 },
             }
         },

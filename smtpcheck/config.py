@@ -24,6 +24,8 @@ DEFAULT_RATE_LIMIT = "60/minute;1000/hour"
 DEFAULT_MAX_CONCURRENT_PER_KEY = 10
 DEFAULT_MAX_CONCURRENT_PER_TARGET = 2
 DEFAULT_CALLBACK_PORTS = (443,)
+DEFAULT_MAX_HELD_PER_KEY = 20
+DEFAULT_MAX_HELD = 500
 
 
 class ConfigError(ValueError):
@@ -85,6 +87,9 @@ class Settings:
     # and whether plain http:// is allowed besides https://.
     callback_ports: frozenset[int] = frozenset(DEFAULT_CALLBACK_PORTS)
     callback_http: bool = False
+    # Responses held open (?wait, event streams): per key, and per API process
+    max_held_per_key: int = DEFAULT_MAX_HELD_PER_KEY
+    max_held: int = DEFAULT_MAX_HELD
     # For `smtpcheck check` as a client of a running service:
     service_url: str | None = None  # SMTPCHECK_URL
     client_api_key: str | None = None  # SMTPCHECK_API_KEY
@@ -136,6 +141,8 @@ class Settings:
         for name, variable in (
             ("max_concurrent_per_key", "SMTPCHECK_MAX_CONCURRENT_PER_KEY"),
             ("max_concurrent_per_target", "SMTPCHECK_MAX_CONCURRENT_PER_TARGET"),
+            ("max_held_per_key", "SMTPCHECK_MAX_HELD_PER_KEY"),
+            ("max_held", "SMTPCHECK_MAX_HELD"),
         ):
             value = get(variable)
             if value is not None:

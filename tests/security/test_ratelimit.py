@@ -3,7 +3,10 @@ both kept in Redis, both answered with 429 problem+json and Retry-After."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from threading import Thread
 
 import pytest
 import redis
@@ -184,6 +187,71 @@ def test_a_caller_without_redis_gets_503_not_500(make_app: Callable[..., Flask])
 
     assert response.status_code == 503
     assert response.get_json()["type"] == "urn:smtpcheck:problem:store-unavailable"
+
+
+# ---------------------------------------------------------------------------
+# requests held open (?wait)
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def holding(
+    client: FlaskClient, redis_client: redis.Redis, count: int, seconds: int = 2
+) -> Iterator[str]:
+    """A check of alice's with ``count`` requests ``?wait=seconds`` held on it; yields
+    its location, and joins them at the end."""
+    location = client.post("/v1/checks", json=CHECK, headers=ALICE).headers["Location"]
+    threads = [
+        Thread(target=client.get, args=(f"{location}?wait={seconds}",), kwargs={"headers": ALICE})
+        for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while redis_client.zcard("smtpcheck:held:alice") < count:
+        assert time.monotonic() < deadline, "the held requests never got their room"
+        time.sleep(0.02)
+    yield location
+    for thread in threads:
+        thread.join()
+
+
+def test_held_waits_are_capped_per_key(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    client = make_app(max_held_per_key=2).test_client()
+    with holding(client, redis_client, 2) as location:
+        refused = client.get(f"{location}?wait=3", headers=ALICE)
+
+        assert_429(refused, "too-many-held")
+        assert "2 requests waiting" in refused.get_json()["detail"]
+        assert client.get(location, headers=ALICE).status_code == 200  # no ?wait: no hold
+        bob = client.post("/v1/checks", json=CHECK, headers=BOB).headers["Location"]
+        assert client.get(f"{bob}?wait=1", headers=BOB).status_code == 200
+    assert client.get(f"{location}?wait=1", headers=ALICE).status_code == 200
+    assert redis_client.zcard("smtpcheck:held:alice") == 0
+
+
+def test_held_waits_are_capped_per_process(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    client = make_app(max_held=1).test_client()
+    with holding(client, redis_client, 1) as location:
+        refused = client.get(f"{location}/transcript?wait=2", headers=ALICE)
+
+    assert refused.status_code == 503, refused.get_json()
+    assert refused.get_json()["type"] == "urn:smtpcheck:problem:busy"
+    assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_a_hold_left_by_a_dead_api_process_lapses(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    client = make_app(max_held_per_key=1).test_client()
+    location = client.post("/v1/checks", json=CHECK, headers=ALICE).headers["Location"]
+    redis_client.zadd("smtpcheck:held:alice", {"dead": time.time() - 1})  # its time is over
+
+    assert client.get(f"{location}?wait=1", headers=ALICE).status_code == 200
 
 
 # ---------------------------------------------------------------------------
