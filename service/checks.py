@@ -133,14 +133,16 @@ def get_events(check_id: str) -> Response:
             return None
         return str(document["status"]), document
 
+    max_seconds = jobstore.settings.limits.max_wait
+    lease = held.acquire(owner, max_seconds)  # 429/503 before the stream starts
     body = events.stream(
         jobstore.blocking,
         check_id,
         events.start_id(request.headers.get("Last-Event-ID")),
         state=state,
-        max_seconds=jobstore.settings.limits.max_wait,
+        max_seconds=max_seconds,
     )
-    response = Response(body, mimetype="text/event-stream")
+    response = Response(lease.around(body), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     return response
