@@ -1,35 +1,56 @@
-"""``smtpcheck check``: one check, on a service or here with ``--local``."""
+"""``smtpcheck check``: one check, on a service or here with ``--local``.
+
+The check id is printed at once; then each transcript line as the worker
+records it (the service's event stream, or the engine's own transcript
+listener with ``--local``), then the verdict. Ctrl-C cancels the check on
+the service (``DELETE``) and shows where it stopped.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from cli.client import http_call, raise_for_problem
+from cli import events
+from cli.client import http_call, raise_for_problem, service_of
 from cli.errors import (
+    EXIT_INTERRUPTED,
     EXIT_NOT_OK,
     EXIT_OK,
-    EXIT_UNREACHABLE,
     EXIT_USAGE,
     Unreachable,
     UsageError,
     err,
+    reported,
 )
-from cli.request import build_request, permissive, report_invalid, validate_request
+from cli.request import (
+    ASK,
+    ask_password,
+    build_request,
+    permissive,
+    report_invalid,
+    validate_request,
+)
+from cli.terminal import Terminal
 from smtpcheck.config import Settings
 from smtpcheck.contract import SECRET_MASK
+from smtpcheck.report import findings_lines, mx_lines, verdict_lines
+
+ENDED = ("finished", "failed", "canceled")
+CANCEL_WAIT = 5  # seconds to wait for a canceled check to say where it stopped
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from marshmallow import ValidationError
 
     try:
-        request, password = build_request(args)
+        request, password = build_request(args, settings)
     except UsageError as exc:
         err(str(exc))
         return EXIT_USAGE
@@ -43,42 +64,65 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
                 "and SMTPCHECK_ALLOWED_PORTS to allow a target)"
             )
         return EXIT_USAGE
+    if request.get("auth") and password is None:  # the target is valid: now ask
+        try:
+            password = ask_password(request, args.auth_user)
+        except UsageError as exc:
+            err(str(exc))
+            return EXIT_USAGE
+        normalized["auth"]["password"] = password
+    terminal = Terminal()
     if args.local:
-        return check_local(normalized, password, settings, as_json=args.json)
-    url = args.url or settings.service_url or f"http://{settings.bind}"
-    api_key = args.api_key or settings.client_api_key
-    try:
-        return check_remote(url.rstrip("/"), api_key, request, as_json=args.json)
-    except UsageError as exc:
-        err(str(exc))
-        return EXIT_USAGE
-    except Unreachable as exc:
-        err(str(exc))
-        return EXIT_UNREACHABLE
+        return check_local(normalized, password, settings, as_json=args.json, terminal=terminal)
+    base, api_key = service_of(args, settings)
+    return reported(
+        lambda: check_remote(base, api_key, request, as_json=args.json, terminal=terminal)
+    )
 
 
 def check_local(
-    request: dict[str, Any], password: str | None, settings: Settings, *, as_json: bool
+    request: dict[str, Any],
+    password: str | None,
+    settings: Settings,
+    *,
+    as_json: bool,
+    terminal: Terminal,
 ) -> int:
-    from smtpcheck.report import render_text
     from workers.check import run_check
+    from workers.transcript import listening
 
+    assert request.get("auth") is None or request["auth"]["password"] != ASK
     if request.get("auth"):
         request = {**request, "auth": {**request["auth"], "password": SECRET_MASK}}
-    result = run_check(request, settings, password=password)
-    print_result(result, as_json=as_json, text=None if as_json else render_text(result))
+    live = contextlib.nullcontext() if as_json else listening(terminal.line)
+    terminal.status("running")
+    with terminal.spinner(), live:
+        result = run_check(request, settings, password=password)
+    if as_json:
+        print_json(result)
+    else:
+        terminal.verdict(report_lines(result))
     return EXIT_OK if result.get("ok") else EXIT_NOT_OK
 
 
-def print_result(result: Mapping[str, Any], *, as_json: bool, text: str | None) -> None:
-    if as_json:
-        print(json.dumps(result, indent=2, sort_keys=False))
-    else:
-        sys.stdout.write(text or "")
+def report_lines(result: Mapping[str, Any]) -> list[str]:
+    """What ``render_text`` prints after the transcript."""
+    return [*verdict_lines(result), *mx_lines(result), *findings_lines(result)]
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
     sys.stdout.flush()
 
 
-def check_remote(base: str, api_key: str | None, request: dict[str, Any], *, as_json: bool) -> int:
+def check_remote(
+    base: str,
+    api_key: str | None,
+    request: dict[str, Any],
+    *,
+    as_json: bool,
+    terminal: Terminal,
+) -> int:
     status, _, payload = http_call("POST", f"{base}/v1/checks", api_key, body=request)
     if status != 202:
         raise_for_problem(status, payload, "the service refused the check")
@@ -86,15 +130,81 @@ def check_remote(base: str, api_key: str | None, request: dict[str, Any], *, as_
         check_id = str(json.loads(payload)["id"])
     except (ValueError, KeyError, TypeError):
         raise Unreachable(f"unexpected answer from {base}/v1/checks: {payload[:200]!r}") from None
-    total = float((request.get("timeouts") or {}).get("total") or 300)
-    deadline = time.monotonic() + total + 120  # the check's own deadline, plus time queued
-    job: dict[str, Any] = {}
     check_url = f"{base}/v1/checks/{urllib.parse.quote(check_id)}"
+    announce = f"check {check_id} at {base} (Ctrl-C cancels it)"
+    if as_json:
+        terminal.say(announce)
+    else:
+        terminal.write(terminal.paint(f"=== {announce}", "note") + "\n")
+    watch = Watch(check_url, api_key, terminal, show_lines=not as_json)
+    total = float((request.get("timeouts") or {}).get("total") or 300)
+    try:
+        job = watch.until_ended(deadline=time.monotonic() + total + 120)
+    except KeyboardInterrupt:
+        terminal.say(f"canceling check {check_id} ...")
+        stopped = cancel_and_read(check_url, api_key)
+        if stopped is not None:
+            finish(stopped, watch, as_json=as_json)
+        terminal.say(f"check {check_id} canceled")
+        return EXIT_INTERRUPTED
+    return finish(job, watch, as_json=as_json)
+
+
+class Watch:
+    """Follows one check: its event stream, or polling where there is none."""
+
+    def __init__(
+        self, check_url: str, api_key: str | None, terminal: Terminal, *, show_lines: bool
+    ) -> None:
+        self.check_url = check_url
+        self.api_key = api_key
+        self.terminal = terminal
+        self.show_lines = show_lines
+        self.printed = 0  # transcript lines shown so far
+
+    def until_ended(self, deadline: float) -> dict[str, Any]:
+        self.terminal.status("queued")
+        with self.terminal.spinner():
+            try:
+                return self._stream()
+            except events.EventsUnavailable:  # vantage all, or an older service
+                return self._poll(deadline)
+
+    def _stream(self) -> dict[str, Any]:
+        for event in events.follow(f"{self.check_url}/events", self.api_key):
+            if event.name == "status" and isinstance(event.data, dict):
+                self.terminal.status(str(event.data.get("status")))
+            elif event.name == "line" and isinstance(event.data, dict):
+                self.line(event.data)
+            elif event.name == "result" and isinstance(event.data, dict):
+                return event.data
+        raise Unreachable(f"{self.check_url}/events ended without the check's result")
+
+    def line(self, entry: Mapping[str, Any]) -> None:
+        if self.show_lines:
+            self.terminal.line(entry)
+        self.printed += 1
+
+    def _poll(self, deadline: float) -> dict[str, Any]:
+        job: dict[str, Any] = {}
+        for job in poll(self.check_url, self.api_key, deadline):
+            self.terminal.status(str(job.get("status")))
+        return job
+
+    def rest_of(self, result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """The transcript lines the stream did not show (all of them, polling)."""
+        transcript = result.get("transcript")
+        return list(transcript[self.printed :]) if isinstance(transcript, list) else []
+
+
+def poll(check_url: str, api_key: str | None, deadline: float) -> Iterator[dict[str, Any]]:
+    """The check's document, read with ``?wait`` until it ends."""
+    job: dict[str, Any] = {}
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise Unreachable(
-                f"check {check_id} is still {job.get('status', 'queued')} after waiting; "
+                f"{check_url} is still {job.get('status', 'queued')} after waiting; "
                 "are workers running for its vantage point?"
             )
         wait = max(1, min(60, int(remaining)))
@@ -102,22 +212,45 @@ def check_remote(base: str, api_key: str | None, request: dict[str, Any], *, as_
             "GET", f"{check_url}?wait={wait}", api_key, timeout=wait + 30
         )
         if status != 200:
-            raise_for_problem(status, payload, f"reading check {check_id}")
+            raise_for_problem(status, payload, f"reading {check_url}")
         job = json.loads(payload)
-        if job.get("status") in ("finished", "failed"):
-            break
+        yield job
+        if job.get("status") in ENDED:
+            return
+
+
+def cancel_and_read(check_url: str, api_key: str | None) -> dict[str, Any] | None:
+    """DELETE the check, then its document once it has stopped (None if it is gone)."""
+    status, _, payload = http_call("DELETE", check_url, api_key, timeout=10)
+    if status == 204:
+        return None  # it had ended already and is now deleted
+    if status != 202:
+        raise_for_problem(status, payload, "canceling the check")
+    last: dict[str, Any] | None = None
+    with contextlib.suppress(Unreachable):
+        for job in poll(check_url, api_key, time.monotonic() + CANCEL_WAIT):
+            last = job
+    return last
+
+
+def finish(job: Mapping[str, Any], watch: Watch, *, as_json: bool) -> int:
+    """Print what the watch has not shown yet, and the verdict; the exit status."""
     result = job.get("result")
-    if job.get("status") == "failed" or not isinstance(result, dict):
+    if not isinstance(result, dict):
         if as_json:
-            print(json.dumps(job, indent=2))
+            print_json(job)
         why = job.get("error") or job.get("detail") or "the worker did not finish it"
-        err(f"check {check_id} failed: {why}")
+        err(f"check {job.get('id')} {job.get('status')}: {why}")
         return EXIT_NOT_OK
-    text = None
-    if not as_json:
-        status, _, payload = http_call("GET", f"{check_url}/transcript", api_key)
+    if as_json:
+        print_json(result)
+    elif "transcript" not in result:  # vantage all: one transcript per vantage
+        status, _, payload = http_call("GET", f"{watch.check_url}/transcript", watch.api_key)
         if status != 200:
-            raise_for_problem(status, payload, f"reading the transcript of {check_id}")
-        text = payload.decode("utf-8", "replace")
-    print_result(result, as_json=as_json, text=text)
+            raise_for_problem(status, payload, "reading the transcript")
+        watch.terminal.write(payload.decode("utf-8", "replace"))
+    else:
+        for entry in watch.rest_of(result):
+            watch.terminal.line(entry)
+        watch.terminal.verdict(report_lines(result))
     return EXIT_OK if result.get("ok") else EXIT_NOT_OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ipaddress
 import json
@@ -13,6 +14,7 @@ from typing import Any
 
 from cli.errors import Unreachable, UsageError
 from cli.request import report_invalid
+from smtpcheck.config import Settings
 
 
 def opener(url: str) -> urllib.request.OpenerDirector:
@@ -26,6 +28,16 @@ def opener(url: str) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener()
 
 
+def service_of(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
+    """The service's base URL and the API key, from the options or the environment."""
+    url = args.url or settings.service_url or f"http://{settings.bind}"
+    return url.rstrip("/"), args.api_key or settings.client_api_key
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def http_call(
     method: str,
     url: str,
@@ -34,9 +46,10 @@ def http_call(
     body: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
 ) -> tuple[int, Any, bytes]:
-    headers = {"Accept": "application/json, application/problem+json, text/plain"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+    headers = {
+        "Accept": "application/json, application/problem+json, text/plain",
+        **auth_headers(api_key),
+    }
     data = None
     if body is not None:
         data = json.dumps(body).encode()

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli.errors import EXIT_USAGE, err
+from cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, err
 from cli.parser import build_parser
 from smtpcheck.config import ConfigError, Settings
 
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args, settings)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,20 +3,67 @@
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import PackageNotFoundError, version
 
 from cli.api import cmd_api
+from cli.cancel import cmd_cancel
 from cli.check import cmd_check
 from cli.dev import DEV_WORKER_PROCESSES, cmd_dev
 from cli.errors import PROG
+from cli.listing import cmd_list
 from cli.worker import cmd_worker
 from smtpcheck.contract import PROBES
+
+MAIN_EXAMPLES = f"""\
+examples:
+  {PROG} dev                                  everything on this machine (Ctrl-C stops it)
+  {PROG} check mx.example.com --stop-after banner
+  {PROG} list
+  {PROG} COMMAND --help                       the options of one command
+"""
+
+CHECK_EXAMPLES = f"""\
+examples:
+  is port 25 open, and who answers?
+    {PROG} check mx.example.com --stop-after banner
+  STARTTLS and the certificate of a submission server:
+    {PROG} check smtp.example.com --port 587 --tls starttls --stop-after tls
+  AUTH, the password from a file (or SMTPCHECK_AUTH_PASSWORD, or a prompt):
+    {PROG} check smtp.example.com --port 587 --tls starttls --auth-user alice@example.com \\
+        --auth-password-file ~/.smtp-password
+  every MX host of a domain, up to RCPT:
+    {PROG} check example.com --mx --mx-hosts all --from "" --to postmaster@example.com
+  from every vantage point at once:
+    {PROG} check mx.example.com --vantage all --stop-after banner
+  here, without a service:
+    {PROG} check 127.0.0.1 --port 2525 --local
+
+The service comes from SMTPCHECK_URL and SMTPCHECK_API_KEY (smtpcheck dev prints both).
+"""
+
+LIST_EXAMPLES = f"""\
+examples:
+  {PROG} list
+  {PROG} list --status running
+  {PROG} list --limit 100 --json
+"""
+
+
+def package_version() -> str:
+    try:
+        return version("smtpcheck")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Remote SMTP checks: a REST API, its workers, and a command-line client.",
+        epilog=MAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     dev = commands.add_parser(
@@ -52,14 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check",
-        help="run one SMTP check and print the transcript",
-        description="Submit a check to a running service (or run it here with --local), "
-        "wait for it and print the transcript and the verdict. Exit status: 0 ok, "
-        "1 the check ran and was not ok, 2 bad input, 3 service unreachable.",
+        help="run one SMTP check and print the transcript as it happens",
+        description="Submit a check to a running service (or run it here with --local) and "
+        "print its id at once, then the transcript line by line as the worker records it, "
+        "then the verdict. Ctrl-C cancels the check on the service. Colours on a terminal "
+        "unless NO_COLOR is set. Exit status: 0 ok, 1 the check ran and was not ok, "
+        "2 bad input, 3 service unreachable, 130 canceled with Ctrl-C.",
+        epilog=CHECK_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("host", help="server host name or IP; with --mx, a mail domain")
     check.add_argument("--port", type=int, help="TCP port (default 25)")
-    check.add_argument("--tls", choices=("none", "starttls", "implicit", "auto"))
+    check.add_argument(
+        "--tls",
+        choices=("none", "starttls", "implicit", "auto"),
+        help="none: plain text only; starttls: require STARTTLS; implicit: TLS from the "
+        "first byte (SMTPS, port 465); auto (default): STARTTLS when offered, implicit on 465",
+    )
     check.add_argument("--tls-verify", action="store_true", help="fail on an untrusted certificate")
     check.add_argument(
         "--tls-name", help="name sent as SNI and verified (default: HOST when it is a name)"
@@ -67,13 +123,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--tls-ca", metavar="PEM_FILE", help="extra CA certificates to trust for this check"
     )
-    check.add_argument("--helo", help="name to send in EHLO/HELO")
-    check.add_argument("--auth-user", help="AUTH user name")
+    check.add_argument("--helo", help="name to send in EHLO/HELO (default: the service's)")
     check.add_argument(
-        "--auth-password", help="AUTH password (asked for when --auth-user is given without it)"
+        "--auth-user",
+        help="AUTH user name; the password comes from SMTPCHECK_AUTH_PASSWORD, "
+        "--auth-password-file, or a prompt (after the target is checked)",
     )
     check.add_argument(
-        "--auth-mechanism", type=str.upper, choices=("AUTO", "PLAIN", "LOGIN", "CRAM-MD5")
+        "--auth-password-file",
+        metavar="PATH",
+        help="read the AUTH password from the first line of PATH (- reads stdin)",
+    )
+    check.add_argument(
+        "--auth-password",
+        help="AUTH password on the command line: visible in ps and shell history, "
+        "prefer SMTPCHECK_AUTH_PASSWORD or --auth-password-file",
+    )
+    check.add_argument(
+        "--auth-mechanism",
+        type=str.upper,
+        choices=("AUTO", "PLAIN", "LOGIN", "CRAM-MD5"),
+        help="SASL mechanism (default AUTO: the best the server offers)",
     )
     check.add_argument("--from", dest="mail_from", help='envelope sender ("" for <>)')
     check.add_argument(
@@ -85,12 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--stop-after",
         choices=("connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data"),
-        help="last stage to run",
+        help="last stage to run (default: the last one the other options imply)",
     )
     check.add_argument("--timeout", type=float, help="deadline for the whole check (seconds)")
     check.add_argument("--connect-timeout", type=float, help="TCP connect deadline (seconds)")
     check.add_argument("--command-timeout", type=float, help="per-reply deadline (seconds)")
-    check.add_argument("--ip-version", type=int, choices=(4, 6))
+    check.add_argument(
+        "--ip-version",
+        type=int,
+        choices=(4, 6),
+        help="dial only IPv4 or only IPv6 addresses of HOST (default: either)",
+    )
     check.add_argument("--mx", action="store_true", help="HOST is a mail domain: check its MX")
     check.add_argument(
         "--mx-hosts",
@@ -109,13 +184,58 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-run a check that ends in a 4xx (greylisting); service only",
     )
-    check.add_argument("--vantage", help="worker pool to run the check from")
+    check.add_argument(
+        "--vantage", help="worker pool to run the check from (all: every one, side by side)"
+    )
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.add_argument("--local", action="store_true", help="run here, with no service")
-    check.add_argument("--url", help="service URL (default: SMTPCHECK_URL)")
-    check.add_argument("--api-key", help="API key (default: SMTPCHECK_API_KEY)")
+    add_service_options(check)
     check.set_defaults(func=cmd_check)
+
+    listing = commands.add_parser(
+        "list",
+        help="list your checks on the service, newest first",
+        description="Your checks (those of the API key), newest first, one a line: id, "
+        "status, outcome, target, created.",
+        epilog=LIST_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument(
+        "--status",
+        choices=("queued", "running", "retrying", "finished", "failed", "canceled"),
+        help="only checks with this status",
+    )
+    listing.add_argument(
+        "--limit", type=positive_int, default=20, help="how many (default 20, at most 100)"
+    )
+    listing.add_argument("--cursor", help="start after this point (printed below a full page)")
+    listing.add_argument("--json", action="store_true", help="print the page as JSON")
+    add_service_options(listing)
+    listing.set_defaults(func=cmd_list)
+
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a queued or running check (or delete an ended one)",
+        description="Cancel a check on the service: a queued one at once, a running one "
+        "within a second (it says QUIT if it can and keeps its transcript so far). "
+        "A check that has ended is deleted instead.",
+        epilog=f"example:\n  {PROG} cancel 5b0f8a52-1c1e-4f5e-9a57-0d8c2f0e6a11",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cancel.add_argument("check_id", metavar="ID", help="the check id (smtpcheck check prints it)")
+    add_service_options(cancel)
+    cancel.set_defaults(func=cmd_cancel)
     return parser
+
+
+def add_service_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--url", help="service URL (default: SMTPCHECK_URL, else http://SMTPCHECK_BIND)"
+    )
+    command.add_argument(
+        "--api-key",
+        help="API key (default: SMTPCHECK_API_KEY; an option is visible in ps, the variable not)",
+    )
 
 
 def positive_int(text: str) -> int:

@@ -45,8 +45,16 @@ OPTION_FOR_FIELD = {
 }
 
 
-def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
-    """The check request (as the API takes it) and the AUTH password."""
+def build_request(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[dict[str, Any], str | None]:
+    """The check request (as the API takes it) and the AUTH password.
+
+    With ``--auth-user`` but no password from SMTPCHECK_AUTH_PASSWORD,
+    ``--auth-password-file`` or ``--auth-password``, the request carries
+    ``ASK`` as its password and the password is None: ``ask_password`` asks
+    for it once the request has been validated.
+    """
     request: dict[str, Any] = {"host": args.host}
     for option, name in (
         ("port", "port"),
@@ -73,18 +81,14 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]
     if args.retry_temporary:
         request["retry_temporary"] = True
     password: str | None = None
-    if args.auth_user is not None or args.auth_password is not None:
-        password = args.auth_password
-        if password is None:
-            if not sys.stdin.isatty():
-                raise UsageError("--auth-user needs --auth-password (no terminal to ask on)")
-            password = getpass.getpass(f"Password for {args.auth_user}: ")
-        auth: dict[str, Any] = {"username": args.auth_user or "", "password": password}
+    if args.auth_user is not None or args.auth_password is not None or args.auth_password_file:
+        password = password_from(args, settings)
+        auth: dict[str, Any] = {"username": args.auth_user or "", "password": password or ASK}
         if args.auth_mechanism:
             auth["mechanism"] = "auto" if args.auth_mechanism == "AUTO" else args.auth_mechanism
         request["auth"] = auth
     elif args.auth_mechanism:
-        raise UsageError("--auth-mechanism needs --auth-user and --auth-password")
+        raise UsageError("--auth-mechanism needs --auth-user")
     if args.data_file is not None:
         if args.subject is not None or args.body is not None:
             raise UsageError("use either --data-file or --subject/--body, not both")
@@ -108,6 +112,43 @@ def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]
     if timeouts:
         request["timeouts"] = timeouts
     return request, password
+
+
+#: Stands in for a password still to be asked for, so the rest is validated first.
+ASK = "(asked for)"
+
+
+def password_from(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The AUTH password from --auth-password-file, --auth-password or
+    SMTPCHECK_AUTH_PASSWORD, in that order; None when none gives one."""
+    if args.auth_password_file is not None and args.auth_password is not None:
+        raise UsageError("give the password once: --auth-password-file or --auth-password")
+    if args.auth_password_file is not None:
+        if args.auth_password_file == "-" and args.data_file == "-":  # noqa: S105
+            raise UsageError("--auth-password-file - and --data-file - cannot both read stdin")
+        lines = read_text(args.auth_password_file, "--auth-password-file").splitlines()
+        if not lines or not lines[0]:
+            raise UsageError(
+                f"--auth-password-file: {args.auth_password_file} has no password on its first line"
+            )
+        return lines[0]
+    if args.auth_password is not None:
+        return str(args.auth_password)
+    return settings.client_auth_password
+
+
+def ask_password(request: dict[str, Any], user: str | None) -> str:
+    """Ask on the terminal for the password ``build_request`` could not find."""
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "--auth-user needs a password: set SMTPCHECK_AUTH_PASSWORD, or give "
+            "--auth-password-file PATH (- reads stdin); there is no terminal to ask on"
+        )
+    password = getpass.getpass(f"Password for {user or 'AUTH'}: ")
+    if not password:
+        raise UsageError("no password given")
+    request["auth"]["password"] = password
+    return password
 
 
 def read_text(path: str, option: str) -> str:

@@ -93,6 +93,8 @@ class Settings:
     # For `smtpcheck check` as a client of a running service:
     service_url: str | None = None  # SMTPCHECK_URL
     client_api_key: str | None = None  # SMTPCHECK_API_KEY
+    # SMTPCHECK_AUTH_PASSWORD: the AUTH password of `smtpcheck check --auth-user`
+    client_auth_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -135,6 +137,8 @@ class Settings:
         kwargs["log_level"] = (get("SMTPCHECK_LOG_LEVEL") or "INFO").upper()
         kwargs["service_url"] = get("SMTPCHECK_URL")
         kwargs["client_api_key"] = get("SMTPCHECK_API_KEY")
+        # Not stripped: a password may begin or end with a space.
+        kwargs["client_auth_password"] = env.get("SMTPCHECK_AUTH_PASSWORD") or None
         rate_limit = get("SMTPCHECK_RATE_LIMIT")
         if rate_limit is not None:
             kwargs["rate_limit"] = parse_rate_limit("SMTPCHECK_RATE_LIMIT", rate_limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 from cli.dev import read_or_create_secret
 from cli.devlock import DevLock
 from cli.main import main
+from cli.parser import build_parser
 from smtpcheck.embedded_redis import free_port
 from tests.dns_server import DNSServer
 from tests.smtp_servers import LOCAL_DOMAIN, USERS, Certificates, ScriptedServer, SMTPTarget
@@ -268,3 +270,56 @@ def test_local_check_tls_name_and_tls_ca(
     not_pem.write_text("hello")
     assert main([*base, "--tls-ca", str(not_pem)]) == 2
     assert "--tls-ca" in capsys.readouterr().err
+
+
+def test_auth_password_from_the_environment_a_file_or_stdin(
+    smtp_target: Callable[..., SMTPTarget],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    target = smtp_target(tls="none")
+    allow(monkeypatch, target.port)
+    base = ["check", "127.0.0.1", "--port", str(target.port), "--local", "--tls", "none",
+            "--auth-user", "alice", "--auth-mechanism", "plain",
+            "--stop-after", "auth"]  # fmt: skip
+    secret = tmp_path / "password"
+    secret.write_text(USERS["alice"] + "\n")
+    monkeypatch.setenv("SMTPCHECK_AUTH_PASSWORD", USERS["alice"])
+    assert main(base) == 0
+    monkeypatch.setenv("SMTPCHECK_AUTH_PASSWORD", "wrong")  # the file comes first
+    assert main([*base, "--auth-password-file", str(secret)]) == 0
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(USERS["alice"].encode())))
+    assert main([*base, "--auth-password-file", "-"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS  ok at stage auth") == 3 and USERS["alice"] not in out
+
+
+def test_a_missing_password_is_asked_for_only_after_the_target_is_valid(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr("getpass.getpass", lambda prompt: asked.append(prompt) or "pw")
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    code = main(["check", "bad host!", "--local", "--auth-user", "alice"])
+    assert code == 2 and not asked
+    assert "invalid HOST" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    code = main(["check", "127.0.0.1", "--url", "http://127.0.0.1:9", "--auth-user", "alice"])
+    err = capsys.readouterr().err
+    assert code == 2 and not asked
+    assert "SMTPCHECK_AUTH_PASSWORD" in err and "--auth-password-file" in err
+
+
+def test_version_and_help_for_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("smtpcheck ")
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) >= {"dev", "api", "worker", "check", "list", "cancel"}
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+    assert main(["check", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "--auth-password-file" in text and "NO_COLOR" in text

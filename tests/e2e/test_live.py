@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import pytest
 import redis
 
 from smtpcheck.embedded_redis import EmbeddedRedis
-from tests.e2e.conftest import Client, Service, Targets, running_service
+from tests.e2e.conftest import SMTPCHECK, Client, Service, Targets, running_service
 from tests.smtp_servers import ScriptedServer, read_line
 
 pytestmark = pytest.mark.e2e
@@ -239,3 +241,93 @@ def test_delete_cancels_a_queued_check(
     events = read_events(live.url, check_id)
     assert [e.name for e in events] == ["status", "result"]
     assert live.client.request("DELETE", f"/v1/checks/{check_id}").status == 204
+
+
+# ---------------------------------------------------------------------------
+# smtpcheck check / list / cancel against the live service
+# ---------------------------------------------------------------------------
+
+
+class CLI:
+    """``smtpcheck`` run as a person would, its stdout read line by line as it comes."""
+
+    def __init__(self, live: Service, *args: str) -> None:
+        env = {
+            **live.env,
+            "SMTPCHECK_URL": live.url,
+            "SMTPCHECK_API_KEY": str(Client(live.url).api_key),
+        }
+        self.process = subprocess.Popen(
+            [*SMTPCHECK, *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.lines: list[tuple[float, str]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self.lines.append((time.monotonic(), raw.decode().rstrip("\n")))
+
+    def wait_for(self, text: str, timeout: float = 20) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, line in self.lines:
+                if text in line:
+                    return at
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} never printed: {self.lines}")
+
+    def finish(self, timeout: float = 30) -> tuple[int, str, str]:
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        assert self.process.stdout is not None and self.process.stderr is not None
+        err = self.process.stderr.read().decode()
+        self.process.stdout.close()
+        self.process.stderr.close()
+        return code, "\n".join(line for _, line in self.lines), err
+
+
+def test_cli_prints_the_id_and_the_first_lines_before_the_banner(
+    live: Service, servers: SlowServers
+) -> None:
+    cli = CLI(live, "check", "127.0.0.1", "--port", str(servers.slow.port), "--stop-after", "ehlo")
+    announced = cli.wait_for("=== check ")
+    connected = cli.wait_for("=== connected to 127.0.0.1")
+    code, out, err = cli.finish()
+
+    assert code == 0, (out, err)
+    assert servers.banner_sent
+    assert announced <= connected < servers.banner_sent[-1]  # live, not at the end
+    greeting = cli.wait_for("<- 220 slow.local.test ESMTP at last")
+    assert greeting > servers.banner_sent[-1]
+    check_id = out.splitlines()[0].split()[2]
+    assert out.count("=== connected to") == 1  # each line once
+    assert "PASS  ok at stage ehlo" in out
+    assert "\033[" not in out  # no colours into a pipe
+    # The same check, as `smtpcheck list` shows it, and cancel deletes an ended one.
+    code, listed, _ = CLI(live, "list", "--json").finish()
+    assert code == 0
+    assert check_id in [item["id"] for item in json.loads(listed)["items"]]
+    gone = CLI(live, "cancel", check_id)
+    assert gone.finish()[:2] == (0, f"check {check_id} had ended: deleted")
+
+
+def test_ctrl_c_cancels_the_check_on_the_service(live: Service, servers: SlowServers) -> None:
+    cli = CLI(live, "check", "127.0.0.1", "--port", str(servers.tarpit.port), "--timeout", "30")
+    cli.wait_for("=== connected to 127.0.0.1")
+    check_id = cli.lines[0][1].split()[2]
+
+    cli.process.send_signal(signal.SIGINT)
+    code, out, err = cli.finish(timeout=20)
+
+    assert code == 130, (out, err)
+    assert f"canceling check {check_id}" in err
+    job = live.client.request("GET", f"/v1/checks/{check_id}").json()
+    assert job["status"] == "canceled"
+    assert job["result"]["outcome"] == "canceled"
+    assert "FAIL  canceled" in out  # where it stopped, then the verdict
