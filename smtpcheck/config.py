@@ -75,6 +75,11 @@ class Settings:
     result_ttl: int = DEFAULT_RESULT_TTL
     bind: str = DEFAULT_BIND
     ca_file: str | None = None
+    # Mail transport security (mx checks): how DNS answers are authenticated
+    # for DANE, and where MTA-STS policies are fetched.
+    dnssec: str = "off"  # off | trust-ad | validate
+    dnssec_anchors: str | None = None  # a file of DS/DNSKEY records; None: the root's
+    mta_sts_port: int = 443
     data_dir: Path = Path(".smtpcheck")
     log_level: str = "INFO"
     timeouts: Timeouts = Timeouts()
@@ -133,6 +138,16 @@ class Settings:
             kwargs["result_ttl"] = parse_positive_int("SMTPCHECK_RESULT_TTL", ttl)
         kwargs["bind"] = get("SMTPCHECK_BIND") or DEFAULT_BIND
         kwargs["ca_file"] = get("SMTPCHECK_CA_FILE")
+        dnssec = (get("SMTPCHECK_DNSSEC") or "off").lower()
+        if dnssec not in ("off", "trust-ad", "validate"):
+            raise ConfigError(
+                "SMTPCHECK_DNSSEC", f"must be 'off', 'trust-ad' or 'validate', not {dnssec!r}"
+            )
+        kwargs["dnssec"] = dnssec
+        kwargs["dnssec_anchors"] = get("SMTPCHECK_DNSSEC_ANCHORS")
+        mta_sts_port = get("SMTPCHECK_MTA_STS_PORT")
+        if mta_sts_port is not None:
+            (kwargs["mta_sts_port"],) = parse_ports("SMTPCHECK_MTA_STS_PORT", mta_sts_port)
         kwargs["data_dir"] = Path(get("SMTPCHECK_DATA_DIR") or ".smtpcheck")
         kwargs["log_level"] = (get("SMTPCHECK_LOG_LEVEL") or "INFO").upper()
         kwargs["service_url"] = get("SMTPCHECK_URL")

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 
 import dns.exception
+import dns.flags
+import dns.message
 import dns.name
 import dns.resolver
 import dns.reversename
@@ -53,6 +55,7 @@ class Resolver:
         self.settings = settings
         self.deadline = deadline
         self._resolver: dns.resolver.Resolver | None = None
+        self._secure: dns.resolver.Resolver | None = None
 
     def _timeout(self) -> float:
         left = self.deadline - time.monotonic()
@@ -191,6 +194,63 @@ class Resolver:
         if any(mx.host == "" for mx in hosts):
             raise NullMX(f"{domain} publishes a null MX (RFC 7505): it accepts no mail")
         return hosts
+
+    # -- TXT and DNSSEC-aware lookups (mail transport security) --------------
+
+    def txt(self, name: str) -> list[str]:
+        """The TXT records at ``name``, each record's strings joined (RFC 7208
+        3.3 style); ``[]`` for NXDOMAIN or NODATA, DNSError otherwise."""
+        try:
+            answer = self._query(name, "TXT")
+        except DNSError as exc:
+            if "NXDOMAIN" in str(exc):
+                return []
+            raise
+        if answer is None:
+            return []
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+    def secure(self, name: str | dns.name.Name, rdtype: str) -> dns.message.Message | None:
+        """The whole response to a query with the DNSSEC OK bit (RRSIGs
+        included) and AD asked for; None for NXDOMAIN or NODATA, DNSError
+        for failures. What the signatures prove is :mod:`workers.dnssec`'s
+        to judge."""
+        try:
+            answer = self._secure_resolver().resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            return None
+        except dns.resolver.NoAnswer:
+            return None
+        except dns.resolver.NoNameservers:
+            shown = str(name).rstrip(".")
+            raise DNSError(
+                f"DNS servers failed on {rdtype} for {shown} (SERVFAIL: with DNSSEC, often a "
+                f"validation failure); {TEMPORARY}",
+                temporary=True,
+            ) from None
+        except dns.exception.Timeout:
+            shown = str(name).rstrip(".")
+            raise DNSError(
+                f"DNS lookup of {rdtype} for {shown} timed out; {TEMPORARY}", temporary=True
+            ) from None
+        except dns.exception.DNSException as exc:
+            raise DNSError(f"DNS lookup of {rdtype} for {name} failed: {exc}") from None
+        return answer.response
+
+    def _secure_resolver(self) -> dns.resolver.Resolver:
+        """A second resolver on the same servers, asking with DO and AD."""
+        base = self._dnspython(self._timeout())
+        resolver = self._secure
+        if resolver is None:
+            resolver = dns.resolver.Resolver(configure=False)
+            resolver.nameservers = base.nameservers
+            resolver.nameserver_ports = dict(base.nameserver_ports)
+            resolver.port = base.port
+            resolver.use_edns(0, dns.flags.DO, 1232)
+            resolver.flags = dns.flags.RD | dns.flags.AD
+            self._secure = resolver
+        resolver.lifetime, resolver.timeout = base.lifetime, base.timeout
+        return resolver
 
     # -- PTR ---------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -141,6 +142,37 @@ def certificate_facts(cert: x509.Certificate) -> dict[str, Any]:
         "serial": format(cert.serial_number, "x"),
         "sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
     }
+
+
+def chain_facts(chain: list[x509.Certificate]) -> list[dict[str, Any]]:
+    """Each certificate the server sent, leaf first, as DANE needs it
+    (:mod:`workers.dane`): SHA-256 and SHA-512 of the certificate and of its
+    SubjectPublicKeyInfo, and whether it is signed by the next one."""
+    facts = []
+    for index, cert in enumerate(chain):
+        der = cert.public_bytes(serialization.Encoding.DER)
+        spki = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        issued_by_next = False
+        if index + 1 < len(chain):
+            try:
+                cert.verify_directly_issued_by(chain[index + 1])
+                issued_by_next = True
+            except (ValueError, TypeError, InvalidSignature):
+                issued_by_next = False
+        facts.append(
+            {
+                "subject": _name(cert.subject),
+                "issuer": _name(cert.issuer),
+                "cert_sha256": hashlib.sha256(der).hexdigest(),
+                "cert_sha512": hashlib.sha512(der).hexdigest(),
+                "spki_sha256": hashlib.sha256(spki).hexdigest(),
+                "spki_sha512": hashlib.sha512(spki).hexdigest(),
+                "issued_by_next": issued_by_next,
+            }
+        )
+    return facts
 
 
 def _problem(code: str, message: str) -> dict[str, str]:
@@ -283,6 +315,7 @@ def session_facts(
         facts.update(verified=False, verify_error=problem["message"], problems=[problem])
         return facts
     facts["chain_length"] = len(chain)
+    facts["chain"] = chain_facts(chain)
     if chain:
         facts["certificate"] = certificate_facts(chain[0])
     problems = certificate_problems(chain, verify_name, trust_store(ca_file, extra_ca))
