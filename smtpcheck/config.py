@@ -147,7 +147,9 @@ class Settings:
         kwargs["dnssec_anchors"] = get("SMTPCHECK_DNSSEC_ANCHORS")
         mta_sts_port = get("SMTPCHECK_MTA_STS_PORT")
         if mta_sts_port is not None:
-            (kwargs["mta_sts_port"],) = parse_ports("SMTPCHECK_MTA_STS_PORT", mta_sts_port)
+            if not mta_sts_port.isdigit() or not 1 <= int(mta_sts_port) <= 65535:
+                raise ConfigError("SMTPCHECK_MTA_STS_PORT", f"{mta_sts_port!r} is not a TCP port")
+            kwargs["mta_sts_port"] = int(mta_sts_port)
         kwargs["data_dir"] = Path(get("SMTPCHECK_DATA_DIR") or ".smtpcheck")
         kwargs["log_level"] = (get("SMTPCHECK_LOG_LEVEL") or "INFO").upper()
         kwargs["service_url"] = get("SMTPCHECK_URL")

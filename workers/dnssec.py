@@ -154,7 +154,9 @@ class Validator:
         try:
             dns.dnssec.validate(keys, sigs, {zone: _rrset(zone, trusted)}, now=self.now)
         except dns.dnssec.ValidationFailure as exc:
-            raise Bogus(f"the DNSKEY set of {zone} is not signed by a trusted key ({exc})") from None
+            raise Bogus(
+                f"the DNSKEY set of {zone} is not signed by a trusted key ({exc})"
+            ) from None
         self._keys[zone] = keys
         return keys
 
@@ -189,7 +191,9 @@ def _find(
     return None
 
 
-def _signatures(section: Iterable[dns.rrset.RRset], rrset: dns.rrset.RRset) -> dns.rrset.RRset | None:
+def _signatures(
+    section: Iterable[dns.rrset.RRset], rrset: dns.rrset.RRset
+) -> dns.rrset.RRset | None:
     for candidate in section:
         if (
             candidate.rdtype == dns.rdatatype.RRSIG
@@ -200,7 +204,9 @@ def _signatures(section: Iterable[dns.rrset.RRset], rrset: dns.rrset.RRset) -> d
     return None
 
 
-def _matches_ds(zone: dns.name.Name, key: dns.rdata.Rdata, ds_records: list[dns.rdata.Rdata]) -> bool:
+def _matches_ds(
+    zone: dns.name.Name, key: dns.rdata.Rdata, ds_records: list[dns.rdata.Rdata]
+) -> bool:
     for ds in ds_records:
         try:
             if dns.dnssec.make_ds(zone, key, ds.digest_type) == ds:  # type: ignore[attr-defined]

@@ -76,7 +76,8 @@ def exchange(
             errors.append(f"{address}: {exc.strerror or exc}")
     if sock is None:
         raise ConnectionError("; ".join(errors))
-    watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut, args=(sock,))
+    cut = threading.Event()
+    watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut, args=(sock, cut))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -99,24 +100,24 @@ def exchange(
             content_type=response.getheader("Content-Type"),
             location=response.getheader("Location"),
         )
-    except OSError:
-        if time.monotonic() >= deadline:
-            raise TimeoutError from None
+    except (OSError, http.client.HTTPException):
+        if cut.is_set() or time.monotonic() >= deadline:
+            raise TimeoutError from None  # whatever half a reply the cut left behind
         raise
     finally:
         watchdog.cancel()
         sock.close()
 
 
-def _cut(sock: socket.socket) -> None:
+def _cut(sock: socket.socket, cut: threading.Event) -> None:
+    cut.set()
     with contextlib.suppress(OSError):  # closed meanwhile
         sock.shutdown(socket.SHUT_RDWR)
 
 
 def vetted_addresses(target: HTTPTarget, settings: Settings, deadline: float) -> list[IPAddress]:
     """The host's addresses that the target policy lets through; Refused if none."""
-    literal = target.literal
-    addresses = [literal] if literal else Resolver(settings, deadline).addresses(target.host, None)
+    addresses = Resolver(settings, deadline).addresses(target.host, None)
     allowed = []
     refused = []
     for address in addresses:

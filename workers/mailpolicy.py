@@ -12,6 +12,7 @@ findings.
 
 from __future__ import annotations
 
+import http.client
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,6 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rdatatype
-import http.client
 
 from smtpcheck.config import Settings
 from smtpcheck.targetpolicy import HTTPTarget
@@ -92,52 +92,107 @@ def _mta_sts(
         texts = resolver.txt(name)
     except DNSError as exc:
         facts["record_error"] = str(exc)
-        add(_finding("warning", "mta_sts_record_invalid", f"MTA-STS: the lookup of {name} failed: {exc}"))
+        add(
+            _finding(
+                "warning", "mta_sts_record_invalid", f"MTA-STS: the lookup of {name} failed: {exc}"
+            )
+        )
         return facts
     if not any(t.replace(" ", "").startswith("v=STSv1") for t in texts):
-        add(_finding("info", "mta_sts_record_missing", f"MTA-STS: {domain} publishes no policy ({name} has no v=STSv1 record)"))
+        add(
+            _finding(
+                "info",
+                "mta_sts_record_missing",
+                f"MTA-STS: {domain} publishes no policy ({name} has no v=STSv1 record)",
+            )
+        )
         return facts
     try:
         record = mtasts.sts_record(texts)
     except mtasts.PolicyError as exc:
         facts["record_error"] = str(exc)
-        add(_finding("fail", "mta_sts_record_invalid", f"MTA-STS: the record at {name} is invalid: {exc}"))
+        add(
+            _finding(
+                "fail", "mta_sts_record_invalid", f"MTA-STS: the record at {name} is invalid: {exc}"
+            )
+        )
         return facts
     facts["record"] = {"id": record.id}
     policy_host = f"mta-sts.{domain}"
     target = HTTPTarget("https", policy_host, settings.mta_sts_port, mtasts.POLICY_PATH)
     facts["policy_url"] = target.url
-    policy, error, code = _fetch_policy(target, settings, min(deadline, time.monotonic() + FETCH_SECONDS))
+    policy, error, code = _fetch_policy(
+        target, settings, min(deadline, time.monotonic() + FETCH_SECONDS)
+    )
     if policy is None:
         facts["policy_error"] = error
         add(_finding("fail", code, f"MTA-STS: the policy at {target.url} {error}"))
         return facts
     facts["policy"] = policy.as_dict()
     if policy.mode == "testing":
-        add(_finding("warning", "mta_sts_mode_testing", "MTA-STS: the policy is in testing mode: senders report failures but still deliver over a failed or missing TLS"))
+        add(
+            _finding(
+                "warning",
+                "mta_sts_mode_testing",
+                "MTA-STS: the policy is in testing mode: senders report failures but still "
+                "deliver over a failed or missing TLS",
+            )
+        )
     elif policy.mode == "none":
-        add(_finding("info", "mta_sts_mode_none", "MTA-STS: the policy's mode is none: the domain has withdrawn its policy"))
+        add(
+            _finding(
+                "info",
+                "mta_sts_mode_none",
+                "MTA-STS: the policy's mode is none: the domain has withdrawn its policy",
+            )
+        )
         return facts
     failures = 0
     severity = "fail" if policy.mode == "enforce" else "warning"
     for host in mx_hosts:
         key = host.lower().rstrip(".")
         pattern = mtasts.covering_pattern(policy, key)
-        entry: dict[str, Any] = {"host": host, "pattern": pattern, "covered": pattern is not None, "certificate_ok": None, "reason": None}
+        entry: dict[str, Any] = {
+            "host": host,
+            "pattern": pattern,
+            "covered": pattern is not None,
+            "certificate_ok": None,
+            "reason": None,
+        }
         if pattern is None:
             failures += 1
             entry["reason"] = "no mx pattern of the policy covers this host"
-            add(_finding(severity, "mta_sts_mx_not_covered", f"MTA-STS: MX {host} is not covered by the policy's mx patterns ({', '.join(policy.mx)}): senders enforcing the policy will not deliver to it"))
+            add(
+                _finding(
+                    severity,
+                    "mta_sts_mx_not_covered",
+                    f"MTA-STS: MX {host} is not covered by the policy's mx patterns "
+                    f"({', '.join(policy.mx)}): senders enforcing it will not deliver to it",
+                )
+            )
         result = by_host.get(key)
         if result is not None:
             ok, reason = _sts_certificate(result)
             entry["certificate_ok"], entry["reason"] = ok, entry["reason"] or reason
             if not ok:
                 failures += 1
-                add(_finding(severity, "mta_sts_certificate_invalid", f"MTA-STS: MX {host} would fail under enforce: {reason}"))
+                add(
+                    _finding(
+                        severity,
+                        "mta_sts_certificate_invalid",
+                        f"MTA-STS: MX {host} would fail under enforce: {reason}",
+                    )
+                )
         facts["hosts"].append(entry)
     if not failures and policy.mode == "enforce":
-        add(_finding("pass", "mta_sts_valid", f"MTA-STS: an enforced policy (max_age {policy.max_age} s) covers every MX host, and the ones checked present valid certificates"))
+        add(
+            _finding(
+                "pass",
+                "mta_sts_valid",
+                f"MTA-STS: an enforced policy (max_age {policy.max_age} s) covers every MX "
+                "host, and the ones checked present valid certificates",
+            )
+        )
     return facts
 
 
@@ -147,28 +202,55 @@ def _fetch_policy(
     """The parsed policy, or None with the reason and the finding code."""
     unreachable = "mta_sts_policy_unreachable"
     try:
-        response = exchange(target, settings, deadline, headers={"User-Agent": "smtpcheck-mta-sts/1"}, max_bytes=mtasts.MAX_POLICY_BYTES)
+        response = exchange(
+            target,
+            settings,
+            deadline,
+            headers={"User-Agent": "smtpcheck-mta-sts/1"},
+            max_bytes=mtasts.MAX_POLICY_BYTES,
+        )
     except Refused as exc:
         return None, f"was not fetched: {exc}", unreachable
     except DNSError as exc:
         return None, f"is unreachable: {exc}", unreachable
     except ssl.SSLError as exc:
         reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-        return None, f"is unreachable: its certificate does not verify for {target.host} ({reason})", unreachable
+        return (
+            None,
+            f"is unreachable: its certificate does not verify for {target.host} ({reason})",
+            unreachable,
+        )
     except TimeoutError:
         return None, f"is unreachable: no answer within {FETCH_SECONDS:g} s", unreachable
     except (OSError, http.client.HTTPException) as exc:
-        return None, f"is unreachable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}", unreachable
+        return (
+            None,
+            f"is unreachable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}",
+            unreachable,
+        )
     if 300 <= response.status < 400:
         where = f" to {response.location}" if response.location else ""
-        return None, f"answered with a redirect{where} (HTTP {response.status}); RFC 8461 forbids following it", "mta_sts_policy_invalid"
+        return (
+            None,
+            f"answered with a redirect{where} (HTTP {response.status}); "
+            "RFC 8461 forbids following it",
+            "mta_sts_policy_invalid",
+        )
     if response.status != 200:
         return None, f"answered HTTP {response.status}", unreachable
     if response.truncated:
-        return None, f"is larger than {mtasts.MAX_POLICY_BYTES // 1024} KiB", "mta_sts_policy_invalid"
+        return (
+            None,
+            f"is larger than {mtasts.MAX_POLICY_BYTES // 1024} KiB",
+            "mta_sts_policy_invalid",
+        )
     media = (response.content_type or "").split(";")[0].strip().lower()
     if media != "text/plain":
-        return None, f"is served as {media or 'no media type'}, not text/plain (RFC 8461 3.2)", "mta_sts_policy_invalid"
+        return (
+            None,
+            f"is served as {media or 'no media type'}, not text/plain (RFC 8461 3.2)",
+            "mta_sts_policy_invalid",
+        )
     try:
         return mtasts.parse_policy(response.body), "", ""
     except mtasts.PolicyError as exc:
@@ -181,8 +263,13 @@ def _sts_certificate(result: Mapping[str, Any]) -> tuple[bool, str | None]:
     if not tls.get("established"):
         return False, "no TLS session with it (MTA-STS requires STARTTLS)"
     host = str(result["target"]["host"])
-    blocking = [p["message"] for p in tls.get("problems") or [] if p.get("code") != "certificate_expiring"]
-    if tls.get("verify_name") not in (None, host) and host.lower() != str(tls.get("verify_name")).lower():
+    blocking = [
+        p["message"] for p in tls.get("problems") or [] if p.get("code") != "certificate_expiring"
+    ]
+    if (
+        tls.get("verify_name") not in (None, host)
+        and host.lower() != str(tls.get("verify_name")).lower()
+    ):
         return False, f"its certificate was checked for {tls.get('verify_name')}, not {host}"
     if blocking:
         return False, "; ".join(blocking)
@@ -199,19 +286,34 @@ def _tls_rpt(domain: str, resolver: Resolver, findings: list[Finding]) -> dict[s
         texts = resolver.txt(name)
     except DNSError as exc:
         facts["error"] = str(exc)
-        findings.append(_finding("warning", "tls_rpt_invalid", f"TLS-RPT: the lookup of {name} failed: {exc}"))
+        findings.append(
+            _finding("warning", "tls_rpt_invalid", f"TLS-RPT: the lookup of {name} failed: {exc}")
+        )
         return facts
     if not any(t.replace(" ", "").startswith("v=TLSRPTv1") for t in texts):
-        findings.append(_finding("info", "tls_rpt_missing", f"TLS-RPT: {domain} asks for no TLS failure reports ({name} has no v=TLSRPTv1 record)"))
+        findings.append(
+            _finding(
+                "info",
+                "tls_rpt_missing",
+                f"TLS-RPT: {domain} asks for no TLS failure reports "
+                f"({name} has no v=TLSRPTv1 record)",
+            )
+        )
         return facts
     try:
         record = tlsrpt.reporting_record(texts)
     except tlsrpt.ReportingError as exc:
         facts["error"] = str(exc)
-        findings.append(_finding("warning", "tls_rpt_invalid", f"TLS-RPT: the record at {name} is invalid: {exc}"))
+        findings.append(
+            _finding(
+                "warning", "tls_rpt_invalid", f"TLS-RPT: the record at {name} is invalid: {exc}"
+            )
+        )
         return facts
     facts["record"] = record.as_dict()
-    findings.append(_finding("pass", "tls_rpt_valid", f"TLS-RPT: failure reports go to {', '.join(record.rua)}"))
+    findings.append(
+        _finding("pass", "tls_rpt_valid", f"TLS-RPT: failure reports go to {', '.join(record.rua)}")
+    )
     return facts
 
 
@@ -235,7 +337,9 @@ def _dane(
             facts["error"] = f"the trust anchors cannot be read: {exc}"
             findings.append(_finding("warning", "dane_unauthenticated", f"DANE: {facts['error']}"))
             return facts
-        validator = dnssec.Validator(lambda name, rdtype: resolver.secure(name, dns.rdatatype.to_text(rdtype)), anchors)
+        validator = dnssec.Validator(
+            lambda name, rdtype: resolver.secure(name, dns.rdatatype.to_text(rdtype)), anchors
+        )
     for host in mx_hosts:
         key = host.lower().rstrip(".")
         result = by_host.get(key)
@@ -246,11 +350,30 @@ def _dane(
             continue  # no TLSA records: no DANE, no finding
         facts["hosts"].append(entry)
         if not entry["authenticated"]:
-            findings.append(_finding("warning", "dane_unauthenticated", f"DANE: {host} has TLSA records, but {entry['reason']}"))
+            findings.append(
+                _finding(
+                    "warning",
+                    "dane_unauthenticated",
+                    f"DANE: {host} has TLSA records, but {entry['reason']}",
+                )
+            )
         elif entry["matched"] is not None:
-            findings.append(_finding("pass", "dane_valid", f"DANE: {host}: {entry['records'][entry['matched']]['reason']} (TLSA {entry['records'][entry['matched']]['record']})"))
+            winner = entry["records"][entry["matched"]]
+            findings.append(
+                _finding(
+                    "pass",
+                    "dane_valid",
+                    f"DANE: {host}: {winner['reason']} (TLSA {winner['record']})",
+                )
+            )
         else:
-            findings.append(_finding("fail", "dane_mismatch", f"DANE: {host}: no TLSA record matches: {entry['reason']}"))
+            findings.append(
+                _finding(
+                    "fail",
+                    "dane_mismatch",
+                    f"DANE: {host}: no TLSA record matches: {entry['reason']}",
+                )
+            )
     return facts
 
 
@@ -263,7 +386,15 @@ def _dane_host(
     port: int,
 ) -> dict[str, Any] | None:
     name = f"_{port}._tcp.{host.rstrip('.')}."
-    entry: dict[str, Any] = {"host": host, "name": name.rstrip("."), "authenticated": False, "reason": None, "tlsa": [], "matched": None, "records": []}
+    entry: dict[str, Any] = {
+        "host": host,
+        "name": name.rstrip("."),
+        "authenticated": False,
+        "reason": None,
+        "tlsa": [],
+        "matched": None,
+        "records": [],
+    }
     try:
         response = resolver.secure(name, "TLSA")
     except DNSError as exc:
@@ -288,7 +419,15 @@ def _dane_host(
     tls = result.get("tls") or {}
     if not tls.get("established"):
         entry["reason"] = "the server offered no TLS, which DANE requires"
-        entry["records"] = [{"record": r.text(), "usage": dane.USAGES.get(r.usage), "matched": False, "reason": "no TLS session"} for r in records]
+        entry["records"] = [
+            {
+                "record": r.text(),
+                "usage": dane.USAGES.get(r.usage),
+                "matched": False,
+                "reason": "no TLS session",
+            }
+            for r in records
+        ]
         return entry
     judged = dane.match(records, tls.get("chain") or [], tls.get("certificate"), [host.rstrip(".")])
     entry.update(judged)
@@ -301,11 +440,17 @@ def _authenticity(
     response: dns.message.Message, settings: Settings, validator: dnssec.Validator | None
 ) -> dnssec.Verdict:
     if settings.dnssec == "off":
-        return dnssec.Verdict(False, "this worker does not validate DNSSEC (SMTPCHECK_DNSSEC=off), so the records cannot be trusted")
+        return dnssec.Verdict(
+            False,
+            "this worker does not validate DNSSEC (SMTPCHECK_DNSSEC=off), "
+            "so the records cannot be trusted",
+        )
     if settings.dnssec == "trust-ad":
         if response.flags & dns.flags.AD:
             return dnssec.Verdict(True, "the validating resolver set the AD bit")
-        return dnssec.Verdict(False, "the answer is not DNSSEC-authenticated (the resolver did not set the AD bit)")
+        return dnssec.Verdict(
+            False, "the answer is not DNSSEC-authenticated (the resolver did not set the AD bit)"
+        )
     assert validator is not None
     try:
         validator.answer(response)
@@ -326,7 +471,9 @@ def _implied(
     findings: list[Finding],
 ) -> None:
     enforced = (sts.get("policy") or {}).get("mode") == "enforce"
-    dane_hosts = {h["host"].lower().rstrip(".") for h in danes.get("hosts", []) if h.get("authenticated")}
+    dane_hosts = {
+        h["host"].lower().rstrip(".") for h in danes.get("hosts", []) if h.get("authenticated")
+    }
     for key, result in by_host.items():
         if not (enforced or key in dane_hosts):
             continue
@@ -335,8 +482,26 @@ def _implied(
         before = ehlo.get("before_tls") or ehlo
         keywords = {str(k).upper() for k in (before.get("keywords") or {})}
         host = result["target"]["host"]
-        if (result.get("tls") or {}).get("mode") != "implicit" and "STARTTLS" not in keywords and not (result.get("tls") or {}).get("established"):
-            findings.append(_finding("fail", "policy_mx_no_starttls", f"{host}: the domain enforces TLS ({by}) but this MX does not offer STARTTLS: enforcing senders cannot deliver"))
+        if (
+            (result.get("tls") or {}).get("mode") != "implicit"
+            and "STARTTLS" not in keywords
+            and not (result.get("tls") or {}).get("established")
+        ):
+            findings.append(
+                _finding(
+                    "fail",
+                    "policy_mx_no_starttls",
+                    f"{host}: the domain enforces TLS ({by}) but this MX does not offer "
+                    "STARTTLS: enforcing senders cannot deliver",
+                )
+            )
         after = {str(k).upper() for k in (ehlo.get("keywords") or {})}
         if (result.get("tls") or {}).get("established") and "REQUIRETLS" not in after:
-            findings.append(_finding("info", "requiretls_not_offered", f"{host}: the domain enforces TLS ({by}) but this MX does not offer REQUIRETLS (RFC 8689), so senders cannot ask for TLS on every later hop"))
+            findings.append(
+                _finding(
+                    "info",
+                    "requiretls_not_offered",
+                    f"{host}: the domain enforces TLS ({by}) but this MX does not offer "
+                    "REQUIRETLS (RFC 8689), so senders cannot ask for TLS on every later hop",
+                )
+            )

@@ -10,13 +10,13 @@ How a delivery travels:
   died) — so the document it sends is the one ``GET /v1/checks/{id}``
   returns at that moment. The callback secret leaves the check's arguments
   for the delivery job's, still sealed.
-- Each delivery job makes one attempt, bounded in time (:data:`CONNECT_TIMEOUT`,
-  :data:`ATTEMPT_TIMEOUT`), and writes it to the check's ``job.meta["callback"]``,
-  which the check's document shows as ``callback``. A retryable failure (5xx,
-  408, 429, a timeout, a connection or DNS error) schedules the next attempt
-  as a new job through RQ's scheduler after :data:`RETRY_DELAYS`; nothing
-  sleeps in a worker slot. Every delivery job is deleted when it ends
-  (``result_ttl=0``), and its seal with it.
+- Each delivery job makes one attempt, bounded in time
+  (:data:`workers.https.CONNECT_TIMEOUT`, :data:`ATTEMPT_TIMEOUT`), and writes
+  it to the check's ``job.meta["callback"]``, which the check's document shows
+  as ``callback``. A retryable failure (5xx, 408, 429, a timeout, a connection
+  or DNS error) schedules the next attempt as a new job through RQ's scheduler
+  after :data:`RETRY_DELAYS`; nothing sleeps in a worker slot. Every delivery
+  job is deleted when it ends (``result_ttl=0``), and its seal with it.
 
 Why jobs and not a thread: a worker's work horse may exit as soon as the
 check returns (RQ's forking worker), taking any thread with it, and a thread
@@ -24,24 +24,20 @@ would hold the clear secret for minutes. A job per attempt costs a slot for
 at most :data:`ATTEMPT_TIMEOUT` seconds and survives a worker restart.
 
 The HTTP side: the URL passes :func:`smtpcheck.targetpolicy.http_target`
-again, the host is resolved here and every address judged by the same table
-as a mail server's; the socket is opened to the vetted address itself (no
-second lookup, so DNS rebinding gains nothing), then TLS with SNI and
-verification against the system store plus ``SMTPCHECK_CA_FILE``, then
-``http.client`` over that socket. Redirects are not followed (a 3xx is a
-failed attempt); at most :data:`MAX_RESPONSE_BYTES` of the answer are read.
+again, then :func:`workers.https.exchange` (shared with the MTA-STS policy
+fetch) resolves the host, judges every address by the same table as a mail
+server's and dials the vetted address itself (no second lookup, so DNS
+rebinding gains nothing), with TLS verified against the system store plus
+``SMTPCHECK_CA_FILE``. Redirects are not followed (a 3xx is a failed
+attempt); at most :data:`MAX_RESPONSE_BYTES` of the answer are read.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import http.client
 import json
 import logging
-import socket
 import ssl
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,9 +53,9 @@ from smtpcheck.config import Settings
 from smtpcheck.document import check_document, isoformat
 from smtpcheck.logs import log_context
 from smtpcheck.sealing import SealError, unseal
-from smtpcheck.targetpolicy import HTTPTarget, IPAddress, forbidden_reason, http_target
+from smtpcheck.targetpolicy import http_target
 from workers.errors import DNSError
-from workers.resolver import Resolver
+from workers.https import Refused, exchange
 
 log = logging.getLogger("smtpcheck.webhook")
 
@@ -67,7 +63,6 @@ DELIVERY_FUNCTION = "workers.webhook.deliver"
 DESCRIPTION = "smtpcheck-webhook"
 #: Seconds before attempts 2, 3, ...: six attempts over about eight minutes.
 RETRY_DELAYS = (1, 5, 30, 120, 300)
-CONNECT_TIMEOUT = 5.0
 ATTEMPT_TIMEOUT = 10.0  # resolve, connect, TLS, send, and read the answer
 MAX_RESPONSE_BYTES = 64 * 1024
 JOB_TIMEOUT = 60
@@ -208,10 +203,6 @@ class Attempt:
         }
 
 
-class Refused(Exception):
-    """The policy refuses this URL or every address of its host: no retry."""
-
-
 def post(document: dict[str, Any], secret: str, settings: Settings) -> tuple[Attempt, bool]:
     """One signed POST of ``document``; the attempt, and whether another is worth it."""
     started = time.monotonic()
@@ -234,8 +225,17 @@ def post(document: dict[str, Any], secret: str, settings: Settings) -> tuple[Att
             "webhook-signature": signature.sign(secret, document["id"], timestamp, body),
         }
         deadline = started + ATTEMPT_TIMEOUT
-        status, address = _send(target, body, headers, settings, deadline)
-        record.address = str(address)
+        response = exchange(
+            target,
+            settings,
+            deadline,
+            method="POST",
+            body=body,
+            headers=headers,
+            max_bytes=MAX_RESPONSE_BYTES,  # at most this much; the rest is never read
+        )
+        status = response.status
+        record.address = str(response.address)
         record.status_code = status
         if 300 <= status < 400:
             record.error = "the receiver answered with a redirect; redirects are not followed"
@@ -258,82 +258,3 @@ def post(document: dict[str, Any], secret: str, settings: Settings) -> tuple[Att
         retry = True
     record.duration_ms = round((time.monotonic() - started) * 1000, 1)
     return record, retry
-
-
-def _send(
-    target: HTTPTarget, body: bytes, headers: dict[str, str], settings: Settings, deadline: float
-) -> tuple[int, IPAddress]:
-    """Resolve, vet, connect to the vetted address, POST; the status code and address."""
-    addresses = _vetted(target, settings, deadline)
-    sock: socket.socket | None = None
-    errors = []
-    for address in addresses:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        try:
-            sock = socket.create_connection(
-                (str(address), target.port), timeout=min(CONNECT_TIMEOUT, left)
-            )
-            break
-        except OSError as exc:
-            errors.append(f"{address}: {exc.strerror or exc}")
-    if sock is None:
-        raise ConnectionError("; ".join(errors))
-    # The whole attempt has one deadline, however slowly the receiver trickles.
-    cut = threading.Event()
-    watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut, args=(sock, cut))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        sock.settimeout(max(deadline - time.monotonic(), 0.1))
-        connection: http.client.HTTPConnection
-        if target.scheme == "https":
-            sock = tls_context(settings.ca_file).wrap_socket(sock, server_hostname=target.host)
-            connection = http.client.HTTPSConnection(target.host, target.port)
-        else:
-            connection = http.client.HTTPConnection(target.host, target.port)
-        connection.sock = sock  # dial nothing else: http.client speaks over this socket
-        connection.request("POST", target.target, body=body, headers=headers)
-        response = connection.getresponse()
-        response.read(MAX_RESPONSE_BYTES)  # at most this much; the rest is never read
-        status = response.status
-    except (OSError, http.client.HTTPException):
-        if cut.is_set() or time.monotonic() >= deadline:
-            raise TimeoutError from None  # whatever half a reply the cut left behind
-        raise
-    finally:
-        watchdog.cancel()
-        sock.close()
-    return status, address
-
-
-def _cut(sock: socket.socket, cut: threading.Event) -> None:
-    cut.set()
-    with contextlib.suppress(OSError):  # closed meanwhile
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _vetted(target: HTTPTarget, settings: Settings, deadline: float) -> list[IPAddress]:
-    """The host's addresses that the target policy lets through; Refused if none."""
-    addresses = Resolver(settings, deadline).addresses(target.host, None)
-    allowed = []
-    refused = []
-    for address in addresses:
-        reason = forbidden_reason(address, settings.allow_networks)
-        if reason is None:
-            allowed.append(address)
-        else:
-            refused.append(f"{address} is a {reason} address")
-    if not allowed:
-        raise Refused("; ".join(refused) + " (SMTPCHECK_ALLOW_NETWORKS can let a network through)")
-    return allowed
-
-
-@functools.lru_cache(maxsize=4)
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Verify the receiver as SMTP TLS verification does: system store plus SMTPCHECK_CA_FILE."""
-    context = ssl.create_default_context()
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    return context
