@@ -13,6 +13,11 @@ It answers UDP queries on 127.0.0.1 from a zone given as a dict::
 - any other name: NXDOMAIN;
 - a name in ``servfail``: SERVFAIL (``"name. AAAA"``: for that type only);
 - a name in ``silent``: no answer at all, so the client times out.
+- with ``signers`` (zone apex -> :class:`ZoneKey`), a query with the
+  DNSSEC OK bit gets an RRSIG beside every answer RRset inside a signed
+  zone, made on the fly (the zone's DNSKEY record goes in ``zone`` like any
+  other); ``ad=True`` sets the AD bit on every answer, as a validating
+  resolver would.
 
 Names are matched case-insensitively; every answer is authoritative and
 lists its records in the zone's order.
@@ -27,6 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import dns.dnssec
 import dns.exception
 import dns.flags
 import dns.message
@@ -37,8 +43,35 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 Zone = Mapping[str, Mapping[str, Sequence[str]]]
+
+
+class ZoneKey:
+    """A DNSSEC signing key for a test zone (ECDSA P-256, as a KSK)."""
+
+    def __init__(self, apex: str) -> None:
+        self.apex = dns.name.from_text(apex)
+        self.private = ec.generate_private_key(ec.SECP256R1())
+        self.dnskey = dns.dnssec.make_dnskey(
+            self.private.public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256, flags=257
+        )
+
+    @property
+    def dnskey_text(self) -> str:
+        return self.dnskey.to_text()
+
+    @property
+    def ds_text(self) -> str:
+        return dns.dnssec.make_ds(self.apex, self.dnskey, "SHA256").to_text()
+
+    def sign(self, rrset: dns.rrset.RRset) -> dns.rrset.RRset:
+        rrsig = dns.dnssec.sign(rrset, self.private, self.apex, self.dnskey, lifetime=3600)
+        sigs = dns.rrset.RRset(rrset.name, dns.rdataclass.IN, dns.rdatatype.RRSIG, rrset.rdtype)
+        sigs.add(rrsig, rrset.ttl)
+        return sigs
+
 
 _MAX_CNAME_CHAIN = 8
 
@@ -54,6 +87,8 @@ class DNSServer:
         silent: Iterable[str] = (),
         ttl: int = 60,
         host: str = "127.0.0.1",
+        signers: Iterable[ZoneKey] = (),
+        ad: bool = False,
     ) -> None:
         self.zone: dict[dns.name.Name, dict[dns.rdatatype.RdataType, list[str]]] = {
             dns.name.from_text(name): {
@@ -66,6 +101,8 @@ class DNSServer:
         self.silent = {dns.name.from_text(name) for name in silent}
         self.ttl = ttl
         self.host = host
+        self.signers = sorted(signers, key=lambda k: len(k.apex), reverse=True)
+        self.ad = ad
         self.queries: list[tuple[str, str]] = []
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -157,6 +194,14 @@ class DNSServer:
             response.set_rcode(dns.rcode.SERVFAIL)
             return response.to_wire()
         response.set_rcode(self._fill(response, qname, qtype))
+        if self.ad:
+            response.flags |= dns.flags.AD
+        if query.ednsflags & dns.flags.DO:
+            response.use_edns(0, dns.flags.DO, 1232)
+            for rrset in list(response.answer):
+                key = next((k for k in self.signers if _signs(k, rrset)), None)
+                if key is not None:
+                    response.answer.append(key.sign(rrset))
         max_size = max(512, query.payload if query.edns >= 0 else 512)
         try:
             # In the zone's order (dnspython shuffles by default): tests rely on it.
@@ -193,6 +238,14 @@ class DNSServer:
         self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, values: Sequence[str]
     ) -> dns.rrset.RRset:
         return dns.rrset.from_text_list(name, self.ttl, dns.rdataclass.IN, rdtype, list(values))
+
+
+def _signs(key: ZoneKey, rrset: dns.rrset.RRset) -> bool:
+    """Whether ``key``'s zone signs ``rrset``: the closest enclosing zone,
+    except that a DS record is signed by the parent, above the zone cut."""
+    if rrset.rdtype == dns.rdatatype.DS and rrset.name == key.apex:
+        return False
+    return rrset.name.is_subdomain(key.apex)
 
 
 def _name_and_type(entry: str) -> tuple[dns.name.Name, dns.rdatatype.RdataType | None]:
