@@ -6,7 +6,10 @@ import pytest
 
 from workers import mtasts, tlsrpt
 
-POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n"
+POLICY = (
+    b"version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\n"
+    b"mx: *.example.net\r\nmax_age: 604800\r\n"
+)
 
 
 @pytest.mark.parametrize(
