@@ -44,7 +44,7 @@ class PolicyServer:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 owner.paths.append(self.path)
                 self.send_response(owner.status)
                 for name, value in owner.headers.items():
@@ -181,6 +181,7 @@ def test_an_unsigned_zone_is_dane_unauthenticated(
     world: Callable[..., World], certificates: Certificates
 ) -> None:
     policy, found = world(tlsa=f"3 1 1 {_spki_sha256(certificates)}", signed=False).assess()
+    assert policy["dane"]["hosts"][0]["authenticated"] is False
     assert "dane_unauthenticated" in found
     assert "not signed" in found["dane_unauthenticated"]
     assert "dane_valid" not in found
@@ -233,6 +234,7 @@ def test_an_unreachable_policy_host_says_why(
     made = world()
     policy_server.stop()
     policy, found = made.assess()
+    assert policy["mta_sts"]["policy"] is None
     assert "mta_sts_policy_unreachable" in found
     assert "refused" in found["mta_sts_policy_unreachable"].lower()
     policy_server.start()  # the fixture stops it again
