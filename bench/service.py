@@ -48,6 +48,7 @@ from rq.serializers import JSONSerializer  # noqa: E402
 
 from smtpcheck.config import Settings  # noqa: E402
 from smtpcheck.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from smtpcheck.redis_client import connect  # noqa: E402
 
 SMTPCHECK = [sys.executable, "-m", "cli"]
 QUEUE = "vantage:default"
@@ -383,7 +384,7 @@ def main() -> int:
     ):
         tmp = Path(tmp_name)
         server = EmbeddedRedis(tmp / "redis", persist=False).start()
-        conn = redis.Redis.from_url(server.url)
+        conn = connect(server.url)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTPCHECK_", "REDIS"))}
         env.update(
             REDIS_URL=server.url,

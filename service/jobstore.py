@@ -15,9 +15,6 @@ import logging
 import math
 from typing import Any
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from rq import Queue, Worker
 from rq import Retry as RQRetry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -41,6 +38,7 @@ from smtpcheck.document import (
     public_status,
 )
 from smtpcheck.logs import log_context
+from smtpcheck.redis_client import connect
 from smtpcheck.sealing import seal
 
 from . import events, listing
@@ -49,22 +47,8 @@ from .schemas import DEFAULT_VANTAGE, check_id_is_valid
 
 DESCRIPTION = "smtpcheck"
 JOB_TIMEOUT_MARGIN = 30
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 log = logging.getLogger("smtpcheck.service")
-
-
-def connect(url: str | None, *, read_timeout: float = 2.0) -> redis.Redis:
-    """A Redis client that fails fast (503) while Redis is away and reconnects by itself."""
-    return redis.Redis.from_url(
-        url or DEFAULT_REDIS_URL,
-        socket_connect_timeout=2.0,
-        socket_timeout=read_timeout,
-        socket_keepalive=True,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
-        retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
-    )
 
 
 class JobStore:
@@ -73,9 +57,10 @@ class JobStore:
     def __init__(self, settings: Settings, job_function: str = JOB_FUNCTION) -> None:
         self.settings = settings
         self.job_function = job_function
-        self.connection = connect(settings.redis_url)
+        # Fails fast (503) while Redis or its primary is away, and follows a failover.
+        self.connection = connect(settings, read_timeout=2.0)
         # XREAD for ?wait=N blocks up to N seconds: it gets its own read timeout.
-        self.blocking = connect(settings.redis_url, read_timeout=settings.limits.max_wait + 5.0)
+        self.blocking = connect(settings, read_timeout=settings.limits.max_wait + 5.0)
 
     def close(self) -> None:
         self.connection.close()

