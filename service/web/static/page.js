@@ -732,9 +732,10 @@
       return;
     }
     const ok = Boolean(result.ok);
+    const badge = ok ? "PASS" : result.outcome === "canceled" ? "CANCELED" : "FAIL";
     box.replaceChildren(
       el("div", { class: `verdict-card ${ok ? "pass" : "fail"}` },
-        el("p", { class: "badge" }, ok ? "PASS" : "FAIL"),
+        el("p", { class: "badge" }, badge),
         el("div", {},
           el("p", { class: "outcome" }, el("code", {}, result.outcome || "?"),
             result.stage ? ` at stage ${result.stage}` : "",
