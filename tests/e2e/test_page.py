@@ -187,6 +187,19 @@ def open_page(browser: WebDriver, url: str) -> None:
     wait_for(browser, "the page's script ran", lambda: browser.execute_script("return true"))
 
 
+def open_check_page(browser: WebDriver, service: Service) -> None:
+    """Load / and wait until it has asked for the key (then give it) or listed the vantages."""
+    open_page(browser, service.url + "/")
+
+    def settled() -> bool:
+        vantages = browser.find_element(By.ID, "f-vantage-help").get_attribute("textContent")
+        return shown(browser, "key-section") or "vantage point" in str(vantages)
+
+    wait_for(browser, "the page settles", settled)
+    if shown(browser, "key-section"):
+        give_key(browser)
+
+
 def give_key(browser: WebDriver) -> None:
     wait_for(browser, "the page asks for the API key", lambda: shown(browser, "key-section"))
     assert browser.switch_to.active_element.get_attribute("id") == "api-key"
@@ -304,9 +317,7 @@ def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
 def test_a_refused_request_is_shown_field_by_field(
     browser: WebDriver, page_service: Service, page_targets: PageTargets
 ) -> None:
-    open_page(browser, page_service.url + "/")
-    if shown(browser, "key-section"):
-        give_key(browser)
+    open_check_page(browser, page_service)
     set_check(browser, "127.0.0.1", 26)
     fill(browser, "f-timeouts-total", "-1")
     browser.find_element(By.ID, "run").click()
@@ -323,9 +334,7 @@ def test_a_refused_request_is_shown_field_by_field(
 def test_a_failing_check_and_its_permalink(
     browser: WebDriver, page_service: Service, page_targets: PageTargets
 ) -> None:
-    open_page(browser, page_service.url + "/")
-    if shown(browser, "key-section"):
-        give_key(browser)
+    open_check_page(browser, page_service)
     with contextlib.suppress(Exception):
         browser.find_element(By.ID, "f-timeouts-total").clear()
     set_check(browser, "127.0.0.1", page_targets.starttls.port, verify=True)
@@ -375,18 +384,11 @@ def test_docs_render_the_spec_in_the_browser(browser: WebDriver, page_service: S
 def test_an_address_checks_its_domain_mx_from_every_vantage(
     browser: WebDriver, page_service: Service, page_targets: PageTargets
 ) -> None:
-    open_page(browser, page_service.url + "/")
-    if shown(browser, "key-section"):
-        give_key(browser)
+    open_check_page(browser, page_service)
     # Keyboard only: Enter opens the drawer, Enter in the box runs the check.
     browser.find_element(By.CSS_SELECTOR, "#advanced > summary").send_keys(Keys.ENTER)
     assert browser.find_element(By.ID, "advanced").get_attribute("open") is not None
     fill(browser, "f-port", str(page_targets.starttls.port))
-    wait_for(
-        browser,
-        "the vantages are loaded",
-        lambda: "vantage point" in browser.find_element(By.ID, "f-vantage-help").text,
-    )
     Select(browser.find_element(By.ID, "f-vantage")).select_by_value("all")
     browser.find_element(By.ID, "target").send_keys("bob@local.test", Keys.ENTER)
     wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
@@ -407,9 +409,7 @@ def test_an_address_checks_its_domain_mx_from_every_vantage(
 def test_cancel_a_running_check_from_the_page(
     browser: WebDriver, page_service: Service, page_targets: PageTargets
 ) -> None:
-    open_page(browser, page_service.url + "/")
-    if shown(browser, "key-section"):
-        give_key(browser)
+    open_check_page(browser, page_service)
     set_check(browser, "127.0.0.1", page_targets.slow.port)
     browser.find_element(By.ID, "run").click()
     wait_for(browser, "the check runs", lambda: transcript(browser) and shown(browser, "cancel"))
