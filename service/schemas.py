@@ -30,6 +30,7 @@ from smtpcheck.contract import (
     STAGES,
     VANTAGE_PATTERN,
 )
+from smtpcheck.message import DEFAULT_SUBJECT, build_message, header_problem
 from smtpcheck.targetpolicy import IPAddress, IPNetwork, forbidden_reason, http_target
 
 from . import names
@@ -51,7 +52,6 @@ MAX_TLS_CA = 64 * 1024  # characters of PEM in tls_ca
 MAX_TLS_CA_CERTIFICATES = 16
 MAX_HELO = 255
 MAX_LINE = 998  # RFC 5322 line length, for subject and header values
-DEFAULT_SUBJECT = "smtpcheck test message"
 DEFAULT_BODY = "This is a test message sent by smtpcheck.\r\n"
 MAX_CALLBACK_URL = 2048
 
@@ -128,6 +128,16 @@ class WireSafe(validate.Regexp):
 
 def wire_safe(*, allow_tab: bool = False) -> WireSafe:
     return WireSafe(allow_tab=allow_tab)
+
+
+class BuildableHeader(validate.Validator):
+    """A header name the message builder takes from a caller."""
+
+    def __call__(self, value: str) -> str:
+        problem = header_problem(value)
+        if problem is not None:
+            raise ValidationError(problem)
+        return value
 
 
 class StrictBoolean(fields.Boolean):
@@ -381,14 +391,20 @@ def build_schemas(settings: Settings) -> Schemas:
         headers = BoundedDict(
             max_entries=MAX_HEADERS,
             keys=fields.String(
-                validate=FullMatch(
-                    HEADER_NAME_PATTERN,
-                    error="header names are 1-76 printable ASCII characters without ':'",
-                )
+                validate=[
+                    FullMatch(
+                        HEADER_NAME_PATTERN,
+                        error="header names are 1-76 printable ASCII characters without ':'",
+                    ),
+                    BuildableHeader(),
+                ]
             ),
             values=wire_string(max_length=MAX_LINE, allow_tab=True),
             load_default=dict,
-            metadata={"description": "extra header fields; names are printable ASCII without ':'"},
+            metadata={
+                "description": "extra header fields; names are printable ASCII without ':'; "
+                "no Content-* or MIME-Version (the builder writes one text/plain part)"
+            },
         )
 
     class RetrySchema(StrictSchema):
@@ -589,6 +605,10 @@ def build_schemas(settings: Settings) -> Schemas:
         @validates_schema
         def consistent(self, data: dict[str, Any], **kwargs: Any) -> None:
             errors = request_consistency_errors(data)
+            if not errors and data["message"] is not None:
+                problem = unbuildable(data, settings.helo_name)
+                if problem is not None:
+                    errors["message"] = [problem]
             if errors:
                 raise ValidationError(errors)
 
@@ -641,6 +661,22 @@ def build_schemas(settings: Settings) -> Schemas:
         links = fields.Nested(LinksSchema, required=True)
 
     return Schemas(check_request=CheckRequestSchema, check=CheckSchema)
+
+
+def unbuildable(data: dict[str, Any], default_helo: str) -> str | None:
+    """Why the worker could not build this request's message, or None: the
+    shared builder is run once here, so a worker never meets one it cannot."""
+    try:
+        build_message(
+            data["message"],
+            mail_from=data["mail_from"],
+            rcpt_to=data["rcpt_to"],
+            helo=data["helo"] or default_helo,
+            check_id="00000000-0000-0000-0000-000000000000",
+        )
+    except Exception as exc:  # whatever the email package refuses is the caller's 422
+        return f"the message cannot be built: {exc}"
+    return None
 
 
 def request_consistency_errors(data: dict[str, Any]) -> dict[str, list[str]]:

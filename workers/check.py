@@ -15,11 +15,11 @@ from typing import Any
 from smtpcheck.config import Settings
 from smtpcheck.contract import PROBES, STAGES
 from smtpcheck.contract import SECRET_MASK as REDACTED
+from smtpcheck.message import build_message
 from workers import protocol
 from workers.connection import Connection, endpoint
 from workers.errors import CheckAborted, ConnectionClosed, ReadTimeout
 from workers.findings import findings
-from workers.message import build_message
 from workers.probes import run_probe
 from workers.protocol import Capabilities, Reply, check_wire_text, printable
 from workers.resolver import Resolver

@@ -1,4 +1,10 @@
-"""The test message sent after DATA, when the caller asked for one to be built."""
+"""The test message sent after DATA, when the caller asked for one to be built.
+
+Pure (no I/O), and shared: the worker builds the message with it, and the
+API refuses any ``message`` it cannot build (a 422 naming the field) by
+asking :func:`header_problem` and then building it once, so nothing the API
+accepts can make a worker fail here.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,19 @@ from typing import Any
 
 DEFAULT_SUBJECT = "smtpcheck test message"
 CHECK_ID_HEADER = "X-Smtpcheck-Id"
+#: The builder writes these itself (one text/plain part); a caller's would be
+#: dropped or, for a multipart type, make the message impossible to build.
+OWN_HEADERS = ("content-", "mime-version")
+
+
+def header_problem(name: str) -> str | None:
+    """Why the builder cannot take a header of this name from the caller, or None."""
+    if name.lower().startswith(OWN_HEADERS):
+        return (
+            f"{name} is written by the message builder (one text/plain part); "
+            "send a whole message as data to choose the MIME structure"
+        )
+    return None
 
 
 def build_message(
@@ -33,6 +52,9 @@ def build_message(
     if check_id:
         msg[CHECK_ID_HEADER] = check_id
     for name, value in (spec.get("headers") or {}).items():
+        problem = header_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
         if name.lower() in {k.lower() for k in msg}:
             msg.replace_header(name, value)
         else:
