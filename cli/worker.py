@@ -11,6 +11,7 @@ from smtpcheck.contract import ALL_VANTAGES, VANTAGE_PATTERN
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from smtpcheck.redis_client import uses_sentinel
     from workers.pool import run_pool
 
     vantage = args.vantage or settings.vantage
@@ -22,6 +23,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
     if not settings.redis_url:
         err("REDIS_URL is not set; using redis://127.0.0.1:6379/0")
+    if args.worker_class == "fork" and uses_sentinel(settings.redis_url):
+        err(
+            "--worker-class fork cannot follow a redis+sentinel:// primary (RQ's forked "
+            "work horse rebuilds its connection from a host and port); use simple"
+        )
+        return EXIT_USAGE
     if not settings.secret_key:
         err("SMTPCHECK_SECRET_KEY is not set: checks with AUTH cannot be run")
     return run_pool(

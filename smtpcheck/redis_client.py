@@ -115,6 +115,11 @@ def parse_url(url: str) -> str | SentinelTarget:
     )
 
 
+def uses_sentinel(url: str | None) -> bool:
+    """Whether ``url`` names its primary through sentinels."""
+    return url is not None and url.lower().partition("://")[0].endswith("+sentinel")
+
+
 class FailoverRedis(redis.Redis):
     """A client that retries reads across a failover and never resends a write."""
 

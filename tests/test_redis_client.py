@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,13 @@ import pytest
 import redis
 
 from smtpcheck.config import ConfigError, Settings
-from smtpcheck.redis_client import READ_RETRIES, SentinelTarget, connect, parse_url
+from smtpcheck.redis_client import (
+    READ_RETRIES,
+    SentinelTarget,
+    connect,
+    parse_url,
+    uses_sentinel,
+)
 from tests.sentinel_group import SERVICE, SentinelGroup
 
 
@@ -168,3 +177,22 @@ def test_a_read_is_retried_over_a_lost_connection(losing: ReplyLosingServer) -> 
     with pytest.raises(redis.ConnectionError):
         client.get("check-1")
     assert losing.commands == ["GET"] * (1 + READ_RETRIES)
+
+
+def test_the_forking_worker_is_refused_with_sentinel() -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SMTPCHECK_", "REDIS_URL"))
+    }
+    env["REDIS_URL"] = "redis+sentinel://127.0.0.1:1/smtpcheck"
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "worker", "--worker-class", "fork"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "cannot follow a redis+sentinel:// primary" in done.stderr
+    assert uses_sentinel("rediss+sentinel://h/s") and not uses_sentinel("redis://h")

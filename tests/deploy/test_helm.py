@@ -552,3 +552,80 @@ def test_bundled_redis_without_persistence(render: Render) -> None:
 def test_no_redis_at_all_is_refused(render: Render) -> None:
     with pytest.raises(HelmFailure, match="redis"):
         render({"redis": {"bundled": {"enabled": False}}})
+
+
+# ---------------------------------------------------------------------------
+# Redis Sentinel and TLS files (ci/sentinel-values.yaml)
+# ---------------------------------------------------------------------------
+
+TLS_DIR = "/etc/smtpcheck/redis-tls"
+
+
+@pytest.fixture(scope="module")
+def sentinel(render: Render) -> list[dict[str, Any]]:
+    return render(load_values(CHART / "ci" / "sentinel-values.yaml"))
+
+
+def test_sentinel_values_make_a_sentinel_url(sentinel: list[dict[str, Any]]) -> None:
+    url = secret_data(sentinel)["REDIS_URL"]
+    assert url == (
+        "rediss+sentinel://:sentinel-and-data-password@"
+        "sentinel-0.redis.svc.cluster.local:26379,sentinel-1.redis.svc.cluster.local:26379,"
+        "sentinel-2.redis.svc.cluster.local:26379/smtpcheck/1"
+    )
+    assert not of_kind(sentinel, "StatefulSet"), "no bundled Redis beside Sentinel"
+    (configmap,) = of_kind(sentinel, "ConfigMap")
+    settings = Settings.from_env({**configmap["data"], "REDIS_URL": url})
+    assert settings.redis_ca_file == f"{TLS_DIR}/ca.crt"
+    assert settings.redis_cert_file == f"{TLS_DIR}/tls.crt"
+    assert settings.redis_key_file == f"{TLS_DIR}/tls.key"
+
+
+def test_every_pod_mounts_the_redis_tls_secret(sentinel: list[dict[str, Any]]) -> None:
+    deployments = of_kind(sentinel, "Deployment")
+    assert len(deployments) == 3  # the API and one per vantage
+    for deployment in deployments:
+        spec = deployment["spec"]["template"]["spec"]
+        volume = {"secretName": "redis-client-tls", "defaultMode": 0o440}
+        assert {"name": "redis-tls", "secret": volume} in spec["volumes"]
+        (container,) = spec["containers"]
+        mount = {"name": "redis-tls", "mountPath": TLS_DIR, "readOnly": True}
+        assert mount in container["volumeMounts"]
+
+
+def test_pods_reach_the_sentinels_and_the_data_nodes(sentinel: list[dict[str, Any]]) -> None:
+    for name in ("api", "worker"):
+        for policy in component(sentinel, "NetworkPolicy", name):
+            ports = {port for proto, port in egress_ports(policy) if proto == "TCP"}
+            assert {26379, 6380} <= ports, (name, ports)
+            assert REDIS_PORT not in ports
+
+
+def test_each_vantage_keeps_its_own_placement(sentinel: list[dict[str, Any]]) -> None:
+    pods = {
+        d["metadata"]["name"].removeprefix(f"{RELEASE}-worker-"): d["spec"]["template"]["spec"]
+        for d in component(sentinel, "Deployment", "worker")
+    }
+    assert pods["datacenter"]["nodeSelector"] == {"smtpcheck/network": "datacenter"}
+    assert "podAntiAffinity" in pods["datacenter"]["affinity"]
+    assert "tolerations" not in pods["datacenter"]
+    assert pods["residential-isp"]["nodeSelector"] == {"smtpcheck/network": "residential"}
+    assert pods["residential-isp"]["tolerations"][0]["value"] == "residential"
+
+
+def test_a_sentinel_url_given_whole_is_accepted(render: Render) -> None:
+    url = "redis+sentinel://s1:26379,s2:26379/main/0"
+    docs = render({"redis": {"url": url}})
+    assert secret_data(docs)["REDIS_URL"] == url
+    with pytest.raises(HelmFailure, match="sentinel"):
+        render({"redis": {"sentinel": {"hosts": ["s1:26379"], "service": "bad name"}}})
+
+
+def test_the_forking_worker_is_refused_with_sentinel(render: Render) -> None:
+    with pytest.raises(HelmFailure, match="workerClass fork cannot follow a Sentinel primary"):
+        render(
+            {
+                "redis": {"sentinel": {"hosts": ["s1:26379"]}},
+                "vantages": [{"name": "default", "workerClass": "fork"}],
+            }
+        )

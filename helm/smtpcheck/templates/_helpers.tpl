@@ -63,7 +63,7 @@ app.kubernetes.io/part-of: {{ include "smtpcheck.name" .ctx }}
 
 {{/* "true" when the bundled Redis runs (no external URL given), else "". */}}
 {{- define "smtpcheck.redis.bundled" -}}
-{{- if not (or .Values.redis.url .Values.redis.existingSecret) }}
+{{- if not (or .Values.redis.url .Values.redis.existingSecret .Values.redis.sentinel.hosts) }}
 {{- if not .Values.redis.bundled.enabled }}
 {{- fail "redis: set redis.url or redis.existingSecret, or enable redis.bundled" }}
 {{- end }}
@@ -75,9 +75,26 @@ app.kubernetes.io/part-of: {{ include "smtpcheck.name" .ctx }}
 {{- printf "%s-redis" (include "smtpcheck.fullname" . | trunc 57 | trimSuffix "-") }}
 {{- end }}
 
+{{/*
+REDIS_URL for redis.sentinel: redis+sentinel://[:password@]host:port,.../service/db
+(rediss+sentinel:// with sentinel.tls). One password for sentinels and data nodes.
+*/}}
+{{- define "smtpcheck.redis.sentinelUrl" -}}
+{{- $s := .Values.redis.sentinel }}
+{{- $auth := "" }}
+{{- with $s.password }}
+{{- $auth = printf ":%s@" . }}
+{{- end }}
+{{- $hosts := list }}
+{{- range $s.hosts }}
+{{- $hosts = append $hosts (ternary (toString .) (printf "%s:26379" .) (contains ":" (toString .))) }}
+{{- end }}
+{{- printf "%s://%s%s/%s/%d" (ternary "rediss+sentinel" "redis+sentinel" (default false $s.tls)) $auth (join "," $hosts) $s.service (int $s.db) }}
+{{- end }}
+
 {{/* The Secret and key REDIS_URL comes from. */}}
 {{- define "smtpcheck.redis.secretName" -}}
-{{- if and (not .Values.redis.url) .Values.redis.existingSecret }}
+{{- if and (not (or .Values.redis.url .Values.redis.sentinel.hosts)) .Values.redis.existingSecret }}
 {{- .Values.redis.existingSecret }}
 {{- else }}
 {{- include "smtpcheck.fullname" . }}
@@ -85,7 +102,7 @@ app.kubernetes.io/part-of: {{ include "smtpcheck.name" .ctx }}
 {{- end }}
 
 {{- define "smtpcheck.redis.secretKey" -}}
-{{- if and (not .Values.redis.url) .Values.redis.existingSecret }}
+{{- if and (not (or .Values.redis.url .Values.redis.sentinel.hosts)) .Values.redis.existingSecret }}
 {{- .Values.redis.existingSecretKey }}
 {{- else }}
 {{- "REDIS_URL" }}
@@ -189,6 +206,24 @@ JSON list. Fails on two names that map to one Kubernetes name.
     {{- end }}
 {{- end }}
 
+{{/* The Secret with Redis's CA (and client certificate), as a volume and its mount. */}}
+{{- define "smtpcheck.redis.tlsVolume" -}}
+{{- with .Values.redis.tls.existingSecret }}
+- name: redis-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{- define "smtpcheck.redis.tlsMount" -}}
+{{- if .Values.redis.tls.existingSecret }}
+- name: redis-tls
+  mountPath: /etc/smtpcheck/redis-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
 {{/* Env every smtpcheck container gets: REDIS_URL and SMTPCHECK_SECRET_KEY. */}}
 {{- define "smtpcheck.secretEnv" -}}
 - name: REDIS_URL
@@ -238,8 +273,16 @@ ports: networkPolicy.dns.ports plus any port named in config.dnsServers.
         matchLabels:
           {{- include "smtpcheck.selectorLabels" (dict "ctx" . "component" "redis") | nindent 10 }}
 {{- else }}
+{{- $redisPorts := list }}
+{{- range .Values.redis.external.ports }}
+{{- $redisPorts = append $redisPorts (int .) }}
+{{- end }}
+{{- range .Values.redis.sentinel.hosts }}
+{{- $parts := splitList ":" (toString .) }}
+{{- $redisPorts = append $redisPorts (ternary (int (last $parts)) 26379 (eq (len $parts) 2)) }}
+{{- end }}
 - ports:
-    {{- range .Values.redis.external.ports }}
+    {{- range (uniq $redisPorts) }}
     - protocol: TCP
       port: {{ . }}
     {{- end }}
