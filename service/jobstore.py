@@ -2,8 +2,8 @@
 
 The queue contract (docs/architecture.md): queue ``vantage:<name>``, job
 function ``workers.job.run_check_job`` enqueued by dotted path with kwargs
-``{"request", "sealed_password"}`` (plus ``sealed_callback_secret`` with a
-``callback``), JSON serializer, description
+``{"request", "sealed_password"}`` (with a ``callback``, a second, deferred
+job: see smtpcheck/delivery.py), JSON serializer, description
 ``smtpcheck``, ``job.meta = {"owner", "vantage"}``. The check id is the RQ
 job id. This module never imports ``workers``.
 """
@@ -22,6 +22,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from smtpcheck import delivery
 from smtpcheck.config import Settings
 from smtpcheck.contract import (
     CANCEL_KEY_PREFIX,
@@ -81,9 +82,9 @@ class JobStore:
         """
         request, password, callback_secret = mask_secrets(request)
         sealed = None if password is None else self.seal(password, "AUTH passwords")
-        kwargs: dict[str, Any] = {"request": request, "sealed_password": sealed}
-        if callback_secret is not None:  # the worker signs the webhook with it
-            kwargs["sealed_callback_secret"] = self.seal(callback_secret, "callback secrets")
+        sealed_callback = None
+        if callback_secret is not None:
+            sealed_callback = self.seal(callback_secret, "callback secrets")
         vantage = request["vantage"]
         self.require_vantage(vantage)
         ttl = self.settings.result_ttl
@@ -96,7 +97,7 @@ class JobStore:
             )
         job = self.queue(vantage).enqueue(
             self.job_function,
-            kwargs=kwargs,
+            kwargs={"request": request, "sealed_password": sealed},
             retry=retry,
             job_timeout=math.ceil(request["timeouts"]["total"]) + JOB_TIMEOUT_MARGIN,
             result_ttl=ttl,
@@ -105,6 +106,10 @@ class JobStore:
             description=DESCRIPTION,
             meta={"owner": owner, "vantage": vantage, **_request_context()},
         )
+        if sealed_callback is not None:  # the webhook: a worker POSTs the check once it ends
+            delivery.enqueue(
+                self.queue(vantage), job.id, sealed_callback, attempt=1, ttl=ttl, after_check=True
+            )
         self.connection.hincrby(SUBMITTED_KEY, vantage, 1)
         if listed:
             listing.add(self.connection, owner, job.id, ttl)
@@ -240,7 +245,7 @@ class JobStore:
         self.connection.set(CANCEL_KEY_PREFIX + job.id, "1", ex=self.settings.result_ttl)
         if status != JobStatus.STARTED:
             with contextlib.suppress(InvalidJobOperation):  # canceled meanwhile
-                job.cancel()
+                job.cancel(enqueue_dependents=True)  # its webhook, if any, still goes out
         return True
 
     def delete(self, job: Job) -> None:
@@ -257,7 +262,7 @@ class JobStore:
         if PUBLIC_STATUS.get(status) == "queued":
             with contextlib.suppress(InvalidJobOperation):  # canceled meanwhile
                 job.cancel()
-        job.delete()
+        job.delete(delete_dependents=True)  # a webhook not sent yet, and its seal
         owner = (job.meta or {}).get("owner")
         if owner:
             listing.remove(self.connection, str(owner), job.id)

@@ -37,7 +37,7 @@ from rq.job import Job
 from smtpcheck.config import Settings
 from smtpcheck.logs import log_context
 from smtpcheck.sealing import unseal
-from workers import cancel, events, stats, webhook
+from workers import cancel, events, stats
 from workers.check import run_check
 from workers.politeness import TargetGate
 
@@ -52,11 +52,6 @@ end
 """
 
 
-#: Arguments that hold a seal. The callback secret's leaves for the webhook's
-#: delivery job as the check starts (workers/webhook.py).
-SEALS = ("sealed_password", "sealed_callback_secret")
-
-
 class RetryLater(Exception):
     """Raised to make RQ schedule the next attempt of a greylisted check."""
 
@@ -67,11 +62,7 @@ def _attempt_summary(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result.get(key) for key in keep}
 
 
-def run_check_job(
-    request: dict[str, Any],
-    sealed_password: str | None = None,
-    sealed_callback_secret: str | None = None,
-) -> dict[str, Any]:
+def run_check_job(request: dict[str, Any], sealed_password: str | None = None) -> dict[str, Any]:
     settings = Settings.from_env()
     job = get_current_job()
     if job is not None:  # every log line of this check names it, RQ's included
@@ -82,9 +73,6 @@ def run_check_job(
                 "request_id": (job.meta or {}).get("request_id"),
             }
         )
-    if job is not None and sealed_callback_secret is not None:
-        webhook.arrange(job, sealed_callback_secret, settings)  # POSTs the check once it ends
-        scrub_sealed_password(job, ("sealed_callback_secret",))  # the delivery job holds it now
     if job is not None and sealed_password is not None and not job.retries_left:
         scrub_sealed_password(job)  # RQ will not run this job again: nothing needs the seal
     password = None
@@ -140,12 +128,12 @@ def _report(job: Job, settings: Settings, result: dict[str, Any]) -> None:
         log.warning("check %s: could not count it for /metrics: %s", job.id, exc)
 
 
-def scrub_sealed_password(job: Job, names: tuple[str, ...] = SEALS) -> None:
-    """Store the job's arguments again with these seals (all, by default) ``null``."""
+def scrub_sealed_password(job: Job) -> None:
+    """Store the job's arguments again with ``sealed_password: null``."""
     kwargs = dict(job.kwargs)
-    if all(kwargs.get(name) is None for name in names):
+    if kwargs.get("sealed_password") is None:
         return
-    kwargs.update({name: None for name in names if name in kwargs})
+    kwargs["sealed_password"] = None
     job.kwargs = kwargs  # RQ rebuilds `data` from this when it saves the job at the end
     job.connection.eval(_REWRITE_DATA, 1, job.key, zlib.compress(job.data))
 

@@ -1,22 +1,22 @@
 """Webhooks: once a check ends, POST its document to the request's ``callback.url``.
 
-How a delivery travels:
+How a delivery travels (smtpcheck/delivery.py has the job's shape):
 
-- When a check with a ``callback`` starts (its first attempt), :func:`arrange`
-  queues a small delivery job on the check's own queue that *depends on* the
-  check (RQ ``Dependency``, ``allow_failure=True``). RQ enqueues it only
-  once the check has ended and its result is stored — finished, or failed in
-  a way the worker knows (an exception, its time limit, a work horse that
-  died) — so the document it sends is the one ``GET /v1/checks/{id}``
-  returns at that moment. The callback secret leaves the check's arguments
-  for the delivery job's, still sealed.
+- The API queues the first delivery job together with the check, *depending
+  on* it (RQ ``Dependency``, ``allow_failure=True``). RQ enqueues it only once
+  the check has ended and its result is stored — finished (a check canceled
+  while it ran finishes with outcome ``canceled``), failed in a way RQ knows
+  (an exception, its time limit, a worker that died), or canceled before it
+  ran (the API cancels with ``enqueue_dependents``) — so the document
+  :func:`deliver` sends is the one ``GET /v1/checks/{id}`` returns then. The
+  callback secret travels only in the delivery jobs' arguments, sealed.
 - Each delivery job makes one attempt, bounded in time
   (:data:`workers.https.CONNECT_TIMEOUT`, :data:`ATTEMPT_TIMEOUT`), and writes
   it to the check's ``job.meta["callback"]``, which the check's document shows
-  as ``callback``. A retryable failure (5xx, 408, 429, a timeout, a connection
-  or DNS error) schedules the next attempt as a new job through RQ's scheduler
-  after :data:`RETRY_DELAYS`; nothing sleeps in a worker slot. Every delivery
-  job is deleted when it ends (``result_ttl=0``), and its seal with it.
+  as ``callback``. A retryable failure (5xx, 408, 429, a timeout, a connection,
+  TLS or DNS error) queues the next attempt as a new job through RQ's
+  scheduler after :data:`RETRY_DELAYS`; nothing sleeps in a worker slot.
+  Every delivery job is deleted when it ends, and its seal with it.
 
 Why jobs and not a thread: a worker's work horse may exit as soon as the
 check returns (RQ's forking worker), taking any thread with it, and a thread
@@ -45,10 +45,10 @@ from typing import Any
 
 from rq import Queue, get_current_job
 from rq.exceptions import NoSuchJobError
-from rq.job import Dependency, Job
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from smtpcheck import signature
+from smtpcheck import delivery, signature
 from smtpcheck.config import Settings
 from smtpcheck.document import check_document, isoformat
 from smtpcheck.logs import log_context
@@ -59,13 +59,10 @@ from workers.https import Refused, exchange
 
 log = logging.getLogger("smtpcheck.webhook")
 
-DELIVERY_FUNCTION = "workers.webhook.deliver"
-DESCRIPTION = "smtpcheck-webhook"
 #: Seconds before attempts 2, 3, ...: six attempts over about eight minutes.
 RETRY_DELAYS = (1, 5, 30, 120, 300)
 ATTEMPT_TIMEOUT = 10.0  # resolve, connect, TLS, send, and read the answer
 MAX_RESPONSE_BYTES = 64 * 1024
-JOB_TIMEOUT = 60
 USER_AGENT = "smtpcheck-webhook/1"
 
 # Write the check's meta, unless the check was deleted meanwhile (a plain
@@ -75,49 +72,6 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'meta', ARGV[1])
 end
 """
-
-
-def arrange(check: Job, sealed_secret: str, settings: Settings) -> None:
-    """Queue the delivery that runs once ``check`` ends (first attempt only)."""
-    if (check.meta or {}).get("callback"):
-        return  # a later attempt of a greylisted check: arranged already
-    queue = Queue(check.origin, connection=check.connection, serializer=JSONSerializer)
-    _enqueue(
-        queue,
-        check.id,
-        sealed_secret,
-        attempt=1,
-        settings=settings,
-        depends_on=Dependency(jobs=[check.id], allow_failure=True, enqueue_at_front=True),
-    )
-    check.meta["callback"] = {"status": "pending", "attempts": []}
-    check.save_meta()
-
-
-def _enqueue(
-    queue: Queue,
-    check_id: str,
-    sealed_secret: str,
-    *,
-    attempt: int,
-    settings: Settings,
-    delay: int = 0,
-    depends_on: Dependency | None = None,
-) -> None:
-    options: dict[str, Any] = {
-        "kwargs": {"check_id": check_id, "sealed_secret": sealed_secret, "attempt": attempt},
-        "job_id": f"{check_id}-webhook-{attempt}",
-        "description": DESCRIPTION,
-        "job_timeout": JOB_TIMEOUT,
-        "result_ttl": 0,  # deleted once it ends: the seal goes with it
-        "failure_ttl": 24 * 3600,
-        "ttl": settings.result_ttl,
-        "meta": {"check_id": check_id},
-    }
-    if delay:
-        queue.enqueue_in(timedelta(seconds=delay), DELIVERY_FUNCTION, **options)
-    else:
-        queue.enqueue(DELIVERY_FUNCTION, depends_on=depends_on, at_front=True, **options)
 
 
 # ---------------------------------------------------------------------------
@@ -154,8 +108,13 @@ def deliver(check_id: str, sealed_secret: str, attempt: int = 1) -> None:
         callback["status"] = "retrying"
         callback["next_attempt_at"] = isoformat(datetime.now(UTC) + timedelta(seconds=delay))
         queue = Queue(job.origin, connection=job.connection, serializer=JSONSerializer)
-        _enqueue(
-            queue, check_id, sealed_secret, attempt=attempt + 1, settings=settings, delay=delay
+        delivery.enqueue(
+            queue,
+            check_id,
+            sealed_secret,
+            attempt=attempt + 1,
+            ttl=settings.result_ttl,
+            delay=delay,
         )
     check.meta["callback"] = callback
     job.connection.eval(_WRITE_META, 1, check.key, check.serializer.dumps(check.meta))

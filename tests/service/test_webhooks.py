@@ -21,6 +21,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
@@ -173,7 +174,8 @@ def test_an_operator_can_allow_http_other_ports_and_a_network(redis_url: str) ->
 def test_the_secret_travels_sealed_and_is_shown_masked(
     client: FlaskClient, redis_client: redis.Redis
 ) -> None:
-    """Queued: the request holds ****, the job a Fernet seal, Redis no clear secret."""
+    """Queued: the request holds ****, the deferred delivery job a Fernet seal,
+    Redis no clear secret."""
     check_id = submit(
         client,
         {
@@ -186,7 +188,12 @@ def test_the_secret_travels_sealed_and_is_shown_masked(
     assert raw is not None
     kwargs = json.loads(zlib.decompress(raw))[3]
     assert kwargs["request"]["callback"]["secret"] == "****"
-    assert kwargs["sealed_callback_secret"].startswith(FERNET_PREFIX.decode())
+    assert set(kwargs) == {"request", "sealed_password"}  # the check never holds it
+    delivery = Job.fetch(
+        f"{check_id}-webhook-1", connection=redis_client, serializer=JSONSerializer
+    )
+    assert delivery.get_status() == JobStatus.DEFERRED  # until the check ends
+    assert delivery.kwargs["sealed_secret"].startswith(FERNET_PREFIX.decode())
     assert find(redis_values(redis_client), secret_needles(SECRET)) == []
 
 
@@ -310,10 +317,8 @@ def test_a_finished_check_is_posted_to_the_receiver_signed(
     assert attempt["error"] is None
     assert attempt["address"] == "127.0.0.1"
     assert attempt["duration_ms"] >= 0
-    # nothing of the secret is left: no seal in the check, no delivery job
-    raw = redis_client.hget(f"rq:job:{check_id}", "data")
-    assert raw is not None
-    assert json.loads(zlib.decompress(raw))[3]["sealed_callback_secret"] is None
+    # nothing of the secret is left: the delivery job is gone, and its seal
+    assert redis_client.keys("rq:job:*-webhook-*") == []
     assert find(redis_values(redis_client), secret_needles(SECRET)) == []
     assert find(redis_values(redis_client), [Needle("Fernet token", FERNET_PREFIX)]) == []
 
@@ -462,8 +467,11 @@ def test_a_check_whose_worker_died_is_posted_as_failed(
     hook = receiver([(200, {})])
     released = threading.Event()
 
+    talking = threading.Event()
+
     def stall(sock: socket.socket) -> None:  # greets, then says nothing more
         sock.sendall(b"220 stall.local.test ESMTP\r\n")
+        talking.set()
         released.wait(30)
 
     server = scripted_server(stall)
@@ -472,10 +480,7 @@ def test_a_check_whose_worker_died_is_posted_as_failed(
     # rq.SimpleWorker: the check runs in this very process, so one SIGKILL ends it
     process = rq_worker(redis_url, "--worker-class", "rq.SimpleWorker")
     try:
-        deadline = time.monotonic() + 20
-        while not redis_client.exists(f"rq:job:{check_id}-webhook-1"):  # arranged: mid-check
-            assert time.monotonic() < deadline, "the check never started"
-            time.sleep(0.05)
+        assert talking.wait(20), "the check never reached the server"
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # without a word
         process.wait(timeout=10)
@@ -601,3 +606,38 @@ def test_at_most_64_kib_of_the_answer_is_read(
     assert callback["status"] == "delivered"
     assert callback["attempts"][0]["status_code"] == 200
     assert sum(sent) < 16 * 1024 * 1024  # the client hung up long before the end
+
+
+def test_a_check_canceled_before_it_ran_is_posted_as_canceled(
+    hooked: Callable[..., FlaskClient],
+    receiver: Callable[..., Receiver],
+    redis_client: redis.Redis,
+) -> None:
+    hook = receiver([(200, {})])
+    client = hooked([hook.port])
+    check_id = submit(client, check_body(hooked.target.port, hook.url()))  # type: ignore[attr-defined]
+    assert client.delete(f"/v1/checks/{check_id}", headers=ALICE).status_code == 202
+
+    work(redis_client)  # the check does not run; its delivery does
+
+    (got,) = hook.received
+    posted = json.loads(got.body)
+    assert posted["id"] == check_id
+    assert posted["status"] == "canceled"
+    assert posted["result"] is None
+    assert verify(SECRET, got)
+
+
+def test_deleting_a_check_drops_its_pending_delivery(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    callback = {"url": "https://hooks.example.com/x", "secret": SECRET}
+    check_id = submit(client, {"host": "mx.example.com", "callback": callback})
+    client.delete(f"/v1/checks/{check_id}", headers=ALICE)  # canceled: its delivery is queued
+    client.delete(f"/v1/checks/{check_id}", headers=ALICE)  # deleted
+    assert redis_client.exists(f"rq:job:{check_id}") == 0
+
+    work(redis_client)  # the delivery finds no check and posts nothing
+
+    assert redis_client.keys("rq:job:*-webhook-*") == []
+    assert find(redis_values(redis_client), [Needle("Fernet token", FERNET_PREFIX)]) == []
