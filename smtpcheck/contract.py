@@ -329,6 +329,18 @@ class CertificateProblem(TypedDict):
     message: str
 
 
+class ChainCertificate(TypedDict):
+    """A certificate the server sent, as DANE (RFC 7672) matches it."""
+
+    subject: str
+    issuer: str
+    cert_sha256: str
+    cert_sha512: str
+    spki_sha256: str
+    spki_sha512: str
+    issued_by_next: Annotated[bool, "signed by the next certificate in the chain"]
+
+
 class TLSFacts(TypedDict):
     mode: Literal["starttls", "implicit"]
     offered: bool
@@ -347,6 +359,7 @@ class TLSFacts(TypedDict):
     problems: NotRequired[Annotated[list[CertificateProblem], "every problem found, at once"]]
     certificate: NotRequired[CertificateFacts | None]
     chain_length: NotRequired[int]
+    chain: NotRequired[Annotated[list[ChainCertificate], "the certificates sent, leaf first"]]
 
 
 AuthAttempt = TypedDict(
@@ -463,6 +476,75 @@ class MXFacts(TypedDict):
     checked: Annotated[int, "how many MX hosts were checked"]
 
 
+class StsRecord(TypedDict):
+    id: str
+
+
+class StsPolicy(TypedDict):
+    version: Literal["STSv1"]
+    mode: Literal["enforce", "testing", "none"]
+    max_age: int
+    mx: list[str]
+
+
+class StsHost(TypedDict):
+    host: str
+    pattern: Annotated[str | None, "the policy's mx pattern covering the host"]
+    covered: bool
+    certificate_ok: Annotated[bool | None, "null: the host was not checked"]
+    reason: str | None
+
+
+class MtaStsFacts(TypedDict):
+    record: StsRecord | None
+    record_error: str | None
+    policy_url: str | None
+    policy: StsPolicy | None
+    policy_error: str | None
+    hosts: list[StsHost]
+
+
+class TlsRptRecord(TypedDict):
+    version: Literal["TLSRPTv1"]
+    rua: list[str]
+
+
+class TlsRptFacts(TypedDict):
+    record: TlsRptRecord | None
+    error: str | None
+
+
+class TlsaJudgement(TypedDict):
+    record: str
+    usage: str | None
+    matched: bool
+    reason: str
+
+
+class DaneHost(TypedDict):
+    host: str
+    name: Annotated[str, "the TLSA name, _port._tcp.<host>"]
+    authenticated: Annotated[bool, "the TLSA answer is DNSSEC-authenticated"]
+    reason: str | None
+    tlsa: list[str] | None
+    matched: Annotated[int | None, "index in records of the record that matched"]
+    records: list[TlsaJudgement]
+
+
+class DaneFacts(TypedDict):
+    dnssec: Literal["off", "trust-ad", "validate"]
+    hosts: list[DaneHost]
+    error: NotRequired[str]
+
+
+class PolicyFacts(TypedDict):
+    """What a sending MTA would enforce for the domain (with mx true)."""
+
+    mta_sts: MtaStsFacts
+    tls_rpt: TlsRptFacts
+    dane: DaneFacts
+
+
 class AttemptSummary(TypedDict):
     """An earlier attempt of a greylisted check, without its transcript."""
 
@@ -511,6 +593,7 @@ class CheckResult(_ResultFacts):
 
     transcript: list[TranscriptLine]
     mx: NotRequired[Annotated[MXFacts, "with mx true: the MX hosts found"]]
+    policy: NotRequired[Annotated[PolicyFacts, "with mx true: MTA-STS, TLS-RPT and DANE"]]
     hosts: NotRequired[Annotated[list[MXHostResult], "with mx true: a result per host checked"]]
     attempts: NotRequired[
         Annotated[list[AttemptSummary], "with retry_temporary: every attempt made"]

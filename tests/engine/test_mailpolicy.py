@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from smtpcheck.config import Settings
 from tests.dns_server import DNSServer, ZoneKey
+from tests.engine.test_contract import assert_valid
 from tests.smtp_servers import Certificates, SMTPTarget
 from workers.check import run_check
 from workers.mailpolicy import assess
@@ -112,6 +113,7 @@ class World:
             time.monotonic() + 20,
             port=self.target.port,
         )
+        assert_valid(policy, "PolicyFacts")  # the contract's shape, as openapi.yaml publishes it
         by_code = {f["code"]: f["message"] for f in findings}
         return policy, by_code
 
