@@ -343,6 +343,11 @@ def test_a_failing_check_and_its_permalink(
     assert "tls_untrusted" in verdict(browser)
     assert "certificate_untrusted" in page_text(browser)
     failed_id = check_id(browser)
+    wait_for(
+        browser,
+        "the check is listed among the recent ones",
+        lambda: browser.find_elements(By.CSS_SELECTOR, f'#recent-list a[href="#{failed_id}"]'),
+    )
     screenshot(browser, "check-fail")
 
     # The copy-as-smtpcheck-check command, pasted in a shell, says the same.

@@ -124,7 +124,7 @@
       sessionStorage.setItem(KEY_STORE, key);
       $("api-key").value = "";
       $("key-section").hidden = true;
-      loadVantages();
+      loadVantages().then(loadRecent);
       const next = pending;
       pending = null;
       if (next) next();
@@ -353,7 +353,7 @@
     showCommand("curl-command", curlCommand(request));
     showCommand("cli-command", cliCommand(request));
     const notes = [];
-    if (request.auth) notes.push(`The curl command reads the password from $${PASSWORD_VARIABLE}; smtpcheck check asks for it.`);
+    if (request.auth) notes.push(`Both read the AUTH password from $${PASSWORD_VARIABLE} (smtpcheck check asks for it where that is not set).`);
     if (request.tls_ca) notes.push("smtpcheck check reads the extra CA certificates from a file: save them as ca.pem first.");
     const note = $("cli-note");
     note.hidden = !notes.length;
@@ -687,6 +687,7 @@
     const overall = (await api("GET", `/v1/checks/${encodeURIComponent(doc.id)}`, undefined, { signal: me.aborter.signal })).data;
     me.ended = true;
     setStatus(overall.status);
+    loadRecent();
     showVerdict(overall.result, overall);
     const details = $("details");
     details.replaceChildren(grid(members.filter((m) => m.doc).map((m) => ({ vantage: m.row.vantage, doc: m.doc }))));
@@ -710,6 +711,7 @@
 
   function showEnded(doc, into) {
     setStatus(doc.status);
+    loadRecent();
     const result = doc.result;
     if (result) showTranscript(into, result.transcript);
     else if (!into.count) into.log.append(el("p", { class: "help" }, "No transcript."));
@@ -876,6 +878,44 @@
       el("tbody", {}, rows));
   }
 
+  // -- this key's recent checks ------------------------------------------------------
+
+  async function loadRecent() {
+    let items;
+    try {
+      items = (await api("GET", "/v1/checks?limit=10")).data.items;
+    } catch (error) {
+      return; // an older service without the listing, or no key yet: no panel
+    }
+    const list = $("recent-list");
+    $("recent").hidden = false;
+    if (!items.length) {
+      list.replaceChildren(el("p", { class: "help" }, "None yet."));
+      return;
+    }
+    const rows = items.map((item) => {
+      const request = item.request || {};
+      const result = item.result;
+      const verdictText = result ? `${result.ok ? "pass" : "fail"}: ${result.outcome}` : item.status;
+      const what = `${request.host || "?"}${request.port && request.port !== 25 ? `:${request.port}` : ""}${request.mx ? " (MX)" : ""}`;
+      return el("tr", {},
+        el("td", {}, el("a", { href: `#${item.id}` }, what)),
+        el("td", {}, item.vantage || "default"),
+        el("td", { class: result ? (result.ok ? "cell-pass" : "cell-fail") : "" }, verdictText),
+        el("td", {}, el("time", { datetime: item.created_at || "" }, localTime(item.created_at))));
+    });
+    list.replaceChildren(el("table", { class: "recent-table" },
+      el("caption", { class: "visually-hidden" }, "Recent checks"),
+      el("thead", {}, el("tr", {}, ["Target", "Vantage", "Result", "Created"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows)));
+  }
+
+  function localTime(iso) {
+    if (!iso) return "";
+    const when = new Date(iso);
+    return Number.isNaN(when.getTime()) ? iso : when.toLocaleString();
+  }
+
   // -- cancel, run again, permalinks -------------------------------------------------
 
   async function cancel() {
@@ -906,10 +946,11 @@
     });
     $("cancel").addEventListener("click", () => cancel());
     $("copy-curl").addEventListener("click", () => copy("curl-command"));
+    $("recent-refresh").addEventListener("click", () => loadRecent());
     $("copy-cli").addEventListener("click", () => copy("cli-command"));
     window.addEventListener("hashchange", fromLocation);
     setupKey();
-    loadVantages().then(fromLocation);
+    loadVantages().then(fromLocation).then(loadRecent);
   }
 
   document.addEventListener("DOMContentLoaded", setup);
