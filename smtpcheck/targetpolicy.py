@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from urllib.parse import quote, urlsplit
 
+from smtpcheck.contract import control_character
+
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
@@ -137,7 +139,7 @@ def http_target(url: str, allowed_ports: Iterable[int], allow_http: bool) -> HTT
     ``allowed_ports``, a host, no credentials, no fragment. The host's
     addresses are judged separately, with :func:`forbidden_reason`.
     """
-    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+    if " " in url or control_character(url) is not None:  # C1 and U+2028/9 too
         raise ValueError("must not contain spaces or control characters")
     try:
         parts = urlsplit(url)

@@ -507,3 +507,15 @@ def test_tls_ca_must_be_parseable_pem_certificates(client: FlaskClient) -> None:
         assert errors_of(client, {"host": "mx.example.com", "tls_ca": text}) == {
             "tls_ca": [message]
         }
+
+
+@pytest.mark.parametrize("injection", [injection for injection, _ in SEPARATORS])
+def test_a_callback_url_holds_no_control_or_line_separator(
+    client: FlaskClient, injection: str
+) -> None:
+    url = "https://hooks.example.com/x" + injection
+    body = {"host": "mx.example.com", "callback": {"url": url, "secret": "s" * 32}}
+
+    assert errors_of(client, body) == {
+        "callback.url": ["must not contain spaces or control characters"]
+    }
