@@ -40,9 +40,13 @@ def transcript_lines(entries: list[Mapping[str, Any]]) -> list[str]:
 def verdict_lines(result: Mapping[str, Any]) -> list[str]:
     ok = bool(result.get("ok"))
     target = result.get("target") or {}
-    where = target.get("host", "?")
-    if target.get("address") and target.get("address") != where:
-        where += f" [{target['address']}]"
+    host = str(target.get("host", "?"))
+    address = target.get("address")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal: [::1]:25, never ::1:25
+    where = host
+    if address and address != target.get("host"):
+        where += f" [{address}]"
     if target.get("port"):
         where += f":{target['port']}"
     lines = [

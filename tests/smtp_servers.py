@@ -270,3 +270,58 @@ def read_line(sock: socket.socket, limit: int = 4096) -> bytes:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def canned(
+    replies: dict[str, bytes | list[bytes]],
+    *,
+    banner: bytes = b"220 mx.local.test ESMTP\r\n",
+    ehlo: bytes = b"250-mx.local.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+    heard: list[bytes] | None = None,
+) -> Script:
+    """A scripted MTA: the banner, then per command the reply of the longest
+    key the line starts with (a list: one reply per use, the last repeated);
+    EHLO gets ``ehlo``, QUIT 221, anything else 250. After ``354`` to DATA it
+    reads the message up to the final dot and answers with ``replies["."]``.
+    Every line the client sent is kept in ``heard``."""
+
+    def reply_for(line: bytes, used: dict[str, int]) -> bytes:
+        text = line.decode("utf-8", "replace")
+        keys = sorted((k for k in replies if text.upper().startswith(k.upper())), key=len)
+        if keys:
+            key = keys[-1]
+            answer = replies[key]
+            if isinstance(answer, list):
+                index = min(used.get(key, 0), len(answer) - 1)
+                used[key] = used.get(key, 0) + 1
+                return answer[index]
+            return answer
+        verb = text.split(" ")[0].strip().upper()
+        if verb in ("EHLO", "HELO"):
+            return ehlo if verb == "EHLO" else b"250 mx.local.test\r\n"
+        if verb == "QUIT":
+            return b"221 2.0.0 Bye\r\n"
+        if verb == "DATA":
+            return b"354 End data with <CR><LF>.<CR><LF>\r\n"
+        return b"250 2.0.0 Ok\r\n"
+
+    def script(sock: socket.socket) -> None:
+        used: dict[str, int] = {}
+        sock.sendall(banner)
+        while True:
+            line = read_line(sock)
+            if not line:
+                return
+            if heard is not None:
+                heard.append(line.rstrip(b"\r\n"))
+            answer = reply_for(line.rstrip(b"\r\n"), used)
+            sock.sendall(answer)
+            if answer.startswith(b"354"):
+                while read_line(sock, 100_000) not in (b".\r\n", b""):
+                    pass
+                final = replies.get(".", b"250 2.0.0 Ok: queued as 4F2A1\r\n")
+                sock.sendall(final if isinstance(final, bytes) else final[0])
+            if line.upper().startswith(b"QUIT") or answer.startswith(b"421"):
+                return
+
+    return script

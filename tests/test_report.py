@@ -54,3 +54,15 @@ def test_findings_block_lists_failures_first_and_mx_hosts():
     assert block[3].startswith("  [PASS] banner_ok")
     assert "MX    example.com: 1 host(s)" in text
     assert "   10 mx.example.com: relay_denied" in text
+
+
+def test_an_ipv6_target_is_bracketed_in_the_verdict_line():
+    result = {
+        "ok": True,
+        "outcome": "ok",
+        "stage": "ehlo",
+        "summary": "fine",
+        "target": {"host": "::1", "port": 25, "address": "::1"},
+        "transcript": [],
+    }
+    assert "([::1]:25)" in render_text(result)

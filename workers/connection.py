@@ -1,7 +1,8 @@
 """The driver: one stream, one reply reader, one transcript.
 
 Owns the socket, the deadlines and the TLS upgrade; records every line where
-it crosses the wire. The SMTP rules themselves are in ``workers.protocol``.
+it crosses the wire. The SMTP rules themselves are in ``workers.protocol``
+and ``workers.dialogue``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from workers.errors import (
     ReadTimeout,
     RemoteProtocolError,
 )
-from workers.protocol import NEED_DATA, ClientState, Reply, ReplyReader, printable
+from workers.protocol import NEED_DATA, Reply, ReplyReader, printable
 from workers.stream import Stream
 from workers.transcript import CLIENT, SERVER, Transcript
 
@@ -51,7 +52,6 @@ class Connection:
         self.command_timeout = command_timeout
         self.deadline = deadline  # the whole check's, on the monotonic clock
         self.reader = ReplyReader()
-        self.state = ClientState()
         self.stream: Stream | None = None
         #: The worker's own address on the path of the last connect, also a failed one.
         self.source: str | None = None
@@ -163,11 +163,6 @@ class Connection:
             if event.reply is not None:
                 return event.reply
 
-    def read_banner(self) -> Reply:
-        reply = self.read_reply()
-        self.state.greeted()
-        return reply
-
     # -- commands ----------------------------------------------------------
 
     def send_line(self, line: bytes, shown: str) -> None:
@@ -175,26 +170,6 @@ class Connection:
         assert self.stream is not None
         self.transcript.record(CLIENT, shown, tls=self.is_tls)
         self.stream.write(line, self.reply_deadline())
-
-    def command(self, verb: str, *args: str, shown: str | None = None) -> Reply:
-        """Send a command and read its reply; ``shown`` replaces the logged line."""
-        self.state.check(verb)
-        line = protocol.command(verb, *args)
-        self.send_line(line, shown if shown is not None else line.decode("utf-8").rstrip("\r\n"))
-        reply = self.read_reply()
-        self.state.replied(verb, reply)
-        return reply
-
-    def raw_command(self, line: bytes, shown: str) -> Reply:
-        """A line inside an exchange already checked (AUTH continuation, MAIL, RCPT)."""
-        self.send_line(line, shown)
-        return self.read_reply()
-
-    def envelope(self, verb: str, line: bytes) -> Reply:
-        self.state.check(verb)
-        reply = self.raw_command(line, line.decode("utf-8").rstrip("\r\n"))
-        self.state.replied(verb, reply)
-        return reply
 
     def send_message(self, payload: bytes) -> Reply:
         """Send a dot-stuffed message after 354 and read the final reply."""
@@ -210,6 +185,4 @@ class Connection:
             text = line.decode("utf-8", errors="backslashreplace")
             self.transcript.record(CLIENT, printable(text, 1000), tls=self.is_tls)
         self.stream.write(payload, self.reply_deadline())
-        reply = self.read_reply()
-        self.state.data_done()
-        return reply
+        return self.read_reply()

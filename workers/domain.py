@@ -5,20 +5,22 @@ by one until one answers (``mx_hosts: "first"``) or all of them at once
 from __future__ import annotations
 
 import copy
+import ipaddress
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from smtpcheck.config import Settings
-from workers.check import Plan, run_check, utc_timestamp
 from workers.errors import DNSError
 from workers.findings import sort_findings
+from workers.plan import Plan
 from workers.resolver import MXHost, Resolver
+from workers.result import utc_timestamp
 from workers.transcript import Transcript
 
-if TYPE_CHECKING:
-    from workers.check import Gate
+#: Checks one host: the request with ``host`` set to an MX host (workers.check).
+HostCheck = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 MAX_MX_HOSTS = 10
 MAX_PARALLEL = 4
@@ -36,14 +38,10 @@ NO_ANSWER = {
 
 
 def run_domain_check(
-    request: Mapping[str, Any],
-    settings: Settings,
-    *,
-    password: str | None,
-    check_id: str | None,
-    gate: Gate | None = None,
+    request: Mapping[str, Any], plan: Plan, settings: Settings, check_host: HostCheck
 ) -> dict[str, Any]:
-    plan = Plan.from_request(request, settings, password=password, check_id=check_id)
+    """Check the MX hosts of ``plan.host``, each with ``check_host``."""
+    check_id = plan.check_id
     domain = plan.host
     mode = str(request.get("mx_hosts") or "first")
     transcript = Transcript()
@@ -80,7 +78,13 @@ def run_domain_check(
     except DNSError as exc:
         result["timings"]["mx"] = transcript.elapsed_ms()
         transcript.error(f"dns_error: {exc}")
-        result["summary"] = f"No mail can be delivered to {domain}: {exc}"
+        if exc.temporary:
+            result["summary"] = (
+                f"The MX records of {domain} cannot be read for now: {exc}; senders will "
+                "retry, so mail is delayed, not lost"
+            )
+        else:
+            result["summary"] = f"No mail can be delivered to {domain}: {exc}"
         result["findings"] = [{"severity": "fail", "code": "mx_dns_error", "message": str(exc)}]
         return _finish(result, transcript)
     result["timings"]["mx"] = round((time.monotonic() - started) * 1000, 1)
@@ -91,14 +95,15 @@ def run_domain_check(
         kind = "no MX record: the domain itself (RFC 5321 5.1)" if mx.implicit else "MX"
         transcript.note(f"{kind} {mx.preference} {mx.host}")
     hosts = hosts[:MAX_MX_HOSTS]
+    mx_findings = _mx_target_findings(hosts, Resolver(settings, deadline))
 
-    def check_host(mx: MXHost) -> dict[str, Any]:
+    def check_mx(mx: MXHost) -> dict[str, Any]:
         left = max(deadline - time.monotonic(), 0.001)
         sub = copy.deepcopy(dict(request))
         sub.update(host=mx.host, mx=False)
         sub["timeouts"] = {**plan.timeouts, "total": left}
         begun = transcript.elapsed_ms()
-        outcome = run_check(sub, settings, password=password, check_id=check_id, gate=gate)
+        outcome = check_host(sub)
         outcome["preference"] = mx.preference
         outcome["_offset"] = begun
         return outcome
@@ -106,7 +111,7 @@ def run_domain_check(
     checked: list[dict[str, Any]] = []
     if mode == "all":
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(hosts))) as pool:
-            checked = list(pool.map(check_host, hosts))
+            checked = list(pool.map(check_mx, hosts))
         primary = checked[0]
         failures = [r for r in checked if not r["ok"]]
         result["ok"] = not failures
@@ -118,7 +123,7 @@ def run_domain_check(
         result["summary"] = summary
     else:
         for mx in hosts:
-            checked.append(check_host(mx))
+            checked.append(check_mx(mx))
             if checked[-1]["outcome"] not in NO_ANSWER or time.monotonic() >= deadline:
                 break
         primary = checked[-1]
@@ -152,8 +157,42 @@ def run_domain_check(
             for finding in host_result["findings"]
         ]
     result["hosts"] = checked
+    result["findings"] += mx_findings
     sort_findings(result["findings"])
     return _finish(result, transcript)
+
+
+def _mx_target_findings(hosts: list[MXHost], resolver: Resolver) -> list[dict[str, str]]:
+    """RFC 5321 5.1: an MX names a host, never an address, and never an alias."""
+    found: list[dict[str, str]] = []
+    for mx in hosts:
+        if mx.implicit:
+            continue
+        try:
+            ipaddress.ip_address(mx.host.strip("[]"))
+        except ValueError:
+            pass
+        else:
+            found.append(
+                {
+                    "severity": "fail",
+                    "code": "mx_ip_literal",
+                    "message": f"The MX record names an IP address ({mx.host}), not a host "
+                    "name: RFC 5321 forbids it and many senders will not deliver",
+                }
+            )
+            continue
+        alias = resolver.cname(mx.host)
+        if alias:
+            found.append(
+                {
+                    "severity": "warning",
+                    "code": "mx_cname",
+                    "message": f"The MX host {mx.host} is an alias (CNAME to {alias}): "
+                    "RFC 5321 wants the MX to name the host itself",
+                }
+            )
+    return found
 
 
 def _finish(result: dict[str, Any], transcript: Transcript) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from smtpcheck.contract import SEVERITIES
+from workers.protocol import printable
 
 #: Certificate problems that are failures; the others are warnings.
 CERTIFICATE_FAILURES = {"certificate_expired": "fail", "certificate_not_yet_valid": "fail"}
@@ -23,7 +24,8 @@ def sort_findings(found: list[dict[str, str]]) -> None:
 
 
 def _finding(severity: str, code: str, message: str) -> dict[str, str]:
-    return {"severity": severity, "code": code, "message": message}
+    """One finding, its message on one line."""
+    return {"severity": severity, "code": code, "message": " ".join(message.split())}
 
 
 def findings(
@@ -39,8 +41,9 @@ def findings(
 
     banner = result.get("banner")
     timings = result.get("timings") or {}
-    if banner and banner.get("code") == 220:
-        add(_finding("pass", "banner_ok", f"The server greets with 220 ({banner['text'][:80]})"))
+    if banner and banner.get("class") == "accepted":
+        first = printable(str(banner["text"]).split("\n")[0], 80)
+        add(_finding("pass", "banner_ok", f"The server greets with {banner['code']} ({first})"))
         banner_ms = timings.get("banner")
         if banner_ms is not None and banner_ms > slow_banner_ms:
             add(

@@ -9,7 +9,6 @@ a clock or a logger, so every rule can be tested with bytes alone:
 - ``parse_ehlo`` reads the EHLO keywords and their parameters.
 - AUTH encoders for PLAIN, LOGIN and CRAM-MD5.
 - ``message_payload`` normalises line ends and dot-stuffs a message for DATA.
-- ``ClientState`` holds every legal move of a client in one table.
 """
 
 from __future__ import annotations
@@ -144,7 +143,7 @@ class ReplyReader:
         match = _REPLY_LINE.match(line)
         decoded = line.decode("utf-8", errors="backslashreplace")
         if not match or (match.group(3) is not None and b"\r" in match.group(3)):
-            raise RemoteProtocolError(f"not an SMTP reply line: {printable(decoded)!r}")
+            raise RemoteProtocolError(f'not an SMTP reply line: "{printable(decoded, 60)}"')
         code = int(match.group(1))
         if self._pending and self._pending[0].code != code:
             raise RemoteProtocolError(
@@ -161,6 +160,19 @@ class ReplyReader:
         reply = Reply(code=code, lines=tuple(item.text for item in self._pending))
         self._pending = []
         return ReplyLine(code=code, last=True, text=text, raw=decoded, reply=reply)
+
+
+def parse_reply(data: bytes) -> Reply:
+    """The first whole reply in ``data`` (for tests and canned answers)."""
+    reader = ReplyReader()
+    reader.receive_data(data)
+    while True:
+        event = reader.next_line()
+        if event is NEED_DATA:
+            raise RemoteProtocolError("no whole reply in the data")
+        assert not isinstance(event, NeedData)
+        if event.reply is not None:
+            return event.reply
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -264,21 +276,8 @@ def parse_ehlo(reply: Reply) -> Capabilities:
 # AUTH (RFC 4954, 4616; draft-murchison-sasl-login; RFC 2195)
 # ---------------------------------------------------------------------------
 
-AUTH_PREFERENCE = ("CRAM-MD5", "PLAIN", "LOGIN")
 LOGIN_USERNAME_PROMPT = "VXNlcm5hbWU6"  # base64 of "Username:"
 LOGIN_PASSWORD_PROMPT = "UGFzc3dvcmQ6"  # base64 of "Password:"  # noqa: S105
-
-
-def choose_mechanism(offered: tuple[str, ...], requested: str) -> str | None:
-    """The mechanism to use: the requested one if offered, or for ``auto``
-    the strongest offered that we speak. ``None`` when there is none."""
-    offered_upper = {m.upper() for m in offered}
-    if requested.lower() != "auto":
-        return requested.upper() if requested.upper() in offered_upper else None
-    for mechanism in AUTH_PREFERENCE:
-        if mechanism in offered_upper:
-            return mechanism
-    return None
 
 
 def b64(data: bytes) -> str:
@@ -328,91 +327,3 @@ def message_payload(message: bytes) -> bytes:
         lines.pop()
     stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
     return b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
-
-
-# ---------------------------------------------------------------------------
-# Client state: every legal move in one table
-# ---------------------------------------------------------------------------
-
-
-class State(Enum):
-    CONNECTED = "connected"  # socket open, no banner yet: we must not speak
-    GREETED = "greeted"  # banner read
-    READY = "ready"  # EHLO/HELO accepted
-    MAIL = "mail"  # MAIL FROM accepted: a transaction is open
-    RCPT = "rcpt"  # at least one RCPT TO sent
-    DATA = "data"  # 354 received, message being sent
-    CLOSED = "closed"
-
-
-# verb -> states it may be sent from. EHLO, HELO and RSET end a transaction.
-_MOVES: dict[str, frozenset[State]] = {
-    "EHLO": frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT}),
-    "HELO": frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT}),
-    "STARTTLS": frozenset({State.READY}),
-    "AUTH": frozenset({State.READY}),
-    "MAIL": frozenset({State.READY}),
-    "RCPT": frozenset({State.MAIL, State.RCPT}),
-    "DATA": frozenset({State.RCPT}),
-    "RSET": frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT}),
-    "NOOP": frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT}),
-    "VRFY": frozenset({State.READY, State.GREETED}),
-    "EXPN": frozenset({State.READY, State.GREETED}),
-    "QUIT": frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT}),
-}
-
-
-@dataclass
-class ClientState:
-    """Tracks where the dialogue is; a move not in ``_MOVES`` raises."""
-
-    state: State = State.CONNECTED
-    tls: bool = False  # STARTTLS succeeded (or TLS on connect): never twice
-    authenticated: bool = False  # AUTH succeeded: never twice (RFC 4954)
-
-    def check(self, verb: str) -> None:
-        verb = verb.upper()
-        allowed = _MOVES.get(verb)
-        if allowed is None:
-            raise LocalProtocolError(f"unknown command {verb!r}")
-        if self.state not in allowed:
-            raise LocalProtocolError(f"cannot send {verb} in state {self.state.value}")
-        if verb == "STARTTLS" and self.tls:
-            raise LocalProtocolError("cannot send STARTTLS inside TLS")
-        if verb == "AUTH" and self.authenticated:
-            raise LocalProtocolError("cannot send AUTH once authenticated")
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.state in (State.MAIL, State.RCPT)
-
-    def greeted(self) -> None:
-        if self.state is not State.CONNECTED:
-            raise LocalProtocolError("banner read twice")
-        self.state = State.GREETED
-
-    def replied(self, verb: str, reply: Reply) -> None:
-        """Move on after ``verb`` got ``reply``."""
-        verb = verb.upper()
-        hello = verb in ("EHLO", "HELO")
-        if reply.positive and (hello or (verb == "RSET" and self.in_transaction)):
-            self.state = State.READY
-        elif verb == "STARTTLS" and reply.positive:
-            self.state = State.GREETED  # RFC 3207: forget everything, EHLO again
-            self.tls = True
-        elif verb == "AUTH" and reply.code == 235:
-            self.authenticated = True
-        elif verb == "MAIL" and reply.positive:
-            self.state = State.MAIL
-        elif verb == "RCPT":
-            # DATA is legal only once some recipient was accepted.
-            self.state = State.RCPT if reply.positive or self.state is State.RCPT else State.MAIL
-        elif verb == "DATA":
-            self.state = State.DATA if reply.intermediate else self.state
-        elif verb == "QUIT":
-            self.state = State.CLOSED
-
-    def data_done(self) -> None:
-        if self.state is not State.DATA:
-            raise LocalProtocolError("message sent outside DATA")
-        self.state = State.READY

@@ -252,6 +252,14 @@ class Resolver:
         resolver.lifetime, resolver.timeout = base.lifetime, base.timeout
         return resolver
 
+    def cname(self, host: str) -> str | None:
+        """The name ``host`` is an alias of, or None (also when the lookup fails)."""
+        try:
+            answer = self._query(host, "CNAME")
+        except DNSError:
+            return None
+        return answer[0].to_text().rstrip(".") if answer is not None and len(answer) else None
+
     # -- PTR ---------------------------------------------------------------
 
     def ptr(self, address: IPAddress) -> list[str]:

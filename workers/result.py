@@ -1,119 +1,193 @@
-"""The verdict: outcome codes, how server replies map to them, and the one
-sentence a person can act on."""
+"""The result's words: the reply the verdict rests on, and the one sentence
+a person can act on, for every outcome and, where it says more, every
+reply class. The verdict itself is workers.verdict's."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import datetime as dt
 from typing import Any
 
-from workers.protocol import Reply
+from smtpcheck.contract import Outcome, ReplyClass
+from workers.dialogue import Failure
+from workers.protocol import printable
 
-_RELAY = re.compile(r"relay|relaying|not permitted to relay|not local|no such domain here", re.I)
-_TLS_WORDS = re.compile(r"starttls|\btls\b|encrypt|secure connection|ssl", re.I)
-
-
-def policy_outcome(reply: Reply) -> str | None:
-    """``tls_required`` or ``auth_required`` for a 530-style policy reply."""
-    enhanced = reply.enhanced or ""
-    if reply.code in (530, 538) or enhanced in ("5.7.0", "5.7.11", "5.7.10"):
-        if reply.code == 538 or enhanced == "5.7.11" or _TLS_WORDS.search(reply.text):
-            return "tls_required"
-        if reply.code == 530 or re.search(r"auth", reply.text, re.I):
-            return "auth_required"
-    return None
+O = Outcome  # noqa: E741
+C = ReplyClass
 
 
-def rejection_outcome(stage: str, reply: Reply) -> str:
-    """The outcome of a refusal at ``stage`` (``mail``, ``rcpt`` or ``data``)."""
-    if reply.transient:
-        return "temporary_failure"
-    policy = policy_outcome(reply)
-    if policy:
-        return policy
-    if stage == "mail":
-        return "sender_rejected"
-    if stage == "rcpt":
-        if reply.enhanced == "5.7.1" or _RELAY.search(reply.text):
-            return "relay_denied"
-        return "recipient_rejected"
-    return "data_rejected"
+def utc_timestamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass
-class Failure:
-    """What stopped the check, kept for the summary."""
+def reply_of(failure: Failure | None) -> dict[str, Any] | None:
+    """The reply that decided the outcome, with its class (``reply.class``)."""
+    if failure is None or failure.reply is None:
+        return None
+    reply = failure.reply
+    return {
+        "code": reply.code,
+        "enhanced": reply.enhanced,
+        "text": reply.text,
+        "class": str(failure.reply_class) if failure.reply_class else None,
+    }
 
-    outcome: str
-    stage: str
-    detail: str = ""
-    reply: Reply | None = None
-    subject: str = ""  # the address or command concerned
 
-
-def _reply_text(reply: Reply | None) -> str:
+def _said(failure: Failure) -> str:
+    reply = failure.reply
     if reply is None:
         return ""
-    return f"{reply.code} {reply.lines[0]}".strip() if reply.lines else str(reply.code)
+    first = reply.lines[0] if reply.lines else ""
+    return printable(f"{reply.code} {first}".strip(), 120)
+
+
+def where_of(target: dict[str, Any]) -> str:
+    """``host (address:port)``, IPv6 addresses in brackets."""
+    address = target.get("address") or target["host"]
+    port = target["port"]
+    shown = f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
+    if target.get("address") and target["host"] != target["address"]:
+        shown = f"{target['host']} ({shown})"
+    return shown
+
+
+#: What a refusal of each class means for the person reading the summary,
+#: where the outcome alone does not say it.
+_CLASS_ADVICE: dict[ReplyClass, str] = {
+    C.GREYLISTED: "greylisting: a real sender retries in a few minutes and gets through",
+    C.RATE_LIMITED: "a rate limit on this client; retry later, more slowly",
+    C.MAILBOX_FULL: "the mailbox exists but is full or over quota; its owner must make room",
+    C.MAILBOX_DISABLED: "the mailbox exists but is disabled or cannot take mail now",
+    C.BLOCKLISTED: "the checker's own address is on a blocklist the server uses; that is a "
+    "fact about this vantage point, not about the server; try another vantage",
+    C.CLIENT_HOST: "the server refuses this client by its address or reverse DNS; a fact "
+    "about this vantage point, not about the server; try another vantage",
+    C.SPF: "SPF/DMARC of the sender's domain does not allow mail from this vantage; use a "
+    "sender address whose domain allows it, or none",
+    C.SENDER: "the server refuses this sender address (its domain, syntax or policy); try "
+    "another mail_from",
+    C.POLICY: "a local policy or content filter refused it",
+    C.TOO_MANY_RECIPIENTS: "too many recipients for one transaction",
+    C.SIZE: "the message is larger than the server accepts",
+    C.SMTPUTF8: "the server does not take non-ASCII addresses (no SMTPUTF8)",
+    C.UNKNOWN_USER: "the mailbox does not exist there",
+    C.BAD_ADDRESS: "the address is malformed or its domain is not handled there",
+    C.RELAY: "correct unless it should accept mail for that domain; authenticate to relay",
+}
 
 
 def summarize(result: dict[str, Any], failure: Failure | None, timeouts: dict[str, float]) -> str:
     """One sentence: what happened and what it likely means."""
     target = result["target"]
-    address = target.get("address") or target["host"]
+    where = where_of(target)
     port = target["port"]
-    where = f"{address}:{port}" if ":" not in str(address) else f"[{address}]:{port}"
-    if target.get("address") and target["host"] != target["address"]:
-        where = f"{target['host']} ({where})"
     if failure is None:
         return _success_summary(result, where)
-    said = _reply_text(failure.reply)
-    detail = failure.detail
+    said = _said(failure)
+    detail = printable(failure.detail, 160)
+    subject = failure.subject
+    advice = _CLASS_ADVICE.get(failure.reply_class) if failure.reply_class else None
+    if failure.ours:
+        return (
+            f"smtpcheck could not go on during {failure.stage}: {detail}; this is a fault of "
+            "the check request or of smtpcheck, not of the server"
+        )
     outcome = failure.outcome
+    if outcome is O.SERVICE_UNAVAILABLE:
+        if failure.reply_class is C.CLOSING:
+            when = "greeted with" if failure.stage == "banner" else f"during {failure.stage} said"
+            return (
+                f"{where} {when} {said} and closed the session: the server is overloaded, "
+                "shutting down or limiting this client; retry later"
+            )
+        return (
+            f"{where} greeted with {said}: the server refuses SMTP service to this client "
+            "(a permanent refusal; often a policy against this vantage's network)"
+        )
+    if outcome is O.BANNER_TIMEOUT:
+        hint = " (on port 465, try tls=implicit)" if port == 465 and not result.get("tls") else ""
+        return (
+            f"{where} accepted the connection but sent no greeting within "
+            f"{timeouts['command']:g} s: the server may be overloaded, tarpitting, or not "
+            f"speaking SMTP on this port{hint}"
+        )
     sentences = {
-        "dns_error": f"{target['host']} cannot be resolved: {detail}",
-        "target_forbidden": f"Refused to dial {target['host']}: {detail}; smtpcheck only "
+        O.DNS_ERROR: f"{target['host']} cannot be resolved: {detail}",
+        O.TARGET_FORBIDDEN: f"Refused to dial {target['host']}: {detail}; smtpcheck only "
         "checks public mail servers on the allowed ports",
-        "connect_refused": f"Connection to {where} was refused: nothing listens on port {port} "
+        O.CONNECT_REFUSED: f"Connection to {where} was refused: nothing listens on port {port} "
         "there, or a firewall rejects the connection",
-        "connect_timeout": f"Connection to {where} timed out after {timeouts['connect']:g} s: "
+        O.CONNECT_TIMEOUT: f"Connection to {where} timed out after {timeouts['connect']:g} s: "
         f"a firewall or the ISP is likely dropping port {port}",
-        "network_unreachable": f"{where} is unreachable from this vantage point ({detail}): "
+        O.NETWORK_UNREACHABLE: f"{where} is unreachable from this vantage point ({detail}): "
         "the worker's network has no route to it",
-        "banner_timeout": f"{where} accepted the connection but sent no greeting within "
-        f"{timeouts['command']:g} s: the server may be overloaded, tarpitting, or not speaking "
-        "SMTP on this port (on 465, try tls=implicit)",
-        "service_unavailable": f"{where} greeted with {said}: the server refuses service to "
-        "this client for now (often overload or a blocklist listing the worker's address)",
-        "connection_closed": f"The server at {where} closed the connection during "
+        O.CONNECTION_CLOSED: f"The server at {where} closed the connection during "
         f"{failure.stage}: {detail}",
-        "protocol_error": f"The server at {where} broke the SMTP protocol during "
-        f"{failure.stage}: {detail}",
-        "ehlo_rejected": f"The server refused both EHLO and HELO ({said}): it may not accept "
-        f"the name {failure.subject!r} or this client",
-        "starttls_unavailable": f"{where} does not offer STARTTLS, so mail to it travels "
-        "unencrypted",
-        "tls_error": f"TLS with {where} failed: {detail}",
-        "tls_untrusted": f"The TLS certificate of {where} is not trusted: {detail}",
-        "auth_unavailable": f"{where} offers no usable AUTH mechanism ({detail}); many servers "
-        "offer AUTH only after STARTTLS or on port 587",
-        "auth_failed": f"The server refused the credentials with {said}: wrong user name or "
+        O.PROTOCOL_ERROR: f"The server at {where} broke the SMTP protocol during "
+        f"{failure.stage}: {detail or said}",
+        O.EHLO_REJECTED: f"The server refused both EHLO and HELO ({said}): it may not accept "
+        f"the name {subject!r} or this client",
+        O.STARTTLS_UNAVAILABLE: _starttls_sentence(where, failure, said),
+        O.TLS_ERROR: f"TLS with {where} failed: {detail}",
+        O.TLS_UNTRUSTED: f"The TLS certificate of {where} is not trusted: {detail}",
+        O.AUTH_UNAVAILABLE: f"{where} offers no usable AUTH mechanism ({detail or said}); many "
+        "servers offer AUTH only after STARTTLS or on port 587",
+        O.AUTH_FAILED: f"The server refused the credentials with {said}: wrong user name or "
         "password, or the account is not allowed this mechanism",
-        "tls_required": f"The server requires STARTTLS before {failure.subject} ({said}): "
-        "this is its policy, not a fault; check again with tls=starttls",
-        "auth_required": f"The server requires authentication before {failure.subject} "
-        f"({said}): normal for a submission server; check again with auth",
-        "sender_rejected": f"The server rejected the sender <{failure.subject}> with {said}",
-        "relay_denied": f"The server refuses to relay to <{failure.subject}> ({said}): correct "
-        "unless it should accept mail for that domain; authenticate to relay",
-        "recipient_rejected": f"The server rejected the recipient <{failure.subject}> with "
-        f"{said}: the mailbox likely does not exist there",
-        "temporary_failure": f"The server deferred {failure.subject} with {said}: a temporary "
-        "failure (greylisting, rate limiting or a full queue); retry later",
-        "data_rejected": f"The server rejected the message with {said}",
-        "timeout": f"The check ran out of time during {failure.stage}: {detail}",
+        O.TLS_REQUIRED: f"The server requires STARTTLS before {subject} ({said}): this is its "
+        "policy, not a fault; check again with tls=starttls",
+        O.AUTH_REQUIRED: f"The server requires authentication before {subject} ({said}): "
+        "normal for a submission server; check again with auth",
+        O.SMTPUTF8_UNAVAILABLE: f"<{subject}> is not plain ASCII and the server "
+        f"{'refused it with ' + said if said else 'offers no SMTPUTF8'}: nothing was sent for "
+        "it; use an ASCII address with that server",
+        O.SENDER_REJECTED: f"The server rejected the sender <{subject}> with {said}",
+        O.RELAY_DENIED: f"The server refuses to relay to <{subject}> ({said})",
+        O.RECIPIENT_REJECTED: f"The server rejected the recipient <{subject}> with {said}",
+        O.MAILBOX_UNAVAILABLE: f"The server cannot deliver to <{subject}> now ({said})",
+        O.BLOCKED: f"The server refused this checker during {failure.stage} ({said})",
+        O.POLICY_REJECTED: f"The server refused {_what(failure)} on policy ({said})",
+        O.DATA_REJECTED: f"The server rejected the message with {said}",
+        O.TIMEOUT: f"The check ran out of time during {failure.stage}: "
+        + _timeout(failure, timeouts),
+        O.CANCELED: f"The check was canceled during {failure.stage}",
     }
-    return sentences.get(outcome, f"{outcome} during {failure.stage}: {detail}")
+    sentence = sentences.get(outcome, f"{outcome} during {failure.stage}: {detail}")
+    if outcome is O.TEMPORARY_FAILURE:
+        why = advice or "greylisting, rate limiting or a full queue"
+        return (
+            f"The server deferred {_what(failure)} with {said}: a temporary failure ({why}); "
+            "retry later"
+        )
+    return f"{sentence}: {advice}" if advice else sentence
+
+
+def _timeout(failure: Failure, timeouts: dict[str, float]) -> str:
+    if failure.deadline == "total":
+        return f"no reply before the check's {timeouts['total']:g} s deadline"
+    if failure.deadline == "command":
+        return f"no complete reply within {timeouts['command']:g} s"
+    return printable(failure.detail, 160)
+
+
+def _what(failure: Failure) -> str:
+    subject = failure.subject
+    if failure.stage in ("mail", "rcpt") and subject and "@" in subject:
+        return f"<{subject}>"
+    return subject or failure.stage
+
+
+def _starttls_sentence(where: str, failure: Failure, said: str) -> str:
+    if failure.subject == "AUTH":
+        return (
+            f"{where} offers no TLS here, so the credentials were not sent: smtpcheck never "
+            "sends them in plain text unless tls=none or auth.allow_plaintext is set"
+        )
+    if said:
+        return (
+            f"{where} refused STARTTLS with {said}: TLS is offered but not working now; "
+            "mail to it travels unencrypted or waits"
+        )
+    return f"{where} does not offer STARTTLS, so mail to it travels unencrypted"
 
 
 def _success_summary(result: dict[str, Any], where: str) -> str:
@@ -129,9 +203,13 @@ def _success_summary(result: dict[str, Any], where: str) -> str:
         parts.append("no STARTTLS offered")
     auth = result.get("auth") or {}
     if auth.get("accepted"):
-        parts.append(f"AUTH {auth['mechanism']} accepted")
-    if result.get("data") and result["data"].get("accepted"):
-        parts.append("the test message was accepted")
+        tried = auth.get("attempts") or []
+        after = f" after {tried[0]['mechanism']} was refused" if len(tried) > 1 else ""
+        parts.append(f"AUTH {auth['mechanism']} accepted{after}")
+    data = result.get("data") or {}
+    if data.get("accepted"):
+        queued = f" (queued as {data['queue_id']})" if data.get("queue_id") else ""
+        parts.append(f"the test message was accepted{queued}")
     elif result.get("rcpt"):
         parts.append(f"{len(result['rcpt'])} recipient(s) accepted")
     elif result.get("mail"):

@@ -213,8 +213,10 @@ def test_vrfy_enabled(scripted_server, dns_settings):
     def chatty(sock):
         sock.sendall(b"220 mail.local.test ESMTP\r\n")
         while line := read_line(sock):
-            if line.startswith(b"VRFY"):
+            if line.startswith(b"VRFY postmaster"):
                 sock.sendall(b"250 Postmaster <postmaster@local.test>\r\n")
+            elif line.startswith(b"VRFY"):
+                sock.sendall(b"550 5.1.1 User unknown\r\n")
             elif line.startswith(b"QUIT"):
                 sock.sendall(b"221 bye\r\n")
                 return

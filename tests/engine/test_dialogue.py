@@ -38,7 +38,11 @@ def test_plain_ehlo_reports_banner_and_keywords(smtp_target, check):
         "addresses": ["127.0.0.1"],
         "source": "127.0.0.1",  # the worker's own address on this path
     }
-    assert result["banner"] == {"code": 220, "text": "mail.local.test smtpcheck-test-target"}
+    assert result["banner"] == {
+        "code": 220,
+        "text": "mail.local.test smtpcheck-test-target",
+        "class": "accepted",
+    }
     ehlo = result["ehlo"]
     assert ehlo["command"] == "EHLO" and ehlo["name"] == "checker.test"
     assert ehlo["size"] == 10 * 1024 * 1024
@@ -186,12 +190,13 @@ def secret_forms(username: str, password: str) -> list[str]:
     ]
 
 
-def test_auth_auto_picks_the_strongest(smtp_target, check):
+def test_auth_auto_picks_plain_first(smtp_target, check):
     target = smtp_target(tls="starttls")
     result = check(
         host=target.host, port=target.port, auth={"username": "alice", "password": PASSWORD}
     )
-    assert result["auth"]["mechanism"] == "CRAM-MD5"
+    assert result["auth"]["mechanism"] == "PLAIN"  # DESIGN.md: PLAIN, LOGIN, then CRAM-MD5
+    assert [a["mechanism"] for a in result["auth"]["attempts"]] == ["PLAIN"]
     assert result["ok"] is True
 
 
@@ -253,6 +258,7 @@ def test_relay_denied_then_rset_and_quit(smtp_target, check):
             "to": "someone@example.com",
             "code": 554,
             "text": "5.7.1 <someone@example.com>: Relay access denied",
+            "class": "relay",
             "accepted": False,
         }
     ]
@@ -272,7 +278,13 @@ def test_every_recipient_reply_is_kept(smtp_target, check):
     assert result["outcome"] == "recipient_rejected"
     assert [r["accepted"] for r in result["rcpt"]] == [True, False]
     assert result["rcpt"][1]["code"] == 550
-    assert "mailbox likely does not exist" in result["summary"]
+    assert "the mailbox does not exist there" in result["summary"]
+    assert result["reply"] == {
+        "code": 550,
+        "enhanced": "5.1.1",
+        "text": f"5.1.1 <nobody@{LOCAL_DOMAIN}>: Recipient address rejected: User unknown",
+        "class": "unknown_user",
+    }
     assert result["data"] is None
 
 

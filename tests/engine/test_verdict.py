@@ -7,6 +7,9 @@ moves a real server's reply into another class, fails a test.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from smtpcheck.contract import Outcome, ReplyClass
@@ -20,7 +23,7 @@ from workers.errors import (
     RemoteProtocolError,
     TLSError,
 )
-from workers.protocol import Reply, ReplyReader
+from workers.protocol import Reply, parse_reply
 from workers.verdict import (
     OUTCOME_RULES,
     REPLY_RULES,
@@ -34,16 +37,6 @@ from workers.verdict import (
 C = ReplyClass
 O = Outcome  # noqa: E741
 S = Step
-
-
-def reply_of(data: bytes) -> Reply:
-    reader = ReplyReader()
-    reader.receive_data(data)
-    while True:
-        event = reader.next_line()
-        reply = getattr(event, "reply", None)
-        if reply is not None:
-            return reply
 
 
 # step, bytes the server sends, class, outcome (None: the dialogue goes on)
@@ -229,14 +222,14 @@ CASES: list[tuple[Step, bytes, ReplyClass, Outcome | None]] = [
 
 @pytest.mark.parametrize(("step", "data", "reply_class", "outcome"), CASES)
 def test_reply_is_classed_and_judged(step, data, reply_class, outcome):
-    verdict = judge(step, reply_of(data))
+    verdict = judge(step, parse_reply(data))
     assert (verdict.reply_class, verdict.outcome) == (reply_class, outcome)
 
 
 def test_every_row_of_both_tables_is_reached_by_a_case():
     reply_rows, outcome_rows = set(), set()
     for step, data, _, _ in CASES:
-        reply = reply_of(data)
+        reply = parse_reply(data)
         reply_rows.add(next(i for i, r in enumerate(REPLY_RULES) if r.matches(step, reply)))
         reply_class = judge(step, reply).reply_class
         if reply_class not in (C.ACCEPTED, C.CONTINUE, C.CANNOT_VERIFY):
@@ -252,11 +245,11 @@ def test_every_row_of_both_tables_is_reached_by_a_case():
 
 
 def test_helo_fallback_and_auth_fallback():
-    assert lets_helo_follow(reply_of(b"502 5.5.2 Error: command not recognized\r\n"))
-    assert lets_helo_follow(reply_of(b"550 no EHLO here\r\n"))
-    assert not lets_helo_follow(reply_of(b"421 closing\r\n"))
-    assert not lets_helo_follow(reply_of(b"451 later\r\n"))
-    assert not lets_helo_follow(reply_of(b"554 5.7.1 Client host rejected: no PTR\r\n"))
+    assert lets_helo_follow(parse_reply(b"502 5.5.2 Error: command not recognized\r\n"))
+    assert lets_helo_follow(parse_reply(b"550 no EHLO here\r\n"))
+    assert not lets_helo_follow(parse_reply(b"421 closing\r\n"))
+    assert not lets_helo_follow(parse_reply(b"451 later\r\n"))
+    assert not lets_helo_follow(parse_reply(b"554 5.7.1 Client host rejected: no PTR\r\n"))
     for code in (504, 534, 535):
         assert allows_auth_fallback(Reply(code, ("no",)))
     assert not allows_auth_fallback(Reply(454, ("4.7.0 later",)))
@@ -281,3 +274,27 @@ def test_helo_fallback_and_auth_fallback():
 )
 def test_one_outcome_per_exception(exc, step, expired, outcome):
     assert error_outcome(exc, step, total_expired=expired) is outcome
+
+
+# -- no other module maps reply codes to outcomes ----------------------------
+
+ENGINE = Path(__file__).resolve().parents[2] / "workers"
+#: Reading a reply's code or its kind is the verdict's job; protocol.py
+#: defines Reply, and these two only.
+READS_A_REPLY = re.compile(
+    r"\.code\s*(==|!=|>=|<=|<|>|in\b|not in\b)|\.code\[|str\(\w+\.code\)"
+    r"|\.(transient|permanent|positive|intermediate)\b"
+    r"|\.enhanced\s*(==|!=|in\b|not in\b)|\.enhanced\.startswith"
+)
+MAY_READ_REPLIES = {"verdict.py", "protocol.py"}
+
+
+def test_no_other_engine_module_reads_reply_codes():
+    offenders = []
+    for path in sorted(ENGINE.glob("*.py")):
+        if path.name in MAY_READ_REPLIES:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if READS_A_REPLY.search(line.split("#")[0]):
+                offenders.append(f"{path.name}:{number}: {line.strip()}")
+    assert offenders == []
