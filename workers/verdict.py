@@ -346,3 +346,9 @@ def _compiled(text: str) -> re.Pattern[str]:
     if pattern is None:
         pattern = _PATTERNS[text] = re.compile(text, re.IGNORECASE)
     return pattern
+
+
+for _rule in REPLY_RULES:  # compiled once at import, not in every forked work horse
+    if _rule.text:
+        _compiled(_rule.text)
+del _rule
