@@ -628,16 +628,51 @@ def test_a_check_canceled_before_it_ran_is_posted_as_canceled(
     assert verify(SECRET, got)
 
 
-def test_deleting_a_check_drops_its_pending_delivery(
-    client: FlaskClient, redis_client: redis.Redis
-) -> None:
+def test_a_deleted_check_is_never_posted(client: FlaskClient, redis_client: redis.Redis) -> None:
     callback = {"url": "https://hooks.example.com/x", "secret": SECRET}
     check_id = submit(client, {"host": "mx.example.com", "callback": callback})
     client.delete(f"/v1/checks/{check_id}", headers=ALICE)  # canceled: its delivery is queued
     client.delete(f"/v1/checks/{check_id}", headers=ALICE)  # deleted
     assert redis_client.exists(f"rq:job:{check_id}") == 0
 
-    work(redis_client)  # the delivery finds no check and posts nothing
+    work(redis_client)  # the delivery finds no check and posts nothing, seal and all
 
     assert redis_client.keys("rq:job:*-webhook-*") == []
     assert find(redis_values(redis_client), [Needle("Fernet token", FERNET_PREFIX)]) == []
+
+
+def test_a_check_canceled_while_it_runs_is_posted_as_canceled(
+    hooked: Callable[..., FlaskClient],
+    receiver: Callable[..., Receiver],
+    scripted_server: Callable[..., ScriptedServer],
+    redis_client: redis.Redis,
+) -> None:
+    hook = receiver([(200, {})])
+    talking = threading.Event()
+
+    def stall(sock: socket.socket) -> None:  # greets, then says nothing more
+        sock.sendall(b"220 stall.local.test ESMTP\r\n")
+        talking.set()
+        while sock.recv(4096):
+            pass
+
+    server = scripted_server(stall)
+    client = hooked([hook.port], smtp_port=server.port)
+    check_id = submit(client, check_body(server.port, hook.url()))
+    answers: list[int] = []
+
+    def cancel() -> None:
+        if talking.wait(20):
+            answers.append(client.delete(f"/v1/checks/{check_id}", headers=ALICE).status_code)
+
+    canceler = threading.Thread(target=cancel)
+    canceler.start()
+    work(redis_client)  # the check (canceled within a second), then its delivery
+    canceler.join(5)
+
+    assert answers == [202]
+    (got,) = hook.received
+    posted = json.loads(got.body)
+    assert posted["status"] == "canceled"
+    assert posted["result"]["outcome"] == "canceled"
+    assert verify(SECRET, got)
