@@ -14,7 +14,7 @@ How a delivery travels (smtpcheck/delivery.py has the job's shape):
   (:data:`workers.https.CONNECT_TIMEOUT`, :data:`ATTEMPT_TIMEOUT`), and writes
   it to the check's ``job.meta["callback"]``, which the check's document shows
   as ``callback``. A retryable failure (5xx, 408, 429, a timeout, a connection,
-  TLS or DNS error) queues the next attempt as a new job through RQ's
+  TLS or temporary DNS error) queues the next attempt as a new job through RQ's
   scheduler after :data:`RETRY_DELAYS`; nothing sleeps in a worker slot.
   Every delivery job is deleted when it ends, and its seal with it.
 
@@ -208,7 +208,7 @@ def post(document: dict[str, Any], secret: str, settings: Settings) -> tuple[Att
         record.error = f"refused: {exc}"
     except DNSError as exc:
         record.error = f"DNS: {exc}"
-        retry = True
+        retry = exc.temporary  # SERVFAIL or a timeout; a name that does not exist stays so
     except TimeoutError:
         record.error = f"timed out (at most {ATTEMPT_TIMEOUT:g} s per attempt)"
         retry = True

@@ -676,3 +676,22 @@ def test_a_check_canceled_while_it_runs_is_posted_as_canceled(
     assert posted["status"] == "canceled"
     assert posted["result"]["outcome"] == "canceled"
     assert verify(SECRET, got)
+
+
+def test_a_host_name_that_does_not_exist_is_not_retried(
+    hooked: Callable[..., FlaskClient],
+    dns_server: Callable[..., DNSServer],
+    redis_client: redis.Redis,
+) -> None:
+    dns = dns_server({})
+    client = hooked([8443], dns=dns)
+    url = "https://hooks.nowhere.test:8443/hook"
+    check_id = submit(client, check_body(hooked.target.port, url))  # type: ignore[attr-defined]
+
+    work(redis_client)
+
+    callback = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["callback"]
+    assert callback["status"] == "failed", callback
+    (attempt,) = callback["attempts"]
+    assert attempt["error"].startswith("DNS: "), attempt
+    assert "NXDOMAIN" in attempt["error"]
