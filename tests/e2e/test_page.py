@@ -272,18 +272,15 @@ def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
     give_key(browser)
     ca = Path(e2e_certificates.ca_file).read_text()
     set_check(browser, "127.0.0.1", page_targets.slow.port, verify=True, ca=ca)
-    started = time.monotonic()
     browser.find_element(By.ID, "run").click()
 
     # The first lines show while the server still holds its banner back.
     lines = wait_for(browser, "transcript lines arrive live", lambda: transcript(browser))
-    seen_after = time.monotonic() - started
     first_id = check_id(browser)
     status = page_service.client.request("GET", f"/v1/checks/{first_id}").json()["status"]
     assert status in ("queued", "running"), (status, lines)
     assert not verdict(browser), "the verdict came with the first line: nothing was live"
     assert any("connect" in line and "===" in line for line in lines), lines
-    assert seen_after < BANNER_DELAY + 2, f"the first line took {seen_after:.1f}s"
     assert "running" in browser.find_element(By.ID, "status").text
 
     wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
@@ -395,7 +392,13 @@ def test_an_address_checks_its_domain_mx_from_every_vantage(
     assert browser.find_element(By.ID, "advanced").get_attribute("open") is not None
     fill(browser, "f-port", str(page_targets.starttls.port))
     Select(browser.find_element(By.ID, "f-vantage")).select_by_value("all")
-    browser.find_element(By.ID, "target").send_keys("bob@local.test", Keys.ENTER)
+    target = browser.find_element(By.ID, "target")
+    target.send_keys("bob@local.test", Keys.TAB)  # focus moves on, and shows where it is
+    focused = browser.switch_to.active_element
+    assert focused.get_attribute("id") == "run"
+    assert focused.value_of_css_property("outline-style") == "solid"
+    assert focused.value_of_css_property("outline-width") == "3px"
+    target.send_keys(Keys.ENTER)
     wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
     grid = browser.find_element(By.CSS_SELECTOR, "table.stage-grid").text
     assert f"mail.local.test [127.0.0.1]:{page_targets.starttls.port} default" in grid, grid
