@@ -481,8 +481,14 @@
       showCommands(buildRequest());
     }
     me.timer = setInterval(() => { if (current === me && !me.ended) setStatus(me.status || "queued"); }, 1000);
-    if (doc.vantages) await followFanOut(me, doc);
-    else await followOne(me, doc, pane(null));
+    try {
+      if (doc.vantages) await followFanOut(me, doc);
+      else await followOne(me, doc, pane(null));
+    } catch (error) {
+      if (current !== me || error.name === "AbortError") return;
+      if (error instanceof NeedKey) pending = () => openCheck(id, options);
+      else showProblem(error, `Following check ${id} failed; its permalink shows it again`);
+    }
   }
 
   function setStatus(status) {
