@@ -285,6 +285,7 @@ class Dev:
             f"smtpcheck dev is up: {base}",
             "",
             f"  API      {base}   (spec: {base}/openapi.yaml)",
+            f"  Web page {base}/   (API reference: {base}/docs)",
             f"  API key  {api_key}   (kept in {self.data_dir / 'api_key'})",
             f"  Redis    {redis_url}   ({redis_note})",
             f"  Workers  {DEV_WORKER_PROCESSES} for vantage {self.settings.vantage!r}",

@@ -16,7 +16,7 @@ import pytest
 
 from cli.main import main
 from smtpcheck.embedded_redis import free_port
-from tests.e2e.conftest import SMTPCHECK, Targets, base_env, processes_mentioning
+from tests.e2e.conftest import SMTPCHECK, Client, Targets, base_env, processes_mentioning
 
 pytestmark = pytest.mark.e2e
 
@@ -117,6 +117,9 @@ def test_dev_runs_a_check_refuses_a_twin_and_stops_clean(
     assert (data_dir / "secret_key").stat().st_mode & 0o777 == 0o600
     assert api_key in dev.stdout
     assert "curl" in dev.stdout and "?wait=30" in dev.stdout and "/transcript" in dev.stdout
+    assert f"Web page {url}/" in dev.stdout
+    page = Client(url, api_key=None).request("GET", "/")
+    assert page.status == 200 and page.content_type == "text/html"
     assert (data_dir / "dev.lock").exists()
     started = processes_mentioning(str(data_dir))
     assert len(started) >= 5  # dev, redis-server, gunicorn master + workers, worker pool + 2
