@@ -380,6 +380,13 @@ def build_schemas(settings: Settings) -> Schemas:
             metadata={"description": f"sent sealed to the worker; shown back as {SECRET_MASK}"},
         )
         mechanism = fields.String(load_default="auto", validate=validate.OneOf(MECHANISMS))
+        allow_plaintext = StrictBoolean(
+            load_default=False,
+            metadata={
+                "description": "send the credentials even over a connection without TLS "
+                "(tls none always allows it)"
+            },
+        )
 
     class MessageSchema(StrictSchema):
         subject = wire_string(max_length=MAX_LINE, allow_tab=True, load_default=DEFAULT_SUBJECT)

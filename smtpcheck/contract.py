@@ -220,6 +220,7 @@ class AuthRequest(TypedDict):
     username: str
     password: Annotated[str, f"always {SECRET_MASK} once stored: the real one travels sealed"]
     mechanism: Mechanism
+    allow_plaintext: bool
 
 
 class MessageRequest(TypedDict):
@@ -287,7 +288,7 @@ ServerReply = TypedDict(
     {
         "code": int,
         "text": Annotated[str, "the reply's text, lines joined"],
-        "class": NotRequired[Annotated[ReplyClass, "what the reply means (one table)"]],
+        "class": Annotated[ReplyClass, "what the reply means (one table)"],
     },
 )
 
@@ -379,7 +380,7 @@ AuthFacts = TypedDict(
         "mechanism": Annotated[str | None, "the mechanism used last (null: none usable)"],
         "offered": list[str],
         "accepted": bool,
-        "attempts": NotRequired[Annotated[list[AuthAttempt], "each exchange, in order"]],
+        "attempts": Annotated[list[AuthAttempt], "each exchange, in order"],
         "code": NotRequired[int],
         "text": NotRequired[str],
         "class": NotRequired[ReplyClass],
@@ -392,7 +393,7 @@ MailFacts = TypedDict(
         "from": str,
         "code": int,
         "text": str,
-        "class": NotRequired[ReplyClass],
+        "class": ReplyClass,
         "accepted": bool,
     },
 )
@@ -403,7 +404,7 @@ RcptFacts = TypedDict(
         "to": str,
         "code": int,
         "text": str,
-        "class": NotRequired[ReplyClass],
+        "class": ReplyClass,
         "accepted": bool,
     },
 )
@@ -413,7 +414,7 @@ DataFacts = TypedDict(
     {
         "code": int,
         "text": str,
-        "class": NotRequired[ReplyClass],
+        "class": ReplyClass,
         "accepted": bool,
         "bytes": NotRequired[Annotated[int, "the message as sent, dot-stuffed"]],
         "queue_id": NotRequired[Annotated[str | None, "the queue id the server named"]],
@@ -564,7 +565,9 @@ class _ResultFacts(TypedDict):
     outcome: Outcome
     stage: Annotated[Stage, "the last stage reached"]
     summary: Annotated[str, "one sentence a person can act on"]
-    reply: NotRequired[Annotated[VerdictReply | None, "the reply the verdict rests on"]]
+    reply: NotRequired[
+        Annotated[VerdictReply | None, "the reply the verdict rests on (not yet with mx)"]
+    ]
     target: TargetFacts
     vantage: str
     started_at: str

@@ -83,18 +83,32 @@ def test_a_whole_dialogue_with_starttls_auth_data_and_probes(smtp_target, engine
 
 
 @pytest.mark.parametrize(
-    ("request_", "outcome"),
+    ("request_", "stage", "outcome"),
     [
-        ({"mail_from": "a@example.org", "rcpt_to": [f"nobody@{LOCAL_DOMAIN}"]}, "rcpt"),
-        ({"auth": {"username": "alice", "password": "wrong"}, "tls": "none"}, "auth"),
-        ({"tls": "starttls"}, "tls"),  # required, not offered
+        (
+            {"mail_from": "a@example.org", "rcpt_to": [f"nobody@{LOCAL_DOMAIN}"]},
+            "rcpt",
+            "recipient_rejected",
+        ),
+        (
+            {"auth": {"username": "alice", "password": "wrong"}, "tls": "none"},
+            "auth",
+            "auth_failed",
+        ),
+        ({"tls": "starttls"}, "tls", "starttls_unavailable"),  # required, not offered
+        # no TLS on offer: the credentials are not sent
+        ({"auth": {"username": "alice", "password": "x"}}, "auth", "starttls_unavailable"),
+        (
+            {"auth": {"username": "alice", "password": "wrong", "allow_plaintext": True}},
+            "auth",
+            "auth_failed",
+        ),
     ],
-    ids=["recipient_rejected", "auth_failed", "starttls_unavailable"],
 )
-def test_refusals(smtp_target, engine, request_, outcome):
+def test_refusals(smtp_target, engine, request_, stage, outcome):
     target = smtp_target(tls="none")
     result = engine(host="127.0.0.1", port=target.port, **request_)
-    assert result["ok"] is False and result["stage"] == outcome
+    assert (result["ok"], result["stage"], result["outcome"]) == (False, stage, outcome)
 
 
 def test_every_certificate_problem(smtp_target, engine, settings):

@@ -36,7 +36,8 @@ def run_check_job(request: dict[str, Any], sealed_password: str | None) -> dict[
         "vantage": request["vantage"],
         "started_at": "2026-01-01T00:00:00.000Z",
         "finished_at": "2026-01-01T00:00:00.050Z",
-        "banner": {"code": 220, "text": "mx.example.com ESMTP"},
+        "reply": None,
+        "banner": {"code": 220, "text": "mx.example.com ESMTP", "class": "accepted"},
         "ehlo": {
             "command": "EHLO",
             "name": "checker.example",

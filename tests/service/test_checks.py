@@ -58,6 +58,7 @@ def test_post_queues_a_json_job_with_the_contracted_shape(
         "username": "user@example.com",
         "password": "****",
         "mechanism": "auto",
+        "allow_plaintext": False,
     }
     assert unseal(kwargs["sealed_password"], "test-secret") == PASSWORD
     assert json.loads(raw[b"meta"]) == {
