@@ -19,7 +19,14 @@ at the end is the one scrubbed here, so RQ's own save does not bring the
 seal back.
 
 Every check is gated by :class:`workers.politeness.TargetGate`: at most
-``SMTPCHECK_MAX_CONCURRENT_PER_TARGET`` checks talk to one address at once.
+``SMTPCHECK_MAX_CONCURRENT_PER_TARGET`` checks talk to one address at once,
+and one API key (``job.meta["owner"]``, the key's name) holds at most its
+share of those slots.
+
+The job runs in a thread of its own in a :class:`workers.threaded.ThreadedCheckWorker`
+(many checks in flight per process): everything here is per call or per
+thread (``log_context`` and RQ's current job are context variables), and the
+settings are the worker process's own (:func:`use_settings`: ``--vantage``).
 """
 
 from __future__ import annotations
@@ -62,8 +69,22 @@ def _attempt_summary(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result.get(key) for key in keep}
 
 
+_worker_settings: Settings | None = None
+
+
+def use_settings(settings: Settings) -> None:
+    """The settings every check of this worker process runs with (the pool
+    calls this with ``--vantage`` applied); without it, the environment's."""
+    global _worker_settings
+    _worker_settings = settings
+
+
+def current_settings() -> Settings:
+    return _worker_settings if _worker_settings is not None else Settings.from_env()
+
+
 def run_check_job(request: dict[str, Any], sealed_password: str | None = None) -> dict[str, Any]:
-    settings = Settings.from_env()
+    settings = current_settings()
     job = get_current_job()
     if job is not None:  # every log line of this check names it, RQ's included
         log_context.set(
@@ -80,7 +101,8 @@ def run_check_job(request: dict[str, Any], sealed_password: str | None = None) -
         password = unseal(sealed_password, settings.secret_key or "")
     gate = None
     if job is not None:
-        gate = TargetGate(job.connection, settings.max_concurrent_per_target)
+        owner = (job.meta or {}).get("owner")
+        gate = TargetGate(job.connection, settings.max_concurrent_per_target, owner=owner)
     with contextlib.ExitStack() as live:
         if job is not None:  # lines published as they happen; DELETE cancels
             live.enter_context(events.publishing(job.connection, job.id, settings.result_ttl))

@@ -12,7 +12,10 @@ Slots live in Redis, one sorted set per address
 with the moment its lease ends on Redis's own clock (``TIME``), so workers'
 clocks need not agree. A holder renews its lease every ``RENEW_SECONDS``
 while it talks; a worker that dies stops renewing and its slot frees itself
-within ``LEASE_SECONDS``. A check that finds every slot taken waits (noted in
+within ``LEASE_SECONDS``. Fairness: one API key holds at most
+:func:`key_share` of an address's slots (half, rounded up), so a caller's
+tarpit checks never take every slot to an address another caller checks
+too. A check that finds every slot taken, or its caller's share used, waits (noted in
 its transcript), bounded by its own deadline; when the deadline passes first
 it ends with the outcome ``timeout``.
 
@@ -24,7 +27,9 @@ checks already in hand are affected.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -44,19 +49,30 @@ RENEW_SECONDS = 5.0
 POLL_FIRST = 0.05
 POLL_MAX = 0.5
 
-# KEYS[1] the address's set; ARGV: limit, member, lease seconds.
-# Returns how many held a slot before; negative (-held - 1) when all are taken.
+# KEYS[1] the address's set; ARGV: limit, member, lease seconds, the caller's
+# member prefix ('' for none) and its share. Returns {taken (1/0), held, mine}:
+# how many held a slot (all callers, then this caller) before.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local held = redis.call('ZCARD', KEYS[1])
-if held >= tonumber(ARGV[1]) then
-  return -held - 1
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local held = #members
+local mine = 0
+local prefix = ARGV[4]
+if prefix ~= '' then
+  for _, member in ipairs(members) do
+    if string.sub(member, 1, #prefix) == prefix then
+      mine = mine + 1
+    end
+  end
+end
+if held >= tonumber(ARGV[1]) or (prefix ~= '' and mine >= tonumber(ARGV[5])) then
+  return {0, held, mine}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
-return held
+return {1, held, mine}
 """
 
 # KEYS[1] the address's set; ARGV: member, lease seconds. 1 if still held.
@@ -78,19 +94,35 @@ class TargetBusy(CheckAborted):
     outcome = "timeout"
 
 
+def key_share(limit: int) -> int:
+    """Slots to one address that one API key may hold: half, rounded up, so
+    with a limit of 2 or more another caller always finds one."""
+    return max(1, math.ceil(limit / 2))
+
+
 class TargetGate:
-    """``gate(address, deadline, note)``: a context manager holding one slot to ``address``."""
+    """``gate(address, deadline, note)``: a context manager holding one slot to ``address``.
+
+    With ``owner`` (the API key's name, from ``job.meta``), that caller holds
+    at most :func:`key_share` of the address's slots; its members in the set
+    start with a hash of the name, so Redis never holds the name itself.
+    """
 
     def __init__(
         self,
         connection: redis.Redis,
         limit: int,
         *,
+        owner: str | None = None,
         lease: float = LEASE_SECONDS,
         renew_every: float = RENEW_SECONDS,
     ) -> None:
         self.connection = connection
         self.limit = limit
+        self.share = key_share(limit)
+        self.prefix = ""
+        if owner:
+            self.prefix = hashlib.sha256(owner.encode()).hexdigest()[:16] + ":"
         self.lease = lease
         self.renew_every = renew_every
         self._acquire = connection.register_script(_ACQUIRE)
@@ -101,7 +133,7 @@ class TargetGate:
         self, address: IPAddress, deadline: float, note: Callable[[str], None]
     ) -> Iterator[None]:
         key = TARGET_SLOTS_PREFIX + str(address)
-        member = uuid.uuid4().hex
+        member = self.prefix + uuid.uuid4().hex
         try:
             self._wait_for_slot(key, member, address, deadline, note)
         except redis.exceptions.RedisError as exc:
@@ -135,21 +167,37 @@ class TargetGate:
         started = time.monotonic()
         pause = POLL_FIRST
         waiting = False
+        args: list[str | int | float] = [self.limit, member, self.lease, self.prefix, self.share]
         while True:
-            held = int(cast(int, self._acquire(keys=[key], args=[self.limit, member, self.lease])))
-            if held >= 0:
+            taken, held, mine = (
+                int(n) for n in cast(list[int], self._acquire(keys=[key], args=args))
+            )
+            if taken:
                 break
+            share_used = held < self.limit
             if not waiting:
                 waiting = True
-                note(
-                    f"waiting for a free slot: {-held - 1} checks are talking to {address} "
-                    f"(smtpcheck lets at most {self.limit} talk to one address at once)"
-                )
+                if share_used:
+                    note(
+                        f"waiting for a free slot: this API key's checks hold {mine} of the "
+                        f"{self.limit} slots to {address}, its share (smtpcheck keeps the rest "
+                        "for other callers)"
+                    )
+                else:
+                    note(
+                        f"waiting for a free slot: {held} checks are talking to {address} "
+                        f"(smtpcheck lets at most {self.limit} talk to one address at once)"
+                    )
             left = deadline - time.monotonic()
             if left <= 0:
                 waited = time.monotonic() - started
+                why = (
+                    f"this API key's share ({self.share}) of the {self.limit} slots"
+                    if share_used
+                    else f"one of the {self.limit} slots"
+                )
                 raise TargetBusy(
-                    f"waited {waited:.1f} s for one of the {self.limit} slots to {address} "
+                    f"waited {waited:.1f} s for {why} to {address} "
                     "(smtpcheck's limit on checks talking to one address at once); "
                     "none freed before the check's deadline"
                 )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -79,7 +80,10 @@ MAX_JOBS_PER_PROCESS = 1000
 #: How often the parent looks at its children.
 SUPERVISE_INTERVAL = 0.2
 
-WORKER_CLASSES = ("simple", "fork")
+WORKER_CLASSES = ("threads", "simple", "fork")
+#: Checks in flight per process by default (``threads``): sized for I/O-bound
+#: checks, so a burst of slow ones (tarpits, dead hosts) leaves room for the rest.
+DEFAULT_CONCURRENCY = 200
 
 
 def worker_name(vantage: str) -> str:
@@ -171,15 +175,20 @@ class _Reregistering:
         self._registration_checked = time.monotonic()
         worker = cast(BaseWorker, self)
         if not worker.connection.hexists(worker.key, "birth"):
-            worker.log.warning(
-                "Worker %s: registration lost (Redis restarted?); registering again", worker.name
-            )
-            with worker.connection.pipeline() as pipe:
-                pipe.hset(worker.key, mapping=worker.serialize())
-                pipe.hset(worker.key, "state", worker.get_state())
-                pipe.expire(worker.key, timeout or worker.worker_ttl + 60)
-                worker_registration.register(worker, pipe)
-                pipe.execute()
+            self.register_again(timeout)
+
+    def register_again(self, timeout: int | None = None) -> None:
+        """Write this worker's registration anew (Redis lost it)."""
+        worker = cast(BaseWorker, self)
+        worker.log.warning(
+            "Worker %s: registration lost (Redis restarted?); registering again", worker.name
+        )
+        with worker.connection.pipeline() as pipe:
+            pipe.hset(worker.key, mapping=worker.serialize())
+            pipe.hset(worker.key, "state", worker.get_state())
+            pipe.expire(worker.key, timeout or worker.worker_ttl + 60)
+            worker_registration.register(worker, pipe)
+            pipe.execute()
 
 
 class CheckWorker(_Reregistering, SimpleWorker):
@@ -241,6 +250,10 @@ class ForkingCheckWorker(_Reregistering, Worker):
 
 
 def worker_class(kind: str) -> type[Worker] | type[SimpleWorker]:
+    if kind == "threads":
+        from workers.threaded import ThreadedCheckWorker
+
+        return ThreadedCheckWorker
     if kind == "simple":
         return CheckWorker
     if kind == "fork":
@@ -249,10 +262,19 @@ def worker_class(kind: str) -> type[Worker] | type[SimpleWorker]:
 
 
 def build_worker(
-    settings: Settings, connection: redis.Redis, *, vantage: str, name: str, kind: str = "simple"
+    settings: Settings,
+    connection: redis.Redis,
+    *,
+    vantage: str,
+    name: str,
+    kind: str = "threads",
+    concurrency: int | None = None,
 ) -> Worker | SimpleWorker:
     """An RQ worker for ``vantage`` with the pool's tuning (used by the pool and the bench)."""
     queue = Queue(queue_name(vantage), connection=connection, serializer=JSONSerializer)
+    options: dict[str, Any] = {}
+    if kind == "threads" and concurrency is not None:
+        options["concurrency"] = concurrency
     return worker_class(kind)(
         [queue],
         name=name,
@@ -262,6 +284,7 @@ def build_worker(
         worker_ttl=WORKER_TTL,
         maintenance_interval=MAINTENANCE_INTERVAL,
         job_monitoring_interval=JOB_MONITORING_INTERVAL,
+        **options,
     )
 
 
@@ -299,7 +322,13 @@ def _die_with_parent() -> None:
 
 
 def _run_child(
-    settings: Settings, vantage: str, name: str, kind: str, burst: bool, parent: int
+    settings: Settings,
+    vantage: str,
+    name: str,
+    kind: str,
+    burst: bool,
+    parent: int,
+    concurrency: int | None = None,
 ) -> None:
     """Body of one worker process (forked by the pool)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -312,15 +341,22 @@ def _run_child(
     if os.getppid() != parent:  # the pool died before prctl took effect
         sys.exit(0)
     configure_logging(settings.log_level)
-    import workers.job  # noqa: F401  - load the engine once, not in every forked work horse
+    import workers.job  # load the engine once, not in every forked work horse
 
+    # Results, logs and metrics say the vantage this pool serves (--vantage).
+    workers.job.use_settings(dataclasses.replace(settings, vantage=vantage))
     connection = connect(settings, read_timeout=None)  # RQ sets its own around blocking pops
     try:
-        worker = build_worker(settings, connection, vantage=vantage, name=name, kind=kind)
+        worker = build_worker(
+            settings, connection, vantage=vantage, name=name, kind=kind, concurrency=concurrency
+        )
+        max_jobs = MAX_JOBS_PER_PROCESS
+        if kind == "threads":  # a retiring process drains first: retire rarely
+            max_jobs *= 10 * (concurrency or DEFAULT_CONCURRENCY)
         worker.work(
             burst=burst,
             logging_level=settings.log_level,
-            max_jobs=MAX_JOBS_PER_PROCESS,
+            max_jobs=max_jobs,
             # RQ's scheduler runs greylisting retries (one per queue holds the lock).
             with_scheduler=True,
         )
@@ -347,7 +383,8 @@ class Pool:
     settings: Settings
     vantage: str
     processes: int
-    kind: str = "simple"
+    kind: str = "threads"
+    concurrency: int | None = None
     burst: bool = False
     slots: list[Slot] = field(default_factory=list)
     stopping: int = 0  # 0 running, 1 warm stop asked, 2 cold stop asked
@@ -363,7 +400,7 @@ class Pool:
             "pool %d: %d %s worker(s) for queue %s on %s",
             os.getpid(),
             self.processes,
-            self.kind,
+            self.kind if self.kind != "threads" else f"threaded ({self.concurrency} checks)",
             queue_name(self.vantage),
             _redacted(self.settings.redis_url),
         )
@@ -397,7 +434,15 @@ class Pool:
         slot.name = worker_name(self.vantage)
         slot.process = context.Process(
             target=_run_child,
-            args=(self.settings, self.vantage, slot.name, self.kind, self.burst, os.getpid()),
+            args=(
+                self.settings,
+                self.vantage,
+                slot.name,
+                self.kind,
+                self.burst,
+                os.getpid(),
+                self.concurrency,
+            ),
             name=f"smtpcheck-worker-{slot.index}",
         )
         slot.process.start()
@@ -417,7 +462,7 @@ class Pool:
         if code != 0:
             # With the simple class the check ran inside that process, so a
             # check in hand is lost; a forked work horse may still finish its own.
-            self._abandon(slot.name, checks=self.kind == "simple")
+            self._abandon(slot.name, checks=self.kind in ("threads", "simple"))
         if self.stopping:
             log.info("pool: worker %s %s", slot.name, why)
             return 0
@@ -523,7 +568,8 @@ def run_pool(
     vantage: str | None = None,
     processes: int = 2,
     burst: bool = False,
-    kind: str = "simple",
+    kind: str = "threads",
+    concurrency: int | None = None,
 ) -> int:
     """Run ``processes`` supervised RQ workers for ``vantage`` until signalled.
 
@@ -532,12 +578,15 @@ def run_pool(
     worker_class(kind)  # refuse an unknown kind before forking anything
     if processes < 1:
         raise ValueError("processes must be at least 1")
+    if concurrency is not None and concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
     configure_logging(settings.log_level)
     pool = Pool(
         settings=settings,
         vantage=vantage or settings.vantage,
         processes=processes,
         kind=kind,
+        concurrency=(concurrency or DEFAULT_CONCURRENCY) if kind == "threads" else None,
         burst=burst,
     )
     return pool.run()

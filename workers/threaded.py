@@ -1,0 +1,570 @@
+"""Many checks in flight per worker process: RQ's worker with a thread per check.
+
+A check spends nearly all its time waiting on a remote server, and the engine
+is blocking-socket code with a deadline on every wait, so each check runs in
+a thread of its own (the measured memory per check is in the README and in
+bench/README.md). :class:`ThreadedCheckWorker` is RQ's ``SimpleWorker`` with
+its work loop replaced:
+
+* The main thread dequeues (RQ's own ``dequeue_any``: ``BLMOVE`` into the
+  queue's intermediate list) only while a slot is free, and starts a daemon
+  thread for the check. Everything else of RQ's is kept per check: the
+  thread creates the check's own ``Execution`` (its entry in the started
+  registry and in the worker's execution set), runs the job through
+  ``perform_job`` and finishes it through RQ's own success, failure and retry
+  paths, so ``started``, ``finished``, ``failed`` and the abandoned-job
+  cleanup stay true for every check in flight.
+* One heartbeat thread beats for every check in flight, in one pipeline per
+  ``JOB_MONITORING_INTERVAL``: the worker's registration, each execution and
+  each started-registry entry (``HEARTBEAT_TTL``). It also notices what a
+  Redis restart lost and writes it again (the worker's registration, a
+  running check's job hash, execution and registry entry), and runs the
+  watchdog.
+* Watchdog: RQ's job timeout is a ``SIGALRM`` and only works in a process's
+  main thread. Every check's engine bounds its own waits and the whole check
+  (``timeouts.total``); the job timeout the API sets is that total plus a
+  margin. A check still running past it is failed (``JobTimeoutException``)
+  and its thread is left to end by itself, keeping its slot until it does; a
+  process with a quarter of its slots held by such threads retires so that
+  the pool starts a fresh one.
+* Fairness: one API key (``job.meta["owner"]``, the key's name) holds at most
+  ``KEY_SHARE`` of a process's slots. A check of a key at its share goes back
+  to the end of the queue; once the worker has gone round the whole queue
+  seeing only such checks it waits for one of its checks to end.
+* Results are never silently lost: storing one is retried while Redis is
+  away (up to ``STORE_RETRY_SECONDS``), a check whose job hash Redis lost is
+  written again first, and a result that still cannot be stored is reported
+  in an ERROR line naming the check and its outcome.
+* Signals (the pool sends SIGTERM): the first is a warm stop (take no new
+  check, let every check in flight end by its own deadline, then exit); the
+  next one is a cold stop: every check still in flight is failed at once,
+  with the reason, and the process exits.
+
+Log lines name the check they are about: each check's thread starts with its
+own ``log_context`` (check id, vantage, request id); the main thread logs the
+dequeue itself with the check's id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import FrameType, TracebackType
+from typing import Any
+
+import redis
+from rq.exceptions import DequeueTimeout
+from rq.executions import Execution
+from rq.job import Job
+from rq.queue import Queue
+from rq.timeouts import BaseDeathPenalty
+from rq.utils import now
+from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
+
+from smtpcheck.logs import log_context
+from workers.pool import DEFAULT_CONCURRENCY, HEARTBEAT_TTL, _Reregistering
+
+log = logging.getLogger("smtpcheck.worker")
+
+#: The largest part of one process's slots one API key may hold.
+KEY_SHARE = 0.5
+#: Seconds the main thread blocks in one BLMOVE (and so at most between a
+#: stop signal and the loop noticing it).
+DEQUEUE_BLOCK = 1
+#: How long a finished check keeps trying to store its result while Redis is away.
+STORE_RETRY_SECONDS = 60.0
+#: Watchdog margin when a job carries no timeout of its own.
+DEFAULT_CHECK_LIMIT = 330
+#: A process whose slots are this much held by checks past their deadline retires.
+STUCK_SHARE = 0.25
+
+_ENDED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+
+
+class StoppedMidCheck(Exception):
+    """The worker was stopped at once (a second stop signal) during the check."""
+
+
+class _NoDeathPenalty(BaseDeathPenalty):
+    """RQ's job timeout is a SIGALRM, which threads cannot use: the watchdog replaces it."""
+
+    def setup_death_penalty(self) -> None:
+        pass
+
+    def cancel_death_penalty(self) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class Flight:
+    """One check in flight in this process."""
+
+    job: Job
+    queue: Queue
+    owner: str
+    started: float
+    deadline: float
+    execution: Execution | None = None
+    expired: bool = False  # failed by the watchdog; its thread may still run
+    _settled: threading.Lock = field(default_factory=threading.Lock)
+
+    def settle(self) -> bool:
+        """True for exactly one caller: the one that stores how the check ended."""
+        return self._settled.acquire(blocking=False)
+
+    @property
+    def settled(self) -> bool:
+        return self._settled.locked()
+
+
+class ThreadedCheckWorker(_Reregistering, SimpleWorker):
+    """RQ's SimpleWorker running up to ``concurrency`` checks at once, one thread each."""
+
+    def __init__(
+        self,
+        *args: Any,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        key_share: float = KEY_SHARE,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("death_penalty_class", _NoDeathPenalty)
+        super().__init__(*args, **kwargs)
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.concurrency = concurrency
+        self.owner_cap = max(1, math.ceil(concurrency * key_share))
+        self._flights: dict[str, Flight] = {}
+        self._by_owner: Counter[str] = Counter()
+        self._stuck = 0
+        self._changed = threading.Condition()
+        self._local = threading.local()
+        self._cold = False
+        self._retiring = False
+        self._beat_stop = threading.Event()
+        self._redis_ok = True
+
+    # -- the work loop ----------------------------------------------------------
+
+    def work(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = "%H:%M:%S",
+        log_format: str = "%(asctime)s %(message)s",
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        with_scheduler: bool = False,
+        dequeue_strategy: DequeueStrategy = DequeueStrategy.DEFAULT,
+    ) -> bool:
+        self.bootstrap(logging_level, date_format, log_format)
+        self._dequeue_strategy = dequeue_strategy
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level, date_format, log_format)
+        self._install_signal_handlers()
+        beating = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        beating.start()
+        log.info(
+            "Worker %s: up to %d checks at once, at most %d per API key",
+            self.name,
+            self.concurrency,
+            self.owner_cap,
+        )
+        started = 0
+        rotation: str | None = None  # first check put back since one last started
+        try:
+            while not self._stop_requested:
+                self._maintain()
+                if not self._wait_for_slot(timeout=1.0):
+                    continue
+                result = self._dequeue(None if burst else DEQUEUE_BLOCK)
+                if result is None:
+                    if burst:
+                        break
+                    continue
+                job, queue = result
+                if self._stop_requested:  # a stop came while we waited: keep its place
+                    self._put_back(job, queue, front=True)
+                    break
+                if self._over_share(job):
+                    self._put_back(job, queue, front=False)
+                    if rotation == job.id:  # round the whole queue: wait for a check to end
+                        rotation = None
+                        with self._changed:
+                            self._changed.wait(1.0)
+                    elif rotation is None:
+                        rotation = job.id
+                    continue
+                rotation = None
+                self._launch(job, queue)
+                started += 1
+                if max_jobs is not None and started >= max_jobs:
+                    log.info("Worker %s: started %d checks, retiring", self.name, started)
+                    break
+            self._drain()
+        finally:
+            self._beat_stop.set()
+            self.teardown()
+        return bool(started)
+
+    def _maintain(self) -> None:
+        if not self.should_run_maintenance_tasks:
+            return
+        try:
+            self.run_maintenance_tasks()
+        except _ENDED as exc:
+            log.warning("Worker %s: registry maintenance skipped: %s", self.name, exc)
+
+    def _wait_for_slot(self, timeout: float) -> bool:
+        with self._changed:
+            return (
+                self._changed.wait_for(
+                    lambda: (
+                        self._stop_requested or len(self._flights) + self._stuck < self.concurrency
+                    ),
+                    timeout,
+                )
+                and not self._stop_requested
+            )
+
+    def _dequeue(self, timeout: int | None) -> tuple[Job, Queue] | None:
+        try:
+            result = self.queue_class.dequeue_any(
+                self._ordered_queues,
+                timeout,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+                death_penalty_class=self.death_penalty_class,
+            )
+        except DequeueTimeout:
+            return None
+        except _ENDED as exc:
+            if self._redis_ok:
+                log.error("Worker %s: cannot reach Redis: %s; retrying", self.name, exc)
+            self._redis_ok = False
+            time.sleep(1.0)
+            return None
+        if not self._redis_ok:
+            log.info("Worker %s: Redis reachable again", self.name)
+            self._redis_ok = True
+        return result
+
+    def _over_share(self, job: Job) -> bool:
+        with self._changed:
+            return self._by_owner[_owner(job)] >= self.owner_cap
+
+    def _put_back(self, job: Job, queue: Queue, *, front: bool) -> None:
+        """Undo a dequeue: the check goes back to the queue, still ``queued``."""
+        try:
+            with self.connection.pipeline() as pipe:
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                if front:
+                    pipe.lpush(queue.key, job.id)
+                else:
+                    pipe.rpush(queue.key, job.id)
+                pipe.execute()
+        except _ENDED as exc:  # RQ's intermediate-queue cleanup puts it back later
+            log.warning("check %s: could not put it back on the queue: %s", job.id, exc)
+
+    def _launch(self, job: Job, queue: Queue) -> None:
+        started = time.monotonic()
+        limit = job.timeout if job.timeout and job.timeout > 0 else DEFAULT_CHECK_LIMIT
+        flight = Flight(job, queue, _owner(job), started, started + float(limit))
+        with self._changed:
+            self._flights[job.id] = flight
+            self._by_owner[flight.owner] += 1
+        log.info(
+            "Worker %s: %s: check %s started",
+            self.name,
+            queue.name,
+            job.id,
+            extra={"check_id": job.id, "request_id": (job.meta or {}).get("request_id")},
+        )
+        thread = threading.Thread(
+            target=self._run_flight, args=(flight,), name=f"check-{job.id[:8]}", daemon=True
+        )
+        thread.start()
+
+    def _drain(self) -> None:
+        """Let the checks in flight end (each by its deadline), unless told to stop at once."""
+        with self._changed:
+            waiting = len(self._flights)
+        if waiting:
+            log.info(
+                "Worker %s: waiting for %d check(s) in flight to end (signal again to stop now)",
+                self.name,
+                waiting,
+            )
+        while True:
+            if self._cold:
+                self._stop_cold()
+                return
+            with self._changed:
+                if not self._flights:
+                    return
+                self._changed.wait(0.5)
+
+    # -- one check, in its own thread -------------------------------------------
+
+    def _run_flight(self, flight: Flight) -> None:
+        job = flight.job
+        log_context.set(
+            {
+                "check_id": job.id,
+                "vantage": _vantage(flight.queue),
+                "request_id": (job.meta or {}).get("request_id"),
+            }
+        )
+        self._local.flight = flight
+        try:
+            execution = self.prepare_execution(job)
+            flight.execution = execution
+            self.perform_job(job, flight.queue, execution)
+        except Exception:
+            log.exception("check %s: the worker could not run it", job.id)
+        finally:
+            with self._changed:
+                if self._flights.get(job.id) is flight:
+                    del self._flights[job.id]
+                elif flight.expired:
+                    self._stuck -= 1
+                self._by_owner[flight.owner] -= 1
+                if self._by_owner[flight.owner] <= 0:
+                    del self._by_owner[flight.owner]
+                idle = not self._flights
+                self._changed.notify_all()
+            if idle:
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    self.set_state(WorkerStatus.IDLE)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """One check run to its end in the calling thread (RQ's own entry point)."""
+        started = time.monotonic()
+        flight = Flight(job, queue, _owner(job), started, started + DEFAULT_CHECK_LIMIT)
+        with self._changed:
+            self._flights[job.id] = flight
+            self._by_owner[flight.owner] += 1
+        self._run_flight(flight)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        """RQ's ``perform_job`` without the signal-based timeout, whose
+        ending is stored once: by this thread, unless the watchdog or a cold
+        stop has already failed the check."""
+        flight: Flight | None = getattr(self._local, "flight", None)
+        exc_info: ExcInfo | None = None
+        return_value: Any = None
+        try:
+            self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+            job.started_at = now()
+            return_value = job.perform()
+        except BaseException:
+            exc_info = sys.exc_info()
+        if flight is not None and not flight.settle():
+            log.warning(
+                "check %s ended after it was failed (%s); this ending is not stored",
+                job.id,
+                "past its deadline" if flight.expired else "worker stopped",
+            )
+            return False
+        return self._store(job, queue, execution, return_value, exc_info)
+
+    def _store(
+        self,
+        job: Job,
+        queue: Queue,
+        execution: Execution,
+        return_value: Any,
+        exc_info: ExcInfo | None,
+    ) -> bool:
+        """RQ's success or failure path, retried while Redis cannot be reached."""
+        give_up = time.monotonic() + STORE_RETRY_SECONDS
+        pause = 0.25
+        while True:
+            try:
+                self._restore_if_lost(job, execution)
+                if exc_info is None:
+                    self._finalize_success(job, queue, execution, return_value)
+                else:
+                    self._finalize_failure(job, queue, execution, exc_info)
+                return exc_info is None
+            except _ENDED as exc:
+                outcome = return_value.get("outcome") if isinstance(return_value, dict) else None
+                if time.monotonic() + pause > give_up or self._cold:
+                    log.error(
+                        "check %s: its result (outcome %s) could not be stored: Redis "
+                        "unreachable for %.0f s (%s); the check is lost",
+                        job.id,
+                        outcome or "none, it raised",
+                        STORE_RETRY_SECONDS,
+                        exc,
+                        extra={"outcome": outcome},
+                    )
+                    return False
+                log.warning(
+                    "check %s: cannot store its result yet (%s); retrying in %.2f s",
+                    job.id,
+                    exc,
+                    pause,
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    def _restore_if_lost(self, job: Job, execution: Execution | None) -> None:
+        """Write a running check back to Redis if Redis lost it (restarted empty)."""
+        if self.connection.exists(job.key):
+            return
+        log.warning(
+            "check %s: Redis lost this running check (restarted?); writing it again", job.id
+        )
+        with self.connection.pipeline() as pipe:
+            job.save(pipeline=pipe)
+            if execution is not None:
+                execution.save(ttl=HEARTBEAT_TTL, pipeline=pipe)
+                job.started_job_registry.add_execution(
+                    execution, pipeline=pipe, ttl=HEARTBEAT_TTL, xx=False
+                )
+                pipe.sadd(execution.worker_executions_key, execution.composite_key)
+            pipe.execute()
+
+    # -- heartbeats, re-registration, the watchdog ------------------------------
+
+    def _beat(self) -> None:
+        failing = False
+        while not self._beat_stop.wait(self.job_monitoring_interval):
+            try:
+                self._watch()
+                self._beat_once()
+            except redis.exceptions.RedisError as exc:
+                if not failing:
+                    log.warning("Worker %s: heartbeat failed: %s", self.name, exc)
+                failing = True
+            except Exception:
+                log.exception("Worker %s: heartbeat failed", self.name)
+            else:
+                if failing:
+                    log.info("Worker %s: heartbeats resumed", self.name)
+                failing = False
+
+    def _beat_once(self) -> None:
+        with self._changed:
+            flights = [f for f in self._flights.values() if f.execution is not None]
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.hexists(self.key, "birth")
+            for flight in flights:
+                pipe.exists(flight.job.key)
+            self.heartbeat(pipeline=pipe)
+            beat = now()
+            for flight in flights:
+                assert flight.execution is not None
+                flight.execution.heartbeat(
+                    flight.job.started_job_registry, HEARTBEAT_TTL, pipeline=pipe
+                )
+                flight.job.heartbeat(beat, HEARTBEAT_TTL, pipeline=pipe)
+            results = pipe.execute()
+        if not results[0]:
+            self.register_again()
+        for flight, exists in zip(flights, results[1 : 1 + len(flights)], strict=True):
+            if not exists and not flight.settled:
+                self._restore_if_lost(flight.job, flight.execution)
+
+    def _watch(self) -> None:
+        """Fail the checks past their deadline (the engine's own plus a margin)."""
+        moment = time.monotonic()
+        with self._changed:
+            late = [f for f in self._flights.values() if moment > f.deadline]
+        for flight in late:
+            if not flight.settle():
+                continue
+            with self._changed:
+                self._flights.pop(flight.job.id, None)
+                flight.expired = True
+                self._stuck += 1
+                stuck = self._stuck
+                self._changed.notify_all()
+            waited = moment - flight.started
+            log.error(
+                "check %s: still running %.0f s after it started, past its deadline; "
+                "failing it (its thread ends by itself)",
+                flight.job.id,
+                waited,
+                extra={"check_id": flight.job.id},
+            )
+            self._fail(
+                flight,
+                f"rq.timeouts.JobTimeoutException: the check was still running {waited:.0f} s "
+                "after it started, past its deadline",
+            )
+            if stuck >= max(1, math.ceil(self.concurrency * STUCK_SHARE)) and not self._retiring:
+                self._retiring = True
+                self._stop_requested = True
+                log.error(
+                    "Worker %s: %d checks ran past their deadlines; retiring this process",
+                    self.name,
+                    stuck,
+                )
+
+    def _fail(self, flight: Flight, reason: str) -> None:
+        job = flight.job
+        job.ended_at = now()
+        try:
+            self.handle_job_failure(
+                job, flight.queue, exc_string=reason, execution=flight.execution
+            )
+        except redis.exceptions.RedisError as exc:
+            log.error("check %s: could not mark it failed (%s): %s", job.id, reason, exc)
+
+    # -- signals ----------------------------------------------------------------
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """First signal: a warm stop. Only flags here; the loops act on them."""
+        self._shutdown_requested_date = now()
+        self._stop_requested = True
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        log.info(
+            "Worker %s: warm shutdown: taking no new checks; %d in flight end by their deadlines",
+            self.name,
+            len(self._flights),
+        )
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Next signal: a cold stop, carried out by the main loop."""
+        if not self._cold:
+            log.warning("Worker %s: cold shutdown: failing the checks in flight", self.name)
+        self._cold = True
+        self._stop_requested = True
+
+    def _stop_cold(self) -> None:
+        with self._changed:
+            flights = list(self._flights.values())
+        failed = 0
+        for flight in flights:
+            if not flight.settle():
+                continue
+            spent = time.monotonic() - flight.started
+            self._fail(
+                flight,
+                "workers.threaded.StoppedMidCheck: the worker was stopped at once "
+                f"(a second stop signal) {spent:.1f} s into the check",
+            )
+            failed += 1
+        if failed:
+            log.warning("Worker %s: %d check(s) in flight marked failed", self.name, failed)
+
+
+def _owner(job: Job) -> str:
+    """The API key's name the check belongs to ('' when unknown)."""
+    meta = job.meta if isinstance(job.meta, dict) else {}
+    return str(meta.get("owner") or "")
+
+
+def _vantage(queue: Queue) -> str:
+    return queue.name.removeprefix("vantage:")
