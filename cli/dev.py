@@ -277,6 +277,8 @@ class Dev:
         return False
 
     def _print_banner(self, base: str, api_key: str, redis_url: str) -> None:
+        from workers.pool import DEFAULT_CONCURRENCY
+
         redis_note = "from REDIS_URL"
         if self.redis is not None:
             redis_note = f"embedded, data in {self.data_dir / 'redis'}"
@@ -288,7 +290,8 @@ class Dev:
             f"  Web page {base}/   (API reference: {base}/docs)",
             f"  API key  {api_key}   (kept in {self.data_dir / 'api_key'})",
             f"  Redis    {redis_url}   ({redis_note})",
-            f"  Workers  {DEV_WORKER_PROCESSES} for vantage {self.settings.vantage!r}",
+            f"  Workers  {DEV_WORKER_PROCESSES} processes x {DEFAULT_CONCURRENCY} checks at once, "
+            f"for vantage {self.settings.vantage!r}",
             "",
             "Try it (POST a check, wait for it, read the transcript):",
             "",

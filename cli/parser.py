@@ -88,12 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run RQ workers for one vantage point")
     worker.add_argument("--vantage", help="vantage point name (default: SMTPCHECK_VANTAGE)")
     worker.add_argument("--processes", type=positive_int, default=2, help="worker processes")
+    worker.add_argument(
+        "--concurrency",
+        type=positive_int,
+        help="checks in flight per process (threads class; default 200)",
+    )
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.add_argument(
         "--worker-class",
-        choices=("simple", "fork"),
-        default="simple",
-        help="simple: run checks in the worker process (default); fork: one process per check",
+        choices=("threads", "simple", "fork"),
+        default="threads",
+        help="threads: many checks at once per process, a thread each (default); "
+        "simple: one check at a time in the worker process; fork: one process per check",
     )
     worker.set_defaults(func=cmd_worker)
 

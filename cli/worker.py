@@ -21,6 +21,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             f"(and not {ALL_VANTAGES!r}, which means every vantage)"
         )
         return EXIT_USAGE
+    if args.concurrency is not None and args.worker_class != "threads":
+        err(
+            f"--concurrency needs --worker-class threads "
+            f"(a {args.worker_class} worker runs one check at a time)"
+        )
+        return EXIT_USAGE
     if not settings.redis_url:
         err("REDIS_URL is not set; using redis://127.0.0.1:6379/0")
     if args.worker_class == "fork" and uses_sentinel(settings.redis_url):
@@ -37,4 +43,5 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         processes=args.processes,
         burst=args.burst,
         kind=args.worker_class,
+        concurrency=args.concurrency,
     )

@@ -128,6 +128,8 @@ class Flight:
 class ThreadedCheckWorker(_Reregistering, SimpleWorker):
     """RQ's SimpleWorker running up to ``concurrency`` checks at once, one thread each."""
 
+    death_penalty_class = _NoDeathPenalty
+
     def __init__(
         self,
         *args: Any,
@@ -135,7 +137,6 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         key_share: float = KEY_SHARE,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("death_penalty_class", _NoDeathPenalty)
         super().__init__(*args, **kwargs)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
