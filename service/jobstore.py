@@ -160,15 +160,19 @@ class JobStore:
         """A running job whose worker is gone reads as failed, never hangs.
 
         Jobs whose heartbeat lapsed are moved to failed by RQ's own
-        StartedJobRegistry cleanup. A worker that unregistered (it died or
-        was shut down cold) while its last heartbeat is still fresh has its
-        entries for this job expired now, then the same cleanup runs.
+        StartedJobRegistry cleanup. A worker that said it stopped (RQ writes
+        ``death`` into its hash as it unregisters, e.g. a cold shutdown)
+        while its last heartbeat is still fresh has its entries for this job
+        expired now, then the same cleanup runs. A worker merely missing from
+        Redis is not taken for dead: after a Redis restart a live worker
+        registers again within a heartbeat, and one really gone is failed by
+        its lapsed heartbeat (or by its pool, at once).
         """
         registry = StartedJobRegistry(queue=self.queue_of(job))
         registry.cleanup()
         if job.get_status(refresh=True) != JobStatus.STARTED:
             return self.refetch(job)
-        if not job.worker_name or self.worker_alive(job.worker_name):
+        if not job.worker_name or not self.worker_stopped(job.worker_name):
             return job
         if job.get_status(refresh=True) != JobStatus.STARTED:  # finished meanwhile
             return self.refetch(job)
@@ -184,9 +188,14 @@ class JobStore:
         registry.cleanup()
         return self.refetch(job)
 
-    def worker_alive(self, worker_name: str) -> bool:
+    def worker_stopped(self, worker_name: str) -> bool:
+        """True when the worker unregistered itself (its hash keeps ``death`` a while)."""
         key = Worker.redis_worker_namespace_prefix + worker_name
-        return bool(self.connection.sismember(Worker.redis_workers_keys, key))
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.sismember(Worker.redis_workers_keys, key)
+            pipe.hexists(key, "death")
+            registered, died = pipe.execute()
+        return bool(died) and not registered
 
     def queue_of(self, job: Job) -> Queue:
         return Queue(job.origin, connection=self.connection, serializer=JSONSerializer)

@@ -420,7 +420,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
 
     def _restore_if_lost(self, job: Job, execution: Execution | None) -> None:
         """Write a running check back to Redis if Redis lost it (restarted empty)."""
-        if self.connection.exists(job.key):
+        if self.connection.hexists(job.key, "data"):
             return
         log.warning(
             "check %s: Redis lost this running check (restarted?); writing it again", job.id
@@ -459,16 +459,14 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             flights = [f for f in self._flights.values() if f.execution is not None]
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.hexists(self.key, "birth")
-            for flight in flights:
-                pipe.exists(flight.job.key)
+            for flight in flights:  # a whole job hash has its data (a stray HSET has not)
+                pipe.hexists(flight.job.key, "data")
             self.heartbeat(pipeline=pipe)
-            beat = now()
             for flight in flights:
                 assert flight.execution is not None
                 flight.execution.heartbeat(
                     flight.job.started_job_registry, HEARTBEAT_TTL, pipeline=pipe
                 )
-                flight.job.heartbeat(beat, HEARTBEAT_TTL, pipeline=pipe)
             results = pipe.execute()
         if not results[0]:
             self.register_again()
