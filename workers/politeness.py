@@ -12,12 +12,13 @@ Slots live in Redis, one sorted set per address
 with the moment its lease ends on Redis's own clock (``TIME``), so workers'
 clocks need not agree. A holder renews its lease every ``RENEW_SECONDS``
 while it talks; a worker that dies stops renewing and its slot frees itself
-within ``LEASE_SECONDS``. Fairness: one API key holds at most
-:func:`key_share` of an address's slots (half, rounded up), so a caller's
-tarpit checks never take every slot to an address another caller checks
-too. A check that finds every slot taken, or its caller's share used, waits (noted in
-its transcript), bounded by its own deadline; when the deadline passes first
-it ends with the outcome ``timeout``.
+within ``LEASE_SECONDS``. Fairness: one API key takes at most
+:func:`key_share` of an address's slots (half, rounded up), and more only
+while one more stays free, so a caller's tarpit checks never take every slot
+to an address another caller checks too. A check that finds every slot
+taken, or its caller's share used, waits (noted in its transcript), bounded
+by its own deadline; when the deadline passes first it ends with the outcome
+``timeout``.
 
 If Redis cannot be reached the check goes ahead ungated, with a note: the
 worker cannot take new checks from the queue then either, so at most the
@@ -67,7 +68,9 @@ if prefix ~= '' then
     end
   end
 end
-if held >= tonumber(ARGV[1]) or (prefix ~= '' and mine >= tonumber(ARGV[5])) then
+local limit = tonumber(ARGV[1])
+-- Past its share a caller may take a slot only if one stays free for another.
+if held >= limit or (prefix ~= '' and mine >= tonumber(ARGV[5]) and held + 1 >= limit) then
   return {0, held, mine}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
@@ -95,8 +98,9 @@ class TargetBusy(CheckAborted):
 
 
 def key_share(limit: int) -> int:
-    """Slots to one address that one API key may hold: half, rounded up, so
-    with a limit of 2 or more another caller always finds one."""
+    """Slots to one address that one API key may always take: half, rounded
+    up. Past it, a key takes a slot only while another stays free, so with a
+    limit of 2 or more another caller always finds one free or gets the next."""
     return max(1, math.ceil(limit / 2))
 
 

@@ -263,3 +263,25 @@ def test_the_worker_job_applies_the_limit_from_the_environment(
     assert result["outcome"] == "timeout"
     assert "slots to 127.0.0.1" in result["summary"]
     assert talking.total == 0
+
+
+def test_one_key_leaves_a_slot_to_another(connection: redis.Redis) -> None:
+    """Key a's checks take its share (half) and more only while a slot stays
+    free, so key b's check to the same address is not kept waiting."""
+    limit = 4
+    a, b = TargetGate(connection, limit, owner="a"), TargetGate(connection, limit, owner="b")
+    notes: list[str] = []
+    with contextlib.ExitStack() as held:
+        for _ in range(3):  # its share (2), and one more: a fourth slot stays free
+            held.enter_context(a(LOOPBACK, time.monotonic() + 5, notes.append))
+        with (
+            pytest.raises(TargetBusy, match="this API key's share"),
+            a(LOOPBACK, time.monotonic() + 0.3, notes.append),
+        ):
+            pass
+        assert any("this API key's checks hold 3" in note for note in notes), notes
+        started = time.monotonic()
+        with b(LOOPBACK, time.monotonic() + 5, lambda _: None):
+            assert time.monotonic() - started < 0.2
+            assert connection.zcard(KEY) == limit
+    assert connection.zcard(KEY) == 0
