@@ -187,25 +187,52 @@ def _serve_target(ready: Any, stop: Any) -> None:
 
 
 @contextlib.contextmanager
-def smtp_target() -> Iterator[tuple[int, int]]:
-    """An aiosmtpd target and a DNS server in their own process, not sharing our GIL.
-
-    Yields (SMTP port, DNS port).
-    """
+def served(serve: Any) -> Iterator[Any]:
+    """``serve(ready, stop)`` in a child process, not sharing our GIL: yields
+    what it sends on ``ready`` (its ports), stops it at the end."""
     context = multiprocessing.get_context("fork")
     ready, child_end = context.Pipe()
     stop = context.Event()
-    proc = context.Process(target=_serve_target, args=(child_end, stop), daemon=True)
+    proc = context.Process(target=serve, args=(child_end, stop), daemon=True)
     proc.start()
     try:
-        smtp_port, dns_port = ready.recv()
-        yield int(smtp_port), int(dns_port)
+        yield ready.recv()
     finally:
         stop.set()
         proc.join(10)
         if proc.is_alive():
             proc.kill()
             proc.join()
+
+
+@contextlib.contextmanager
+def smtp_target() -> Iterator[tuple[int, int]]:
+    """An aiosmtpd target and a DNS server in their own process.
+
+    Yields (SMTP port, DNS port).
+    """
+    with served(_serve_target) as (smtp_port, dns_port):
+        yield int(smtp_port), int(dns_port)
+
+
+def bench_env(redis_url: str, ports: list[int], dns_port: int) -> dict[str, str]:
+    """The environment of the service under test (and of in-process checks)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTPCHECK_", "REDIS"))}
+    env.update(
+        REDIS_URL=redis_url,
+        SMTPCHECK_SECRET_KEY="bench",
+        SMTPCHECK_API_KEYS=",".join(API_KEYS),
+        SMTPCHECK_ALLOW_NETWORKS="127.0.0.0/8",
+        SMTPCHECK_ALLOWED_PORTS=",".join(str(port) for port in ports),
+        SMTPCHECK_HELO_NAME="bench.local.test",
+        SMTPCHECK_DNS_SERVERS=f"127.0.0.1:{dns_port}",
+        # Every check goes to 127.0.0.1: lift the per-key and per-target limits.
+        SMTPCHECK_RATE_LIMIT="1000000/minute",
+        SMTPCHECK_MAX_CONCURRENT_PER_KEY="1000000",
+        SMTPCHECK_MAX_CONCURRENT_PER_TARGET="1000000",
+        SMTPCHECK_LOG_LEVEL="WARNING",
+    )
+    return env
 
 
 def check_request(target_port: int) -> dict[str, Any]:
@@ -385,21 +412,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         server = EmbeddedRedis(tmp / "redis", persist=False).start()
         conn = connect(server.url)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTPCHECK_", "REDIS"))}
-        env.update(
-            REDIS_URL=server.url,
-            SMTPCHECK_SECRET_KEY="bench",
-            SMTPCHECK_API_KEYS=",".join(API_KEYS),
-            SMTPCHECK_ALLOW_NETWORKS="127.0.0.0/8",
-            SMTPCHECK_ALLOWED_PORTS=str(target_port),
-            SMTPCHECK_HELO_NAME="bench.local.test",
-            SMTPCHECK_DNS_SERVERS=f"127.0.0.1:{dns_port}",
-            # Every check goes to 127.0.0.1: lift the per-key and per-target limits.
-            SMTPCHECK_RATE_LIMIT="1000000/minute",
-            SMTPCHECK_MAX_CONCURRENT_PER_KEY="1000000",
-            SMTPCHECK_MAX_CONCURRENT_PER_TARGET="1000000",
-            SMTPCHECK_LOG_LEVEL="WARNING",
-        )
+        env = bench_env(server.url, [target_port], dns_port)
         os.environ.update(
             {k: v for k, v in env.items() if k.startswith("SMTPCHECK_") or k == "REDIS_URL"}
         )

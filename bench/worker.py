@@ -1,0 +1,341 @@
+"""Worker benchmarks: many checks in flight per process, figures and ratios from one run.
+
+Nothing here asserts a time: machines differ. Run
+``.venv/bin/python -m bench.worker`` and copy the tables into bench/README.md
+with the machine and the load it ran under.
+
+Everything runs on 127.0.0.1 with a fresh embedded redis-server, gunicorn
+(``smtpcheck api``) and ``smtpcheck worker`` with its defaults, for
+``--processes 2`` and ``--processes 1``:
+
+1. head-of-line: a fast check submitted behind 100 checks to a tarpit (a
+   server that greets and then says nothing; the per-target cap lifted)
+   ends within 1 s; printed against the same check on idle workers;
+2. in-flight capacity: slow (tarpit) checks held at once with the default
+   ``--concurrency``, and the PSS of the pool's whole process tree: checks
+   in flight per GB (target >= 500) and per process (target >= 200);
+3. throughput against a fast local target: checks/s through the whole
+   service over RQ's trivial-job ceiling on the same machine in the same run
+   (RQ's own ``SimpleWorker``, one job at a time per process; target >= 70 %);
+4. time the service adds to one check: POST + GET ``?wait`` over the same
+   dialogue run in-process (target <= 5 ms median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from bench.service import (  # noqa: E402
+    API_KEYS,
+    SMTPCHECK,
+    Api,
+    api,
+    bench_env,
+    e2e_rate,
+    inprocess_latency,
+    process,
+    registered_workers,
+    rq_ceiling,
+    served,
+    service_latency,
+    smtp_target,
+    wait_for,
+)
+from smtpcheck.embedded_redis import EmbeddedRedis  # noqa: E402
+from smtpcheck.redis_client import connect  # noqa: E402
+
+QUEUE = "vantage:default"
+TARPIT_TOTAL = 120  # seconds: a tarpit check outlives every measurement
+
+
+def log(message: str) -> None:
+    print(f"# {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# a tarpit: greets, then never says another word
+# ---------------------------------------------------------------------------
+
+
+def _serve_tarpit(ready: Any, stop: Any) -> None:
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 tarpit.local.test ESMTP\r\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            while await reader.read(4096):
+                pass
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(client, "127.0.0.1", 0, backlog=1024)
+        ready.send(server.sockets[0].getsockname()[1])
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+        server.close()
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def tarpit() -> Iterator[int]:
+    with served(_serve_tarpit) as port:
+        yield int(port)
+
+
+def tarpit_request(port: int) -> dict[str, Any]:
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "stop_after": "ehlo",
+        "timeouts": {"connect": 10, "command": TARPIT_TOTAL, "total": TARPIT_TOTAL},
+    }
+
+
+def fast_request(port: int) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": port, "tls": "none", "stop_after": "ehlo"}
+
+
+# ---------------------------------------------------------------------------
+# the pool under test
+# ---------------------------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    found = [pid]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid:
+                found += tree(int(entry.name))
+    return found
+
+
+def pss_kb(pid: int) -> int:
+    total = 0
+    for member in tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def running(conn: redis.Redis) -> int:
+    return int(conn.zcard(f"rq:wip:{QUEUE}"))
+
+
+@contextlib.contextmanager
+def pool(
+    env: dict[str, str], tmp: Path, conn: redis.Redis, processes: int, kind: str = "threads"
+) -> Iterator[Any]:
+    argv = [*SMTPCHECK, "worker", "--processes", str(processes), "--worker-class", kind]
+    with process(argv, env, tmp / f"workers-{kind}-{processes}.log") as proc:
+        wait_for(lambda: registered_workers(conn) >= processes, 60, "workers")
+        try:
+            yield proc
+        finally:
+            # Cold: the tarpit checks would otherwise hold the warm stop.
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+                proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: registered_workers(conn) == 0, 60, "workers to stop")
+    conn.flushall()
+
+
+def submit_all(port: int, body: dict[str, Any], count: int, keys: list[str]) -> list[str]:
+    clients = [Api(port, key.partition(":")[2]) for key in keys]
+    ids = []
+    try:
+        for i in range(count):
+            status, payload = clients[i % len(clients)].call("POST", "/v1/checks", body)
+            if status != 202:
+                raise RuntimeError(f"submission refused: {status} {payload[:200]!r}")
+            ids.append(json.loads(payload)["id"])
+    finally:
+        for client in clients:
+            client.close()
+    return ids
+
+
+def timed_check(port: int, body: dict[str, Any], key: str) -> float:
+    """Seconds from POST to the answer of GET ?wait with the finished check."""
+    client = Api(port, key.partition(":")[2])
+    try:
+        start = time.perf_counter()
+        status, payload = client.call("POST", "/v1/checks", body)
+        assert status == 202, payload
+        check_id = json.loads(payload)["id"]
+        status, payload = client.call("GET", f"/v1/checks/{check_id}?wait=30")
+        elapsed = time.perf_counter() - start
+        job = json.loads(payload)
+        assert job["status"] == "finished" and job["result"]["ok"], payload[:300]
+        return elapsed
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------
+# the measurements, for one --processes
+# ---------------------------------------------------------------------------
+
+
+def measure(
+    env: dict[str, str],
+    tmp: Path,
+    conn: redis.Redis,
+    port: int,
+    target_port: int,
+    tarpit_port: int,
+    processes: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"processes": processes}
+    tarpit_keys, other_key = API_KEYS[:4], API_KEYS[4]
+
+    log(f"--processes {processes}: RQ's trivial-job ceiling (SimpleWorker)")
+    with pool(env, tmp, conn, processes, kind="simple"):
+        out["ceiling"] = rq_ceiling(conn, args.jobs)
+
+    with pool(env, tmp, conn, processes) as proc:
+        log(f"--processes {processes}: trivial jobs on the threaded worker")
+        out["threads_trivial"] = rq_ceiling(conn, args.jobs)
+        log(f"--processes {processes}: checks/s through the service")
+        out["checks"] = e2e_rate(port, conn, target_port, args.checks)
+        log(f"--processes {processes}: added latency")
+        out["inprocess"] = statistics.median(inprocess_latency(target_port, args.latency_runs))
+        out["service"] = statistics.median(service_latency(port, target_port, args.latency_runs))
+
+        log(f"--processes {processes}: head-of-line")
+        idle = [timed_check(port, fast_request(target_port), other_key) for _ in range(5)]
+        out["hol_idle"] = statistics.median(idle)
+        submit_all(port, tarpit_request(tarpit_port), 100, tarpit_keys)
+        wait_for(lambda: running(conn) >= 100, 120, "100 tarpit checks running")
+        out["hol"] = timed_check(port, fast_request(target_port), other_key)
+
+        log(f"--processes {processes}: in-flight capacity")
+        want = processes * args.concurrency
+        submit_all(port, tarpit_request(tarpit_port), want - 100, tarpit_keys)
+        wait_for(lambda: running(conn) >= want, 300, f"{want} tarpit checks running")
+        time.sleep(2)  # let every check settle into its wait
+        out["in_flight"] = running(conn)
+        out["pss_kb"] = pss_kb(proc.pid)
+        out["threads"] = sum(len(os.listdir(f"/proc/{pid}/task")) for pid in tree(proc.pid))
+    with pool(env, tmp, conn, processes) as proc:
+        time.sleep(2)
+        out["pss_idle_kb"] = pss_kb(proc.pid)
+    return out
+
+
+def report(results: list[dict[str, Any]]) -> None:
+    print()
+    print(
+        "| --processes | RQ ceiling, trivial jobs/s | threaded worker, trivial jobs/s "
+        "| checks/s via service | ratio (>= 70 %) |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(
+            f"| {r['processes']} | {r['ceiling']:.0f} | {r['threads_trivial']:.0f} "
+            f"| {r['checks']:.0f} | {r['checks'] / r['ceiling']:.0%} |"
+        )
+    print()
+    print(
+        "| --processes | one check in-process, median ms | through the service, median ms "
+        "| added (<= 5 ms) |"
+    )
+    print("| ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(
+            f"| {r['processes']} | {r['inprocess']:.2f} | {r['service']:.2f} "
+            f"| {r['service'] - r['inprocess']:.2f} |"
+        )
+    print()
+    print("| --processes | fast check, idle workers | behind 100 tarpit checks (<= 1 s) | ratio |")
+    print("| ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(
+            f"| {r['processes']} | {r['hol_idle'] * 1000:.1f} ms | {r['hol'] * 1000:.1f} ms "
+            f"| {r['hol'] / r['hol_idle']:.2f} |"
+        )
+    print()
+    print(
+        "| --processes | checks in flight | threads | pool PSS idle | PSS loaded "
+        "| per check | checks per GB of PSS (>= 500) | per process (>= 200) |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        loaded, idle = r["pss_kb"] / 1024, r["pss_idle_kb"] / 1024
+        per_check = (r["pss_kb"] - r["pss_idle_kb"]) / max(1, r["in_flight"])
+        print(
+            f"| {r['processes']} | {r['in_flight']} | {r['threads']} | {idle:.0f} MB "
+            f"| {loaded:.0f} MB | {per_check:.0f} kB | {r['in_flight'] / (loaded / 1024):.0f} "
+            f"| {r['in_flight'] / r['processes']:.0f} |"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2000, help="trivial jobs per ceiling")
+    parser.add_argument("--checks", type=int, default=1000, help="checks for checks/s")
+    parser.add_argument("--latency-runs", type=int, default=100)
+    parser.add_argument("--processes", default="2,1", help="pool sizes to measure")
+    parser.add_argument(
+        "--concurrency", type=int, default=200, help="the worker's default, for (2)"
+    )
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, Linux {platform.release()}; "
+        f"load average at start {os.getloadavg()[0]:.2f}"
+    )
+    results = []
+    with (
+        tempfile.TemporaryDirectory(prefix="smtpcheck-bench-") as tmp_name,
+        smtp_target() as (target_port, dns_port),
+        tarpit() as tarpit_port,
+    ):
+        tmp = Path(tmp_name)
+        server = EmbeddedRedis(tmp / "redis", persist=False).start()
+        conn = connect(server.url)
+        env = bench_env(server.url, [target_port, tarpit_port], dns_port)
+        os.environ.update(  # the in-process check of (4) reads the same settings
+            {k: v for k, v in env.items() if k.startswith("SMTPCHECK_") or k == "REDIS_URL"}
+        )
+        try:
+            with api(env, tmp, []) as port:
+                for processes in (int(p) for p in args.processes.split(",")):
+                    results.append(
+                        measure(env, tmp, conn, port, target_port, tarpit_port, processes, args)
+                    )
+        finally:
+            conn.close()
+            server.stop()
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
