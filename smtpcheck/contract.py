@@ -303,6 +303,27 @@ VerdictReply = TypedDict(
 )
 
 
+#: The service extensions an EHLO reply is read for (``ehlo.extensions``):
+#: what a sender may use, and what MTA-STS, DANE and REQUIRETLS imply.
+EhloExtensions = TypedDict(
+    "EhloExtensions",
+    {
+        "8BITMIME": bool,  # RFC 6152
+        "AUTH": bool,  # RFC 4954
+        "BINARYMIME": bool,  # RFC 3030
+        "CHUNKING": bool,  # RFC 3030
+        "DSN": bool,  # RFC 3461
+        "ENHANCEDSTATUSCODES": bool,  # RFC 2034
+        "PIPELINING": bool,  # RFC 2920
+        "REQUIRETLS": bool,  # RFC 8689
+        "SIZE": bool,  # RFC 1870
+        "SMTPUTF8": bool,  # RFC 6531
+        "STARTTLS": bool,  # RFC 3207
+    },
+)
+EHLO_EXTENSIONS = tuple(EhloExtensions.__annotations__)
+
+
 class EhloFacts(TypedDict):
     command: Literal["EHLO", "HELO"]
     name: Annotated[str, "the name the checker sent"]
@@ -311,6 +332,7 @@ class EhloFacts(TypedDict):
     size: Annotated[int | None, "the SIZE limit advertised"]
     auth: Annotated[list[str], "AUTH mechanisms offered"]
     starttls: bool
+    extensions: Annotated[EhloExtensions, "whether each well-known extension is offered"]
     before_tls: NotRequired[Annotated[EhloFacts, "the EHLO reply before STARTTLS"]]
 
 

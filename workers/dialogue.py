@@ -21,8 +21,8 @@ from typing import Any
 
 import idna
 
+from smtpcheck.contract import EHLO_EXTENSIONS, STAGES, Outcome, ReplyClass
 from smtpcheck.contract import SECRET_MASK as REDACTED
-from smtpcheck.contract import STAGES, Outcome, ReplyClass
 from workers import protocol
 from workers.errors import (
     Canceled,
@@ -476,6 +476,7 @@ class Dialogue:
             "size": caps.size,
             "auth": list(caps.auth_mechanisms),
             "starttls": "STARTTLS" in caps,
+            "extensions": {name: name in caps for name in EHLO_EXTENSIONS},
         }
         if self.session.tls and before is not None and "before_tls" not in before:
             self.facts["ehlo"]["before_tls"] = before

@@ -14,6 +14,7 @@ from typing import Any
 from smtpcheck.config import Settings
 from workers.errors import DNSError
 from workers.findings import sort_findings
+from workers.mailpolicy import assess
 from workers.plan import Plan
 from workers.resolver import MXHost, Resolver
 from workers.result import utc_timestamp
@@ -158,6 +159,25 @@ def run_domain_check(
         ]
     result["hosts"] = checked
     result["findings"] += mx_findings
+    started = time.monotonic()
+    transcript.note(f"checking what senders enforce for {domain}: MTA-STS, TLS-RPT, DANE")
+    policy, policy_findings = assess(
+        domain,
+        [mx.host for mx in hosts],
+        checked,
+        settings,
+        deadline,
+        port=plan.port,
+        note=transcript.note,
+    )
+    result["timings"]["policy"] = round((time.monotonic() - started) * 1000, 1)
+    result["policy"] = policy
+    result["findings"] += policy_findings
+    broken = [f for f in policy_findings if f["severity"] == "fail"]
+    if result["ok"] and broken:
+        # The dialogue alone looked fine: say what a sender enforcing the policy would do.
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        result["summary"] += f"; but {broken[0]['message']}{more}"
     sort_findings(result["findings"])
     return _finish(result, transcript)
 

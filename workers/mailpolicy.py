@@ -15,7 +15,7 @@ from __future__ import annotations
 import http.client
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dns.flags
@@ -49,19 +49,21 @@ def assess(
     deadline: float,
     *,
     port: int = 25,
+    note: Callable[[str], None] = lambda text: None,
 ) -> tuple[dict[str, Any], list[Finding]]:
     """The ``policy`` section and its findings.
 
     ``mx_hosts`` are every MX host name of the domain, ``checked`` the
     per-host results of those the dialogue reached (their ``tls`` facts
-    carry the certificate chain)."""
+    carry the certificate chain). ``note`` writes the checker's notes into
+    the transcript: what was looked up and fetched, and what came back."""
     deadline = min(deadline, time.monotonic() + POLICY_SECONDS)
     resolver = Resolver(settings, deadline)
     findings: list[Finding] = []
     by_host = {str(r["target"]["host"]).lower().rstrip("."): r for r in checked}
-    sts = _mta_sts(domain, mx_hosts, by_host, resolver, settings, deadline, findings)
-    rpt = _tls_rpt(domain, resolver, findings)
-    danes = _dane(mx_hosts, by_host, resolver, settings, port, findings)
+    sts = _mta_sts(domain, mx_hosts, by_host, resolver, settings, deadline, findings, note)
+    rpt = _tls_rpt(domain, resolver, findings, note)
+    danes = _dane(mx_hosts, by_host, resolver, settings, port, findings, note)
     _implied(sts, danes, by_host, findings)
     return {"mta_sts": sts, "tls_rpt": rpt, "dane": danes}, findings
 
@@ -77,6 +79,7 @@ def _mta_sts(
     settings: Settings,
     deadline: float,
     findings: list[Finding],
+    note: Callable[[str], None],
 ) -> dict[str, Any]:
     add = findings.append
     facts: dict[str, Any] = {
@@ -91,6 +94,7 @@ def _mta_sts(
     try:
         texts = resolver.txt(name)
     except DNSError as exc:
+        note(f"{name} TXT: {exc}")
         facts["record_error"] = str(exc)
         add(
             _finding(
@@ -98,6 +102,7 @@ def _mta_sts(
             )
         )
         return facts
+    note(f"{name} TXT: " + (" | ".join(texts) if texts else "no record"))
     if not any(t.replace(" ", "").startswith("v=STSv1") for t in texts):
         add(
             _finding(
@@ -123,6 +128,10 @@ def _mta_sts(
     facts["policy_url"] = target.url
     policy, error, code = _fetch_policy(
         target, settings, min(deadline, time.monotonic() + FETCH_SECONDS)
+    )
+    note(
+        f"GET {target.url}: "
+        + (f"mode {policy.mode}, mx {', '.join(policy.mx)}" if policy else error)
     )
     if policy is None:
         facts["policy_error"] = error
@@ -279,17 +288,21 @@ def _sts_certificate(result: Mapping[str, Any]) -> tuple[bool, str | None]:
 # -- TLS-RPT -------------------------------------------------------------------
 
 
-def _tls_rpt(domain: str, resolver: Resolver, findings: list[Finding]) -> dict[str, Any]:
+def _tls_rpt(
+    domain: str, resolver: Resolver, findings: list[Finding], note: Callable[[str], None]
+) -> dict[str, Any]:
     name = f"_smtp._tls.{domain}"
     facts: dict[str, Any] = {"record": None, "error": None}
     try:
         texts = resolver.txt(name)
     except DNSError as exc:
+        note(f"{name} TXT: {exc}")
         facts["error"] = str(exc)
         findings.append(
             _finding("warning", "tls_rpt_invalid", f"TLS-RPT: the lookup of {name} failed: {exc}")
         )
         return facts
+    note(f"{name} TXT: " + (" | ".join(texts) if texts else "no record"))
     if not any(t.replace(" ", "").startswith("v=TLSRPTv1") for t in texts):
         findings.append(
             _finding(
@@ -327,6 +340,7 @@ def _dane(
     settings: Settings,
     port: int,
     findings: list[Finding],
+    note: Callable[[str], None],
 ) -> dict[str, Any]:
     facts: dict[str, Any] = {"dnssec": settings.dnssec, "hosts": []}
     validator = None
@@ -347,7 +361,10 @@ def _dane(
             continue  # not reached by the dialogue: no certificate to judge
         entry = _dane_host(host, result, resolver, settings, validator, port)
         if entry is None:
+            note(f"_{port}._tcp.{host} TLSA: no record (no DANE)")
             continue  # no TLSA records: no DANE, no finding
+        shown = "authenticated" if entry["authenticated"] else f"not trusted: {entry['reason']}"
+        note(f"{entry['name']} TLSA: {len(entry['tlsa'] or [])} record(s), {shown}")
         facts["hosts"].append(entry)
         if not entry["authenticated"]:
             findings.append(
@@ -479,13 +496,14 @@ def _implied(
             continue
         by = " and ".join(n for n, on in (("MTA-STS", enforced), ("DANE", key in dane_hosts)) if on)
         ehlo = result.get("ehlo") or {}
-        before = ehlo.get("before_tls") or ehlo
-        keywords = {str(k).upper() for k in (before.get("keywords") or {})}
+        plain = (ehlo.get("before_tls") or ehlo).get("extensions") or {}
+        offered = ehlo.get("extensions") or {}
         host = result["target"]["host"]
+        tls = result.get("tls") or {}
         if (
-            (result.get("tls") or {}).get("mode") != "implicit"
-            and "STARTTLS" not in keywords
-            and not (result.get("tls") or {}).get("established")
+            tls.get("mode") != "implicit"
+            and not plain.get("STARTTLS")
+            and not tls.get("established")
         ):
             findings.append(
                 _finding(
@@ -495,8 +513,7 @@ def _implied(
                     "STARTTLS: enforcing senders cannot deliver",
                 )
             )
-        after = {str(k).upper() for k in (ehlo.get("keywords") or {})}
-        if (result.get("tls") or {}).get("established") and "REQUIRETLS" not in after:
+        if tls.get("established") and not offered.get("REQUIRETLS"):
             findings.append(
                 _finding(
                     "info",

@@ -134,8 +134,9 @@ def world(
         sts: str | None = "v=STSv1; id=20261201",
         rpt: str | None = "v=TLSRPTv1; rua=mailto:tlsrpt@local.test",
         dnssec: str = "validate",
+        tls: str = "starttls",
     ) -> World:
-        target = smtp_target(tls="starttls")
+        target = smtp_target(tls=tls)
         key = ZoneKey(f"{DOMAIN}.")
         zone: dict[str, dict[str, list[str]]] = {
             f"{DOMAIN}.": {"MX": [f"10 {MX}."], "DNSKEY": [key.dnskey_text]},
@@ -272,3 +273,45 @@ def test_the_policy_fetch_refuses_loopback_unless_allowed(world: Callable[..., W
     _, findings = assess(DOMAIN, [MX], [result], strict, time.monotonic() + 10)
     message = {f["code"]: f["message"] for f in findings}["mta_sts_policy_unreachable"]
     assert "loopback" in message and "SMTPCHECK_ALLOW_NETWORKS" in message
+
+
+def test_a_domain_check_reports_the_policy_and_says_when_it_breaks_delivery(
+    world: Callable[..., World], policy_server: PolicyServer, certificates: Certificates
+) -> None:
+    """Through the whole engine, from a request the API normalized: the
+    dialogue alone passes, but the enforced policy names another MX."""
+    from service.schemas import build_schemas
+    from tests.engine.test_contract import assert_valid
+
+    policy_server.body = POLICY.replace(b"mail.local.test", b"mx.elsewhere.test")
+    made = world(tlsa=f"3 1 1 {_spki_sha256(certificates)}")
+    request = (
+        build_schemas(made.settings)
+        .check_request()
+        .load({"host": DOMAIN, "mx": True, "port": made.target.port, "stop_after": "tls"})
+    )
+    result = run_check(request, made.settings, password=None, check_id="domain-policy")
+    assert_valid(result)
+    assert result["ok"] is True  # the dialogue passed: the outcome says so
+    assert "but MTA-STS: MX mail.local.test is not covered" in result["summary"]
+    codes = {f["code"] for f in result["findings"]}
+    assert {"mta_sts_mx_not_covered", "dane_valid", "tls_rpt_valid"} <= codes
+    notes = [e["text"] for e in result["transcript"] if e["dir"] == "note"]
+    assert any(n.startswith("GET https://mta-sts.local.test:") for n in notes)
+    assert any("TLSA: 1 record(s), authenticated" in n for n in notes)
+
+
+def test_an_enforced_policy_whose_mx_offers_no_starttls_fails_it(
+    world: Callable[..., World],
+) -> None:
+    _, found = world(tls="none").assess()
+    assert "does not offer STARTTLS" in found["policy_mx_no_starttls"]
+    assert "no TLS session" in found["mta_sts_certificate_invalid"]
+    assert "mta_sts_valid" not in found
+
+
+def test_an_mx_under_an_enforced_policy_without_requiretls_is_noted(
+    world: Callable[..., World],
+) -> None:
+    _, found = world().assess()
+    assert "REQUIRETLS" in found["requiretls_not_offered"]

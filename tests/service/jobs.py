@@ -11,6 +11,8 @@ import os
 import time
 from typing import Any
 
+from smtpcheck.contract import EHLO_EXTENSIONS
+
 FUNCTION = "tests.service.jobs.run_check_job"
 CRASH = "tests.service.jobs.crash"
 SLOW = "tests.service.jobs.slow"
@@ -46,6 +48,7 @@ def run_check_job(request: dict[str, Any], sealed_password: str | None) -> dict[
             "size": None,
             "auth": [],
             "starttls": False,
+            "extensions": {name: name == "PIPELINING" for name in EHLO_EXTENSIONS},
         },
         "tls": None,
         "auth": None,
