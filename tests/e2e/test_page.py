@@ -34,7 +34,7 @@ import pytest
 from smtpcheck.embedded_redis import EmbeddedRedis
 from tests.dns_server import DNSServer
 from tests.e2e.conftest import API_KEY, LOCAL_ZONE, Service, running_service
-from tests.smtp_servers import Certificates, ScriptedServer, SMTPTarget
+from tests.smtp_servers import USERS, Certificates, ScriptedServer, SMTPTarget
 
 pytestmark = pytest.mark.e2e
 
@@ -254,10 +254,11 @@ def console_errors(browser: WebDriver) -> list[str]:
     ]
 
 
-def run_in_shell(command: str) -> subprocess.CompletedProcess[str]:
+def run_in_shell(command: str, **exported: str) -> subprocess.CompletedProcess[str]:
     """``command`` as pasted into bash, with smtpcheck on PATH and the key exported."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env = {"PATH": path, "HOME": os.environ.get("HOME", "/"), "SMTPCHECK_API_KEY": API_KEY}
+    env.update(exported)
     return subprocess.run(
         ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60
     )
@@ -433,3 +434,25 @@ def test_cancel_a_running_check_from_the_page(
     assert not shown(browser, "cancel")
     document = page_service.client.request("GET", f"/v1/checks/{check_id(browser)}").json()
     assert document["status"] == "canceled"
+
+
+def test_an_auth_check_copied_as_curl_takes_the_password_from_the_shell(
+    browser: WebDriver, page_service: Service, page_targets: PageTargets
+) -> None:
+    ((user, password),) = USERS.items()
+    open_check_page(browser, page_service)
+    set_check(browser, "127.0.0.1", page_targets.starttls.port)
+    fill(browser, "f-auth-username", user)
+    fill(browser, "f-auth-password", password)
+    browser.find_element(By.ID, "run").click()
+    wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
+    auth_row = browser.find_element(By.XPATH, "//tbody/tr[th='AUTH']/td").text
+    assert auth_row.endswith("accepted"), auth_row
+    curl = str(browser.find_element(By.ID, "curl-command").get_attribute("value"))
+    assert password not in curl and "$SMTPCHECK_AUTH_PASSWORD" in curl
+    assert "SMTPCHECK_AUTH_PASSWORD" in browser.find_element(By.ID, "cli-note").text
+
+    shell = run_in_shell(curl, SMTPCHECK_AUTH_PASSWORD=password)
+    again = page_service.client.wait(json.loads(shell.stdout)["id"])
+    assert again["result"]["auth"]["accepted"] is True, again["result"]["summary"]
+    assert again["request"]["auth"]["password"] == "****"

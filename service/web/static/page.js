@@ -304,7 +304,9 @@
     if (body.auth) body.auth.password = PASSWORD_SLOT;
     let json = shellQuote(JSON.stringify(body));
     if (!json.startsWith("'")) json = `'${json}'`;
-    json = json.replace(JSON.stringify(PASSWORD_SLOT), `"'"$${PASSWORD_VARIABLE}"'"`);
+    // The password comes from the shell, its " and \ escaped for JSON (the API refuses controls).
+    const escaped = `$(printf '%s' "$${PASSWORD_VARIABLE}" | sed 's/[\\\\"]/\\\\&/g')`;
+    json = json.replace(JSON.stringify(PASSWORD_SLOT), `"'"${escaped}"'"`);
     return [
       "curl -sS -X POST",
       shellQuote(`${location.origin}/v1/checks`),
