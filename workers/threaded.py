@@ -287,7 +287,11 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             self.name,
             queue.name,
             job.id,
-            extra={"check_id": job.id, "request_id": (job.meta or {}).get("request_id")},
+            extra={
+                "check_id": job.id,
+                "vantage": _vantage(queue),
+                "request_id": (job.meta or {}).get("request_id"),
+            },
         )
         thread = threading.Thread(
             target=self._run_flight, args=(flight,), name=f"check-{job.id[:8]}", daemon=True
@@ -494,7 +498,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 "failing it (its thread ends by itself)",
                 flight.job.id,
                 waited,
-                extra={"check_id": flight.job.id},
+                extra={"check_id": flight.job.id, "vantage": _vantage(flight.queue)},
             )
             self._fail(
                 flight,

@@ -208,6 +208,20 @@ def test_vantage_all_puts_every_vantage_side_by_side(ops: Ops) -> None:
     assert client.request("GET", f"/v1/checks/{job['id']}").status == 404
 
 
+def test_a_worker_started_with_vantage_says_so(ops: Ops) -> None:
+    """``smtpcheck worker --vantage eu`` (no SMTPCHECK_VANTAGE): result, logs and metrics say eu."""
+    client = ops.client
+    check = {"host": "127.0.0.1", "port": ops.plain.port, "stop_after": "banner", "vantage": "eu"}
+    job = client.wait(client.submit(check))
+    assert job["status"] == "finished", job
+    assert job["result"]["vantage"] == "eu"
+    time.sleep(0.3)  # let the worker flush its line
+    lines = [e for e in json_lines(ops.eu.log_path) if e.get("check_id") == job["id"]]
+    assert lines and {e.get("vantage") for e in lines} == {"eu"}, lines
+    text = client.request("GET", "/metrics").text
+    assert sample(text, "smtpcheck_checks_finished_total", vantage="eu", outcome="ok") >= 1
+
+
 def test_unknown_vantage_is_422(ops: Ops) -> None:
     reply = ops.client.request("POST", "/v1/checks", {"host": "mx.example.com", "vantage": "mars"})
     assert reply.status == 422
