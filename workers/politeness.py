@@ -31,10 +31,12 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import cast
 
 import redis
@@ -147,16 +149,12 @@ class TargetGate:
         if not member:
             yield
             return
-        stop = threading.Event()
-        renewer = threading.Thread(
-            target=self._keep, args=(key, member, stop), name="smtpcheck-slot", daemon=True
-        )
-        renewer.start()
+        lease = _Lease(self, key, member, time.monotonic() + self.renew_every)
+        _renewer.hold(lease)
         try:
             yield
         finally:
-            stop.set()
-            renewer.join()
+            _renewer.release(lease)
             with contextlib.suppress(redis.exceptions.RedisError):
                 self.connection.zrem(key, member)
 
@@ -210,12 +208,62 @@ class TargetGate:
         if waiting:
             note(f"slot to {address} free after {(time.monotonic() - started) * 1000:.0f} ms")
 
-    def _keep(self, key: str, member: str, stop: threading.Event) -> None:
-        """Renew the lease until ``stop`` (the check is done with the address)."""
-        while not stop.wait(self.renew_every):
-            try:
-                if not self._renew(keys=[key], args=[member, self.lease]):
-                    log.warning("politeness slot %s lost (lease expired); not renewing", key)
-                    return
-            except redis.exceptions.RedisError as exc:
-                log.warning("politeness slot %s not renewed: %s", key, exc)
+    def renew(self, key: str, member: str) -> bool:
+        """Extend one lease; False when it was lost (expired, or Redis lost it)."""
+        return bool(self._renew(keys=[key], args=[member, self.lease]))
+
+
+@dataclass(eq=False)
+class _Lease:
+    gate: TargetGate
+    key: str
+    member: str
+    due: float
+
+
+class _Renewer:
+    """One thread per process renews every lease its checks hold (a thread per
+    check would double the threads of a worker with many checks in flight)."""
+
+    TICK = 0.05
+
+    def __init__(self) -> None:
+        self._leases: set[_Lease] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def hold(self, lease: _Lease) -> None:
+        with self._lock:
+            self._leases.add(lease)
+            alive = self._thread is not None and self._thread.is_alive()
+            if not alive or self._pid != os.getpid():  # none yet, or forked since
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="smtpcheck-slots", daemon=True
+                )
+                self._thread.start()
+
+    def release(self, lease: _Lease) -> None:
+        with self._lock:
+            self._leases.discard(lease)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                due = [lease for lease in self._leases if lease.due <= now]
+            for lease in due:
+                lease.due = now + lease.gate.renew_every
+                try:
+                    if not lease.gate.renew(lease.key, lease.member):
+                        log.warning(
+                            "politeness slot %s lost (lease expired); not renewing", lease.key
+                        )
+                        self.release(lease)
+                except redis.exceptions.RedisError as exc:
+                    log.warning("politeness slot %s not renewed: %s", lease.key, exc)
+
+
+_renewer = _Renewer()
