@@ -85,3 +85,12 @@ def slow(request: dict[str, Any], sealed_password: str | None) -> dict[str, Any]
             os._exit(1)
         time.sleep(0.05)
     return run_check_job(request, sealed_password)
+
+
+NAP = "tests.service.jobs.nap"
+
+
+def nap(request: dict[str, Any], sealed_password: str | None) -> dict[str, Any]:
+    """A check that waits ``timeouts.connect`` seconds, as if on a slow server."""
+    time.sleep(float(request["timeouts"]["connect"]))
+    return run_check_job(request, sealed_password)

@@ -1,0 +1,77 @@
+"""The threaded worker in one process: many checks at once, each in RQ's
+registries, and the watchdog that stands in for RQ's job timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+from flask.testing import FlaskClient
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from service.jobstore import JobStore
+from tests.service import jobs
+from tests.service.conftest import ALICE, submit
+from workers.threaded import ThreadedCheckWorker
+
+
+def worker(connection: redis.Redis, **options: object) -> ThreadedCheckWorker:
+    queue = Queue("vantage:default", connection=connection, serializer=JSONSerializer)
+    return ThreadedCheckWorker([queue], connection=connection, serializer=JSONSerializer, **options)
+
+
+def test_one_process_runs_many_checks_at_once(
+    client: FlaskClient, store: JobStore, redis_client: redis.Redis
+) -> None:
+    store.job_function = jobs.NAP
+    ids = [
+        submit(client, {"host": "mx.example.com", "timeouts": {"connect": 1.5}}) for _ in range(10)
+    ]  # fmt: skip (10: the per-key cap)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:  # how many are 'started' at once, by RQ's own registry
+        while not done.is_set():
+            seen.append(int(redis_client.zcard("rq:wip:vantage:default")))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        worker(redis_client, concurrency=50).work(burst=True, logging_level="WARNING")
+    finally:
+        done.set()
+        watcher.join()
+    elapsed = time.monotonic() - started
+
+    assert max(seen) == 10  # every one in flight, each with its own entry
+    assert elapsed < 10  # not 10 x 1.5 s one after another
+    for check_id in ids:
+        body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
+        assert body["status"] == "finished", body
+    assert redis_client.zcard("rq:wip:vantage:default") == 0
+
+
+def test_the_watchdog_fails_a_check_past_its_deadline(
+    client: FlaskClient, store: JobStore, redis_client: redis.Redis
+) -> None:
+    store.job_function = jobs.NAP
+    check_id = submit(client, {"host": "mx.example.com", "timeouts": {"connect": 2.5}})
+    job = Job.fetch(check_id, connection=redis_client, serializer=JSONSerializer)
+    job.timeout = 1  # the engine's deadline plus the margin, shortened for the test
+    job.save()
+    started = time.monotonic()
+
+    worker(redis_client, job_monitoring_interval=1).work(burst=True, logging_level="WARNING")
+
+    assert time.monotonic() - started < 3.5  # the watchdog, not the nap, ended it
+    body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
+    assert body["status"] == "failed", body
+    assert body["error"] == "the check ran past its time limit and was stopped"
+    time.sleep(1.5)  # the check's thread ends by itself and stores nothing
+    body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
+    assert body["status"] == "failed", body
