@@ -25,7 +25,6 @@ from smtpcheck.contract import EHLO_EXTENSIONS, STAGES, Outcome, ReplyClass
 from smtpcheck.contract import SECRET_MASK as REDACTED
 from workers import protocol
 from workers.errors import (
-    Canceled,
     CheckAborted,
     ConnectionClosed,
     ConnectTimeout,
@@ -404,7 +403,9 @@ class Dialogue:
             yield from self._stages()
         except CheckAborted as exc:
             self._aborted(exc)
-            if not isinstance(exc, Canceled | LocalProtocolError):
+            # Canceled (any CheckAborted whose outcome is canceled, e.g.
+            # workers.cancel's) and our own faults leave the stream sane: QUIT.
+            if exc.outcome != Outcome.CANCELED and not isinstance(exc, LocalProtocolError):
                 self.session.closed()  # the stream is in no state for more talk
         yield from self._goodbye()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from smtpcheck.contract import Outcome, ReplyClass
+from workers.cancel import CheckCanceled
 from workers.dialogue import (
     MOVES,
     Close,
@@ -207,12 +208,13 @@ def test_the_connection_closing_mid_dialogue_is_connection_closed():
     assert d.failure.outcome is Outcome.CONNECTION_CLOSED
 
 
-def test_canceled_says_quit_where_it_can():
+@pytest.mark.parametrize("canceled", [Canceled, CheckCanceled])
+def test_canceled_says_quit_where_it_can(canceled):
     d = dialogue(stop_after="mail", tls="none", mail_from="a@b.c")
     assert isinstance(d.next_action(), ReadGreeting)
     d.receive_reply(parse_reply(b"220 mx\r\n"))
     assert isinstance(d.next_action(), Send)
-    d.abort(Canceled("the caller canceled the check"))
+    d.abort(canceled("the caller canceled the check"))
     action = d.next_action()
     assert isinstance(action, Send) and action.line == b"QUIT\r\n"
     assert d.failure.outcome is Outcome.CANCELED
