@@ -19,6 +19,9 @@ ZONE = {
     "mail.local.test.": {"A": ["127.0.0.1"]},
     "nomx.test.": {"A": ["127.0.0.1"]},
     "nullmx.test.": {"MX": ["0 ."]},
+    "alias.test.": {"MX": ["10 mx.alias.test."]},
+    "mx.alias.test.": {"CNAME": ["mail.local.test."]},
+    "literal.test.": {"MX": ["10 127.0.0.1."]},
     "1.0.0.127.in-addr.arpa.": {"PTR": ["mail.local.test."]},
     "2.0.0.127.in-addr.arpa.": {"PTR": ["elsewhere.test."]},
 }
@@ -94,6 +97,25 @@ def test_mx_dns_failures(dns_settings, domain, words):
     assert result["ok"] is False
     assert words in result["summary"]
     assert result["findings"][0]["severity"] == "fail"
+
+
+def test_a_servfail_on_the_mx_lookup_is_temporary(dns_settings):
+    result = run_check({"host": "broken.test", "mx": True}, dns_settings)
+    assert "for now" in result["summary"] and "delayed, not lost" in result["summary"]
+    assert "No mail can be delivered" not in result["summary"]
+
+
+@pytest.mark.parametrize(
+    ("domain", "code", "severity"),
+    [("alias.test", "mx_cname", "warning"), ("literal.test", "mx_ip_literal", "fail")],
+)
+def test_mx_targets_that_break_rfc_5321(smtp_target, dns_settings, domain, code, severity):
+    target = smtp_target(tls="none")
+    result = run_check(
+        {"host": domain, "mx": True, "port": target.port, "tls": "none"}, dns_settings
+    )
+    assert code in codes(result, severity)
+    assert result["outcome"] == "ok"  # the host itself answers; the record is what is wrong
 
 
 def test_dns_facts_forward_confirmed_ptr(smtp_target, dns_settings):
