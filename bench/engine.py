@@ -7,7 +7,12 @@ figure that matters is the ratio, measured in one run, not the absolute
 rate of this machine.
 Target: the engine within 1.5x of smtplib (ratio >= 0.67).
 
-    .venv/bin/python -m bench.engine [--checks N] [--rounds R]
+With ``--baseline REV`` the engine of that git revision (checked out in a
+temporary git worktree) runs the same rounds too, interleaved, each engine
+in a child process of its own, and the script prints new/baseline: the
+figure that says whether a change made the engine slower.
+
+    .venv/bin/python -m bench.engine [--checks N] [--rounds R] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import ipaddress
 import multiprocessing
 import smtplib
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +33,7 @@ from smtpcheck.config import Settings
 from tests.smtp_servers import Certificates, SMTPTarget
 from workers.check import run_check
 
+ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = b"Subject: bench\r\nFrom: a@example.org\r\n\r\nhello\r\n.dot\r\n"
 RCPT = "bob@local.test"
 
@@ -56,6 +64,61 @@ def with_engine(port: int, settings: Settings, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+#: Run in a child process whose PYTHONPATH is one tree's root: the engine
+#: of that tree, the same request as ``with_engine``; prints checks/s.
+CHILD = """
+import ipaddress, sys, time
+from smtpcheck.config import Settings
+from workers.check import run_check
+port, n = int(sys.argv[1]), int(sys.argv[2])
+settings = Settings(
+    allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+    allowed_ports=frozenset({port}),
+    helo_name="checker.test",
+)
+request = {"host": "127.0.0.1", "port": port, "tls": "none", "mail_from": "a@example.org",
+           "rcpt_to": [sys.argv[3]], "data": sys.argv[4]}
+for _ in range(20):
+    run_check(request, settings)
+started = time.perf_counter()
+for _ in range(n):
+    assert run_check(request, settings)["ok"]
+print(n / (time.perf_counter() - started))
+"""
+
+
+def engine_of(tree: Path, port: int, n: int) -> float:
+    """Checks/s of the engine in ``tree``, measured in a child process."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(port), str(n), RCPT, MESSAGE.decode()],
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def checkout(rev: str):  # type: ignore[no-untyped-def]
+    """A temporary git worktree of ``rev``, removed afterwards."""
+    where = Path(tempfile.mkdtemp(prefix="smtpcheck-baseline-")) / "tree"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)],
+            check=False,
+            capture_output=True,
+        )
+
+
 def with_smtplib(port: int, n: int) -> float:
     started = time.perf_counter()
     for _ in range(n):
@@ -70,6 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checks", type=int, default=200, help="dialogues per round and side")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--baseline", help="a git revision whose engine to compare with")
     args = parser.parse_args()
 
     parent, child = multiprocessing.Pipe()
@@ -81,13 +145,18 @@ def main() -> None:
         allowed_ports=frozenset({port}),
         helo_name="checker.test",
     )
+    engine, stdlib, new, old = [], [], [], []
     try:
-        with_engine(port, settings, 20)  # warm both paths up
-        with_smtplib(port, 20)
-        engine, stdlib = [], []
-        for _ in range(args.rounds):  # interleaved, so drift hits both alike
-            engine.append(with_engine(port, settings, args.checks))
-            stdlib.append(with_smtplib(port, args.checks))
+        with contextlib.ExitStack() as stack:
+            baseline = stack.enter_context(checkout(args.baseline)) if args.baseline else None
+            with_engine(port, settings, 20)  # warm both paths up
+            with_smtplib(port, 20)
+            for _ in range(args.rounds):  # interleaved, so drift hits all alike
+                engine.append(with_engine(port, settings, args.checks))
+                stdlib.append(with_smtplib(port, args.checks))
+                if baseline is not None:
+                    new.append(engine_of(ROOT, port, args.checks))
+                    old.append(engine_of(baseline, port, args.checks))
     finally:
         parent.close()
         server.join(10)
@@ -95,6 +164,10 @@ def main() -> None:
     print(f"engine : {e:8.1f} checks/s (median of {args.rounds} rounds of {args.checks})")
     print(f"smtplib: {s:8.1f} checks/s")
     print(f"ratio engine/smtplib: {e / s:.2f}  (target >= 0.67, i.e. within 1.5x)")
+    if new:
+        n, o = statistics.median(new), statistics.median(old)
+        print(f"engine in a child process: {n:8.1f} checks/s; {args.baseline}: {o:8.1f} checks/s")
+        print(f"ratio engine/{args.baseline}: {n / o:.2f}  (>= 1.0: no slower than the baseline)")
 
 
 if __name__ == "__main__":
