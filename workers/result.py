@@ -149,7 +149,8 @@ def summarize(result: dict[str, Any], failure: Failure | None, timeouts: dict[st
         O.DATA_REJECTED: f"The server rejected the message with {said}",
         O.TIMEOUT: f"The check ran out of time during {failure.stage}: "
         + _timeout(failure, timeouts),
-        O.CANCELED: f"The check was canceled during {failure.stage}",
+        O.CANCELED: f"The caller canceled the check while it was at {failure.stage}; what "
+        "the server said until then is in the transcript",
     }
     sentence = sentences.get(outcome, f"{outcome} during {failure.stage}: {detail}")
     if outcome is O.TEMPORARY_FAILURE:
