@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
+import pytest
 import redis
 from flask.testing import FlaskClient
 from rq import Queue
@@ -13,6 +15,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from service.jobstore import JobStore
+from smtpcheck.embedded_redis import EmbeddedRedis
 from tests.service import jobs
 from tests.service.conftest import ALICE, submit
 from workers.threaded import ThreadedCheckWorker
@@ -75,3 +78,45 @@ def test_the_watchdog_fails_a_check_past_its_deadline(
     time.sleep(1.5)  # the check's thread ends by itself and stores nothing
     body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
     assert body["status"] == "failed", body
+
+
+def test_a_result_that_ends_while_redis_is_away_is_stored_once_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis goes away mid-check and comes back empty: the check's end is
+    stored anyway (the job written again first), not lost."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    connection = redis.Redis.from_url(server.url)
+    try:
+        queue = Queue("vantage:default", connection=connection, serializer=JSONSerializer)
+        request = {"host": "mx.example.com", "port": 25, "vantage": "default",
+                   "timeouts": {"connect": 1.5}}  # fmt: skip
+        job = queue.enqueue(
+            jobs.NAP,
+            kwargs={"request": request, "sealed_password": None},
+            description="smtpcheck",
+            meta={"owner": "alice"},
+        )
+
+        def outage() -> None:  # from mid-check until after the check has ended
+            time.sleep(0.5)
+            server.stop()
+            time.sleep(1.5)
+            server.start()
+
+        away = threading.Thread(target=outage)
+        away.start()
+        worker(connection).work(burst=True, logging_level="WARNING")
+        away.join()
+
+        stored = Job.fetch(job.id, connection=connection, serializer=JSONSerializer)
+        assert stored.get_status() == "finished"
+        result = stored.return_value()
+        assert isinstance(result, dict) and result["outcome"] == "ok"
+        assert stored.meta["owner"] == "alice"
+        said = [record.getMessage() for record in caplog.records]
+        assert any("cannot store its result yet" in line for line in said), said
+        assert any("Redis lost this running check" in line for line in said), said
+    finally:
+        connection.close()
+        server.stop()
