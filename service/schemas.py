@@ -698,6 +698,12 @@ def request_consistency_errors(data: dict[str, Any]) -> dict[str, list[str]]:
         add("mx_hosts", "only means something with mx true")
     if len(set(data["probes"])) != len(data["probes"]):
         add("probes", "each probe may be asked for once")
+    if "smuggling" in data["probes"] and (data["mail_from"] is None or not data["rcpt_to"]):
+        add(
+            "probes",
+            "smuggling sends a test message of its own: it needs mail_from and rcpt_to "
+            "(one the server accepts)",
+        )
     if literal is not None and data["mx"]:
         add("host", "with mx true, host must be a mail domain, not an IP address")
     for tls_field in ("tls_name", "tls_ca"):

@@ -88,7 +88,7 @@ class ReplyClass(StrEnum):
 #: The reply classes as plain strings.
 REPLY_CLASSES = tuple(reply_class.value for reply_class in ReplyClass)
 
-PROBES = ("open_relay", "starttls_required", "vrfy", "expn")
+PROBES = ("open_relay", "starttls_required", "vrfy", "expn", "smuggling")
 
 #: Finding severities, in the order a person reads them: failures first.
 SEVERITIES = ("fail", "warning", "info", "pass")
@@ -200,7 +200,7 @@ def control_character(text: str, *, allow_tab: bool = False) -> str | None:
 # ---------------------------------------------------------------------------
 
 Stage = Literal["connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data"]
-Probe = Literal["open_relay", "starttls_required", "vrfy", "expn"]
+Probe = Literal["open_relay", "starttls_required", "vrfy", "expn", "smuggling"]
 TLSMode = Literal["none", "starttls", "implicit", "auto"]
 Mechanism = Literal["auto", "PLAIN", "LOGIN", "CRAM-MD5"]
 Severity = Literal["fail", "warning", "info", "pass"]
@@ -458,6 +458,19 @@ class DNSFacts(TypedDict):
 
 ProbeReply = TypedDict("ProbeReply", {"code": int, "text": str, "class": NotRequired[ReplyClass]})
 
+
+class SmugglingTry(TypedDict):
+    """One non-standard end-of-data sequence sent after a message (SMTP smuggling)."""
+
+    result: Annotated[
+        Literal["accepted", "waited", "rejected", "inconclusive"],
+        "accepted: the server took it as the end of the message (vulnerable); waited: it "
+        "kept reading; rejected: it refused the bare line end",
+    ]
+    detail: str
+    reply: NotRequired[ProbeReply]
+
+
 ProbeResult = TypedDict(
     "ProbeResult",
     {
@@ -469,6 +482,12 @@ ProbeResult = TypedDict(
         "mail": NotRequired[ProbeReply],
         "rcpt": NotRequired[ProbeReply],
         "unknown": NotRequired[Annotated[ProbeReply, "the answer for a name that cannot exist"]],
+        "terminators": NotRequired[
+            Annotated[
+                dict[str, SmugglingTry],
+                "smuggling: each non-standard end of data tried, on its own connection",
+            ]
+        ],
     },
 )
 

@@ -311,6 +311,9 @@ class Check:
             implicit_tls=plan.implicit_tls,
             timings=self.timings,
             note=self.transcript.note,
+            envelope=(plan.mail_from, plan.rcpt_to[0])
+            if plan.mail_from is not None and plan.rcpt_to
+            else None,
         )
 
 

@@ -171,6 +171,28 @@ class Connection:
         self.transcript.record(CLIENT, shown, tls=self.is_tls)
         self.stream.write(line, self.reply_deadline())
 
+    def send_raw(self, payload: bytes, shown: Sequence[str]) -> None:
+        """Write ``payload`` as it is; the transcript keeps each of ``shown``."""
+        assert self.stream is not None
+        for line in shown:
+            self.transcript.record(CLIENT, line, tls=self.is_tls)
+        self.stream.write(payload, self.reply_deadline())
+
+    def read_reply_within(self, seconds: float) -> Reply | None:
+        """A reply, or None when none is complete within ``seconds`` (the
+        check's own deadline still ends it with ReadTimeout)."""
+        saved = self.command_timeout
+        self.command_timeout = min(saved, seconds)
+        try:
+            return self.read_reply()
+        except ReadTimeout:
+            if self.total_expired:
+                raise
+            self.transcript.note(f"no reply within {seconds:g} s")
+            return None
+        finally:
+            self.command_timeout = saved
+
     def send_message(self, payload: bytes) -> Reply:
         """Send a dot-stuffed message after 354 and read the final reply."""
         assert self.stream is not None

@@ -174,6 +174,20 @@ class SendMessage:
 
 
 @dataclass(frozen=True)
+class SendRaw:
+    """Write ``payload`` exactly as it is (no dot-stuffing, no line ends
+    added: a probe's deliberate bytes; the transcript shows ``shown``) and
+    read a reply for at most ``wait`` seconds. Answered with the reply, or
+    with ``no_reply`` when none came in that time: here silence is a fact,
+    not a failure."""
+
+    payload: bytes
+    shown: tuple[str, ...]
+    wait: float
+    timing: str = "data"
+
+
+@dataclass(frozen=True)
 class Handshake:
     """Start TLS (on connect, or after 220 to STARTTLS); answer with
     ``tls_established`` and the session's facts."""
@@ -194,7 +208,7 @@ class Close:
     """The dialogue is over: close the connection."""
 
 
-Action = ReadGreeting | Send | SendMessage | Handshake | Note | Close
+Action = ReadGreeting | Send | SendMessage | SendRaw | Handshake | Note | Close
 
 
 # ---------------------------------------------------------------------------
@@ -326,7 +340,7 @@ class Dialogue:
             except StopIteration:
                 action = Close()
         self._answer = None
-        if isinstance(action, ReadGreeting | Send | SendMessage | Handshake):
+        if isinstance(action, ReadGreeting | Send | SendMessage | SendRaw | Handshake):
             self._pending = action
         return action
 
@@ -335,6 +349,12 @@ class Dialogue:
 
     def tls_established(self, facts: dict[str, Any]) -> None:
         self._answered(facts)
+
+    def no_reply(self) -> None:
+        """No reply came within a :class:`SendRaw`'s ``wait``."""
+        if not isinstance(self._pending, SendRaw):
+            raise LocalProtocolError("only a SendRaw may go unanswered")
+        self._answered(None)
 
     def abort(self, exc: CheckAborted, *, total_expired: bool = False) -> None:
         """The driver could not carry out the last action: ``exc`` says why."""

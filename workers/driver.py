@@ -18,6 +18,7 @@ from workers.dialogue import (
     ReadGreeting,
     Send,
     SendMessage,
+    SendRaw,
 )
 from workers.errors import CheckAborted
 
@@ -54,6 +55,13 @@ def pump(
                 dialogue.receive_reply(conn.read_reply())
             elif isinstance(action, SendMessage):
                 dialogue.receive_reply(conn.send_message(action.payload))
+            elif isinstance(action, SendRaw):
+                conn.send_raw(action.payload, action.shown)
+                reply = conn.read_reply_within(action.wait)
+                if reply is None:
+                    dialogue.no_reply()
+                else:
+                    dialogue.receive_reply(reply)
             elif isinstance(action, Handshake):
                 dialogue.tls_established(handshake(action.mode))
         except CheckAborted as exc:

@@ -193,4 +193,24 @@ def _probe_findings(probes: Mapping[str, Any]) -> list[dict[str, str]]:
             )
         elif state == "disabled":
             out.append(_finding("pass", f"{verb}_disabled", f"{verb.upper()} discloses nothing"))
+    smuggling = probes.get("smuggling") or {}
+    if smuggling.get("result") == "vulnerable":
+        out.append(
+            _finding(
+                "fail",
+                "smtp_smuggling",
+                f"The server {smuggling['detail']}: SMTP smuggling (CVE-2023-51764 family) "
+                "lets a sender hide a second, spoofed message inside the first. Fix: "
+                "Postfix smtpd_forbid_bare_newline = normalize (3.9, 3.8.5, 3.7.10 and later), "
+                "or your MTA's update for bare line ends",
+            )
+        )
+    elif smuggling.get("result") == "not_vulnerable":
+        out.append(
+            _finding(
+                "pass",
+                "smtp_smuggling_not_vulnerable",
+                f"Not vulnerable to SMTP smuggling: the server {smuggling['detail']}",
+            )
+        )
     return out

@@ -519,3 +519,12 @@ def test_a_callback_url_holds_no_control_or_line_separator(
     assert errors_of(client, body) == {
         "callback.url": ["must not contain spaces or control characters"]
     }
+
+
+@pytest.mark.parametrize("missing", ["mail_from", "rcpt_to"])
+def test_the_smuggling_probe_needs_an_envelope(client: FlaskClient, missing: str) -> None:
+    body = copy.deepcopy(FULL)
+    del body["message"]
+    del body[missing]
+    body["probes"] = ["smuggling"]
+    assert any("needs mail_from and rcpt_to" in m for m in errors_of(client, body)["probes"])
