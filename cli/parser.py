@@ -183,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="probes",
         action="append",
         choices=PROBES,
-        help="extra short dialogue: open_relay, starttls_required, vrfy, expn (repeatable)",
+        help="extra short dialogue: "
+        + ", ".join(PROBES)
+        + " (repeatable; smuggling needs --mail-from and --rcpt-to)",
     )
     check.add_argument(
         "--retry-temporary",
