@@ -94,6 +94,40 @@ def mx_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def policy_lines(result: Mapping[str, Any]) -> list[str]:
+    """What senders enforce for a domain (``policy``), one line each."""
+    policy = result.get("policy")
+    if not policy:
+        return []
+    sts = policy.get("mta_sts") or {}
+    if sts.get("policy"):
+        rules = sts["policy"]
+        shown = (
+            f"mode {rules['mode']}, mx {', '.join(rules['mx']) or '-'}, max_age {rules['max_age']}"
+        )
+    elif sts.get("record"):
+        shown = f"record id {sts['record']['id']}, policy {sts.get('policy_error')}"
+    else:
+        shown = sts.get("record_error") or "none published"
+    lines = ["", f"MTA-STS  {shown}"]
+    rpt = (policy.get("tls_rpt") or {}).get("record")
+    error = (policy.get("tls_rpt") or {}).get("error")
+    lines.append(f"TLS-RPT  {', '.join(rpt['rua']) if rpt else error or 'none published'}")
+    dane = policy.get("dane") or {}
+    hosts = dane.get("hosts") or []
+    if not hosts:
+        lines.append(f"DANE     no TLSA records (DNSSEC {dane.get('dnssec', 'off')})")
+    for host in hosts:
+        if not host.get("authenticated"):
+            state = f"not authenticated: {host.get('reason')}"
+        elif host.get("matched") is not None:
+            state = f"valid: TLSA {host['records'][host['matched']]['record']}"
+        else:
+            state = f"MISMATCH: {host.get('reason')}"
+        lines.append(f"DANE     {host['host']}: {state}")
+    return lines
+
+
 def findings_lines(result: Mapping[str, Any]) -> list[str]:
     """The findings, failures first, as a short block."""
     found = list(result.get("findings") or [])
@@ -112,9 +146,11 @@ def findings_lines(result: Mapping[str, Any]) -> list[str]:
 
 
 def render_text(result: Mapping[str, Any]) -> str:
-    """The whole report: transcript, the verdict, MX hosts, then the findings."""
+    """The whole report: transcript, the verdict, MX hosts, the domain's
+    transport security policy, then the findings."""
     lines = transcript_lines(list(result.get("transcript") or []))
     lines += verdict_lines(result)
     lines += mx_lines(result)
+    lines += policy_lines(result)
     lines += findings_lines(result)
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from smtpcheck.config import Settings
+from smtpcheck.report import render_text
 from tests.dns_server import DNSServer, ZoneKey
 from tests.engine.test_contract import assert_valid
 from tests.smtp_servers import Certificates, SMTPTarget
@@ -135,6 +136,7 @@ def world(
         rpt: str | None = "v=TLSRPTv1; rua=mailto:tlsrpt@local.test",
         dnssec: str = "validate",
         tls: str = "starttls",
+        ad: bool = False,
     ) -> World:
         target = smtp_target(tls=tls)
         key = ZoneKey(f"{DOMAIN}.")
@@ -149,7 +151,7 @@ def world(
             zone[f"_smtp._tls.{DOMAIN}."] = {"TXT": [f'"{rpt}"']}
         if tlsa is not None:
             zone[f"_{target.port}._tcp.{MX}."] = {"TLSA": [tlsa]}
-        dns = dns_server(zone, signers=[key] if signed else [])
+        dns = dns_server(zone, signers=[key] if signed else [], ad=ad)
         anchors = tmp_path / "anchors"
         anchors.write_text(f"{DOMAIN}. IN DS {key.ds_text}\n")
         world_settings = settings.replace(
@@ -299,6 +301,10 @@ def test_a_domain_check_reports_the_policy_and_says_when_it_breaks_delivery(
     notes = [e["text"] for e in result["transcript"] if e["dir"] == "note"]
     assert any(n.startswith("GET https://mta-sts.local.test:") for n in notes)
     assert any("TLSA: 1 record(s), authenticated" in n for n in notes)
+    text = render_text(result)  # what /transcript and `smtpcheck check` print
+    assert "MTA-STS  mode enforce, mx mx.elsewhere.test, max_age 86400" in text
+    assert "TLS-RPT  mailto:tlsrpt@local.test" in text
+    assert f"DANE     {MX}: valid: TLSA 3 1 1 " in text
 
 
 def test_an_enforced_policy_whose_mx_offers_no_starttls_fails_it(
@@ -315,3 +321,16 @@ def test_an_mx_under_an_enforced_policy_without_requiretls_is_noted(
 ) -> None:
     _, found = world().assess()
     assert "REQUIRETLS" in found["requiretls_not_offered"]
+
+
+def test_trust_ad_believes_the_resolvers_ad_bit(
+    world: Callable[..., World], certificates: Certificates
+) -> None:
+    """With trust-ad, no signature is checked here: an unsigned answer with
+    the AD bit counts, and one without it does not."""
+    tlsa = f"3 1 1 {_spki_sha256(certificates)}"
+    policy, found = world(tlsa=tlsa, signed=False, dnssec="trust-ad", ad=True).assess()
+    assert "dane_valid" in found
+    assert policy["dane"]["hosts"][0]["reason"] == "the validating resolver set the AD bit"
+    _, found = world(tlsa=tlsa, dnssec="trust-ad").assess()
+    assert "did not set the AD bit" in found["dane_unauthenticated"]
