@@ -29,8 +29,10 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands import READ_COMMANDS
+from redis.connection import SSLConnection
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.utils import SENTINEL
 
 from .config import ConfigError, Settings
 
@@ -115,6 +117,35 @@ def parse_url(url: str) -> str | SentinelTarget:
     )
 
 
+class SentinelConnection(SentinelManagedConnection):
+    """redis-py's connection to a sentinel-named server, closed when a reply is cut short.
+
+    Its own class keeps a reply half read when reading is interrupted (a
+    signal handler raising, as RQ's on SIGTERM, or a timeout), unlike the
+    plain connection; the next command on it would then read the old reply
+    (RQ's register_death failed with "Wrong number of response items").
+    """
+
+    def read_response(
+        self,
+        disable_decoding: bool = False,
+        *,
+        timeout: float | object = SENTINEL,
+        disconnect_on_error: bool | None = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        return super().read_response(
+            disable_decoding=disable_decoding,
+            timeout=timeout,
+            disconnect_on_error=disconnect_on_error,
+            push_request=push_request,
+        )
+
+
+class SentinelSSLConnection(SentinelConnection, SSLConnection):
+    """The same over TLS."""
+
+
 def uses_sentinel(url: str | None) -> bool:
     """Whether ``url`` names its primary through sentinels."""
     return url is not None and url.lower().partition("://")[0].endswith("+sentinel")
@@ -177,11 +208,16 @@ def connect(
         }
         if target.tls:
             sentinel_options.update(ssl=True, **tls)
-            options.update(ssl=True, **tls)
+            options.update(tls)
         sentinel = Sentinel(
             list(target.sentinels), sentinel_kwargs=sentinel_options, **options, **auth
         )
-        client = sentinel.master_for(target.service, redis_class=FailoverRedis, db=target.db)
+        client = sentinel.master_for(
+            target.service,
+            redis_class=FailoverRedis,
+            connection_class=SentinelSSLConnection if target.tls else SentinelConnection,
+            db=target.db,
+        )
         return cast(FailoverRedis, client)
     if url.lower().startswith("rediss://"):
         options.update(tls)

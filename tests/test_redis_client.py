@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,19 +81,51 @@ def test_tls_files_come_from_the_environment() -> None:
     assert pool.connection_kwargs["ssl_keyfile"] == "/etc/client.key"
 
 
-def test_sentinel_url_reaches_the_primary(tmp_path: Path) -> None:
-    group = SentinelGroup(tmp_path).start()
+@pytest.fixture(scope="module")
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    sentinels = SentinelGroup(tmp_path_factory.mktemp("sentinels")).start()
     try:
-        client = connect(group.url)
-        client.set("greeting", "hello")
-        assert client.get("greeting") == b"hello"
-        assert client.info("replication")["role"] == "master"
-        assert client.info("server")["tcp_port"] == group.primary.port
-        assert group.primary_port() == group.primary.port
-        assert f"/{SERVICE}/0" in group.url
-        client.close()
+        yield sentinels
     finally:
-        group.stop()
+        sentinels.stop()
+
+
+def test_sentinel_url_reaches_the_primary(group: SentinelGroup) -> None:
+    client = connect(group.url)
+    client.set("greeting", "hello")
+    assert client.get("greeting") == b"hello"
+    assert client.info("replication")["role"] == "master"
+    assert client.info("server")["tcp_port"] == group.primary.port
+    assert group.primary_port() == group.primary.port
+    assert f"/{SERVICE}/0" in group.url
+    client.close()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_read_does_not_poison_the_connection(group: SentinelGroup) -> None:
+    """RQ's SIGTERM handler raises inside a blocking pop; the next command must not
+    read that pop's reply (redis-py's sentinel connection kept it, unlike its plain one)."""
+    client = connect(group.url, read_timeout=None)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            client.blpop(["nothing-here"], timeout=2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    time.sleep(2)  # the server answers the pop (nil) when its timeout ends
+    with client.pipeline() as pipe:
+        pipe.set("after", "1").incr("after").expire("after", 60)
+        assert pipe.execute() == [True, 2, True]
+    client.close()
 
 
 class ReplyLosingServer:
