@@ -157,6 +157,16 @@ class SentinelGroup:
         best = max(set(ports), key=ports.count)
         return best if ports.count(best) >= 2 else None
 
+    def replication_lag(self) -> int:
+        """Bytes of the primary's replication stream the replica has not applied yet."""
+        with (
+            redis.Redis(port=self.primary.port, socket_timeout=1) as primary,
+            redis.Redis(port=self.replica.port, socket_timeout=1) as replica,
+        ):
+            sent = int(primary.info("replication")["master_repl_offset"])
+            applied = int(replica.info("replication")["slave_repl_offset"])
+        return max(0, sent - applied)
+
     def kill_primary(self) -> EmbeddedRedis:
         """SIGKILL whichever server the sentinels name as primary; return it."""
         port = self.primary_port()
@@ -165,6 +175,15 @@ class SentinelGroup:
         server.process.send_signal(signal.SIGKILL)
         server.process.wait()
         return server
+
+    def logs(self) -> str:
+        """The sentinels' logs, for a failover that did not happen."""
+        parts = []
+        for sentinel in self.sentinels:
+            log = sentinel.data_dir / "sentinel.log"
+            text = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+            parts.append(f"--- sentinel {sentinel.port} ---\n{text}")
+        return "\n".join(parts)
 
     def stop(self) -> None:
         for sentinel in self.sentinels:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,10 @@ pytestmark = pytest.mark.e2e
 
 WORKERS = 2
 #: How long submissions go on before the kill, and at most after it.
-BEFORE_KILL = 1.5
-RECOVERY_LIMIT = 20.0
+BEFORE_KILL = 1.0
+#: A failover takes about 2.5 s here; a sentinel starved of CPU on a loaded
+#: machine can go into TILT mode and hold it back for 30 s.
+RECOVERY_LIMIT = 45.0
 
 
 @pytest.fixture
@@ -101,7 +104,8 @@ def test_failover_is_a_short_503_then_everything_goes_on(
         thread = threading.Thread(target=submitter.run, daemon=True)
         thread.start()
         time.sleep(BEFORE_KILL)
-        killed_at = time.monotonic()
+        lag = group.replication_lag()  # bytes the replica had not yet applied
+        killed_at, killed_wall = time.monotonic(), time.time()
         old = group.kill_primary()
 
         # Until a POST is accepted again after the first refusal.
@@ -111,7 +115,7 @@ def test_failover_is_a_short_503_then_everything_goes_on(
             if refused and submitter.accepted_since(refused[-1].at):
                 break
             time.sleep(0.1)
-        time.sleep(1.0)  # a few more checks on the new primary
+        time.sleep(0.5)  # a few more checks on the new primary
         submitter.stop.set()
         thread.join(15)
 
@@ -126,7 +130,7 @@ def test_failover_is_a_short_503_then_everything_goes_on(
         slowest = max(s.took for s in after)
         assert slowest < 8, f"a POST took {slowest:.1f}s while failing over"
         recovered = submitter.accepted_since(refused[-1].at)
-        assert recovered, f"no POST accepted {RECOVERY_LIMIT}s after the kill:\n{service.logs()}"
+        assert recovered, f"no POST accepted {RECOVERY_LIMIT}s after the kill:\n{group.logs()}"
         assert group.primary_port() not in (None, old.port)
         outage = recovered[0].at - killed_at
 
@@ -160,7 +164,9 @@ def test_failover_is_a_short_503_then_everything_goes_on(
             assert job["status"] in ("finished", "failed"), (job, service.logs())
             ended[job["status"]] = ended.get(job["status"], 0) + 1
             if job["status"] == "failed":
-                reasons.append(str(job.get("error")))
+                ended_at = datetime.fromisoformat(str(job["ended_at"]).replace("Z", "+00:00"))
+                after_kill = ended_at.timestamp() - killed_wall
+                reasons.append(f"{job.get('error')} ({after_kill:.1f}s after the kill)")
         assert not [s for s in lost + stranded if s.at > killed_at], "lost after the failover"
         redis_client.close()
 
@@ -170,10 +176,12 @@ def test_failover_is_a_short_503_then_everything_goes_on(
             f"{len(lost)} gone (404), {len(stranded)} stranded between dequeue and start; "
             f"the oldest of these accepted {window * 1000:.0f} ms before the kill. "
             f"{len(refused)} POSTs refused with 503 for {outage:.1f}s after the kill; "
-            f"slowest POST {slowest:.2f}s; failed: {reasons}"
+            f"slowest POST {slowest:.2f}s; replica {lag} bytes behind just before the kill; "
+            f"failed: {reasons}"
         )
     except BaseException:
         print(service.logs())
+        print(group.logs())
         raise
     finally:
         service.stop()
