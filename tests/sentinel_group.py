@@ -9,6 +9,7 @@ reply, and a failover that stalls is retried after ``failover_timeout_ms``.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -105,6 +106,7 @@ class SentinelGroup:
             )
             for i in range(3)
         ]
+        self.held_ports: list[socket.socket] = []
 
     @property
     def url(self) -> str:
@@ -167,14 +169,25 @@ class SentinelGroup:
             applied = int(replica.info("replication")["slave_repl_offset"])
         return max(0, sent - applied)
 
-    def kill_primary(self) -> EmbeddedRedis:
-        """SIGKILL whichever server the sentinels name as primary; return it."""
+    def kill_primary(self) -> tuple[EmbeddedRedis, float]:
+        """SIGKILL whichever server the sentinels name as primary.
+
+        Returns the server and the monotonic time of the kill.
+        """
         port = self.primary_port()
         server = self.primary if port == self.primary.port else self.replica
         assert server.process is not None
+        killed_at = time.monotonic()
         server.process.send_signal(signal.SIGKILL)
         server.process.wait()
-        return server
+        # Hold the dead server's port: on a machine where other suites start
+        # servers on free ports, another Redis could take it, and the clients
+        # (and the sentinels) would talk to that one until the switch.
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", server.port))  # bound, not listening: connections are refused
+        self.held_ports.append(holder)
+        return server, killed_at
 
     def logs(self) -> str:
         """The sentinels' logs, for a failover that did not happen."""
@@ -188,5 +201,8 @@ class SentinelGroup:
     def stop(self) -> None:
         for sentinel in self.sentinels:
             sentinel.stop()
+        for holder in self.held_ports:
+            holder.close()
+        self.held_ports.clear()
         self.replica.stop()
         self.primary.stop()
