@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -26,6 +27,10 @@ DEFAULT_MAX_CONCURRENT_PER_TARGET = 2
 DEFAULT_CALLBACK_PORTS = (443,)
 DEFAULT_MAX_HELD_PER_KEY = 20
 DEFAULT_MAX_HELD = 500
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
 
 
 class ConfigError(ValueError):
@@ -118,9 +123,7 @@ class Settings:
         kwargs: dict[str, Any] = {}
         kwargs["redis_url"] = get("REDIS_URL")
         if kwargs["redis_url"] is not None:
-            from .redis_client import parse_url  # imports redis; only when set
-
-            parse_url(kwargs["redis_url"])
+            parse_redis_url(kwargs["redis_url"])
         kwargs["redis_ca_file"] = get("SMTPCHECK_REDIS_CA_FILE")
         kwargs["redis_cert_file"] = get("SMTPCHECK_REDIS_CERT_FILE")
         kwargs["redis_key_file"] = get("SMTPCHECK_REDIS_KEY_FILE")
@@ -192,6 +195,79 @@ class Settings:
 
     def is_allowed_network(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(address in net for net in self.allow_networks if net.version == address.version)
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """A parsed ``redis+sentinel://`` URL."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def parse_redis_url(url: str) -> str | SentinelTarget:
+    """Check ``url`` is one ``REDIS_URL`` takes; sentinel URLs come back parsed.
+
+    Pure: no redis import, so reading the settings (gunicorn's config does,
+    before gevent patches the standard library) loads no Redis client.
+
+    Raises ``ConfigError`` naming ``REDIS_URL`` with what is wrong.
+    """
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not rest or scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            "REDIS_URL",
+            f"must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}",
+        )
+    if not scheme.endswith("+sentinel"):
+        return url
+    # urlsplit cannot read a netloc with several host:port pairs; split it ourselves.
+    netloc, _, path = rest.partition("/")
+    path, _, _query = path.partition("?")
+    userinfo, _, hosts = netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            parsed = urlsplit("//" + item)
+            host, port = parsed.hostname, parsed.port or SENTINEL_PORT
+        except ValueError:
+            host = None
+        if not host:
+            raise ConfigError("REDIS_URL", "a sentinel address is not host:port")
+        sentinels.append((host, port))
+    if not sentinels:
+        raise ConfigError("REDIS_URL", "names no sentinel (redis+sentinel://host:port/service)")
+    parts = [part for part in path.split("/") if part]
+    if not parts or len(parts) > 2:
+        raise ConfigError(
+            "REDIS_URL", "must end in /<service> or /<service>/<db> after the sentinels"
+        )
+    db = 0
+    if len(parts) == 2:
+        if not parts[1].isdigit():
+            raise ConfigError("REDIS_URL", "the database after the service is not a number")
+        db = int(parts[1])
+    return SentinelTarget(
+        sentinels=tuple(sentinels),
+        service=unquote(parts[0]),
+        db=db,
+        username=username,
+        password=password,
+        tls=scheme == "rediss+sentinel",
+    )
 
 
 def default_helo_name() -> str:

@@ -22,9 +22,7 @@ primary and on how a failover is followed:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -34,87 +32,15 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 from redis.utils import SENTINEL
 
-from .config import ConfigError, Settings
+from .config import SentinelTarget, Settings, parse_redis_url
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
-SENTINEL_PORT = 26379
 #: Commands sent again after a connection error: reads, which change nothing.
 RETRIED_COMMANDS = frozenset(READ_COMMANDS | {"PING", "INFO", "MEMORY USAGE", "CLIENT LIST"})
 #: About 1.5 s of retries (0.1 + 0.2 + 0.4 + 0.8), longer than sentinels need
 #: to hand out a promoted replica once they agree the primary is down.
 READ_RETRIES = 4
 READ_BACKOFF = ExponentialBackoff(cap=0.8, base=0.05)
-
-
-@dataclass(frozen=True)
-class SentinelTarget:
-    """A parsed ``redis+sentinel://`` URL."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    service: str
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-
-def parse_url(url: str) -> str | SentinelTarget:
-    """Check ``url`` is one ``REDIS_URL`` takes; sentinel URLs come back parsed.
-
-    Raises ``ConfigError`` naming ``REDIS_URL`` with what is wrong.
-    """
-    scheme, _, rest = url.partition("://")
-    scheme = scheme.lower()
-    if not rest or scheme not in SCHEMES:
-        raise ConfigError(
-            "REDIS_URL",
-            f"must start with one of {', '.join(s + '://' for s in SCHEMES)}",
-        )
-    if not scheme.endswith("+sentinel"):
-        return url
-    # urlsplit cannot read a netloc with several host:port pairs; split it ourselves.
-    netloc, _, path = rest.partition("/")
-    path, _, _query = path.partition("?")
-    userinfo, _, hosts = netloc.rpartition("@")
-    username = password = None
-    if userinfo:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    sentinels = []
-    for item in hosts.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            parsed = urlsplit("//" + item)
-            host, port = parsed.hostname, parsed.port or SENTINEL_PORT
-        except ValueError:
-            host = None
-        if not host:
-            raise ConfigError("REDIS_URL", "a sentinel address is not host:port")
-        sentinels.append((host, port))
-    if not sentinels:
-        raise ConfigError("REDIS_URL", "names no sentinel (redis+sentinel://host:port/service)")
-    parts = [part for part in path.split("/") if part]
-    if not parts or len(parts) > 2:
-        raise ConfigError(
-            "REDIS_URL", "must end in /<service> or /<service>/<db> after the sentinels"
-        )
-    db = 0
-    if len(parts) == 2:
-        if not parts[1].isdigit():
-            raise ConfigError("REDIS_URL", "the database after the service is not a number")
-        db = int(parts[1])
-    return SentinelTarget(
-        sentinels=tuple(sentinels),
-        service=unquote(parts[0]),
-        db=db,
-        username=username,
-        password=password,
-        tls=scheme == "rediss+sentinel",
-    )
 
 
 class SentinelConnection(SentinelManagedConnection):
@@ -187,7 +113,7 @@ def connect(
     """
     settings = source if isinstance(source, Settings) else Settings(redis_url=source)
     url = settings.redis_url or DEFAULT_URL
-    target = parse_url(url)
+    target = parse_redis_url(url)
     options: dict[str, Any] = {
         "socket_connect_timeout": connect_timeout,
         "socket_timeout": read_timeout,

@@ -18,12 +18,11 @@ import pytest
 import redis
 import trustme
 
-from smtpcheck.config import ConfigError, Settings
+from smtpcheck.config import ConfigError, SentinelTarget, Settings
+from smtpcheck.config import parse_redis_url as parse_url
 from smtpcheck.redis_client import (
     READ_RETRIES,
-    SentinelTarget,
     connect,
-    parse_url,
     uses_sentinel,
 )
 from tests.sentinel_group import SERVICE, SentinelGroup
