@@ -408,6 +408,8 @@ def test_an_address_checks_its_domain_mx_from_every_vantage(
     grid = browser.find_element(By.CSS_SELECTOR, "table.stage-grid").text
     assert f"mail.local.test [127.0.0.1]:{page_targets.starttls.port} default" in grid, grid
     assert "MX hosts of local.test" in page_text(browser)
+    security = browser.find_element(By.XPATH, "//table[caption='Mail transport security']").text
+    assert "MTA-STS none published" in security and "DANE no TLSA records" in security, security
     hint = browser.find_element(By.ID, "target-hint").text
     assert "MX hosts of local.test" in hint and "bob@local.test" in hint
     screenshot(browser, "check-mx-all")

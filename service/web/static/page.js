@@ -765,6 +765,7 @@
     const parts = [];
     parts.push(findings(result.findings || []));
     if (result.mx) parts.push(mxTable(result));
+    if (result.policy) parts.push(policyTable(result.policy));
     const hosts = result.hosts && result.hosts.length ? result.hosts : [result];
     for (const host of hosts) {
       const title = hosts.length > 1 || result.mx ? ` of ${targetText(host.target || {})}` : "";
@@ -848,6 +849,33 @@
         done ? `${done.ok ? "pass" : "fail"}: ${done.outcome}` : "not checked"];
     });
     return table(`MX hosts of ${result.mx.domain}`, ["Preference", "Host", "Result"], rows);
+  }
+
+  /** What sending MTAs enforce for the domain: MTA-STS, TLS-RPT, DANE (as the text report says it). */
+  function policyTable(policy) {
+    const rows = [];
+    const sts = policy.mta_sts || {};
+    if (sts.policy) {
+      const rules = sts.policy;
+      rows.push(["MTA-STS", `mode ${rules.mode}, mx ${(rules.mx || []).join(", ") || "-"}, max_age ${rules.max_age}`]);
+    } else if (sts.record) {
+      rows.push(["MTA-STS", `record id ${sts.record.id}, policy ${sts.policy_error || "not fetched"}`]);
+    } else {
+      rows.push(["MTA-STS", sts.record_error || "none published"]);
+    }
+    const rpt = policy.tls_rpt || {};
+    rows.push(["TLS-RPT", rpt.record ? (rpt.record.rua || []).join(", ") : rpt.error || "none published"]);
+    const dane = policy.dane || {};
+    const hosts = dane.hosts || [];
+    if (!hosts.length) rows.push(["DANE", `no TLSA records (DNSSEC ${dane.dnssec || "off"})`]);
+    for (const host of hosts) {
+      let state;
+      if (!host.authenticated) state = `not authenticated: ${host.reason || "?"}`;
+      else if (host.matched !== null && host.matched !== undefined) state = `valid: TLSA ${((host.records || [])[host.matched] || {}).record || ""}`;
+      else state = `MISMATCH: ${host.reason || "?"}`;
+      rows.push([`DANE ${host.host}`, state]);
+    }
+    return table("Mail transport security", null, rows);
   }
 
   /** One cell per stage: passed, failed, not reached, or not part of this check. */
