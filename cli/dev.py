@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,12 +19,13 @@ from types import FrameType
 from typing import Any
 
 from cli.client import http_ready
-from cli.devlock import DevLock, pid_alive, process_mentions
+from cli.devlock import SUPERVISED, DevLock, leftovers, pid_alive, process_mentions
 from cli.errors import EXIT_NOT_OK, EXIT_OK, EXIT_USAGE, err
 from smtpcheck.config import Settings
 
 DEV_WORKER_PROCESSES = 2
 READY_TIMEOUT = 60.0
+LEFTOVER_GRACE = 10.0  # seconds leftovers get to exit on SIGTERM before SIGKILL
 
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
@@ -103,17 +105,32 @@ class Child:
 
 
 def curl_example(base: str, key: str) -> str:
+    """POST a check, then watch it: lines that work as pasted into bash or zsh."""
     auth = f'-H "Authorization: Bearer {key}"'
     body = '{"host": "smtp.gmail.com", "port": 587, "tls": "starttls", "stop_after": "tls"}'
-    extract = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])'"
+    # The id, or the service's problem+json on stderr (then the id is empty).
+    extract = (
+        "python3 -c 'import json,sys; r=json.load(sys.stdin); "
+        'print(r["id"]) if "id" in r else sys.exit(json.dumps(r, indent=2))\''
+    )
     return "\n".join(
         [
             f"  id=$(curl -s -X POST {base}/v1/checks {auth} \\",
             f"        -H 'Content-Type: application/json' -d '{body}' | {extract})",
-            f'  curl -s "{base}/v1/checks/$id?wait=30" {auth}',
-            f'  curl -s "{base}/v1/checks/$id/transcript" {auth}',
+            f'  curl -N "{base}/v1/checks/$id/events" {auth}      # as it happens',
+            f'  curl -s "{base}/v1/checks/$id/transcript" {auth}  # as text',
         ]
     )
+
+
+def command_path() -> tuple[str, str | None]:
+    """How to type ``smtpcheck``: its full path, and the PATH export that shortens it."""
+    script = Path(sys.executable).parent / "smtpcheck"
+    if not script.exists():
+        return "smtpcheck", None
+    if shutil.which("smtpcheck") == str(script):
+        return "smtpcheck", None  # already on PATH
+    return str(script), f'export PATH="{script.parent}:$PATH"'
 
 
 class Dev:
@@ -163,20 +180,25 @@ class Dev:
 
     def _stop_leftovers(self, pids: Mapping[str, int]) -> None:
         """Stop what a killed ``smtpcheck dev`` left running with this data folder."""
+        left = leftovers(self.data_dir)
         for role, pid in pids.items():
-            if role == "dev" or pid == os.getpid() or not pid_alive(pid):
+            if role == "dev" or pid == os.getpid() or pid in left or not pid_alive(pid):
                 continue
-            if not process_mentions(pid, str(self.data_dir)):
-                continue  # the pid was reused by something else
-            err(f"stopping {role} (pid {pid}) left behind by an earlier smtpcheck dev")
+            if process_mentions(pid, str(self.data_dir)):  # else the pid was reused
+                left[pid] = role
+        if not left:
+            return
+        for pid, what in sorted(left.items()):
+            err(f"stopping {what} (pid {pid}), left behind by an earlier smtpcheck dev")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        deadline = time.monotonic() + LEFTOVER_GRACE
+        while any(pid_alive(pid) for pid in left) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in left:
             if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
 
     def _run(self, host: str, port: int) -> int:
         try:
@@ -206,6 +228,7 @@ class Dev:
             SMTPCHECK_BIND=f"{host}:{port}",
             SMTPCHECK_DATA_DIR=str(self.data_dir),
         )
+        env[SUPERVISED] = str(self.data_dir)  # how a later dev finds them if this one is killed
         me = [sys.executable, "-m", "cli"]
         if self.stop_requested:
             return EXIT_OK
@@ -280,6 +303,7 @@ class Dev:
         from workers.pool import DEFAULT_CONCURRENCY
 
         redis_note = "from REDIS_URL"
+        command, on_path = command_path()
         if self.redis is not None:
             redis_note = f"embedded, data in {self.data_dir / 'redis'}"
         lines = [
@@ -293,22 +317,25 @@ class Dev:
             f"  Workers  {DEV_WORKER_PROCESSES} processes x {DEFAULT_CONCURRENCY} checks at once, "
             f"for vantage {self.settings.vantage!r}",
             "",
-            "Try it (POST a check, wait for it, read the transcript):",
+            "Try it (POST a check, then watch its transcript arrive):",
             "",
             curl_example(base, api_key),
             "",
             "or with the command-line client:",
             "",
             f"  export SMTPCHECK_URL={base} SMTPCHECK_API_KEY={api_key}",
-            "  smtpcheck check smtp.gmail.com --port 587 --tls starttls --stop-after tls",
+            f"  {command} check smtp.gmail.com --port 587 --tls starttls --stop-after tls",
+            f"  {command} list",
             "",
         ]
+        if on_path is not None:
+            lines += ["To type just `smtpcheck`, put it on your PATH:", "", f"  {on_path}", ""]
         if not self.settings.allow_networks:
             lines += [
                 "Local targets (loopback, private networks) are refused by the target policy;",
                 "to check a server on this machine, restart with",
                 "SMTPCHECK_ALLOW_NETWORKS=127.0.0.0/8 (and SMTPCHECK_ALLOWED_PORTS=25,2525,...",
-                "if it listens on another port).",
+                "or a range such as 2601-2614, if it listens on another port).",
                 "",
             ]
         lines.append("Ctrl-C stops everything.")

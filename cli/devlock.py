@@ -1,4 +1,13 @@
-"""The lock and pid file of ``smtpcheck dev``, and the process checks it needs."""
+"""The lock and pid file of ``smtpcheck dev``, and the process checks it needs.
+
+A ``kill -9`` of ``smtpcheck dev`` leaves its children running (each is in
+its own session). The next one on the same data folder finds them two ways:
+the pids in the lock file, and a scan of /proc for processes carrying
+``SMTPCHECK_DEV_SUPERVISED=<data folder>`` in their environment (the API and
+the workers, with everything they forked) or a redis-server working in
+``<data folder>/redis`` (redis rewrites its command line and environment, so
+its working directory is what names it).
+"""
 
 from __future__ import annotations
 
@@ -78,3 +87,40 @@ def process_mentions(pid: int, text: str) -> bool:
             if text.encode() in Path(f"/proc/{pid}/{name}").read_bytes():
                 return True
     return False
+
+
+#: Set in the environment of every process ``smtpcheck dev`` starts.
+SUPERVISED = "SMTPCHECK_DEV_SUPERVISED"
+
+
+def ancestors(pid: int) -> set[int]:
+    """``pid`` and the processes above it (never stopped as leftovers)."""
+    found = {pid}
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rpartition(")")[2].split()[1])
+        found.add(pid)
+    return found
+
+
+def leftovers(data_dir: Path) -> dict[int, str]:
+    """Live processes an earlier ``smtpcheck dev`` on ``data_dir`` left: pid -> what."""
+    spared = ancestors(os.getpid())
+    marker = f"{SUPERVISED}={data_dir}".encode()
+    redis_dir = str(data_dir / "redis")
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                continue
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+                found[int(entry.name)] = command.decode(errors="replace")[:80]
+            elif os.readlink(entry / "cwd") == redis_dir and "redis" in os.readlink(entry / "exe"):
+                found[int(entry.name)] = "redis-server"
+    return found

@@ -31,7 +31,14 @@ from smtpcheck.contract import (
     VANTAGE_PATTERN,
 )
 from smtpcheck.message import DEFAULT_SUBJECT, build_message, header_problem
-from smtpcheck.targetpolicy import IPAddress, IPNetwork, forbidden_reason, http_target
+from smtpcheck.targetpolicy import (
+    IPAddress,
+    IPNetwork,
+    allow_hint,
+    describe_ports,
+    forbidden_reason,
+    http_target,
+)
 
 from . import names
 from .problems import ALL_TYPES
@@ -243,7 +250,7 @@ def refuse_forbidden(
     if address is not None:
         reason = forbidden_reason(address, allow_networks)
         if reason is not None:
-            raise ValidationError(f"{address} is a {reason} address; {what}")
+            raise ValidationError(f"{address} is a {reason} address; {what}; {allow_hint(address)}")
 
 
 class CallbackURL(fields.String):
@@ -355,7 +362,7 @@ def build_schemas(settings: Settings) -> Schemas:
     caps = limits.max_timeouts
     defaults = settings.timeouts
     ports = sorted(settings.allowed_ports)
-    port_list = ", ".join(map(str, ports))
+    port_list = describe_ports(ports)
 
     def seconds(default: float, cap: float, what: str) -> Seconds:
         return Seconds(
@@ -482,7 +489,9 @@ def build_schemas(settings: Settings) -> Schemas:
             error_messages={"invalid": 'must be a JSON integer such as 25 (not 25.0 or "25")'},
             metadata={"description": f"TCP port; this service allows {port_list}"},
             validate=validate.OneOf(
-                ports, error=f"port {{input}} is not allowed; allowed ports: {port_list}"
+                ports,
+                error=f"port {{input}} is not allowed; allowed ports: {port_list} "
+                "(the operator sets them with SMTPCHECK_ALLOWED_PORTS)",
             ),
         )
         tls = fields.String(

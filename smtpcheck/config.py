@@ -294,14 +294,22 @@ def parse_networks(variable: str, value: str | None) -> tuple[IPNetwork, ...]:
 
 
 def parse_ports(variable: str, value: str) -> frozenset[int]:
-    ports = set()
+    """``25,587,2601-2614``: ports and inclusive ranges of them."""
+    ports: set[int] = set()
     for item in value.split(","):
         item = item.strip()
         if not item:
             continue
-        if not item.isdigit() or not 1 <= int(item) <= 65535:
-            raise ConfigError(variable, f"{item!r} is not a TCP port (1-65535)")
-        ports.add(int(item))
+        first, dash, last = item.partition("-")
+        bounds = [first.strip(), last.strip()] if dash else [item]
+        if not all(b.isdigit() and 1 <= int(b) <= 65535 for b in bounds):
+            raise ConfigError(
+                variable, f"{item!r} is not a TCP port (1-65535) or a range of them (2601-2614)"
+            )
+        low, high = int(bounds[0]), int(bounds[-1])
+        if low > high:
+            raise ConfigError(variable, f"{item!r} is an empty range: write it low-high")
+        ports.update(range(low, high + 1))
     if not ports:
         raise ConfigError(variable, "lists no port")
     return frozenset(ports)

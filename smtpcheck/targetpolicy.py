@@ -98,10 +98,37 @@ def forbidden_reason(address: IPAddress, allow_networks: Iterable[IPNetwork] = (
 
 def port_reason(port: int, allowed_ports: Iterable[int]) -> str | None:
     """Why ``port`` may not be dialled, or None when it may."""
-    allowed = sorted(allowed_ports)
+    allowed = frozenset(allowed_ports)
     if port in allowed:
         return None
-    return f"port {port} is not one of the allowed ports ({', '.join(map(str, allowed))})"
+    return f"port {port} is not one of the allowed ports ({describe_ports(allowed)})"
+
+
+def describe_ports(ports: Iterable[int]) -> str:
+    """``25, 465, 587, 2601-2614``: the ports, runs of three or more as ranges."""
+    parts: list[str] = []
+    run: list[int] = []
+    for port in [*sorted(set(ports)), None]:
+        if port is not None and run and port == run[-1] + 1:
+            run.append(port)
+            continue
+        if len(run) >= 3:
+            parts.append(f"{run[0]}-{run[-1]}")
+        else:
+            parts += map(str, run)
+        run = [port] if port is not None else []
+    return ", ".join(parts)
+
+
+#: What a refusal of a non-public address adds: the operator's way through.
+ALLOW_HINT = (
+    "the operator of this service can allow a network with SMTPCHECK_ALLOW_NETWORKS "
+    "(CIDRs, e.g. SMTPCHECK_ALLOW_NETWORKS={example})"
+)
+
+
+def allow_hint(address: IPAddress) -> str:
+    return ALLOW_HINT.format(example=f"{address}/{address.max_prefixlen}")
 
 
 @dataclass(frozen=True)

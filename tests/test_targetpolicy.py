@@ -59,3 +59,16 @@ def test_allow_networks_win() -> None:
     assert forbidden_reason(ip_address("fd12::1"), allow) is None
     assert forbidden_reason(ip_address("64:ff9b::7f00:1"), allow) is None
     assert forbidden_reason(ip_address("10.0.0.1"), allow) == "private"
+
+
+def test_allowed_ports_take_ranges() -> None:
+    from smtpcheck.config import ConfigError, Settings
+    from smtpcheck.targetpolicy import describe_ports
+
+    settings = Settings.from_env({"SMTPCHECK_ALLOWED_PORTS": "25, 2601-2614,587"})
+    assert settings.allowed_ports == frozenset({25, 587, *range(2601, 2615)})
+    assert describe_ports(settings.allowed_ports) == "25, 587, 2601-2614"
+    assert describe_ports([25, 26, 465, 466, 467]) == "25, 26, 465-467"
+    for bad in ("2614-2601", "1-70000", "25-", "a-b", "-"):
+        with pytest.raises(ConfigError, match="SMTPCHECK_ALLOWED_PORTS"):
+            Settings.from_env({"SMTPCHECK_ALLOWED_PORTS": bad})

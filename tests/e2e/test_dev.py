@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.devlock import leftovers, pid_alive
 from cli.main import main
 from smtpcheck.embedded_redis import free_port
 from tests.e2e.conftest import SMTPCHECK, Client, Targets, base_env, processes_mentioning
@@ -24,10 +25,11 @@ pytestmark = pytest.mark.e2e
 class DevProcess:
     """``smtpcheck dev`` as a child; its stdout collected by a thread."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path | None = None) -> None:
         self.process = subprocess.Popen(
             [*SMTPCHECK, "dev"],
             env=env,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -116,7 +118,15 @@ def test_dev_runs_a_check_refuses_a_twin_and_stops_clean(
     api_key = (data_dir / "api_key").read_text().strip()
     assert (data_dir / "secret_key").stat().st_mode & 0o777 == 0o600
     assert api_key in dev.stdout
-    assert "curl" in dev.stdout and "?wait=30" in dev.stdout and "/transcript" in dev.stdout
+    assert "curl" in dev.stdout and "/events" in dev.stdout and "/transcript" in dev.stdout
+    # The client commands it prints work as pasted: the full path of smtpcheck.
+    pasted = [line.strip() for line in dev.stdout.splitlines() if "SMTPCHECK_URL=" in line]
+    pasted += [line.strip() for line in dev.stdout.splitlines() if line.endswith(" list")]
+    assert len(pasted) == 2 and pasted[1].startswith("/"), dev.stdout
+    listed = subprocess.run(
+        ["bash", "-c", "\n".join(pasted)], env=dev_env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0 and listed.stdout.startswith("no checks"), listed
     assert f"Web page {url}/" in dev.stdout
     page = Client(url, api_key=None).request("GET", "/")
     assert page.status == 200 and page.content_type == "text/html"
@@ -192,3 +202,44 @@ def test_dev_takes_over_a_stale_lock(dev_env: dict[str, str]) -> None:
     finally:
         process.kill()
     assert processes_mentioning(str(data_dir)) == []
+
+
+def test_dev_after_a_kill_9_stops_what_the_killed_one_left(
+    dev_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Under `make dev`: the data folder is .smtpcheck in the current directory."""
+    del dev_env["SMTPCHECK_DATA_DIR"]
+    data_dir = (tmp_path / ".smtpcheck").resolve()
+    first = DevProcess(dev_env, cwd=tmp_path)
+    second = None
+    try:
+        first.wait_for_url()
+        recorded = {
+            role: int(pid)
+            for role, _, pid in (
+                line.partition(" ") for line in (data_dir / "dev.lock").read_text().splitlines()
+            )
+        }
+        assert {"redis", "api", "workers"} <= set(recorded)
+        left = [pid for role, pid in recorded.items() if role != "dev"]
+        os.kill(first.process.pid, signal.SIGKILL)  # the supervisor only: its children live on
+        first.process.wait(10)  # (its pipes stay open: the children hold them)
+        assert all(pid_alive(pid) for pid in left)
+
+        second = DevProcess(dev_env, cwd=tmp_path)
+        second.wait_for_url()
+        assert not [pid for pid in left if pid_alive(pid)], second.stderr
+        assert f"stopping redis-server (pid {recorded['redis']})" in second.stderr
+        second.process.send_signal(signal.SIGINT)
+        assert second.finish(60) == 0, second.stderr
+        deadline = time.monotonic() + 10
+        while leftovers(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert leftovers(data_dir) == {}
+    finally:
+        for pid in leftovers(data_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for process in (first, second):
+            if process is not None:
+                process.kill()

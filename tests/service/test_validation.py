@@ -162,7 +162,19 @@ def test_port_must_be_a_json_integer(client: FlaskClient, port: Any) -> None:
 def test_port_outside_the_allowed_set_names_the_allowed_ports(client: FlaskClient) -> None:
     errors = errors_of(client, {"host": "mx.example.com", "port": 80})
 
-    assert errors["port"] == ["port 80 is not allowed; allowed ports: 25, 465, 587, 2525"]
+    assert errors["port"] == [
+        "port 80 is not allowed; allowed ports: 25, 465, 587, 2525 "
+        "(the operator sets them with SMTPCHECK_ALLOWED_PORTS)"
+    ]
+
+
+@pytest.mark.parametrize("host", ["10.1.2.3", "::1", "192.168.1.1", "fe80::1"])
+def test_a_private_or_loopback_target_names_the_variable_that_allows_it(
+    client: FlaskClient, host: str
+) -> None:
+    (message,) = errors_of(client, {"host": host})["host"]
+
+    assert "SMTPCHECK_ALLOW_NETWORKS" in message, message
 
 
 @pytest.mark.parametrize(("field", "value"), [("mx", "yes"), ("mx", 1), ("tls_verify", "true")])
