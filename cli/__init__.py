@@ -1,11 +1,14 @@
-"""The ``smtpcheck`` command: ``dev``, ``api``, ``worker`` and ``check``.
+"""The ``smtpcheck`` command: ``dev``, ``api``, ``worker``, ``check``, ``list``, ``cancel``.
 
 A composition root above ``service`` and ``workers``: it is the only package
 that uses both, and neither imports it. They are imported lazily, inside the
 command that needs them, so ``smtpcheck check`` against a remote service
 never loads the SMTP engine and ``smtpcheck worker`` never loads Flask.
 One module per noun: ``parser`` (the command line), ``main`` (the entry
-point), ``api`` (the gunicorn launcher), ``worker``, ``dev`` (the process
-supervisor) and ``devlock`` (its lock and pid file), ``request`` (the check
-request built from options), ``client`` (HTTP) and ``check``.
+point), ``errors`` (exit statuses), ``api`` (the gunicorn launcher) and
+``gunicorn_config``, ``worker``, ``dev`` (the process supervisor) and
+``devlock`` (its lock, pid file and leftover scan), ``request`` (the check
+request built from options), ``client`` (HTTP), ``events`` (the event
+stream, resumed), ``terminal`` (colours and the spinner), ``check``,
+``listing`` and ``cancel``.
 """

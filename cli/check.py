@@ -161,6 +161,7 @@ class Watch:
         self.terminal = terminal
         self.show_lines = show_lines
         self.printed = 0  # transcript lines shown so far
+        self.complete = False  # the stream reached its result: every line was shown
 
     def until_ended(self, deadline: float) -> dict[str, Any]:
         self.terminal.status("queued")
@@ -177,6 +178,7 @@ class Watch:
             elif event.name == "line" and isinstance(event.data, dict):
                 self.line(event.data)
             elif event.name == "result" and isinstance(event.data, dict):
+                self.complete = True
                 return event.data
         raise Unreachable(f"{self.check_url}/events ended without the check's result")
 
@@ -192,9 +194,14 @@ class Watch:
         return job
 
     def rest_of(self, result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-        """The transcript lines the stream did not show (all of them, polling)."""
+        """The transcript lines not shown yet: none after a whole stream, all after
+        polling, and after an interrupted stream those past the ones shown (a
+        domain check's result lays its hosts' lines out anew, so the count is
+        only trusted where the stream was cut short)."""
         transcript = result.get("transcript")
-        return list(transcript[self.printed :]) if isinstance(transcript, list) else []
+        if self.complete or not isinstance(transcript, list):
+            return []
+        return list(transcript[self.printed :])
 
 
 def poll(check_url: str, api_key: str | None, deadline: float) -> Iterator[dict[str, Any]]:
