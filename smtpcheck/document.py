@@ -60,6 +60,8 @@ def failure_reason(job: Job, result: Result | None) -> str:
     text = (result.exc_string if result is not None else None) or ""
     if "AbandonedJobError" in text:
         return "the worker running this check stopped before it finished"
+    if "StoppedMidCheck" in text:  # workers/threaded.py, on a second stop signal
+        return "the worker running this check was stopped at once before it finished"
     if "JobTimeoutException" in text:
         return "the check ran past its time limit and was stopped"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
