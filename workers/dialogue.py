@@ -658,6 +658,8 @@ class Dialogue:
         if message is not None and script.wants("data"):
             if not message.isascii() and "8BITMIME" in caps:
                 params.append("BODY=8BITMIME")
+            elif not message.isascii():
+                yield Note("the message has 8-bit bytes and the server offers no 8BITMIME")
             if "SIZE" in caps:
                 params.append(f"SIZE={len(protocol.message_payload(message))}")
         reply, verdict = yield from self._send(

@@ -264,3 +264,19 @@ def test_garbage_makes_a_short_summary(scripted_server, check):
     assert result["outcome"] == "protocol_error"
     assert len(result["summary"]) < 200
     assert "\\\\" not in result["summary"]  # escaped once, not twice
+
+
+def test_an_8bit_body_without_8bitmime_is_noted(serve):
+    result, heard = serve(
+        {},
+        ehlo=b"250-mx.local.test\r\n250 PIPELINING\r\n",
+        mail_from="checker@example.org",
+        rcpt_to=["bob@local.test"],
+        message={"body": "d\u00e9j\u00e0 vu\n"},
+    )
+    assert result["ok"] is True
+    assert next(line for line in heard if line.startswith("MAIL")) == (
+        "MAIL FROM:<checker@example.org>"
+    )
+    notes = [e["text"] for e in result["transcript"] if e["dir"] == "note"]
+    assert "the message has 8-bit bytes and the server offers no 8BITMIME" in notes
