@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 
 from service.spec import SPEC_PATH
 from smtpcheck.config import Settings
+from smtpcheck.contract import PROBES
 from tests.security.conftest import ALICE
 
 LIMITS = Settings().limits
@@ -44,7 +45,7 @@ BOUNDS = [
      "tests/service/test_validation.py::test_diagnosis_fields_are_validated"),
     ("Retry", "delay", "maximum", LIMITS.max_retry_delay,
      "tests/service/test_validation.py::test_diagnosis_fields_are_validated"),
-    ("CheckRequest", "probes", "maxItems", 4,
+    ("CheckRequest", "probes", "maxItems", len(PROBES),
      "tests/service/test_validation.py::test_diagnosis_fields_are_validated"),
     ("CheckRequest", "host", "maxLength", 253, "test_each_string_cap_is_enforced"),
     ("CheckRequest", "helo", "maxLength", 255, "test_each_string_cap_is_enforced"),
