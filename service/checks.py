@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
-from marshmallow import Schema
+from marshmallow import Schema, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from smtpcheck.document import failure_reason, isoformat, links, public_status
 from smtpcheck.report import render_text, transcript_lines
@@ -19,7 +20,7 @@ from smtpcheck.report import render_text, transcript_lines
 from . import events, fanout, held, listing, metrics, ratelimit
 from .apikeys import authenticate, current_owner
 from .jobstore import JobStore
-from .problems import NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
+from .problems import CHECK_RUNNING, NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
 from .schemas import STATUSES
 
 blueprint = Blueprint("checks", __name__, url_prefix="/v1")
@@ -41,21 +42,38 @@ def request_schema() -> Schema:
 
 @blueprint.post("/checks")
 def create_check() -> Response:
+    """Validate, admit every check the request creates (one script), enqueue them all
+    (one pipeline): two Redis round trips for a check at the default vantage."""
+    owner = current_owner()
     admission = ratelimit.admission()
-    admission.check_rate(current_owner())  # 429 before any parsing
-    body = json_body()
-    if not isinstance(body, dict):
-        raise validation_problem({"_schema": ["the request body must be a JSON object"]})
-    checked = request_schema().load(body)
-    with admission.slot(current_owner()) as slot:  # 429 with too many checks in flight
+    try:
+        body = json_body()
+        if not isinstance(body, dict):
+            raise validation_problem({"_schema": ["the request body must be a JSON object"]})
+        checked = request_schema().load(body)
+        spread = None
         if checked["vantage"] == fanout.ALL:
-            spread = fanout.submit(store(), checked, current_owner())
-            slot.hold(spread.members[0]["id"])
-            created: dict[str, str | None] = {"id": spread.id, "created_at": spread.created_at}
+            spread, prepared = fanout.prepare(store(), checked, owner)
         else:
-            job = store().submit(checked, current_owner())
-            slot.hold(job.id)
-            created = {"id": job.id, "created_at": isoformat(job.created_at)}
+            prepared = [store().prepare(checked, owner)]
+    except (Problem, ValidationError, RequestEntityTooLarge):
+        admission.charge(owner)  # probing costs the same as submitting: 429 once over
+        raise
+    check_ids = [item.id for item in prepared]
+    admission.admit(owner, check_ids)  # 429 rate-limited or too-many-checks
+    try:
+        if spread is not None:
+            fanout.enqueue(store(), spread, prepared)
+        else:
+            store().enqueue(prepared, owner)
+    except BaseException:
+        admission.release(owner, check_ids)
+        raise
+    created: dict[str, str | None]
+    if spread is not None:
+        created = {"id": spread.id, "created_at": spread.created_at}
+    else:
+        created = {"id": check_ids[0], "created_at": isoformat(prepared[0].job.created_at)}
     response = jsonify(
         id=created["id"],
         status="queued",
@@ -63,7 +81,7 @@ def create_check() -> Response:
         created_at=created["created_at"],
         links=links(str(created["id"])),
     )
-    metrics.CHECKS_BY_KEY.labels(current_owner()).inc()
+    metrics.CHECKS_ACCEPTED.inc(len(check_ids))
     response.status_code = 202
     response.headers["Location"] = url_for("checks.get_check", check_id=created["id"])
     return response
@@ -207,7 +225,14 @@ def delete_check(check_id: str) -> Response:
             response = jsonify(fanout.describe(store(), spread))
             response.status_code = 202
             return response
-        fanout.delete(store(), spread)
+        if not fanout.delete(store(), spread):  # a member turned back meanwhile
+            raise Problem(
+                409,
+                "Conflict",
+                "a vantage's check started again while the fan-out was being deleted; "
+                "nothing was deleted: DELETE again to cancel it",
+                type=CHECK_RUNNING,
+            )
         return Response(status=204)
     job = store().load(check_id, current_owner())
     if store().cancel(job):  # a queued or running check: canceled, still readable

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.client import Pipeline
 from rq.job import Job
 
 from smtpcheck.contract import ALL_VANTAGES, FANOUT_PREFIX
@@ -22,7 +23,7 @@ from smtpcheck.document import TERMINAL, isoformat, links, public_status
 from smtpcheck.report import render_text
 
 from . import listing
-from .jobstore import JobStore, mask_secrets
+from .jobstore import JobStore, Prepared, mask_secrets
 from .problems import Problem
 
 ALL = ALL_VANTAGES
@@ -38,8 +39,8 @@ class FanOut:
     members: list[dict[str, str]]  # [{"vantage": ..., "id": <check id>}]
 
 
-def submit(store: JobStore, request: dict[str, Any], owner: str) -> FanOut:
-    """Queue the request once per vantage that has a live worker."""
+def prepare(store: JobStore, request: dict[str, Any], owner: str) -> tuple[FanOut, list[Prepared]]:
+    """One check per vantage that has a live worker, made but not written (503 if none)."""
     live = [v["name"] for v in store.vantages() if v["workers"] > 0]
     if not live:
         raise Problem(
@@ -48,31 +49,36 @@ def submit(store: JobStore, request: dict[str, Any], owner: str) -> FanOut:
             "no vantage has a live worker, so vantage 'all' has nowhere to run",
             type=NO_WORKERS,
         )
-    members = []
-    for vantage in live:
-        job = store.submit({**request, "vantage": vantage}, owner, listed=False)
-        members.append({"vantage": vantage, "id": job.id})
+    prepared = [store.prepare({**request, "vantage": vantage}, owner) for vantage in live]
     fanout = FanOut(
         id=str(uuid.uuid4()),
         owner=owner,
         created_at=isoformat(datetime.now(UTC)) or "",
         request={**mask_secrets(request)[0], "vantage": ALL},
-        members=members,
+        members=[{"vantage": v, "id": p.id} for v, p in zip(live, prepared, strict=True)],
     )
-    store.connection.set(
-        FANOUT_PREFIX + fanout.id,
-        json.dumps(
-            {
-                "owner": owner,
-                "created_at": fanout.created_at,
-                "request": fanout.request,
-                "members": members,
-            }
-        ),
-        ex=store.settings.result_ttl,
-    )
-    listing.add(store.connection, owner, fanout.id, store.settings.result_ttl)
-    return fanout
+    return fanout, prepared
+
+
+def enqueue(store: JobStore, fanout: FanOut, prepared: list[Prepared]) -> None:
+    """Write the members and the fan-out's record in one round trip."""
+
+    def record(pipe: Pipeline) -> None:
+        pipe.set(
+            FANOUT_PREFIX + fanout.id,
+            json.dumps(
+                {
+                    "owner": fanout.owner,
+                    "created_at": fanout.created_at,
+                    "request": fanout.request,
+                    "members": fanout.members,
+                }
+            ),
+            ex=store.settings.result_ttl,
+        )
+        listing.stage(pipe, fanout.owner, fanout.id, store.settings.result_ttl)
+
+    store.enqueue(prepared, fanout.owner, listed=False, also=record)
 
 
 def load(store: JobStore, check_id: str, owner: str) -> FanOut | None:
@@ -185,9 +191,10 @@ def transcript(store: JobStore, fanout: FanOut) -> str | None:
     return "\n".join(parts)
 
 
-def delete(store: JobStore, fanout: FanOut) -> None:
-    for _, job in jobs(store, fanout):
-        if job is not None:
-            store.delete(job)
-    store.connection.delete(FANOUT_PREFIX + fanout.id)
-    listing.remove(store.connection, fanout.owner, fanout.id)
+def delete(store: JobStore, fanout: FanOut) -> bool:
+    """Delete every member and the fan-out itself in one transaction, or nothing:
+    False when a member has not ended (cancel the fan-out first)."""
+    members = [job for _, job in jobs(store, fanout) if job is not None]
+    return store.delete_all(
+        members, also=(FANOUT_PREFIX + fanout.id,), unlist=(fanout.owner, fanout.id)
+    )

@@ -41,11 +41,13 @@ from typing import TypeVar, cast
 import redis
 from flask import current_app
 
+from smtpcheck.contract import HELD_PREFIX
+
 from .problems import SERVER_BUSY, TOO_MANY_HELD, Problem
 
 T = TypeVar("T")
 
-KEY_PREFIX = "smtpcheck:held:"
+KEY_PREFIX = HELD_PREFIX
 #: A member outlives its stated time by this much (the Redis read's own timeout).
 MARGIN_SECONDS = 10
 

@@ -13,8 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 from rq import Queue, Worker
 from rq import Retry as RQRetry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -49,7 +54,23 @@ from .schemas import DEFAULT_VANTAGE, check_id_is_valid
 DESCRIPTION = "smtpcheck"
 JOB_TIMEOUT_MARGIN = 30
 
+#: Tries of the delete transaction before a 409 (each retry means a worker wrote meanwhile).
+DELETE_ATTEMPTS = 5
+
 log = logging.getLogger("smtpcheck.service")
+
+
+@dataclass
+class Prepared:
+    """One check, made but not yet written: :meth:`JobStore.stage` enqueues it."""
+
+    job: Job
+    queue: Queue
+    sealed_callback: str | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.job.id)
 
 
 class JobStore:
@@ -62,6 +83,7 @@ class JobStore:
         self.connection = connect(settings, read_timeout=2.0)
         # XREAD for ?wait=N blocks up to N seconds: it gets its own read timeout.
         self.blocking = connect(settings, read_timeout=settings.limits.max_wait + 5.0)
+        self._queues: dict[str, Queue] = {}
 
     def close(self) -> None:
         self.connection.close()
@@ -71,14 +93,22 @@ class JobStore:
         self.connection.ping()
 
     def queue(self, vantage: str) -> Queue:
+        """The vantage's RQ queue (one object per vantage, which caches the server version)."""
+        found = self._queues.get(vantage)
+        if found is None:
+            found = self._queues[vantage] = self._new_queue(vantage)
+        return found
+
+    def _new_queue(self, vantage: str) -> Queue:
         return Queue(queue_name(vantage), connection=self.connection, serializer=JSONSerializer)
 
     # -- submit ---------------------------------------------------------------
 
-    def submit(self, request: dict[str, Any], owner: str, *, listed: bool = True) -> Job:
-        """Queue a validated, normalized request. The AUTH password leaves in a seal.
+    def prepare(self, request: dict[str, Any], owner: str) -> Prepared:
+        """A check ready to enqueue, its id chosen; nothing written yet.
 
-        ``listed``: shown in ``GET /v1/checks`` (a fan-out lists its own id instead).
+        The AUTH password (and the callback secret) leave in a seal. An
+        unknown vantage is a 422 here, before anything is counted.
         """
         request, password, callback_secret = mask_secrets(request)
         sealed = None if password is None else self.seal(password, "AUTH passwords")
@@ -95,25 +125,55 @@ class JobStore:
                 max=request["retry"]["attempts"] - 1,
                 interval=math.ceil(request["retry"]["delay"]),
             )
-        job = self.queue(vantage).enqueue(
+        queue = self.queue(vantage)
+        job = queue.create_job(
             self.job_function,
             kwargs={"request": request, "sealed_password": sealed},
             retry=retry,
-            job_timeout=math.ceil(request["timeouts"]["total"]) + JOB_TIMEOUT_MARGIN,
+            timeout=math.ceil(request["timeouts"]["total"]) + JOB_TIMEOUT_MARGIN,
             result_ttl=ttl,
             failure_ttl=ttl,
             ttl=ttl,
             description=DESCRIPTION,
+            job_id=str(uuid.uuid4()),
             meta={"owner": owner, "vantage": vantage, **_request_context()},
+            status=JobStatus.QUEUED,
         )
-        if sealed_callback is not None:  # the webhook: a worker POSTs the check once it ends
-            delivery.enqueue(
-                self.queue(vantage), job.id, sealed_callback, attempt=1, ttl=ttl, after_check=True
-            )
-        self.connection.hincrby(SUBMITTED_KEY, vantage, 1)
-        if listed:
-            listing.add(self.connection, owner, job.id, ttl)
-        return job
+        return Prepared(job, queue, sealed_callback)
+
+    def enqueue(
+        self,
+        prepared: list[Prepared],
+        owner: str,
+        *,
+        listed: bool = True,
+        also: Callable[[Pipeline], None] | None = None,
+    ) -> None:
+        """Write ``prepared`` checks in one round trip: the jobs, their queues, the
+        submitted counters, the owner's listing, and what ``also`` adds to the pipeline.
+
+        A check with a ``callback`` then has its first webhook delivery queued,
+        deferred until the check ends (an RQ dependency, so after the check exists).
+        """
+        with self.connection.pipeline() as pipe:
+            for item in prepared:
+                item.queue.enqueue_job(item.job, pipeline=pipe)
+                pipe.hincrby(SUBMITTED_KEY, item.job.meta["vantage"], 1)
+                if listed:
+                    listing.stage(pipe, owner, item.id, self.settings.result_ttl)
+            if also is not None:
+                also(pipe)
+            pipe.execute()
+        for item in prepared:
+            if item.sealed_callback is not None:  # a worker POSTs the check once it ends
+                delivery.enqueue(
+                    item.queue,
+                    item.id,
+                    item.sealed_callback,
+                    attempt=1,
+                    ttl=self.settings.result_ttl,
+                    after_check=True,
+                )
 
     def seal(self, secret: str, what: str) -> str:
         if not self.settings.secret_key:
@@ -258,25 +318,61 @@ class JobStore:
         return True
 
     def delete(self, job: Job) -> None:
-        """Cancel a queued check or delete a stored one; a running one is 409."""
-        status = job.get_status(refresh=True)
-        if status == JobStatus.STARTED:
+        """Delete an ended check (and what it left: listing, events, cancel flag)."""
+        if not self.delete_all([job]):
             raise Problem(
                 409,
                 "Conflict",
-                "the check is running; it ends by itself within its total timeout, "
-                "delete it after that",
+                "the check has not ended; DELETE cancels it first",
                 type=CHECK_RUNNING,
             )
-        if PUBLIC_STATUS.get(status) == "queued":
-            with contextlib.suppress(InvalidJobOperation):  # canceled meanwhile
-                job.cancel()
-        job.delete(delete_dependents=True)  # a webhook not sent yet, and its seal
-        owner = (job.meta or {}).get("owner")
-        if owner:
-            listing.remove(self.connection, str(owner), job.id)
-        events.discard(self.connection, job.id)
-        self.connection.delete(CANCEL_KEY_PREFIX + job.id)
+
+    def delete_all(
+        self,
+        jobs: list[Job],
+        *,
+        also: tuple[str, ...] = (),
+        unlist: tuple[str, str] | None = None,
+    ) -> bool:
+        """Delete every one of ``jobs`` and the keys ``also`` in one transaction, or none
+        (``unlist``: an ``(owner, id)`` to take out of the owner's listing with them).
+
+        Only ended checks are deleted: False, with nothing deleted, when one of
+        them has not ended (or turned back, as a retry does). The job hashes
+        are watched, so a worker changing one meanwhile makes the transaction
+        start over rather than delete a check that just began to run.
+        """
+        keys = [job.key for job in jobs]
+        for _ in range(DELETE_ATTEMPTS):
+            with self.connection.pipeline() as pipe:
+                try:
+                    if keys:
+                        pipe.watch(*keys)
+                    for key in keys:
+                        raw = pipe.hget(key, "status")
+                        if raw is not None and _public(raw) not in TERMINAL:
+                            return False
+                    pipe.multi()
+                    for job in jobs:
+                        job.delete(pipeline=pipe, delete_dependents=True)  # its webhook
+                        owner = (job.meta or {}).get("owner")
+                        if owner:
+                            pipe.zrem(listing.index_key(str(owner)), job.id)
+                        pipe.delete(events.events_key(job.id), CANCEL_KEY_PREFIX + job.id)
+                    if also:
+                        pipe.delete(*also)
+                    if unlist is not None:
+                        pipe.zrem(listing.index_key(unlist[0]), unlist[1])
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        raise Problem(
+            409,
+            "Conflict",
+            "the check kept changing while it was being deleted; try again",
+            type=CHECK_RUNNING,
+        )
 
     # -- vantages -------------------------------------------------------------
 
@@ -303,6 +399,14 @@ class JobStore:
     def submitted(self) -> dict[str, int]:
         raw: dict[bytes, bytes] = self.connection.hgetall(SUBMITTED_KEY)  # type: ignore[assignment]
         return {key.decode(): int(value) for key, value in raw.items()}
+
+
+def _public(raw: bytes | str) -> str:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    try:
+        return PUBLIC_STATUS.get(JobStatus(text), "queued")
+    except ValueError:
+        return "queued"
 
 
 def _request_context() -> dict[str, str]:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from smtpcheck.contract import CHECKS_INDEX_PREFIX
 
@@ -34,13 +35,18 @@ def index_key(owner: str) -> str:
 
 def add(connection: redis.Redis, owner: str, check_id: str, ttl: int) -> None:
     """Index a new check of ``owner``."""
+    pipe = connection.pipeline(transaction=False)
+    stage(pipe, owner, check_id, ttl)
+    pipe.execute()
+
+
+def stage(pipe: Pipeline, owner: str, check_id: str, ttl: int) -> None:
+    """:func:`add` on the caller's pipeline (a submission writes in one round trip)."""
     now = int(time.time() * 1_000_000)
     key = index_key(owner)
-    pipe = connection.pipeline(transaction=False)
     pipe.zadd(key, {check_id: now})
     pipe.zremrangebyscore(key, "-inf", now - ttl * 1_000_000)
     pipe.expire(key, ttl)
-    pipe.execute()
 
 
 def remove(connection: redis.Redis, owner: str, check_id: str) -> None:

@@ -38,15 +38,20 @@ blueprint = Blueprint("metrics", __name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+#: Label values are fixed sets: a method outside these, or a path no route
+#: matches, folds into one value, so no caller can grow the scrape.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED_ROUTE = "unmatched"
+
 HTTP_REQUESTS = Counter(
     "smtpcheck_http_requests_total",
     "HTTP requests answered, by route, method and status.",
     ["route", "method", "status"],
 )
-CHECKS_BY_KEY = Counter(
-    "smtpcheck_checks_accepted_by_key_total",
-    "Checks accepted, by the name of the API key that asked (never the key itself).",
-    ["api_key"],
+CHECKS_ACCEPTED = Counter(
+    "smtpcheck_checks_accepted_total",
+    "Checks accepted by this API (each vantage of a vantage 'all' check counts).",
 )
 HTTP_LATENCY = Histogram(
     "smtpcheck_http_request_duration_seconds",
@@ -54,6 +59,13 @@ HTTP_LATENCY = Histogram(
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60),
 )
+
+
+def labels_of(rule: str | None, method: str, status: int) -> tuple[str, str, str]:
+    """The (route, method, status) labels of one answered request, from fixed sets."""
+    route = rule if rule is not None else UNMATCHED_ROUTE
+    method = method if method in METHODS else OTHER_METHOD
+    return route, method, str(status) if 100 <= status <= 599 else "other"
 
 
 def install(app: Flask) -> None:
@@ -65,8 +77,9 @@ def install(app: Flask) -> None:
 
     @app.after_request
     def _count(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        route, method, status = labels_of(rule, request.method, response.status_code)
+        HTTP_REQUESTS.labels(route, method, status).inc()
         started = g.get("metrics_started")
         if started is not None:
             HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)

@@ -1,48 +1,50 @@
 """Admission of new checks, per API key: a rate limit and a cap on checks in flight.
 
-Only ``POST /v1/checks`` is admitted here; reads are not limited (each is
-cheap and bounded: ``?wait`` is capped, and gunicorn's worker count bounds
-how many are held at once).
+Both count what a request creates: a ``vantage: "all"`` check that fans out
+to three vantages is three submissions and three checks in flight. One Lua
+script (one round trip) decides both at once, all or nothing: either every
+window has room for all of the request's checks and the cap has room for
+them too, and all are counted, or nothing is.
 
 - Rate: ``SMTPCHECK_RATE_LIMIT`` (the ``limits`` package's syntax, e.g.
-  ``60/minute;1000/hour``), a moving window per key kept in Redis, so it
-  holds across API processes and machines. Every POST counts, valid or not.
+  ``60/minute;1000/hour``), each a moving window per key: a sorted set
+  ``smtpcheck:ratelimit:<key name>:<amount>/<seconds>`` of the checks
+  counted in it, scored by when. It lives in Redis, so it holds across API
+  processes and machines. A POST that creates nothing (invalid, wrong media
+  type, over the cap) still counts once: probing costs the same as
+  submitting.
 - Concurrency: at most ``SMTPCHECK_MAX_CONCURRENT_PER_KEY`` checks of one
-  key queued, waiting for a retry, or running. Each key has a sorted set
-  ``smtpcheck:active:<key name>`` of its check ids (and short-lived
-  reservations taken just before enqueueing); a check that ended, was
-  deleted or expired is dropped from it the next time the key is full, so
-  nothing has to report back and a dead worker cannot leak a slot.
+  key queued, waiting for a retry, or running: a sorted set
+  ``smtpcheck:active:<key name>`` of their ids, scored with the moment they
+  expire. A check that ended, was deleted or expired is dropped from it the
+  next time the key is full, so nothing has to report back and a dead
+  worker cannot leak a slot. An API process that dies between admitting and
+  enqueueing leaves ids of checks that never existed: the same sweep drops
+  them.
 
-Both refusals are 429 problem+json with ``Retry-After``.
+Both refusals are 429 problem+json saying which limit, with ``Retry-After``.
 """
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
 import redis
 from flask import current_app
-from limits import RateLimitItem, parse_many
-from limits.storage import RedisStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits import parse_many
 from rq.job import Job, JobStatus
 
 from smtpcheck.config import Settings
 from smtpcheck.contract import ACTIVE_PREFIX, RATELIMIT_PREFIX
-from smtpcheck.redis_client import DEFAULT_URL
 
 from .problems import RATE_LIMITED, TOO_MANY_CHECKS, Problem
 
-RESERVATION_PREFIX = "reserved:"
-#: A reservation not turned into a check id within this many seconds is void.
-RESERVATION_SECONDS = 30
+KEY_PREFIX = RATELIMIT_PREFIX + ":"
+#: An admitted id with no job this long after is one whose enqueue never happened.
+ENQUEUE_SECONDS = 30
 #: What a caller refused for too many checks in flight is told to wait.
 BUSY_RETRY_AFTER = 5
 #: Statuses of a check that no longer occupies a slot.
@@ -51,37 +53,64 @@ ENDED = frozenset(
     for status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 )
 
-# Drop stale entries, then add ARGV[3] (expiring at ARGV[4]) if fewer than
-# ARGV[2] remain. Returns the count before adding, negated when full.
-_RESERVE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local held = redis.call('ZCARD', KEYS[1])
-if held >= tonumber(ARGV[2]) then
-  return -held - 1
+# KEYS: the active set, then one sorted set per rate window.
+# ARGV: now, the cap (0: none), the active members' expiry, the number of
+# windows, then (amount, seconds) per window, then the members to count.
+# Returns {0} when all were counted; {1, window, seconds to wait} when a
+# window has no room (seconds -1: the request alone is over the limit);
+# {2, held} when the cap has no room.
+_ADMIT = """
+local now = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local windows = tonumber(ARGV[4])
+local first = 5 + 2 * windows
+local n = #ARGV - first + 1
+for w = 1, windows do
+  local key = KEYS[1 + w]
+  local amount = tonumber(ARGV[3 + 2 * w])
+  local seconds = tonumber(ARGV[4 + 2 * w])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - seconds)
+  local count = redis.call('ZCARD', key)
+  if count + n > amount then
+    if n > amount then
+      return {1, w, -1}
+    end
+    local lapse = count + n - amount - 1
+    local oldest = redis.call('ZRANGE', key, lapse, lapse, 'WITHSCORES')
+    return {1, w, math.ceil(tonumber(oldest[2]) + seconds - now)}
+  end
 end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-if redis.call('TTL', KEYS[1]) < tonumber(ARGV[5]) then
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local held = redis.call('ZCARD', KEYS[1])
+  if held + n > cap then
+    return {2, held}
+  end
 end
-return held
+for w = 1, windows do
+  local key = KEYS[1 + w]
+  for i = first, #ARGV do
+    redis.call('ZADD', key, now, ARGV[i])
+  end
+  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[4 + 2 * w])) + 1)
+end
+if cap > 0 then
+  for i = first, #ARGV do
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+  end
+  if redis.call('TTL', KEYS[1]) < math.ceil(tonumber(ARGV[3]) - now) then
+    redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[3])))
+  end
+end
+return {0}
 """
 
 
-@dataclass
-class Slot:
-    """A reservation for one check of ``owner``; :meth:`hold` binds it to the check id."""
-
-    admission: Admission
-    owner: str
-    member: str
-
-    def hold(self, check_id: str) -> None:
-        key = self.admission.active_key(self.owner)
-        with self.admission.connection.pipeline() as pipe:
-            pipe.zadd(key, {check_id: time.time() + self.admission.settings.result_ttl})
-            pipe.zrem(key, self.member)
-            pipe.execute()
-        self.member = check_id
+@dataclass(frozen=True)
+class Window:
+    amount: int
+    seconds: int
+    text: str  # as the setting says it: "60 per 1 minute"
 
 
 class Admission:
@@ -90,100 +119,108 @@ class Admission:
     def __init__(self, settings: Settings, connection: redis.Redis) -> None:
         self.settings = settings
         self.connection = connection
-        self.items: list[RateLimitItem] = parse_many(settings.rate_limit)
-        # The limiter shares the app's pool (smtpcheck.redis_client): same URL
-        # parsing, same primary after a failover; the URI here is only a label.
-        storage = RedisStorage(
-            settings.redis_url or DEFAULT_URL,
-            connection_pool=connection.connection_pool,
-            key_prefix=RATELIMIT_PREFIX,
-        )
-        self.limiter = MovingWindowRateLimiter(storage)
-        self._reserve = connection.register_script(_RESERVE)
-
-    # -- rate ------------------------------------------------------------------
-
-    def check_rate(self, owner: str) -> None:
-        """Count one POST for ``owner``; 429 when any of the limits is spent."""
-        # One round trip per limit, as flask-limiter does: a POST refused by a
-        # later (longer) window still counts in the earlier ones, which only
-        # delays a caller who is over a limit anyway.
-        for item in self.items:
-            if not self.limiter.hit(item, owner):
-                raise self._rate_limited(item, owner)
-
-    def _rate_limited(self, item: RateLimitItem, owner: str) -> Problem:
-        reset = self.limiter.get_window_stats(item, owner).reset_time
-        wait = max(1, math.ceil(reset - time.time()))
-        return Problem(
-            429,
-            "Too Many Requests",
-            f"this API key may submit {item} checks; try again in {wait} s",
-            type=RATE_LIMITED,
-            headers={"Retry-After": str(wait)},
-        )
-
-    # -- concurrency -------------------------------------------------------------
+        self.windows = [
+            Window(item.amount, item.get_expiry(), str(item))
+            for item in parse_many(settings.rate_limit)
+        ]
+        self._admit = connection.register_script(_ADMIT)
 
     def active_key(self, owner: str) -> str:
         return ACTIVE_PREFIX + owner
 
-    @contextmanager
-    def slot(self, owner: str) -> Iterator[Slot]:
-        """Reserve room for one more check of ``owner`` (429 when full).
+    def window_key(self, owner: str, window: Window) -> str:
+        return f"{KEY_PREFIX}{owner}:{window.amount}/{window.seconds}"
 
-        The caller enqueues inside the block and calls ``slot.hold(check_id)``;
-        a block that raises gives the room back.
+    def admit(self, owner: str, check_ids: list[str]) -> None:
+        """Count ``check_ids`` (the checks one request creates) against both limits, or 429.
+
+        The ids hold their slots until they end; :meth:`release` gives them
+        back when enqueueing them failed.
         """
-        member = RESERVATION_PREFIX + uuid.uuid4().hex
-        if not self._try_reserve(owner, member):
+        verdict = self._run(owner, check_ids, capped=True)
+        if verdict[0] == 2:
             self._forget_ended(owner)
-            if not self._try_reserve(owner, member):
-                limit = self.settings.max_concurrent_per_key
-                raise Problem(
-                    429,
-                    "Too Many Requests",
-                    f"this API key already has {limit} checks queued or running, the most it "
-                    "may have at once; submit more when one has ended",
-                    type=TOO_MANY_CHECKS,
-                    headers={"Retry-After": str(BUSY_RETRY_AFTER)},
-                )
-        slot = Slot(self, owner, member)
-        try:
-            yield slot
-        except BaseException:
-            self.connection.zrem(self.active_key(owner), slot.member)
-            raise
+            verdict = self._run(owner, check_ids, capped=True)
+        if verdict[0] == 1:
+            raise self._rate_limited(verdict, len(check_ids))
+        if verdict[0] == 2:
+            self.charge(owner)  # a refused POST counts once, like an invalid one
+            limit = self.settings.max_concurrent_per_key
+            asked = f" (this request would add {len(check_ids)})" if len(check_ids) > 1 else ""
+            raise Problem(
+                429,
+                "Too Many Requests",
+                f"too-many-checks: this API key already has {verdict[1]} of its {limit} checks "
+                f"queued or running, the most it may have at once{asked}; submit more when "
+                f"one has ended",
+                type=TOO_MANY_CHECKS,
+                headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+            )
 
-    def _try_reserve(self, owner: str, member: str) -> bool:
+    def charge(self, owner: str) -> None:
+        """Count one POST that creates no check; 429 if the rate has no room for it."""
+        verdict = self._run(owner, [f"refused:{uuid.uuid4().hex}"], capped=False)
+        if verdict[0] == 1:
+            raise self._rate_limited(verdict, 1)
+
+    def release(self, owner: str, check_ids: list[str]) -> None:
+        """Give back the slots of checks that were admitted but never enqueued."""
+        if check_ids:
+            self.connection.zrem(self.active_key(owner), *check_ids)
+
+    def _run(self, owner: str, members: list[str], *, capped: bool) -> list[int]:
         now = time.time()
-        held = self._reserve(
-            keys=[self.active_key(owner)],
-            args=[
-                now,
-                self.settings.max_concurrent_per_key,
-                member,
-                now + RESERVATION_SECONDS,
-                self.settings.result_ttl + RESERVATION_SECONDS,
-            ],
+        cap = self.settings.max_concurrent_per_key if capped else 0
+        args: list[float | int | str] = [
+            now,
+            cap,
+            now + self.settings.result_ttl,
+            len(self.windows),
+        ]
+        for window in self.windows:
+            args += [window.amount, window.seconds]
+        keys = [self.active_key(owner)] + [self.window_key(owner, w) for w in self.windows]
+        return [int(x) for x in cast(list[int], self._admit(keys=keys, args=[*args, *members]))]
+
+    def _rate_limited(self, verdict: list[int], created: int) -> Problem:
+        window = self.windows[verdict[1] - 1]
+        if verdict[2] < 0:
+            return Problem(
+                429,
+                "Too Many Requests",
+                f"rate-limited: this request creates {created} checks, more than this API key "
+                f"may submit at all ({window.text})",
+                type=RATE_LIMITED,
+                headers={"Retry-After": str(window.seconds)},
+            )
+        wait = max(1, verdict[2])
+        return Problem(
+            429,
+            "Too Many Requests",
+            f"rate-limited: this API key may submit {window.text} checks; try again in {wait} s",
+            type=RATE_LIMITED,
+            headers={"Retry-After": str(wait)},
         )
-        return int(cast(int, held)) >= 0
 
     def _forget_ended(self, owner: str) -> None:
-        """Drop the checks of ``owner`` that ended, were deleted or expired."""
+        """Drop the checks of ``owner`` that ended, were deleted or expired.
+
+        An id with no job yet is one being enqueued right now, unless it was
+        admitted longer than ``ENQUEUE_SECONDS`` ago.
+        """
         key = self.active_key(owner)
-        members = [m.decode() for m in cast(list[bytes], self.connection.zrange(key, 0, -1))]
-        check_ids = [m for m in members if not m.startswith(RESERVATION_PREFIX)]
-        if not check_ids:
+        held = cast(list[tuple[bytes, float]], self.connection.zrange(key, 0, -1, withscores=True))
+        if not held:
             return
         with self.connection.pipeline(transaction=False) as pipe:
-            for check_id in check_ids:
-                pipe.hget(Job.key_for(check_id), "status")
+            for member, _ in held:
+                pipe.hget(Job.key_for(member.decode()), "status")
             statuses = cast(list[bytes | None], pipe.execute())
+        admitted_before = time.time() + self.settings.result_ttl - ENQUEUE_SECONDS
         gone = [
-            check_id
-            for check_id, status in zip(check_ids, statuses, strict=True)
-            if status is None or status in ENDED
+            member
+            for (member, expires), status in zip(held, statuses, strict=True)
+            if status in ENDED or (status is None and expires < admitted_before)
         ]
         if gone:
             self.connection.zrem(key, *gone)

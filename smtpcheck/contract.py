@@ -118,6 +118,8 @@ DURATION_KEY = KEY_PREFIX + "metrics:duration"
 RATELIMIT_PREFIX = KEY_PREFIX + "ratelimit"
 #: ``<prefix><key name>``: a key's checks in flight.
 ACTIVE_PREFIX = KEY_PREFIX + "active:"
+#: ``<prefix><key name>``: a key's responses held open (?wait, event streams).
+HELD_PREFIX = KEY_PREFIX + "held:"
 #: ``<prefix><check id>``: a ``vantage: "all"`` check and its per-vantage checks.
 FANOUT_PREFIX = KEY_PREFIX + "fanout:"
 #: ``<prefix><address>``: the checks holding a politeness slot to one address.

@@ -8,9 +8,12 @@ import re
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one sample, labels in any order; AssertionError if absent."""
     for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name + "{"):
+        if line.startswith(name + " "):  # a sample without labels
+            found: dict[str, str] = {}
+        elif line.startswith(name + "{"):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}") + 1]))
+        else:
             continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}") + 1]))
         if found == labels:
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no sample {name}{labels} in:\n{text}")

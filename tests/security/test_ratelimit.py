@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
+from service import fanout
 from smtpcheck.config import ConfigError, Settings
 from tests.security.conftest import ALICE, BOB
 from tests.service import jobs
@@ -160,12 +161,14 @@ def test_a_refused_submission_takes_no_slot(make_app: Callable[..., Flask]) -> N
     assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
 
 
-def test_a_reservation_left_by_a_dead_api_process_expires(
+def test_a_check_admitted_by_a_dead_api_process_is_forgotten(
     make_app: Callable[..., Flask], redis_client: redis.Redis
 ) -> None:
-    """An API process killed between reserving and enqueueing leaks nothing for long."""
-    client = make_app(max_concurrent_per_key=1).test_client()
-    redis_client.zadd("smtpcheck:active:alice", {"reserved:dead": 0})  # lease already over
+    """An API process killed between admitting and enqueueing leaks nothing for long."""
+    app = make_app(max_concurrent_per_key=1)
+    client = app.test_client()
+    admitted_a_minute_ago = time.time() + app.extensions["smtpcheck"].settings.result_ttl - 60
+    redis_client.zadd("smtpcheck:active:alice", {"never-enqueued": admitted_a_minute_ago})
 
     assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
 
@@ -173,11 +176,25 @@ def test_a_reservation_left_by_a_dead_api_process_expires(
 def test_an_expired_check_frees_its_slot(
     make_app: Callable[..., Flask], redis_client: redis.Redis
 ) -> None:
-    client = make_app(max_concurrent_per_key=1).test_client()
+    app = make_app(max_concurrent_per_key=1)
+    client = app.test_client()
     created = client.post("/v1/checks", json=CHECK, headers=ALICE).get_json()
-    redis_client.delete(f"rq:job:{created['id']}")  # as when its TTL ran out
+    redis_client.delete(f"rq:job:{created['id']}")  # as when its TTL ran out, long after
+    a_minute_ago = time.time() + app.extensions["smtpcheck"].settings.result_ttl - 60
+    redis_client.zadd("smtpcheck:active:alice", {created["id"]: a_minute_ago})
 
     assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+
+def test_a_check_being_enqueued_keeps_its_slot(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    """An id admitted a moment ago whose job is not written yet is not taken for gone."""
+    app = make_app(max_concurrent_per_key=1)
+    just_now = time.time() + app.extensions["smtpcheck"].settings.result_ttl
+    redis_client.zadd("smtpcheck:active:alice", {"being-enqueued": just_now})
+
+    assert_429(app.test_client().post("/v1/checks", json=CHECK, headers=ALICE), "too-many-checks")
 
 
 def test_a_caller_without_redis_gets_503_not_500(make_app: Callable[..., Flask]) -> None:
@@ -187,6 +204,97 @@ def test_a_caller_without_redis_gets_503_not_500(make_app: Callable[..., Flask])
 
     assert response.status_code == 503
     assert response.get_json()["type"] == "urn:smtpcheck:problem:store-unavailable"
+
+
+# ---------------------------------------------------------------------------
+# vantage "all": every check a request creates counts
+# ---------------------------------------------------------------------------
+
+VANTAGES = ("default", "east", "west")
+
+
+def live_vantages(redis_client: redis.Redis) -> None:
+    """A registered worker at each of three vantages (none of them runs anything)."""
+    for vantage in VANTAGES:
+        queue = Queue(f"vantage:{vantage}", connection=redis_client, serializer=JSONSerializer)
+        SimpleWorker([queue], connection=redis_client, serializer=JSONSerializer).register_birth()
+
+
+def test_a_fan_out_counts_each_vantage_against_the_cap(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    live_vantages(redis_client)
+    client = make_app(max_concurrent_per_key=4).test_client()
+    assert (
+        client.post("/v1/checks", json={**CHECK, "vantage": "all"}, headers=ALICE).status_code
+        == 202
+    )
+    assert redis_client.zcard("smtpcheck:active:alice") == 3
+
+    refused = client.post("/v1/checks", json={**CHECK, "vantage": "all"}, headers=ALICE)
+
+    assert_429(refused, "too-many-checks")
+    assert "3 of its 4 checks" in refused.get_json()["detail"]
+    assert "would add 3" in refused.get_json()["detail"]
+    assert len(redis_client.keys("rq:job:*")) == 3  # nothing of the refused one was queued
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202  # the 4th
+
+
+def test_a_fan_out_counts_each_vantage_against_the_rate(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    live_vantages(redis_client)
+    client = make_app(rate_limit="4/minute").test_client()
+    assert (
+        client.post("/v1/checks", json={**CHECK, "vantage": "all"}, headers=ALICE).status_code
+        == 202
+    )
+
+    refused = client.post("/v1/checks", json={**CHECK, "vantage": "all"}, headers=ALICE)
+
+    assert 50 <= assert_429(refused, "rate-limited") <= 60
+    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202  # the 4th
+    assert_429(client.post("/v1/checks", json=CHECK, headers=ALICE), "rate-limited")
+
+
+def test_a_fan_out_larger_than_the_rate_says_so(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    live_vantages(redis_client)
+    client = make_app(rate_limit="2/minute").test_client()
+
+    refused = client.post("/v1/checks", json={**CHECK, "vantage": "all"}, headers=ALICE)
+
+    assert assert_429(refused, "rate-limited") == 60
+    assert "creates 3 checks" in refused.get_json()["detail"]
+
+
+def test_fan_out_delete_removes_every_member_or_none(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    live_vantages(redis_client)
+    app = make_app()
+    client = app.test_client()
+    created = client.post("/v1/checks", json={**CHECK, "vantage": "all"}, headers=ALICE)
+    location = created.headers["Location"]
+    members = [row["id"] for row in client.get(location, headers=ALICE).get_json()["vantages"]]
+    assert len(members) == 3
+
+    # Two members end; one has just started: the fan-out cannot be deleted yet.
+    store = app.extensions["smtpcheck"]
+    for check_id in members[:2]:
+        store.connection.hset(f"rq:job:{check_id}", "status", "finished")
+    store.connection.hset(f"rq:job:{members[2]}", "status", "started")
+    spread = fanout.load(store, created.get_json()["id"], "alice")
+    assert spread is not None
+    assert fanout.delete(store, spread) is False
+    assert all(redis_client.exists(f"rq:job:{check_id}") for check_id in members)
+    assert redis_client.exists(f"smtpcheck:fanout:{spread.id}")
+
+    store.connection.hset(f"rq:job:{members[2]}", "status", "failed")
+    assert client.delete(location, headers=ALICE).status_code == 204
+    assert not any(redis_client.exists(f"rq:job:{check_id}") for check_id in members)
+    assert client.get(location, headers=ALICE).status_code == 404
 
 
 # ---------------------------------------------------------------------------

@@ -83,11 +83,37 @@ def test_request_id_is_honoured_or_made(client: FlaskClient) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
 
 
-def test_checks_by_key_name_never_the_key(client: FlaskClient) -> None:
-    name = "smtpcheck_checks_accepted_by_key_total"
-    before = sample_or_zero(scrape(client), name, api_key="alice")
+def test_accepted_checks_are_counted_without_a_key_name(client: FlaskClient) -> None:
+    """An unauthenticated scrape names no API key, neither the key nor its name."""
+    name = "smtpcheck_checks_accepted_total"
+    before = sample_or_zero(scrape(client), name)
     submit(client, {"host": "mx.example.com"})
     text = scrape(client)
-    after = sample(text, name, api_key="alice")
-    assert after == before + 1
+    assert sample(text, name) == before + 1
     assert "key-alice" not in text
+    assert "alice" not in text
+    assert "mx.example.com" not in text
+
+
+def test_unknown_methods_and_paths_fold_into_one_series(client: FlaskClient) -> None:
+    for i in range(50):
+        client.open(f"/nowhere/{i}", method=f"X{i}LOG")
+        client.open(f"/v1/checks/{i}/nothing", method="PROPFIND")
+    text = scrape(client)
+    assert "/nowhere" not in text
+    assert "X1LOG" not in text
+    assert "PROPFIND" not in text
+    series = [
+        line for line in text.splitlines() if line.startswith("smtpcheck_http_requests_total{")
+    ]
+    assert len({line.rpartition(" ")[0] for line in series}) == len(series)
+    assert (
+        sample(
+            text,
+            "smtpcheck_http_requests_total",
+            route="unmatched",
+            method="other",
+            status="404",
+        )
+        >= 50
+    )
