@@ -57,7 +57,16 @@ worker_class = "gevent"
 worker_connections = 1000
 keepalive = HEADER_TIMEOUT
 timeout = 30
-logconfig_dict = gunicorn_logconfig(Settings.from_env().log_level)
+
+
+def _log_level() -> str:
+    """SMTPCHECK_LOG_LEVEL as Settings reads it, and only that: reading all of the
+    settings would validate REDIS_URL, which imports redis into the master."""
+    level = os.environ.get("SMTPCHECK_LOG_LEVEL")
+    return Settings.from_env({"SMTPCHECK_LOG_LEVEL": level} if level else {}).log_level
+
+
+logconfig_dict = gunicorn_logconfig(_log_level())
 
 _lock_file: Any = None
 
