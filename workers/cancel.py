@@ -5,7 +5,7 @@ check runs inside ``watching(...)``, the Connection reads in slices of
 ``POLL`` seconds and asks :class:`CancelWatch` between them (which reads the
 flag from Redis at most once a slice), so even a tarpit that never sends a
 byte is left within a second. The read that sees the flag raises
-:class:`CheckCanceled` (outcome ``canceled``); the engine then says QUIT if
+:class:`workers.errors.Canceled` (outcome ``canceled``); the engine says QUIT if
 the dialogue allows it, and every later read gets at most ``GRACE`` seconds
 before it is canceled too. Opening a new connection after that is refused.
 """
@@ -21,18 +21,12 @@ from contextvars import ContextVar
 import redis
 
 from smtpcheck.contract import CANCEL_KEY_PREFIX
-from workers.errors import CheckAborted, ReadTimeout
+from workers.errors import Canceled, ReadTimeout
 
 POLL = 0.25  # seconds between two looks at the flag during a read
 GRACE = 0.5  # seconds a read may still take once the check is canceled (the QUIT reply)
 
 log = logging.getLogger("smtpcheck.worker")
-
-
-class CheckCanceled(CheckAborted):
-    """The caller canceled the check (``DELETE /v1/checks/{id}``)."""
-
-    outcome = "canceled"
 
 
 class CancelWatch:
@@ -61,9 +55,9 @@ class CancelWatch:
         return flagged
 
     def check(self) -> None:
-        """Raise CheckCanceled once the check is canceled."""
+        """Raise Canceled once the check is canceled."""
         if self.requested():
-            raise CheckCanceled("the caller canceled the check")
+            raise Canceled("the caller canceled the check")
 
 
 _watch: ContextVar[CancelWatch | None] = ContextVar("cancel_watch", default=None)
@@ -88,7 +82,7 @@ def before_connect() -> None:
 
 
 def read(read_until: Callable[[float], bytes], deadline: float) -> bytes:
-    """``read_until(deadline)``, in slices, raising CheckCanceled when canceled.
+    """``read_until(deadline)``, in slices, raising Canceled when canceled.
 
     With no watch (``smtpcheck check --local``, tests) it is one plain read.
     The first read after the cancel raises at once; later ones (the QUIT's
@@ -102,7 +96,7 @@ def read(read_until: Callable[[float], bytes], deadline: float) -> bytes:
         if watch.requested():
             assert watch.canceled_at is not None
             if first or time.monotonic() >= watch.canceled_at + GRACE:
-                raise CheckCanceled("the caller canceled the check")
+                raise Canceled("the caller canceled the check")
             step = min(deadline, watch.canceled_at + GRACE)
         else:
             step = min(deadline, time.monotonic() + POLL)

@@ -187,27 +187,11 @@ def test_dev_reports_a_taken_port(dev_env: dict[str, str]) -> None:
     assert not (data_dir / "dev.lock").exists()
 
 
-def test_dev_takes_over_a_stale_lock(dev_env: dict[str, str]) -> None:
-    """A lock file left by a dead dev (pid no longer running) does not block."""
-    data_dir = Path(dev_env["SMTPCHECK_DATA_DIR"]).resolve()
-    data_dir.mkdir(parents=True)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (data_dir / "dev.lock").write_text(f"dev {dead.pid}\n")
-    process = DevProcess(dev_env)
-    try:
-        process.wait_for_url()
-        process.process.send_signal(signal.SIGTERM)
-        assert process.finish(60) == 0, process.stderr
-    finally:
-        process.kill()
-    assert processes_mentioning(str(data_dir)) == []
-
-
 def test_dev_after_a_kill_9_stops_what_the_killed_one_left(
     dev_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Under `make dev`: the data folder is .smtpcheck in the current directory."""
+    """Under `make dev`: the data folder is .smtpcheck in the current directory.
+    The lock the killed one left names a dead dev: the second takes it over."""
     del dev_env["SMTPCHECK_DATA_DIR"]
     data_dir = (tmp_path / ".smtpcheck").resolve()
     first = DevProcess(dev_env, cwd=tmp_path)
