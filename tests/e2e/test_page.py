@@ -20,6 +20,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -146,12 +147,19 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=DriverService(str(CHROMEDRIVER)))
+    # chromedriver and the browser in a session of their own, so teardown can end them all.
+    service = DriverService(str(CHROMEDRIVER), popen_kw={"start_new_session": True})
+    driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(WAIT)
+    session = service.process.pid
     try:
         yield driver
     finally:
-        driver.quit()
+        try:
+            driver.quit()
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(session, signal.SIGKILL)
 
 
 # -- what a person sees ---------------------------------------------------------
