@@ -54,16 +54,19 @@ class EmbeddedRedis:
         *,
         persist: bool = True,
         extra_args: tuple[str, ...] = (),
+        password: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.persist = persist
         self.extra_args = extra_args  # e.g. ("--replicaof", "127.0.0.1", "6379")
+        self.password = password  # requirepass, and masterauth for a replica
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +84,8 @@ class EmbeddedRedis:
             args += ["--save", "60 1", "--appendonly", "no", "--dbfilename", "dump.rdb"]
         else:
             args += ["--save", "", "--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
         args += self.extra_args
         self.process = subprocess.Popen(
             args,

@@ -130,6 +130,10 @@ def connect(
         sentinel_options: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
             "socket_timeout": min(read_timeout or 2.0, 2.0),
+            # A sentinel that is down or refuses is skipped for the next one at
+            # once (redis-py's default would retry it three times, backing off
+            # for seconds, on every new connection).
+            "retry": Retry(NoBackoff(), 0),
             **auth,
         }
         if target.tls:

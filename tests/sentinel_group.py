@@ -25,8 +25,15 @@ class Sentinel:
     """One ``redis-server --sentinel`` child watching ``SERVICE``."""
 
     def __init__(
-        self, data_dir: Path, primary_port: int, *, down_after_ms: int, failover_timeout_ms: int
+        self,
+        data_dir: Path,
+        primary_port: int,
+        *,
+        down_after_ms: int,
+        failover_timeout_ms: int,
+        password: str | None = None,
     ) -> None:
+        self.password = password
         self.data_dir = data_dir
         self.port = free_port()
         self.primary_port = primary_port
@@ -48,6 +55,12 @@ class Sentinel:
             f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
             f"sentinel failover-timeout {SERVICE} {self.failover_timeout_ms}\n"
             f"sentinel parallel-syncs {SERVICE} 1\n"
+            + (
+                # One password for the data nodes and the sentinels, as REDIS_URL has one.
+                f"requirepass {self.password}\nsentinel auth-pass {SERVICE} {self.password}\n"
+                if self.password
+                else ""
+            )
         )
         self.process = subprocess.Popen(
             [redis_server_binary(), str(conf), "--sentinel"],
@@ -59,7 +72,9 @@ class Sentinel:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        return redis.Redis(
+            port=self.port, password=self.password, socket_timeout=1, socket_connect_timeout=1
+        )
 
     def primary(self) -> tuple[str, int] | None:
         """The primary this sentinel names now, None if it cannot answer."""
@@ -88,14 +103,21 @@ class SentinelGroup:
     """Primary + replica + three sentinels; :attr:`url` is the ``redis+sentinel://`` URL."""
 
     def __init__(
-        self, data_dir: Path, *, down_after_ms: int = 1000, failover_timeout_ms: int = 2000
+        self,
+        data_dir: Path,
+        *,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 2000,
+        password: str | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.primary = EmbeddedRedis(data_dir / "primary", persist=False)
+        self.password = password
+        self.primary = EmbeddedRedis(data_dir / "primary", persist=False, password=password)
         self.replica = EmbeddedRedis(
             data_dir / "replica",
             persist=False,
             extra_args=("--replicaof", "127.0.0.1", str(self.primary.port)),
+            password=password,
         )
         self.sentinels = [
             Sentinel(
@@ -103,6 +125,7 @@ class SentinelGroup:
                 self.primary.port,
                 down_after_ms=down_after_ms,
                 failover_timeout_ms=failover_timeout_ms,
+                password=password,
             )
             for i in range(3)
         ]
@@ -111,7 +134,8 @@ class SentinelGroup:
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{auth}{hosts}/{SERVICE}/0"
 
     def start(self, timeout: float = 20.0) -> SentinelGroup:
         try:
@@ -137,7 +161,9 @@ class SentinelGroup:
 
     def _ready(self) -> bool:
         try:
-            with redis.Redis(port=self.replica.port, socket_timeout=1) as replica:
+            with redis.Redis(
+                port=self.replica.port, password=self.password, socket_timeout=1
+            ) as replica:
                 info = replica.info("replication")
             if info.get("master_link_status") != "up":
                 return False
@@ -162,8 +188,12 @@ class SentinelGroup:
     def replication_lag(self) -> int:
         """Bytes of the primary's replication stream the replica has not applied yet."""
         with (
-            redis.Redis(port=self.primary.port, socket_timeout=1) as primary,
-            redis.Redis(port=self.replica.port, socket_timeout=1) as replica,
+            redis.Redis(
+                port=self.primary.port, password=self.password, socket_timeout=1
+            ) as primary,
+            redis.Redis(
+                port=self.replica.port, password=self.password, socket_timeout=1
+            ) as replica,
         ):
             sent = int(primary.info("replication")["master_repl_offset"])
             applied = int(replica.info("replication")["slave_repl_offset"])

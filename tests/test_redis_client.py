@@ -82,7 +82,9 @@ def test_tls_files_come_from_the_environment() -> None:
 
 @pytest.fixture(scope="module")
 def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
-    sentinels = SentinelGroup(tmp_path_factory.mktemp("sentinels")).start()
+    # Password-protected, as production should be: the URL's one password
+    # opens the sentinels and the data nodes.
+    sentinels = SentinelGroup(tmp_path_factory.mktemp("sentinels"), password="s3cr3t").start()
     try:
         yield sentinels
     finally:
@@ -96,8 +98,28 @@ def test_sentinel_url_reaches_the_primary(group: SentinelGroup) -> None:
     assert client.info("replication")["role"] == "master"
     assert client.info("server")["tcp_port"] == group.primary.port
     assert group.primary_port() == group.primary.port
-    assert f"/{SERVICE}/0" in group.url
+    assert group.url.startswith("redis+sentinel://:s3cr3t@") and f"/{SERVICE}/0" in group.url
     client.close()
+
+
+def test_a_dead_sentinel_is_skipped_at_once(group: SentinelGroup) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        port = dead.getsockname()[1]
+        url = group.url.replace("@", f"@127.0.0.1:{port},", 1)
+        started = time.monotonic()
+        client = connect(url)
+        client.set("through", "the second sentinel")
+        assert time.monotonic() - started < 2, "a refused sentinel held the connection up"
+        client.close()
+        wrong = connect(group.url.replace(":s3cr3t@", ":wrong@"))
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError, match="AuthenticationError"):
+            wrong.set("greeting", "nope")  # the sentinels refuse it before any data node
+        assert time.monotonic() - started < 2
+    finally:
+        dead.close()
 
 
 class Interrupted(Exception):

@@ -42,7 +42,9 @@ RECOVERY_LIMIT = 45.0
 
 @pytest.fixture
 def group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    sentinels = SentinelGroup(tmp_path / "redis", down_after_ms=1000, failover_timeout_ms=2000)
+    sentinels = SentinelGroup(
+        tmp_path / "redis", down_after_ms=1000, failover_timeout_ms=2000, password="e2e-redis"
+    )
     sentinels.start()
     try:
         yield sentinels
