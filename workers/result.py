@@ -128,7 +128,7 @@ def summarize(result: dict[str, Any], failure: Failure | None, timeouts: dict[st
         f"the name {subject!r} or this client",
         O.STARTTLS_UNAVAILABLE: _starttls_sentence(where, failure, said),
         O.TLS_ERROR: f"TLS with {where} failed: {detail}",
-        O.TLS_UNTRUSTED: f"The TLS certificate of {where} is not trusted: {detail}",
+        O.TLS_UNTRUSTED: f"The TLS certificate of {where} failed verification ({detail})",
         O.AUTH_UNAVAILABLE: f"{where} offers no usable AUTH mechanism ({detail or said}); many "
         "servers offer AUTH only after STARTTLS or on port 587",
         O.AUTH_FAILED: f"The server refused the credentials with {said}: wrong user name or "
