@@ -98,7 +98,7 @@ def stream(
     """
     yield f"retry: {RETRY_MS}\n\n"
     key = events_key(check_id)
-    shown_status = None
+    shown_status: str | None = None
     quiet_since = time.monotonic()
     ends_at = time.monotonic() + max_seconds
     while True:
@@ -107,12 +107,19 @@ def stream(
             return  # deleted (or expired) meanwhile
         status, document = current
         ended = status in ("finished", "failed", "canceled")
+        if status == "queued" and shown_status == "running":
+            status = "running"  # a line said it runs; the job's status may lag behind
         if status != shown_status:
             shown_status = status
             quiet_since = time.monotonic()
             yield sse("status", {"id": check_id, "status": status})
         while True:  # every line there is, without blocking
             batch = read_after(blocking, check_id, last_id, 500)
+            if batch and shown_status in ("queued", "retrying"):
+                # A worker records lines only while it runs the check: say so
+                # before them, even if the job's own status is not written yet.
+                shown_status = "running"
+                yield sse("status", {"id": check_id, "status": "running"})
             for entry_id, entry in batch:
                 last_id = entry_id
                 yield sse("line", entry, entry_id)

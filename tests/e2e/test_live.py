@@ -160,6 +160,8 @@ def test_events_stream_the_transcript_as_it_happens(live: Service, servers: Slow
     assert events[-1].data["status"] == "finished"
     statuses = [e.data["status"] for e in events if e.name == "status"]
     assert statuses[-1] == "finished"
+    running = next(i for i, e in enumerate(events) if e.data.get("status") == "running")
+    assert running < names.index("line")  # a line never comes before "running"
 
     # Resuming after the connect line sends only what came after it.
     resumed = read_events(live.url, check_id, last_id=connected.id)
