@@ -111,7 +111,10 @@ def summarize(result: dict[str, Any], failure: Failure | None, timeouts: dict[st
             f"speaking SMTP on this port{hint}"
         )
     sentences = {
-        O.DNS_ERROR: f"{target['host']} cannot be resolved: {detail}",
+        # The resolver's own words name the host already ("x does not resolve ...").
+        O.DNS_ERROR: detail
+        if detail.startswith(str(target["host"]))
+        else f"{target['host']} cannot be resolved: {detail}",
         O.TARGET_FORBIDDEN: f"Refused to dial {target['host']}: {detail}; smtpcheck only "
         "checks public mail servers on the allowed ports",
         O.CONNECT_REFUSED: f"Connection to {where} was refused: nothing listens on port {port} "
