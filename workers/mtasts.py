@@ -46,18 +46,23 @@ class Policy:
         return {"version": "STSv1", "mode": self.mode, "max_age": self.max_age, "mx": list(self.mx)}
 
 
-def sts_record(texts: list[str]) -> StsRecord:
-    """The one STSv1 record among the TXT strings of ``_mta-sts.<domain>``.
+def record_fields(
+    texts: list[str], version: str, known: tuple[str, ...], error: type[ValueError]
+) -> dict[str, str]:
+    """The fields of the one ``v=<version>`` record among TXT strings.
 
-    TXT records that do not start with ``v=STSv1`` are ignored (RFC 8461
-    3.1); more than one STSv1 record is an error (senders then assume no
-    policy).
+    The grammar MTA-STS (RFC 8461 3.1) and TLS-RPT (RFC 8460 3) share:
+    ``v=<version>`` first, ``name=value`` fields separated by ``;``, each
+    name once; a field not in ``known`` is an extension, whose name and
+    value must be well formed. Records for another version are ignored;
+    more than one record for this one is an error (senders then use none).
+    Every problem raises ``error`` saying what is wrong.
     """
-    candidates = [t for t in texts if t.replace(" ", "").startswith("v=STSv1")]
+    candidates = [t for t in texts if t.replace(" ", "").startswith(f"v={version}")]
     if not candidates:
-        raise PolicyError("no TXT record starting with v=STSv1")
+        raise error(f"no TXT record starting with v={version}")
     if len(candidates) > 1:
-        raise PolicyError(f"{len(candidates)} v=STSv1 records (there must be exactly one)")
+        raise error(f"{len(candidates)} v={version} records (there must be exactly one)")
     fields = [part.strip() for part in candidates[0].split(";")]
     if fields and fields[-1] == "":
         fields.pop()
@@ -66,14 +71,20 @@ def sts_record(texts: list[str]) -> StsRecord:
         name, eq, value = part.partition("=")
         name, value = name.strip(), value.strip()
         if not eq or not name:
-            raise PolicyError(f"malformed field {part!r} (expected name=value)")
-        if position == 0 and (name, value) != ("v", "STSv1"):
-            raise PolicyError("the record must start with v=STSv1")
+            raise error(f"malformed field {part!r} (expected name=value)")
+        if position == 0 and (name, value) != ("v", version):
+            raise error(f"the record must start with v={version}")
         if name in values:
-            raise PolicyError(f"field {name!r} appears twice")
-        if name not in ("v", "id") and not (_EXT_NAME.match(name) and _EXT_VALUE.match(value)):
-            raise PolicyError(f"malformed extension field {part!r}")
+            raise error(f"field {name!r} appears twice")
+        if name not in ("v", *known) and not (_EXT_NAME.match(name) and _EXT_VALUE.match(value)):
+            raise error(f"malformed extension field {part!r}")
         values[name] = value
+    return values
+
+
+def sts_record(texts: list[str]) -> StsRecord:
+    """The one STSv1 record among the TXT strings of ``_mta-sts.<domain>``."""
+    values = record_fields(texts, "STSv1", ("id",), PolicyError)
     record_id = values.get("id")
     if record_id is None:
         raise PolicyError("the record has no id field")

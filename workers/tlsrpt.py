@@ -3,11 +3,10 @@ record and its ``rua`` URIs. The record comes from the resolver."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-_EXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+from workers.mtasts import record_fields
 
 
 class ReportingError(ValueError):
@@ -24,27 +23,7 @@ class ReportingRecord:
 
 def reporting_record(texts: list[str]) -> ReportingRecord:
     """The one TLSRPTv1 record among the TXT strings of ``_smtp._tls.<domain>``."""
-    candidates = [t for t in texts if t.replace(" ", "").startswith("v=TLSRPTv1")]
-    if not candidates:
-        raise ReportingError("no TXT record starting with v=TLSRPTv1")
-    if len(candidates) > 1:
-        raise ReportingError(f"{len(candidates)} v=TLSRPTv1 records (there must be exactly one)")
-    fields = [part.strip() for part in candidates[0].split(";")]
-    if fields and fields[-1] == "":
-        fields.pop()
-    values: dict[str, str] = {}
-    for position, part in enumerate(fields):
-        name, eq, value = part.partition("=")
-        name, value = name.strip(), value.strip()
-        if not eq or not name:
-            raise ReportingError(f"malformed field {part!r} (expected name=value)")
-        if position == 0 and (name, value) != ("v", "TLSRPTv1"):
-            raise ReportingError("the record must start with v=TLSRPTv1")
-        if name in values:
-            raise ReportingError(f"field {name!r} appears twice")
-        if name not in ("v", "rua") and not _EXT_NAME.match(name):
-            raise ReportingError(f"malformed extension field {part!r}")
-        values[name] = value
+    values = record_fields(texts, "TLSRPTv1", ("rua",), ReportingError)
     if "rua" not in values:
         raise ReportingError("the record has no rua field (where reports go)")
     uris = tuple(u.strip() for u in values["rua"].split(","))
