@@ -103,7 +103,7 @@ def _mta_sts(
         )
         return facts
     note(f"{name} TXT: " + (" | ".join(texts) if texts else "no record"))
-    if not any(t.replace(" ", "").startswith("v=STSv1") for t in texts):
+    if not any(mtasts.is_record(t, "STSv1") for t in texts):
         add(
             _finding(
                 "info",
@@ -303,7 +303,7 @@ def _tls_rpt(
         )
         return facts
     note(f"{name} TXT: " + (" | ".join(texts) if texts else "no record"))
-    if not any(t.replace(" ", "").startswith("v=TLSRPTv1") for t in texts):
+    if not any(mtasts.is_record(t, "TLSRPTv1") for t in texts):
         findings.append(
             _finding(
                 "info",

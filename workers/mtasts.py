@@ -46,6 +46,11 @@ class Policy:
         return {"version": "STSv1", "mode": self.mode, "max_age": self.max_age, "mx": list(self.mx)}
 
 
+def is_record(text: str, version: str) -> bool:
+    """Whether a TXT string is a ``v=<version>`` record (others are ignored)."""
+    return text.replace(" ", "").startswith(f"v={version}")
+
+
 def record_fields(
     texts: list[str], version: str, known: tuple[str, ...], error: type[ValueError]
 ) -> dict[str, str]:
@@ -58,7 +63,7 @@ def record_fields(
     more than one record for this one is an error (senders then use none).
     Every problem raises ``error`` saying what is wrong.
     """
-    candidates = [t for t in texts if t.replace(" ", "").startswith(f"v={version}")]
+    candidates = [t for t in texts if is_record(t, version)]
     if not candidates:
         raise error(f"no TXT record starting with v={version}")
     if len(candidates) > 1:
