@@ -320,6 +320,22 @@ def service_latency(port: int, target_port: int, runs: int) -> list[float]:
 # ---------------------------------------------------------------------------
 
 
+def _in_processes(work: Any, arguments: list[tuple[Any, ...]]) -> tuple[list[Any], float]:
+    """``work(*args, out)`` in a forked process per entry of ``arguments``, all
+    at once: what each put on ``out``, and the seconds from first start to last answer."""
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    procs = [context.Process(target=work, args=(*args, out)) for args in arguments]
+    start = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    results = [out.get() for _ in procs]
+    elapsed = time.perf_counter() - start
+    for proc in procs:
+        proc.join()
+    return results, elapsed
+
+
 def _submitter(port: int, key: str, count: int, target_port: int, out: Any) -> None:
     client = Api(port, key)
     body = check_request(target_port)
@@ -337,22 +353,10 @@ def _submitter(port: int, key: str, count: int, target_port: int, out: Any) -> N
 def submissions(
     port: int, target_port: int, n: int, clients: int
 ) -> tuple[float, list[float], int]:
-    context = multiprocessing.get_context("fork")
-    out = context.Queue()
-    procs = [
-        context.Process(
-            target=_submitter,
-            args=(port, API_KEYS[i].partition(":")[2], n // clients, target_port, out),
-        )
-        for i in range(clients)
-    ]
-    start = time.perf_counter()
-    for proc in procs:
-        proc.start()
-    results = [out.get() for _ in procs]
-    elapsed = time.perf_counter() - start
-    for proc in procs:
-        proc.join()
+    results, elapsed = _in_processes(
+        _submitter,
+        [(port, API_KEYS[i].partition(":")[2], n // clients, target_port) for i in range(clients)],
+    )
     latencies = [x for lat, _ in results for x in lat]
     refused = sum(r for _, r in results)
     return len(latencies) / elapsed, latencies, refused
@@ -372,19 +376,7 @@ def _enqueuer(redis_url: str, count: int, out: Any) -> None:
 
 def rq_enqueues(redis_url: str, n: int, clients: int) -> tuple[float, list[float]]:
     """RQ's own ``Queue.enqueue`` from ``clients`` processes: the floor a POST stands on."""
-    context = multiprocessing.get_context("fork")
-    out = context.Queue()
-    procs = [
-        context.Process(target=_enqueuer, args=(redis_url, n // clients, out))
-        for _ in range(clients)
-    ]
-    start = time.perf_counter()
-    for proc in procs:
-        proc.start()
-    results = [out.get() for _ in procs]
-    elapsed = time.perf_counter() - start
-    for proc in procs:
-        proc.join()
+    results, elapsed = _in_processes(_enqueuer, [(redis_url, n // clients)] * clients)
     latencies = [x for lat in results for x in lat]
     return len(latencies) / elapsed, latencies
 
