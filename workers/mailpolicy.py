@@ -29,6 +29,7 @@ from workers import dane, dnssec, mtasts, tlsrpt
 from workers.errors import DNSError
 from workers.https import Refused, exchange
 from workers.resolver import Resolver
+from workers.tls import WARNINGS_ONLY
 
 #: The policy checks' own time, inside the check's total deadline.
 POLICY_SECONDS = 15.0
@@ -273,13 +274,11 @@ def _sts_certificate(result: Mapping[str, Any]) -> tuple[bool, str | None]:
         return False, "no TLS session with it (MTA-STS requires STARTTLS)"
     host = str(result["target"]["host"])
     blocking = [
-        p["message"] for p in tls.get("problems") or [] if p.get("code") != "certificate_expiring"
+        p["message"] for p in tls.get("problems") or [] if p.get("code") not in WARNINGS_ONLY
     ]
-    if (
-        tls.get("verify_name") not in (None, host)
-        and host.lower() != str(tls.get("verify_name")).lower()
-    ):
-        return False, f"its certificate was checked for {tls.get('verify_name')}, not {host}"
+    checked_for = tls.get("verify_name")
+    if checked_for is not None and str(checked_for).lower() != host.lower():
+        return False, f"its certificate was checked for {checked_for}, not {host}"
     if blocking:
         return False, "; ".join(blocking)
     return True, None
