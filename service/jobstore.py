@@ -31,6 +31,7 @@ from smtpcheck import delivery
 from smtpcheck.config import Settings
 from smtpcheck.contract import (
     CANCEL_KEY_PREFIX,
+    DEFAULT_VANTAGE,
     JOB_FUNCTION,
     QUEUE_PREFIX,
     SECRET_MASK,
@@ -49,7 +50,7 @@ from smtpcheck.sealing import seal
 
 from . import events, listing
 from .problems import CHECK_RUNNING, MISCONFIGURED, NOT_FOUND, Problem, validation_problem
-from .schemas import DEFAULT_VANTAGE, check_id_is_valid
+from .schemas import check_id_is_valid
 
 DESCRIPTION = "smtpcheck"
 JOB_TIMEOUT_MARGIN = 30

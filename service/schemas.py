@@ -12,8 +12,9 @@ NEL, U+2028, ...; a TAB only where header text allows it). Booleans must be JSON
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from typing import Any
@@ -25,12 +26,17 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from smtpcheck import signature
 from smtpcheck.config import Settings
 from smtpcheck.contract import (
+    AUTH_DEFAULTS,
+    MESSAGE_DEFAULTS,
     PROBES,
+    REQUEST_DEFAULTS,
     SECRET_MASK,
     STAGES,
     VANTAGE_PATTERN,
+    default_retry,
+    default_timeouts,
 )
-from smtpcheck.message import DEFAULT_SUBJECT, build_message, header_problem
+from smtpcheck.message import build_message, header_problem
 from smtpcheck.targetpolicy import (
     IPAddress,
     IPNetwork,
@@ -47,10 +53,7 @@ TLS_MODES = ("none", "starttls", "implicit", "auto")
 MECHANISMS = ("auto", "PLAIN", "LOGIN", "CRAM-MD5")
 STATUSES = ("queued", "running", "retrying", "finished", "failed", "canceled")
 MX_HOSTS = ("first", "all")
-DEFAULT_RETRY_ATTEMPTS = 3
-DEFAULT_RETRY_DELAY = 300.0
 
-DEFAULT_VANTAGE = "default"
 CHECK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 HEADER_NAME_PATTERN = r"^[!-9;-~]{1,76}$"
 NO_NUL_PATTERN = r"^[^\x00]*$"
@@ -59,7 +62,6 @@ MAX_TLS_CA = 64 * 1024  # characters of PEM in tls_ca
 MAX_TLS_CA_CERTIFICATES = 16
 MAX_HELO = 255
 MAX_LINE = 998  # RFC 5322 line length, for subject and header values
-DEFAULT_BODY = "This is a test message sent by smtpcheck.\r\n"
 MAX_CALLBACK_URL = 2048
 
 
@@ -339,6 +341,15 @@ def message_text(*, max_octets: int, **kwargs: Any) -> fields.String:
     )
 
 
+def default_of(defaults: Mapping[str, Any], name: str) -> Any:
+    """A field's ``load_default``, taken from the contract's defaults (the one
+    place that knows them); a list or object as a factory of fresh copies."""
+    value = defaults[name]
+    if isinstance(value, list | dict):
+        return lambda: copy.deepcopy(value)
+    return value
+
+
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -360,7 +371,8 @@ class Schemas:
 def build_schemas(settings: Settings) -> Schemas:
     limits = settings.limits
     caps = limits.max_timeouts
-    defaults = settings.timeouts
+    defaults = default_timeouts(settings)
+    retry_defaults = default_retry(settings)
     ports = sorted(settings.allowed_ports)
     port_list = describe_ports(ports)
 
@@ -375,9 +387,9 @@ def build_schemas(settings: Settings) -> Schemas:
         )
 
     class TimeoutsSchema(StrictSchema):
-        connect = seconds(defaults.connect, caps.connect, "deadline for the TCP connect")
-        command = seconds(defaults.command, caps.command, "deadline for each server reply")
-        total = seconds(defaults.total, caps.total, "deadline for the whole check")
+        connect = seconds(defaults["connect"], caps.connect, "deadline for the TCP connect")
+        command = seconds(defaults["command"], caps.command, "deadline for each server reply")
+        total = seconds(defaults["total"], caps.total, "deadline for the whole check")
 
     class AuthSchema(StrictSchema):
         username = wire_string(min_length=1, max_length=255, required=True)
@@ -386,9 +398,11 @@ def build_schemas(settings: Settings) -> Schemas:
             validate=[validate.Length(max=1024), wire_safe(allow_tab=True)],
             metadata={"description": f"sent sealed to the worker; shown back as {SECRET_MASK}"},
         )
-        mechanism = fields.String(load_default="auto", validate=validate.OneOf(MECHANISMS))
+        mechanism = fields.String(
+            load_default=default_of(AUTH_DEFAULTS, "mechanism"), validate=validate.OneOf(MECHANISMS)
+        )
         allow_plaintext = StrictBoolean(
-            load_default=False,
+            load_default=default_of(AUTH_DEFAULTS, "allow_plaintext"),
             metadata={
                 "description": "send the credentials even over a connection without TLS "
                 "(tls none always allows it)"
@@ -396,10 +410,14 @@ def build_schemas(settings: Settings) -> Schemas:
         )
 
     class MessageSchema(StrictSchema):
-        subject = wire_string(max_length=MAX_LINE, allow_tab=True, load_default=DEFAULT_SUBJECT)
+        subject = wire_string(
+            max_length=MAX_LINE,
+            allow_tab=True,
+            load_default=default_of(MESSAGE_DEFAULTS, "subject"),
+        )
         body = message_text(
             max_octets=limits.max_message_bytes,
-            load_default=DEFAULT_BODY,
+            load_default=default_of(MESSAGE_DEFAULTS, "body"),
             metadata={"description": "message body; the worker builds the headers around it"},
         )
         headers = BoundedDict(
@@ -414,7 +432,7 @@ def build_schemas(settings: Settings) -> Schemas:
                 ]
             ),
             values=wire_string(max_length=MAX_LINE, allow_tab=True),
-            load_default=dict,
+            load_default=default_of(MESSAGE_DEFAULTS, "headers"),
             metadata={
                 "description": "extra header fields; names are printable ASCII without ':'; "
                 "no Content-* or MIME-Version (the builder writes one text/plain part)"
@@ -424,12 +442,12 @@ def build_schemas(settings: Settings) -> Schemas:
     class RetrySchema(StrictSchema):
         attempts = fields.Integer(
             strict=True,
-            load_default=min(DEFAULT_RETRY_ATTEMPTS, limits.max_retry_attempts),
+            load_default=retry_defaults["attempts"],
             validate=validate.Range(min=1, max=limits.max_retry_attempts),
             metadata={"description": "attempts in all, the first included"},
         )
         delay = Seconds(
-            load_default=min(DEFAULT_RETRY_DELAY, limits.max_retry_delay),
+            load_default=retry_defaults["delay"],
             validate=[validate.Range(min=1, max=limits.max_retry_delay)],
             metadata={"description": "seconds between attempts (greylisting waits ~5 min)"},
         )
@@ -472,11 +490,11 @@ def build_schemas(settings: Settings) -> Schemas:
             },
         )
         mx = StrictBoolean(
-            load_default=False,
+            load_default=default_of(REQUEST_DEFAULTS, "mx"),
             metadata={"description": "resolve host as a mail domain (MX, then A/AAAA)"},
         )
         mx_hosts = fields.String(
-            load_default="first",
+            load_default=default_of(REQUEST_DEFAULTS, "mx_hosts"),
             validate=validate.OneOf(MX_HOSTS),
             metadata={
                 "description": "with mx true: stop at the first MX host that answers, "
@@ -485,7 +503,7 @@ def build_schemas(settings: Settings) -> Schemas:
         )
         port = fields.Integer(
             strict=True,
-            load_default=25,
+            load_default=default_of(REQUEST_DEFAULTS, "port"),
             error_messages={"invalid": 'must be a JSON integer such as 25 (not 25.0 or "25")'},
             metadata={"description": f"TCP port; this service allows {port_list}"},
             validate=validate.OneOf(
@@ -495,7 +513,7 @@ def build_schemas(settings: Settings) -> Schemas:
             ),
         )
         tls = fields.String(
-            load_default="auto",
+            load_default=default_of(REQUEST_DEFAULTS, "tls"),
             validate=validate.OneOf(TLS_MODES),
             metadata={
                 "description": "none; starttls (required); implicit (TLS on connect); "
@@ -503,11 +521,11 @@ def build_schemas(settings: Settings) -> Schemas:
             },
         )
         tls_verify = StrictBoolean(
-            load_default=False,
+            load_default=default_of(REQUEST_DEFAULTS, "tls_verify"),
             metadata={"description": "an untrusted or mismatched certificate fails the check"},
         )
         tls_name = TLSName(
-            load_default=None,
+            load_default=default_of(REQUEST_DEFAULTS, "tls_name"),
             allow_none=True,
             validate=[validate.Length(min=1, max=names.MAX_HOSTNAME), wire_safe()],
             metadata={
@@ -518,7 +536,7 @@ def build_schemas(settings: Settings) -> Schemas:
             },
         )
         tls_ca = CertificatesPEM(
-            load_default=None,
+            load_default=default_of(REQUEST_DEFAULTS, "tls_ca"),
             allow_none=True,
             validate=validate.Length(min=1, max=MAX_TLS_CA),
             metadata={
@@ -528,15 +546,17 @@ def build_schemas(settings: Settings) -> Schemas:
             },
         )
         helo = Helo(
-            load_default=None,
+            load_default=default_of(REQUEST_DEFAULTS, "helo"),
             allow_none=True,
             validate=[validate.Length(min=1, max=MAX_HELO), wire_safe()],
             metadata={"description": "EHLO name; null means the worker's configured name"},
         )
-        auth = fields.Nested(AuthSchema, load_default=None, allow_none=True)
+        auth = fields.Nested(
+            AuthSchema, load_default=default_of(REQUEST_DEFAULTS, "auth"), allow_none=True
+        )
         mail_from = Mailbox(
             null_sender=True,
-            load_default=None,
+            load_default=default_of(REQUEST_DEFAULTS, "mail_from"),
             allow_none=True,
             validate=[validate.Length(max=names.MAX_ADDRESS_OCTETS), wire_safe()],
             metadata={"description": 'envelope sender; "" is the null sender'},
@@ -544,37 +564,33 @@ def build_schemas(settings: Settings) -> Schemas:
         rcpt_to = BoundedList(
             Mailbox(validate=[validate.Length(min=1, max=names.MAX_ADDRESS_OCTETS), wire_safe()]),
             max_items=limits.max_recipients,
-            load_default=list,
+            load_default=default_of(REQUEST_DEFAULTS, "rcpt_to"),
             metadata={"description": "envelope recipients (SMTPUTF8 addresses accepted)"},
         )
         data = message_text(
             max_octets=limits.max_message_bytes,
-            load_default=None,
+            load_default=default_of(REQUEST_DEFAULTS, "data"),
             allow_none=True,
             metadata={"description": "a whole RFC 5322 message to send after DATA"},
         )
         message = fields.Nested(
             MessageSchema,
-            load_default=None,
+            load_default=default_of(REQUEST_DEFAULTS, "message"),
             allow_none=True,
             metadata={"description": "have a message built instead of giving data"},
         )
         stop_after = fields.String(
-            load_default=None,
+            load_default=default_of(REQUEST_DEFAULTS, "stop_after"),
             allow_none=True,
             validate=validate.OneOf(STAGES),
             metadata={"description": "last stage to run; null means the last the request implies"},
         )
         timeouts = fields.Nested(
             TimeoutsSchema,
-            load_default=lambda: {
-                "connect": defaults.connect,
-                "command": defaults.command,
-                "total": defaults.total,
-            },
+            load_default=lambda: default_timeouts(settings),
         )
         vantage = fields.String(
-            load_default=DEFAULT_VANTAGE,
+            load_default=default_of(REQUEST_DEFAULTS, "vantage"),
             validate=FullMatch(VANTAGE_PATTERN, error="not a vantage name"),
             metadata={
                 "description": "worker pool to run the check (see GET /v1/vantages); "
@@ -583,7 +599,7 @@ def build_schemas(settings: Settings) -> Schemas:
         )
         ip_version = fields.Integer(
             strict=True,
-            load_default=None,
+            load_default=default_of(REQUEST_DEFAULTS, "ip_version"),
             allow_none=True,
             validate=validate.OneOf((4, 6)),
             error_messages={"invalid": "must be the JSON integer 4 or 6"},
@@ -592,28 +608,25 @@ def build_schemas(settings: Settings) -> Schemas:
         probes = BoundedList(
             fields.String(validate=validate.OneOf(PROBES)),
             max_items=len(PROBES),
-            load_default=list,
+            load_default=default_of(REQUEST_DEFAULTS, "probes"),
             metadata={
                 "description": "extra short dialogues: open_relay (never sends DATA), "
                 "starttls_required, vrfy, expn"
             },
         )
         retry_temporary = StrictBoolean(
-            load_default=False,
+            load_default=default_of(REQUEST_DEFAULTS, "retry_temporary"),
             metadata={"description": "re-run a check that ends in temporary_failure (greylisting)"},
         )
         retry = fields.Nested(
             RetrySchema,
-            load_default=lambda: {
-                "attempts": min(DEFAULT_RETRY_ATTEMPTS, limits.max_retry_attempts),
-                "delay": min(DEFAULT_RETRY_DELAY, limits.max_retry_delay),
-            },
+            load_default=lambda: default_retry(settings),
             metadata={"description": "with retry_temporary: how often and how long apart"},
         )
 
         callback = fields.Nested(
             CallbackSchema,
-            load_default=None,
+            load_default=default_of(REQUEST_DEFAULTS, "callback"),
             allow_none=True,
             metadata={"description": "a webhook: POST the check's document here when it ends"},
         )

@@ -7,8 +7,13 @@ openapi.yaml and the tests in the same commit.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Annotated, Literal, NotRequired, TypedDict
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, NotRequired, TypedDict, cast
+
+from smtpcheck.config import Settings
 
 STAGES = ("connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data")
 
@@ -273,6 +278,103 @@ class CheckRequest(TypedDict):
     retry_temporary: bool
     retry: RetryRequest
     callback: CallbackRequest | None
+
+
+#: The defaults of DESIGN.md's request table, in one place: the API's schema
+#: takes its ``load_default`` values from here (service/schemas.py) and
+#: :func:`check_request` fills the same ones, so both normalize alike (a test
+#: holds them together). ``timeouts`` and ``retry`` depend on the operator's
+#: settings: see :func:`request_defaults`.
+DEFAULT_VANTAGE = "default"
+DEFAULT_SUBJECT = "smtpcheck test message"
+DEFAULT_BODY = "This is a test message sent by smtpcheck.\r\n"
+DEFAULT_RETRY_ATTEMPTS = 3
+DEFAULT_RETRY_DELAY = 300.0
+AUTH_DEFAULTS: Mapping[str, Any] = MappingProxyType({"mechanism": "auto", "allow_plaintext": False})
+MESSAGE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"subject": DEFAULT_SUBJECT, "body": DEFAULT_BODY, "headers": {}}
+)
+#: Every field but ``host`` (required), ``timeouts`` and ``retry``; null
+#: ``helo`` means the worker's configured name, null ``stop_after`` the last
+#: stage the request implies (both decided by the worker, which knows them).
+REQUEST_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "mx": False,
+        "mx_hosts": "first",
+        "port": 25,
+        "tls": "auto",
+        "tls_verify": False,
+        "tls_name": None,
+        "tls_ca": None,
+        "helo": None,
+        "auth": None,
+        "mail_from": None,
+        "rcpt_to": [],
+        "data": None,
+        "message": None,
+        "stop_after": None,
+        "vantage": DEFAULT_VANTAGE,
+        "ip_version": None,
+        "probes": [],
+        "retry_temporary": False,
+        "callback": None,
+    }
+)
+
+
+def default_timeouts(settings: Settings) -> TimeoutsRequest:
+    """The service's default deadlines (``SMTPCHECK_*_TIMEOUT``)."""
+    defaults = settings.timeouts
+    return {"connect": defaults.connect, "command": defaults.command, "total": defaults.total}
+
+
+def default_retry(settings: Settings) -> RetryRequest:
+    """Greylisting retries: DESIGN's defaults, within the operator's caps."""
+    limits = settings.limits
+    return {
+        "attempts": min(DEFAULT_RETRY_ATTEMPTS, limits.max_retry_attempts),
+        "delay": min(DEFAULT_RETRY_DELAY, limits.max_retry_delay),
+    }
+
+
+def request_defaults(settings: Settings) -> dict[str, Any]:
+    """Every default of a check request for ``settings`` (fresh copies)."""
+    return {
+        **copy.deepcopy(dict(REQUEST_DEFAULTS)),
+        "timeouts": default_timeouts(settings),
+        "retry": default_retry(settings),
+    }
+
+
+#: Nested objects a caller may give in part, with the defaults of their fields.
+_NESTED_DEFAULTS: dict[str, Callable[[Settings], Mapping[str, Any]]] = {
+    "auth": lambda settings: AUTH_DEFAULTS,
+    "message": lambda settings: MESSAGE_DEFAULTS,
+    "timeouts": default_timeouts,
+    "retry": default_retry,
+}
+
+
+def check_request(settings: Settings, /, **fields: Any) -> CheckRequest:
+    """A complete normalized request: ``fields`` over :func:`request_defaults`,
+    nested objects given in part (``auth``, ``message``, ``timeouts``,
+    ``retry``) completed with their own defaults.
+
+    What the API's schema makes of the same fields when they are valid (a
+    test compares the two), without its validation: for tests, benchmarks
+    and callers that already hold a valid request.
+    """
+    if "host" not in fields:
+        raise TypeError("a check request needs a host")
+    request = {"host": fields["host"], **request_defaults(settings)}
+    unknown = set(fields) - set(request)
+    if unknown:
+        raise TypeError(f"not a check request field: {', '.join(sorted(unknown))}")
+    for name, value in fields.items():
+        if name in _NESTED_DEFAULTS and isinstance(value, Mapping):
+            value = {**copy.deepcopy(dict(_NESTED_DEFAULTS[name](settings))), **value}
+        request[name] = value
+    return cast(CheckRequest, request)
 
 
 class TargetFacts(TypedDict):

@@ -13,7 +13,7 @@ from typing import Any
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-DEFAULT_VANTAGE = "default"
+from smtpcheck.contract import DEFAULT_VANTAGE
 
 #: RQ status -> the statuses callers see.
 PUBLIC_STATUS: dict[JobStatus, str] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import typing
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 import yaml
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
@@ -18,7 +20,7 @@ from service.jobstore import JobStore
 from service.schemas import build_schemas
 from service.spec import SPEC_PATH, render
 from smtpcheck import contract
-from smtpcheck.config import Settings
+from smtpcheck.config import Limits, Settings, Timeouts
 from smtpcheck.contract import (
     AuthRequest,
     CheckRequest,
@@ -139,6 +141,42 @@ def test_the_normalized_request_is_the_contracts_check_request() -> None:
         ("retry", RetryRequest),
     ):
         assert set(normalized[name]) == keys(typed), name
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"host": "mx.example.com"},
+        {
+            "host": "example.com",
+            "mx": True,
+            "mx_hosts": "all",
+            "port": 587,
+            "tls": "starttls",
+            "auth": {"username": "u", "password": "p"},
+            "mail_from": "",
+            "rcpt_to": ["b@example.com"],
+            "message": {"subject": "s"},
+            "timeouts": {"total": 12},
+            "retry_temporary": True,
+            "retry": {"delay": 60},
+            "probes": ["vrfy"],
+            "vantage": "paris",
+        },
+    ],
+)
+def test_the_schema_and_check_request_fill_the_same_defaults(fields: dict[str, Any]) -> None:
+    """One table of defaults (smtpcheck.contract): the API's load and the
+    builder the worker's callers use must normalize a request alike, also
+    under an operator's own default timeouts and retry caps."""
+    for settings in (
+        Settings(),
+        Settings(timeouts=Timeouts(connect=3, command=4, total=50)).replace(
+            limits=Limits(max_retry_attempts=2, max_retry_delay=100.0)
+        ),
+    ):
+        loaded = build_schemas(settings).check_request().load(copy.deepcopy(fields))
+        assert loaded == contract.check_request(settings, **copy.deepcopy(fields))
 
 
 def test_result_schemas_are_closed_objects() -> None:
