@@ -284,7 +284,7 @@ def e2e_rate(port: int, conn: redis.Redis, target_port: int, n: int, threads: in
 
 def inprocess_latency(target_port: int, runs: int) -> list[float]:
     from service.schemas import build_schemas
-    from workers.check import run_check
+    from workers.engine import run_check
 
     settings = Settings.from_env()
     request = build_schemas(settings).check_request().load(check_request(target_port))

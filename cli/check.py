@@ -39,7 +39,7 @@ from cli.request import (
 )
 from cli.terminal import Terminal
 from smtpcheck.config import Settings
-from smtpcheck.contract import SECRET_MASK
+from smtpcheck.contract import SECRET_MASK, CheckRequest
 from smtpcheck.report import findings_lines, mx_lines, verdict_lines
 
 ENDED = ("finished", "failed", "canceled")
@@ -70,6 +70,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         except UsageError as exc:
             err(str(exc))
             return EXIT_USAGE
+        assert normalized["auth"] is not None  # it came with request["auth"]
         normalized["auth"]["password"] = password
     terminal = Terminal()
     if args.local:
@@ -81,19 +82,20 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def check_local(
-    request: dict[str, Any],
+    request: CheckRequest,
     password: str | None,
     settings: Settings,
     *,
     as_json: bool,
     terminal: Terminal,
 ) -> int:
-    from workers.check import run_check
+    from workers.engine import run_check
     from workers.transcript import listening
 
-    assert request.get("auth") is None or request["auth"]["password"] != ASK
-    if request.get("auth"):
-        request = {**request, "auth": {**request["auth"], "password": SECRET_MASK}}
+    auth = request["auth"]
+    assert auth is None or auth["password"] != ASK
+    if auth is not None:  # the password travels beside the request, as to a worker
+        request = {**request, "auth": {**auth, "password": SECRET_MASK}}
     live = contextlib.nullcontext() if as_json else listening(terminal.line)
     terminal.status("running")
     with terminal.spinner(), live:

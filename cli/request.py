@@ -12,6 +12,7 @@ from typing import Any
 
 from cli.errors import UsageError, err
 from smtpcheck.config import Settings
+from smtpcheck.contract import CheckRequest
 
 # Request field -> the option that sets it, for error messages.
 OPTION_FOR_FIELD = {
@@ -191,7 +192,7 @@ def report_invalid(messages: Any) -> None:
         err(f"invalid {describe_field(path)}: {message}")
 
 
-def validate_request(request: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+def validate_request(request: Mapping[str, Any], settings: Settings) -> CheckRequest:
     """The request as the service would normalize it; raises marshmallow's ValidationError.
 
     The schema is the service's own, built for ``settings``.
@@ -199,7 +200,7 @@ def validate_request(request: Mapping[str, Any], settings: Settings) -> dict[str
     from service.schemas import build_schemas
 
     schema = build_schemas(settings).check_request()
-    loaded: dict[str, Any] = schema.load(dict(request))
+    loaded: CheckRequest = schema.load(dict(request))
     return loaded
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
-from collections.abc import Mapping
 from email.message import EmailMessage
-from typing import Any
 
-DEFAULT_SUBJECT = "smtpcheck test message"
+from smtpcheck.contract import DEFAULT_SUBJECT, MessageRequest
+
 CHECK_ID_HEADER = "X-Smtpcheck-Id"
 #: The builder writes these itself (one text/plain part); a caller's would be
 #: dropped or, for a multipart type, make the message impossible to build.
@@ -32,7 +31,7 @@ def header_problem(name: str) -> str | None:
 
 
 def build_message(
-    spec: Mapping[str, Any] | None,
+    spec: MessageRequest,
     *,
     mail_from: str | None,
     rcpt_to: list[str],
@@ -40,18 +39,18 @@ def build_message(
     check_id: str | None,
 ) -> bytes:
     """An RFC 5322 message with Date, Message-ID, From, To, Subject and a
-    header carrying the check id, so the message can be found at the far end."""
-    spec = spec or {}
+    header carrying the check id, so the message can be found at the far end.
+    ``spec`` is complete, as the API normalized it (smtpcheck.contract)."""
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = email.utils.make_msgid("smtpcheck", domain=helo)
     msg["From"] = mail_from or f"smtpcheck@{helo}"
     if rcpt_to:
         msg["To"] = ", ".join(rcpt_to)
-    msg["Subject"] = spec.get("subject") or DEFAULT_SUBJECT
+    msg["Subject"] = spec["subject"] or DEFAULT_SUBJECT  # an empty one too
     if check_id:
         msg[CHECK_ID_HEADER] = check_id
-    for name, value in (spec.get("headers") or {}).items():
+    for name, value in spec["headers"].items():
         problem = header_problem(name)
         if problem is not None:
             raise ValueError(problem)
@@ -59,12 +58,6 @@ def build_message(
             msg.replace_header(name, value)
         else:
             msg[name] = value
-    body = spec.get("body")
-    if body is None:
-        body = (
-            "This is a test message sent by smtpcheck"
-            + (f" (check {check_id})" if check_id else "")
-            + ".\nIt can be deleted.\n"
-        )
+    body = spec["body"]
     msg.set_content(body, charset="utf-8", cte="8bit" if not body.isascii() else "7bit")
     return msg.as_bytes()

@@ -11,14 +11,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from smtpcheck.config import Settings
+from smtpcheck.contract import CheckRequest
 from smtpcheck.message import build_message
 from workers.connection import Connection, endpoint
 from workers.dialogue import Dialogue, Script
-from workers.domain import run_domain_check
 from workers.driver import pump
 from workers.errors import CheckAborted
 from workers.findings import findings
@@ -322,28 +322,16 @@ def _first_word(text: str) -> str | None:
     return words[0].rstrip(".,") if words and "." in words[0] else None
 
 
-def run_check(
-    request: Mapping[str, Any],
+def run_host_check(
+    request: CheckRequest,
     settings: Settings,
     *,
     password: str | None = None,
     check_id: str | None = None,
     gate: Gate | None = None,
 ) -> dict[str, Any]:
-    """Run the check a normalized request asks for and return the result JSON.
-
-    With ``mx: true`` the domain's MX hosts are checked (workers.domain),
-    each by this same function; ``gate``: see :data:`Gate`; None
-    (``smtpcheck check --local``) runs ungated.
-    """
+    """Check the one host a normalized request names and return the result JSON
+    (a mail domain, ``mx: true``, is workers.domain's, by way of workers.engine)."""
     plan = Plan.from_request(request, settings, password=password, check_id=check_id)
-    if request.get("mx"):
-
-        def check_host(host_request: Mapping[str, Any]) -> dict[str, Any]:
-            return run_check(
-                host_request, settings, password=password, check_id=check_id, gate=gate
-            )
-
-        return run_domain_check(request, plan, settings, check_host)
     log.info("check %s: %s:%s stop_after=%s", check_id, plan.host, plan.port, plan.stop_after)
     return Check(plan, settings, gate).run()

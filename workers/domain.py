@@ -7,11 +7,12 @@ from __future__ import annotations
 import copy
 import ipaddress
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from smtpcheck.config import Settings
+from smtpcheck.contract import CheckRequest
 from workers.errors import DNSError
 from workers.findings import sort_findings
 from workers.mailpolicy import assess
@@ -21,7 +22,7 @@ from workers.result import utc_timestamp
 from workers.transcript import Transcript
 
 #: Checks one host: the request with ``host`` set to an MX host (workers.check).
-HostCheck = Callable[[Mapping[str, Any]], dict[str, Any]]
+HostCheck = Callable[[CheckRequest], dict[str, Any]]
 
 MAX_MX_HOSTS = 10
 MAX_PARALLEL = 4
@@ -39,12 +40,12 @@ NO_ANSWER = {
 
 
 def run_domain_check(
-    request: Mapping[str, Any], plan: Plan, settings: Settings, check_host: HostCheck
+    request: CheckRequest, plan: Plan, settings: Settings, check_host: HostCheck
 ) -> dict[str, Any]:
     """Check the MX hosts of ``plan.host``, each with ``check_host``."""
     check_id = plan.check_id
     domain = plan.host
-    mode = str(request.get("mx_hosts") or "first")
+    mode = request["mx_hosts"]
     transcript = Transcript()
     deadline = transcript.started + plan.timeouts["total"]
     result: dict[str, Any] = {
@@ -100,9 +101,13 @@ def run_domain_check(
 
     def check_mx(mx: MXHost) -> dict[str, Any]:
         left = max(deadline - time.monotonic(), 0.001)
-        sub = copy.deepcopy(dict(request))
-        sub.update(host=mx.host, mx=False)
-        sub["timeouts"] = {**plan.timeouts, "total": left}
+        sub = copy.deepcopy(request)
+        sub["host"], sub["mx"] = mx.host, False
+        sub["timeouts"] = {
+            "connect": plan.timeouts["connect"],
+            "command": plan.timeouts["command"],
+            "total": left,
+        }
         begun = transcript.elapsed_ms()
         outcome = check_host(sub)
         outcome["preference"] = mx.preference

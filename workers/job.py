@@ -42,10 +42,11 @@ from rq import get_current_job
 from rq.job import Job
 
 from smtpcheck.config import Settings
+from smtpcheck.contract import CheckRequest
 from smtpcheck.logs import log_context
 from smtpcheck.sealing import unseal
 from workers import cancel, events, stats
-from workers.check import run_check
+from workers.engine import run_check
 from workers.politeness import TargetGate
 
 log = logging.getLogger("smtpcheck.worker")
@@ -83,7 +84,7 @@ def current_settings() -> Settings:
     return _worker_settings if _worker_settings is not None else Settings.from_env()
 
 
-def run_check_job(request: dict[str, Any], sealed_password: str | None = None) -> dict[str, Any]:
+def run_check_job(request: CheckRequest, sealed_password: str | None = None) -> dict[str, Any]:
     settings = current_settings()
     job = get_current_job()
     if job is not None:  # every log line of this check names it, RQ's included
@@ -160,7 +161,7 @@ def scrub_sealed_password(job: Job) -> None:
     job.connection.eval(_REWRITE_DATA, 1, job.key, zlib.compress(job.data))
 
 
-def _retry_if_greylisted(job: Job, request: dict[str, Any], result: dict[str, Any]) -> None:
+def _retry_if_greylisted(job: Job, request: CheckRequest, result: dict[str, Any]) -> None:
     attempts: list[dict[str, Any]] = list((job.meta or {}).get("attempts") or [])
     retry = request.get("retry") or {}
     allowed = int(retry.get("attempts") or 1) if request.get("retry_temporary") else 1

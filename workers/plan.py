@@ -1,81 +1,90 @@
-"""The check a request asks for: the validated request with every default
-applied, read once from the request and the worker's settings."""
+"""The check a request asks for, read once from the normalized request
+(every field present, as the API made it) and the worker's settings."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from smtpcheck.config import Settings
-from smtpcheck.contract import PROBES, STAGES
+from smtpcheck.contract import (
+    STAGES,
+    CheckRequest,
+    Mechanism,
+    MessageRequest,
+    Probe,
+    Stage,
+    TLSMode,
+)
 from workers.protocol import check_wire_text
 
 
 @dataclass
 class Plan:
-    """The validated request, with every default applied."""
+    """What one check runs, read from the normalized request as it is."""
 
     host: str
-    port: int = 25
-    tls: str = "auto"
-    tls_verify: bool = False
-    tls_name: str | None = None
-    tls_ca: str | None = None
-    helo: str = "smtpcheck.invalid"
-    username: str | None = None
-    password: str | None = None
-    mechanism: str = "auto"
-    allow_plaintext: bool = False
-    mail_from: str | None = None
-    rcpt_to: list[str] = field(default_factory=list)
-    data: str | None = None
-    message: Mapping[str, Any] | None = None
-    stop_after: str = "tls"
-    timeouts: dict[str, float] = field(default_factory=dict)
-    ip_version: int | None = None
-    check_id: str | None = None
-    probes: list[str] = field(default_factory=list)
+    port: int
+    tls: TLSMode
+    tls_verify: bool
+    tls_name: str | None
+    tls_ca: str | None
+    helo: str
+    username: str | None
+    password: str | None
+    mechanism: Mechanism
+    allow_plaintext: bool
+    mail_from: str | None
+    rcpt_to: list[str]
+    data: str | None
+    message: MessageRequest | None
+    timeouts: dict[str, float]
+    ip_version: int | None
+    check_id: str | None
+    probes: list[Probe]
+    stop_after: Stage = "connect"
 
     @classmethod
     def from_request(
         cls,
-        request: Mapping[str, Any],
+        request: CheckRequest,
         settings: Settings,
         *,
         password: str | None = None,
         check_id: str | None = None,
     ) -> Plan:
-        auth = request.get("auth") or None
-        timeouts = dict(request.get("timeouts") or {})
-        for key in ("connect", "command", "total"):
-            default = getattr(settings.timeouts, key)
-            cap = getattr(settings.limits.max_timeouts, key)
-            timeouts[key] = float(min(timeouts.get(key) or default, cap))
+        """``request`` is complete, as the API's schema (or
+        ``smtpcheck.contract.check_request``) made it: nothing here fills a
+        default. What only the worker knows is decided here: a null ``helo``
+        is this worker's configured name, a null ``stop_after`` the last stage
+        the request implies; each deadline stays within this worker's caps."""
+        auth = request["auth"]
+        caps = settings.limits.max_timeouts
+        timeouts = {
+            key: float(min(request["timeouts"][key], getattr(caps, key)))
+            for key in ("connect", "command", "total")
+        }
         plan = cls(
-            host=str(request["host"]),
-            port=int(request.get("port") or 25),
-            tls=str(request.get("tls") or "auto"),
-            tls_verify=bool(request.get("tls_verify")),
-            tls_name=request.get("tls_name"),
-            tls_ca=request.get("tls_ca"),
-            helo=str(request.get("helo") or settings.helo_name),
-            username=auth.get("username") if auth else None,
-            password=(password if password is not None else auth.get("password")) if auth else None,
-            mechanism=str(auth.get("mechanism") or "auto") if auth else "auto",
-            allow_plaintext=bool(auth.get("allow_plaintext")) if auth else False,
-            mail_from=request.get("mail_from"),
-            rcpt_to=list(request.get("rcpt_to") or []),
-            data=request.get("data"),
-            message=request.get("message"),
+            host=request["host"],
+            port=request["port"],
+            tls=request["tls"],
+            tls_verify=request["tls_verify"],
+            tls_name=request["tls_name"],
+            tls_ca=request["tls_ca"],
+            helo=request["helo"] or settings.helo_name,
+            username=auth["username"] if auth else None,
+            password=(password if password is not None else auth["password"]) if auth else None,
+            mechanism=auth["mechanism"] if auth else "auto",
+            allow_plaintext=auth["allow_plaintext"] if auth else False,
+            mail_from=request["mail_from"],
+            rcpt_to=list(request["rcpt_to"]),
+            data=request["data"],
+            message=request["message"],
             timeouts=timeouts,
-            ip_version=request.get("ip_version"),
+            ip_version=request["ip_version"],
             check_id=check_id,
-            probes=[p for p in request.get("probes") or [] if p in PROBES],
+            probes=list(request["probes"]),
         )
-        plan.stop_after = request.get("stop_after") or plan.implied_stop()
-        if plan.stop_after not in STAGES:
-            raise ValueError(f"stop_after must be one of {', '.join(STAGES)}")
+        plan.stop_after = request["stop_after"] or plan.implied_stop()
         for value, what in (
             (plan.host, "host"),
             (plan.helo, "helo"),
@@ -87,7 +96,7 @@ class Plan:
             check_wire_text(value, what)
         return plan
 
-    def implied_stop(self) -> str:
+    def implied_stop(self) -> Stage:
         """The last stage the request implies."""
         if self.data is not None or self.message is not None:
             return "data"

@@ -6,7 +6,7 @@ verdicts); none of them ever sends DATA."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from smtpcheck.contract import Outcome, ReplyClass
@@ -247,7 +247,7 @@ _MOVES: dict[str, Callable[[Probe], Play]] = {
 
 
 def run_probes(
-    names: list[str],
+    names: Sequence[str],
     connect: Callable[[], Connection],
     handshake_on: Callable[[Connection], Handshaker],
     *,

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from smtpcheck.config import Settings, Timeouts
+from smtpcheck.contract import check_request
 from tests.smtp_servers import Certificates
-from workers.check import run_check
+from workers.engine import run_check
 
 
 @pytest.fixture
@@ -29,6 +30,8 @@ def check(settings: Settings) -> Callable[..., dict[str, Any]]:
     """``check(host=..., port=..., ...)`` runs the engine in-process."""
 
     def run(*, password: str | None = None, settings_: Settings | None = None, **request: Any):
-        return run_check(request, settings_ or settings, password=password, check_id="test-check")
+        used = settings_ or settings
+        normalized = check_request(used, **request)
+        return run_check(normalized, used, password=password, check_id="test-check")
 
     return run

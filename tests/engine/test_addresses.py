@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from smtpcheck.config import Timeouts
+from smtpcheck.contract import check_request
 from tests.smtp_servers import read_line
-from workers.check import run_check
 from workers.connection import most_informative
+from workers.engine import run_check
 from workers.errors import ConnectRefused, ConnectTimeout, NetworkUnreachable
 
 
@@ -46,9 +47,10 @@ def test_a_refusing_address_is_followed_by_the_next(scripted_server, settings, d
     working = scripted_server(smtp_script, host="127.0.0.9")
     port = working.port  # nothing listens on 127.0.0.5 at this port: it refuses
     server = dns_server(zone("multi.local.test", "127.0.0.5", "127.0.0.9"))
+    settings = settings.replace(dns_servers=(("127.0.0.1", server.port),))
     result = run_check(
-        {"host": "multi.local.test", "port": port, "tls": "none", "stop_after": "ehlo"},
-        settings.replace(dns_servers=(("127.0.0.1", server.port),)),
+        check_request(settings, host="multi.local.test", port=port, tls="none", stop_after="ehlo"),
+        settings,
     )
 
     assert result["ok"] is True, result["summary"]
@@ -69,12 +71,12 @@ def test_when_every_address_fails_the_most_telling_failure_is_the_outcome(
 ):
     address, port = silent_port
     server = dns_server(zone("dead.local.test", address, "127.0.0.4"))
+    settings = settings.replace(
+        dns_servers=(("127.0.0.1", server.port),),
+        timeouts=Timeouts(connect=0.5, command=2, total=10),
+    )
     result = run_check(
-        {"host": "dead.local.test", "port": port, "stop_after": "connect"},
-        settings.replace(
-            dns_servers=(("127.0.0.1", server.port),),
-            timeouts=Timeouts(connect=0.5, command=2, total=10),
-        ),
+        check_request(settings, host="dead.local.test", port=port, stop_after="connect"), settings
     )
 
     # the last address refused: that is the outcome, and both tries are said
@@ -93,7 +95,9 @@ def test_a_refusing_single_address_keeps_its_own_words(settings):
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = int(unused.getsockname()[1])  # bound, not listening: refuses
-        result = run_check({"host": "127.0.0.1", "port": port, "stop_after": "connect"}, settings)
+        result = run_check(
+            check_request(settings, host="127.0.0.1", port=port, stop_after="connect"), settings
+        )
     assert result["outcome"] == "connect_refused"
     assert result["target"]["source"] == "127.0.0.1"
     assert [e["text"] for e in result["transcript"] if e["dir"] == "error"] == [

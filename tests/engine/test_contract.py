@@ -21,7 +21,7 @@ from service.schemas import build_schemas
 from service.spec import SPEC_PATH
 from smtpcheck.config import Settings
 from tests.smtp_servers import LOCAL_DOMAIN, USERS, TargetHandler
-from workers.check import run_check
+from workers.engine import run_check
 
 ZONE = {
     "local.test.": {"MX": ["10 dead.local.test.", "20 mail.local.test."]},

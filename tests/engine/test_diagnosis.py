@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from smtpcheck.contract import check_request
 from tests.smtp_servers import TargetHandler, read_line
-from workers.check import run_check
+from workers.engine import run_check
 from workers.findings import findings
 
 ZONE = {
@@ -39,7 +40,9 @@ def codes(result, severity=None):
 
 def test_mx_first_moves_on_to_the_host_that_answers(smtp_target, dns_settings):
     target = smtp_target(tls="none")
-    result = run_check({"host": "local.test", "mx": True, "port": target.port}, dns_settings)
+    result = run_check(
+        check_request(dns_settings, host="local.test", mx=True, port=target.port), dns_settings
+    )
     assert result["ok"] is True, result["summary"]
     assert result["mx"]["hosts"] == [
         {"preference": 10, "host": "mx1.local.test", "implicit": False},
@@ -58,7 +61,8 @@ def test_mx_first_moves_on_to_the_host_that_answers(smtp_target, dns_settings):
 def test_mx_all_checks_every_host(smtp_target, dns_settings):
     target = smtp_target(tls="none")
     result = run_check(
-        {"host": "local.test", "mx": True, "mx_hosts": "all", "port": target.port}, dns_settings
+        check_request(dns_settings, host="local.test", mx=True, mx_hosts="all", port=target.port),
+        dns_settings,
     )
     assert result["ok"] is False
     assert result["outcome"] == "connect_refused"
@@ -69,7 +73,8 @@ def test_mx_all_checks_every_host(smtp_target, dns_settings):
 def test_mx_ties_are_kept(smtp_target, dns_settings):
     target = smtp_target(tls="none")
     result = run_check(
-        {"host": "tie.test", "mx": True, "mx_hosts": "all", "port": target.port}, dns_settings
+        check_request(dns_settings, host="tie.test", mx=True, mx_hosts="all", port=target.port),
+        dns_settings,
     )
     assert sorted(h["host"] for h in result["mx"]["hosts"]) == ["a.tie.test", "b.tie.test"]
     assert {h["preference"] for h in result["mx"]["hosts"]} == {10}
@@ -78,7 +83,9 @@ def test_mx_ties_are_kept(smtp_target, dns_settings):
 
 def test_no_mx_falls_back_to_the_domain_itself(smtp_target, dns_settings):
     target = smtp_target(tls="none")
-    result = run_check({"host": "nomx.test", "mx": True, "port": target.port}, dns_settings)
+    result = run_check(
+        check_request(dns_settings, host="nomx.test", mx=True, port=target.port), dns_settings
+    )
     assert result["mx"]["hosts"] == [{"preference": 0, "host": "nomx.test", "implicit": True}]
     assert result["ok"] is True
 
@@ -92,7 +99,7 @@ def test_no_mx_falls_back_to_the_domain_itself(smtp_target, dns_settings):
     ],
 )
 def test_mx_dns_failures(dns_settings, domain, words):
-    result = run_check({"host": domain, "mx": True}, dns_settings)
+    result = run_check(check_request(dns_settings, host=domain, mx=True), dns_settings)
     assert result["outcome"] == "dns_error"
     assert result["ok"] is False
     assert words in result["summary"]
@@ -100,7 +107,7 @@ def test_mx_dns_failures(dns_settings, domain, words):
 
 
 def test_a_servfail_on_the_mx_lookup_is_temporary(dns_settings):
-    result = run_check({"host": "broken.test", "mx": True}, dns_settings)
+    result = run_check(check_request(dns_settings, host="broken.test", mx=True), dns_settings)
     assert "for now" in result["summary"] and "delayed, not lost" in result["summary"]
     assert "No mail can be delivered" not in result["summary"]
 
@@ -112,7 +119,8 @@ def test_a_servfail_on_the_mx_lookup_is_temporary(dns_settings):
 def test_mx_targets_that_break_rfc_5321(smtp_target, dns_settings, domain, code, severity):
     target = smtp_target(tls="none")
     result = run_check(
-        {"host": domain, "mx": True, "port": target.port, "tls": "none"}, dns_settings
+        check_request(dns_settings, host=domain, mx=True, port=target.port, tls="none"),
+        dns_settings,
     )
     assert code in codes(result, severity)
     assert result["outcome"] == "ok"  # the host itself answers; the record is what is wrong
@@ -120,7 +128,9 @@ def test_mx_targets_that_break_rfc_5321(smtp_target, dns_settings, domain, code,
 
 def test_dns_facts_forward_confirmed_ptr(smtp_target, dns_settings):
     target = smtp_target(tls="none")  # greets as mail.local.test
-    result = run_check({"host": "127.0.0.1", "port": target.port}, dns_settings)
+    result = run_check(
+        check_request(dns_settings, host="127.0.0.1", port=target.port), dns_settings
+    )
     assert result["dns"] == {
         "address": "127.0.0.1",
         "ptr": ["mail.local.test"],
@@ -144,7 +154,9 @@ def greets_as_mail_local_test(sock):
 def test_ptr_not_confirmed_and_banner_mismatch(scripted_server, dns_settings):
     # 127.0.0.2's PTR is elsewhere.test, which does not resolve back to it
     server = scripted_server(greets_as_mail_local_test, host="127.0.0.2")
-    result = run_check({"host": server.host, "port": server.port, "tls": "none"}, dns_settings)
+    result = run_check(
+        check_request(dns_settings, host=server.host, port=server.port, tls="none"), dns_settings
+    )
     assert result["dns"]["ptr"] == ["elsewhere.test"]
     assert result["dns"]["forward_confirmed"] is False
     assert result["dns"]["banner_matches_ptr"] is False
@@ -154,17 +166,17 @@ def test_ptr_not_confirmed_and_banner_mismatch(scripted_server, dns_settings):
 def test_ptr_missing(smtp_target, settings, dns_server):
     server = dns_server({})
     target = smtp_target(tls="none")
-    result = run_check(
-        {"host": "127.0.0.1", "port": target.port},
-        settings.replace(dns_servers=(("127.0.0.1", server.port),)),
-    )
+    settings = settings.replace(dns_servers=(("127.0.0.1", server.port),))
+    result = run_check(check_request(settings, host="127.0.0.1", port=target.port), settings)
     assert result["dns"]["ptr"] == [] and result["dns"]["ptr_error"] is None
     assert "ptr_missing" in codes(result, "warning")
 
 
 def test_plain_server_findings(smtp_target, dns_settings):
     target = smtp_target(tls="none")
-    result = run_check({"host": "127.0.0.1", "port": target.port}, dns_settings)
+    result = run_check(
+        check_request(dns_settings, host="127.0.0.1", port=target.port), dns_settings
+    )
     assert {"starttls_missing", "auth_before_tls"} <= set(codes(result, "warning"))
     severities = [f["severity"] for f in result["findings"]]
     order = ["fail", "warning", "info", "pass"]
@@ -173,7 +185,9 @@ def test_plain_server_findings(smtp_target, dns_settings):
 
 def test_starttls_server_findings(smtp_target, dns_settings):
     target = smtp_target(tls="starttls")
-    result = run_check({"host": "127.0.0.1", "port": target.port}, dns_settings)
+    result = run_check(
+        check_request(dns_settings, host="127.0.0.1", port=target.port), dns_settings
+    )
     assert {"starttls_offered", "tls_version_ok", "certificate_trusted"} <= set(
         codes(result, "pass")
     )
@@ -185,9 +199,9 @@ def test_slow_banner(scripted_server, dns_settings):
         greets_as_mail_local_test(sock)
 
     server = scripted_server(slow)
+    settings = dns_settings.replace(slow_banner=0.1)
     result = run_check(
-        {"host": server.host, "port": server.port, "stop_after": "banner"},
-        dns_settings.replace(slow_banner=0.1),
+        check_request(settings, host=server.host, port=server.port, stop_after="banner"), settings
     )
     assert result["ok"] is True
     assert "banner_slow" in codes(result, "warning")
@@ -196,7 +210,8 @@ def test_slow_banner(scripted_server, dns_settings):
 def test_open_relay_probe_finds_an_open_relay(smtp_target, dns_settings):
     target = smtp_target(tls="none", handler=TargetHandler(open_relay=True))
     result = run_check(
-        {"host": "127.0.0.1", "port": target.port, "probes": ["open_relay"]}, dns_settings
+        check_request(dns_settings, host="127.0.0.1", port=target.port, probes=["open_relay"]),
+        dns_settings,
     )
     probe = result["probes"]["open_relay"]
     assert probe["result"] == "open"
@@ -212,11 +227,12 @@ def test_open_relay_probe_finds_an_open_relay(smtp_target, dns_settings):
 def test_probes_on_a_well_run_server(smtp_target, dns_settings):
     target = smtp_target(tls="starttls_required")
     result = run_check(
-        {
-            "host": "127.0.0.1",
-            "port": target.port,
-            "probes": ["open_relay", "starttls_required", "vrfy", "expn"],
-        },
+        check_request(
+            dns_settings,
+            host="127.0.0.1",
+            port=target.port,
+            probes=["open_relay", "starttls_required", "vrfy", "expn"],
+        ),
         dns_settings,
     )
     probes = result["probes"]
@@ -247,7 +263,9 @@ def test_vrfy_enabled(scripted_server, dns_settings):
 
     server = scripted_server(chatty)
     result = run_check(
-        {"host": server.host, "port": server.port, "tls": "none", "probes": ["vrfy"]},
+        check_request(
+            dns_settings, host=server.host, port=server.port, tls="none", probes=["vrfy"]
+        ),
         dns_settings,
     )
     assert result["probes"]["vrfy"]["result"] == "enabled"
@@ -303,6 +321,6 @@ def test_no_public_dns_lookup_for_an_allowed_private_address(smtp_target, settin
     """Without SMTPCHECK_DNS_SERVERS, a loopback/private target is not looked up
     in public DNS (it could only time out), and no PTR finding is made up."""
     target = smtp_target(tls="none")
-    result = run_check({"host": "127.0.0.1", "port": target.port}, settings)
+    result = run_check(check_request(settings, host="127.0.0.1", port=target.port), settings)
     assert result["dns"]["ptr_skipped"].startswith("not a public address")
     assert not [code for code in codes(result) if code.startswith("ptr_")]

@@ -20,11 +20,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from smtpcheck.config import Settings
+from smtpcheck.contract import check_request
 from smtpcheck.report import render_text
 from tests.dns_server import DNSServer, ZoneKey
 from tests.engine.test_contract import assert_valid
 from tests.smtp_servers import Certificates, SMTPTarget
-from workers.check import run_check
+from workers.engine import run_check
 from workers.mailpolicy import assess
 
 DOMAIN = "local.test"
@@ -99,7 +100,7 @@ class World:
 
     def host_result(self) -> dict[str, Any]:
         return run_check(
-            {"host": MX, "port": self.target.port, "stop_after": "tls"},
+            check_request(self.settings, host=MX, port=self.target.port, stop_after="tls"),
             self.settings,
             password=None,
             check_id="policy-test",

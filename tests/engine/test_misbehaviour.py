@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from smtpcheck.config import Timeouts
+from smtpcheck.contract import check_request
 from tests.smtp_servers import read_line
-from workers.check import run_check
+from workers.engine import run_check
 from workers.errors import CheckAborted
 from workers.stream import map_exceptions
 
@@ -243,7 +244,7 @@ def test_connect_timeout(check):
 def test_forbidden_target_gets_no_packet(scripted_server, settings):
     server = scripted_server(smtp_script({}))
     strict = settings.replace(allow_networks=())
-    result = run_check({"host": server.host, "port": server.port}, strict)
+    result = run_check(check_request(strict, host=server.host, port=server.port), strict)
     assert result["outcome"] == "target_forbidden"
     assert "loopback" in result["summary"]
     time.sleep(0.1)
@@ -251,7 +252,8 @@ def test_forbidden_target_gets_no_packet(scripted_server, settings):
 
 
 def test_port_outside_the_allowed_list(settings):
-    result = run_check({"host": "127.0.0.1", "port": 8080}, settings.replace(allowed_ports={25}))
+    settings = settings.replace(allowed_ports={25})
+    result = run_check(check_request(settings, host="127.0.0.1", port=8080), settings)
     assert result["outcome"] == "target_forbidden"
     assert "port 8080" in result["summary"]
 
@@ -272,13 +274,14 @@ def test_total_deadline_caps_a_slow_but_steady_server(scripted_server, settings)
     quick = settings.replace(timeouts=Timeouts(connect=1, command=2, total=2))
     started = time.monotonic()
     result = run_check(
-        {
-            "host": server.host,
-            "port": server.port,
-            "tls": "none",
-            "mail_from": "a@example.org",
-            "rcpt_to": [f"r{i}@local.test" for i in range(10)],
-        },
+        check_request(
+            quick,
+            host=server.host,
+            port=server.port,
+            tls="none",
+            mail_from="a@example.org",
+            rcpt_to=[f"r{i}@local.test" for i in range(10)],
+        ),
         quick,
     )
     assert result["outcome"] == "timeout"

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from workers.check import run_check
+from smtpcheck.contract import check_request
+from workers.engine import run_check
 from workers.errors import DNSError
 from workers.resolver import Resolver
 
@@ -31,7 +32,8 @@ def dns_settings(settings, dns_server):
 def test_name_resolves_and_the_dialled_address_is_recorded(smtp_target, dns_settings):
     target = smtp_target(tls="none")
     result = run_check(
-        {"host": "v4only.local.test", "port": target.port, "tls": "none"}, dns_settings
+        check_request(dns_settings, host="v4only.local.test", port=target.port, tls="none"),
+        dns_settings,
     )
     assert result["ok"] is True, result["summary"]
     assert result["target"]["address"] == "127.0.0.1"
@@ -44,12 +46,16 @@ def test_name_resolves_and_the_dialled_address_is_recorded(smtp_target, dns_sett
 def test_ip_version_is_honoured(smtp_target, dns_settings):
     target = smtp_target(tls="none")
     four = run_check(
-        {"host": "mx.local.test", "port": target.port, "tls": "none", "ip_version": 4},
+        check_request(
+            dns_settings, host="mx.local.test", port=target.port, tls="none", ip_version=4
+        ),
         dns_settings,
     )
     assert four["target"]["addresses"] == ["127.0.0.1"] and four["ok"] is True
     six = run_check(
-        {"host": "mx.local.test", "port": target.port, "ip_version": 6, "stop_after": "connect"},
+        check_request(
+            dns_settings, host="mx.local.test", port=target.port, ip_version=6, stop_after="connect"
+        ),
         dns_settings,
     )
     assert six["target"]["addresses"] == ["::1"]
@@ -69,7 +75,8 @@ def test_ip_version_is_honoured(smtp_target, dns_settings):
 )
 def test_dns_failures_are_dns_error(dns_settings, host, words):
     result = run_check(
-        {"host": host, "timeouts": {"connect": 1, "command": 1, "total": 3}}, dns_settings
+        check_request(dns_settings, host=host, timeouts={"connect": 1, "command": 1, "total": 3}),
+        dns_settings,
     )
     assert result["outcome"] == "dns_error"
     assert result["stage"] == "connect"
@@ -105,14 +112,15 @@ def test_one_address_type_failing_for_now_does_not_hide_the_other(dns_settings):
 def test_system_resolver_reads_etc_hosts(smtp_target, settings):
     target = smtp_target(tls="none")
     result = run_check(
-        {"host": "localhost", "port": target.port, "tls": "none", "ip_version": 4}, settings
+        check_request(settings, host="localhost", port=target.port, tls="none", ip_version=4),
+        settings,
     )
     assert result["ok"] is True
     assert result["target"]["address"] == "127.0.0.1"
 
 
 def test_resolved_private_address_is_forbidden(dns_settings):
-    result = run_check({"host": "private.local.test"}, dns_settings)
+    result = run_check(check_request(dns_settings, host="private.local.test"), dns_settings)
     assert result["outcome"] == "target_forbidden"
     assert "10.1.2.3 is not a public address (private)" in result["summary"]
 
@@ -120,7 +128,8 @@ def test_resolved_private_address_is_forbidden(dns_settings):
 def test_only_permitted_addresses_are_dialled(smtp_target, dns_settings):
     target = smtp_target(tls="none")
     result = run_check(
-        {"host": "mixed.local.test", "port": target.port, "tls": "none"}, dns_settings
+        check_request(dns_settings, host="mixed.local.test", port=target.port, tls="none"),
+        dns_settings,
     )
     assert result["ok"] is True
     assert result["target"]["address"] == "127.0.0.1"

@@ -32,7 +32,8 @@ TOTAL = 3.0
 CHILD = r"""
 import gc, json, re, sys, time, ipaddress
 from smtpcheck.config import Settings, Timeouts
-from workers.check import run_check
+from smtpcheck.contract import check_request
+from workers.engine import run_check
 
 def memory():
     status = open("/proc/self/status").read()
@@ -49,8 +50,9 @@ settings = Settings(
 )
 
 def check(port):
-    request = {"host": "127.0.0.1", "port": port, "tls": "none", "stop_after": "ehlo",
-               "timeouts": {"connect": 2, "command": 30, "total": total}}
+    request = check_request(settings, host="127.0.0.1", port=port, tls="none",
+                            stop_after="ehlo",
+                            timeouts={"connect": 2, "command": 30, "total": total})
     return run_check(request, settings, check_id="hostile")
 
 for _ in range(2):

@@ -25,10 +25,10 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from smtpcheck.config import Settings, Timeouts
-from smtpcheck.contract import TARGET_SLOTS_PREFIX
+from smtpcheck.contract import TARGET_SLOTS_PREFIX, check_request
 from tests.security.conftest import ALICE
 from tests.smtp_servers import ScriptedServer, read_line
-from workers.check import run_check
+from workers.engine import run_check
 from workers.politeness import TargetBusy, TargetGate
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
@@ -77,7 +77,15 @@ def settings_for(server: ScriptedServer, **changes: Any) -> Settings:
 
 
 def request_for(server: ScriptedServer, **changes: Any) -> dict[str, Any]:
+    """The fields a test gives (the API's body; check_request completes it for the engine)."""
     return {"host": server.host, "port": server.port, "tls": "none", **changes}
+
+
+def check_with(
+    server: ScriptedServer, gate: TargetGate, settings: Settings | None = None, **changes: Any
+) -> dict[str, Any]:
+    settings = settings or settings_for(server)
+    return run_check(check_request(settings, **request_for(server, **changes)), settings, gate=gate)
 
 
 def notes(result: dict[str, Any]) -> list[str]:
@@ -108,7 +116,7 @@ def test_checks_to_one_address_wait_their_turn(
     results: list[dict[str, Any]] = []
 
     def one() -> None:
-        results.append(run_check(request_for(server), settings, gate=gate))
+        results.append(check_with(server, gate, settings))
 
     threads = [threading.Thread(target=one) for _ in range(5)]
     for thread in threads:
@@ -131,11 +139,9 @@ def test_no_slot_before_the_deadline_is_a_timeout(
 ) -> None:
     talking = Talking()
     server = scripted_server(talking)
-    request = request_for(server, timeouts={"total": 1.5})
-
     with held_slot(connection, limit=1):
         started = time.monotonic()
-        result = run_check(request, settings_for(server), gate=TargetGate(connection, 1))
+        result = check_with(server, TargetGate(connection, 1), timeouts={"total": 1.5})
         took = time.monotonic() - started
 
     assert result["outcome"] == "timeout"
@@ -154,9 +160,7 @@ def test_the_slot_is_held_through_probes_and_freed_after(
     talking = Talking(on_connect=lambda: slots_taken.append(int(connection.zcard(KEY))))
     server = scripted_server(talking)
 
-    result = run_check(
-        request_for(server, probes=["vrfy"]), settings_for(server), gate=TargetGate(connection, 1)
-    )
+    result = check_with(server, TargetGate(connection, 1), probes=["vrfy"])
 
     assert result["outcome"] == "ok"
     assert result["probes"]["vrfy"]
@@ -206,7 +210,7 @@ def test_a_slot_held_by_a_killed_worker_frees_itself(
             holder.stdout.close()
     assert connection.zcard(KEY) == 1  # the dead worker's slot, still there
 
-    result = run_check(request_for(server), settings_for(server), gate=TargetGate(connection, 1))
+    result = check_with(server, TargetGate(connection, 1))
 
     assert result["outcome"] == "ok"
     waited = [n for n in notes(result) if n.startswith("slot to 127.0.0.1 free after")]
@@ -220,7 +224,7 @@ def test_without_redis_the_check_goes_ahead_and_says_so(
     server = scripted_server(Talking())
     unreachable = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
 
-    result = run_check(request_for(server), settings_for(server), gate=TargetGate(unreachable, 1))
+    result = check_with(server, TargetGate(unreachable, 1))
 
     assert result["outcome"] == "ok"
     assert any("politeness limit not applied" in n for n in notes(result))

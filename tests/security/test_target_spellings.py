@@ -19,9 +19,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from smtpcheck.config import Settings, Timeouts
+from smtpcheck.contract import check_request
 from tests.dns_server import DNSServer
 from tests.security.conftest import ALICE, Witness
-from workers.check import run_check
+from workers.engine import run_check
 
 #: Spellings of loopback, unspecified, private, link-local (cloud metadata),
 #: CGNAT, broadcast and multicast IPv4 addresses that resolvers accept.
@@ -265,7 +266,10 @@ def worker_settings(port: int, **changes: Any) -> Settings:
 
 def check(host: str, port: int, settings: Settings, **request: Any) -> dict[str, Any]:
     return run_check(
-        {"host": host, "port": port, "tls": "none", "stop_after": "banner", **request},
+        check_request(
+            settings,
+            **{"host": host, "port": port, "tls": "none", "stop_after": "banner", **request},
+        ),
         settings,
         check_id="spelling",
     )
