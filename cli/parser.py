@@ -33,6 +33,10 @@ examples:
         --auth-password-file ~/.smtp-password
   every MX host of a domain, up to RCPT:
     {PROG} check example.com --mx --mx-hosts all --from "" --to postmaster@example.com
+  a built message with a header, retried while greylisted, and a webhook when it ends:
+    {PROG} check mx.example.com --from me@example.org --to you@example.com \\
+        --subject test --header 'X-Ticket: 4711' --retry-temporary --retry-attempts 3 \\
+        --callback-url https://hooks.example.org/smtp --callback-secret-file ~/.hook-secret
   from every vantage point at once:
     {PROG} check mx.example.com --vantage all --stop-after banner
   here, without a service:
@@ -159,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--subject", help="build a message with this subject")
     check.add_argument("--body", help="build a message with this body")
     check.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="build a message with this extra header field (repeatable)",
+    )
+    check.add_argument(
         "--stop-after",
         choices=("connect", "banner", "ehlo", "tls", "auth", "mail", "rcpt", "data"),
         help="last stage to run (default: the last one the other options imply)",
@@ -185,12 +196,30 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PROBES,
         help="extra short dialogue: "
         + ", ".join(PROBES)
-        + " (repeatable; smuggling needs --mail-from and --rcpt-to)",
+        + " (repeatable; smuggling needs --from and --to)",
     )
     check.add_argument(
         "--retry-temporary",
         action="store_true",
         help="re-run a check that ends in a 4xx (greylisting); service only",
+    )
+    check.add_argument(
+        "--retry-attempts",
+        type=positive_int,
+        help="with --retry-temporary: attempts in all, the first included",
+    )
+    check.add_argument(
+        "--retry-delay", type=float, help="with --retry-temporary: seconds between attempts"
+    )
+    check.add_argument(
+        "--callback-url",
+        help="POST the check's document to this URL when it ends (a signed webhook); the "
+        "secret comes from SMTPCHECK_CALLBACK_SECRET or --callback-secret-file; service only",
+    )
+    check.add_argument(
+        "--callback-secret-file",
+        metavar="PATH",
+        help="file whose first line is the webhook secret (- reads stdin)",
     )
     check.add_argument(
         "--vantage", help="worker pool to run the check from (all: every one, side by side)"

@@ -33,6 +33,7 @@ OPTION_FOR_FIELD = {
     "message": "--subject/--body",
     "message.subject": "--subject",
     "message.body": "--body",
+    "message.headers": "--header",
     "stop_after": "--stop-after",
     "timeouts.total": "--timeout",
     "timeouts.connect": "--connect-timeout",
@@ -42,6 +43,12 @@ OPTION_FOR_FIELD = {
     "mx_hosts": "--mx-hosts",
     "probes": "--probe",
     "retry_temporary": "--retry-temporary",
+    "retry": "--retry-attempts/--retry-delay",
+    "retry.attempts": "--retry-attempts",
+    "retry.delay": "--retry-delay",
+    "callback": "--callback-url",
+    "callback.url": "--callback-url",
+    "callback.secret": "--callback-secret-file",
     "vantage": "--vantage",
 }
 
@@ -81,6 +88,19 @@ def build_request(
         request["mx"] = True
     if args.retry_temporary:
         request["retry_temporary"] = True
+    retry = {
+        name: value
+        for name, value in (("attempts", args.retry_attempts), ("delay", args.retry_delay))
+        if value is not None
+    }
+    if retry and not args.retry_temporary:
+        raise UsageError("--retry-attempts and --retry-delay need --retry-temporary")
+    if retry:
+        request["retry"] = retry
+    if args.callback_url is not None:
+        request["callback"] = {"url": args.callback_url, "secret": callback_secret(args, settings)}
+    elif args.callback_secret_file is not None:
+        raise UsageError("--callback-secret-file needs --callback-url")
     password: str | None = None
     if args.auth_user is not None or args.auth_password is not None or args.auth_password_file:
         password = password_from(args, settings)
@@ -90,16 +110,19 @@ def build_request(
         request["auth"] = auth
     elif args.auth_mechanism:
         raise UsageError("--auth-mechanism needs --auth-user")
+    built = args.subject is not None or args.body is not None or bool(args.headers)
     if args.data_file is not None:
-        if args.subject is not None or args.body is not None:
-            raise UsageError("use either --data-file or --subject/--body, not both")
+        if built:
+            raise UsageError("use either --data-file or --subject/--body/--header, not both")
         request["data"] = read_text(args.data_file, "--data-file")
-    elif args.subject is not None or args.body is not None:
+    elif built:
         message: dict[str, Any] = {}
         if args.subject is not None:
             message["subject"] = args.subject
         if args.body is not None:
             message["body"] = args.body
+        if args.headers:
+            message["headers"] = header_fields(args.headers)
         request["message"] = message
     timeouts = {
         name: value
@@ -127,15 +150,40 @@ def password_from(args: argparse.Namespace, settings: Settings) -> str | None:
     if args.auth_password_file is not None:
         if args.auth_password_file == "-" and args.data_file == "-":  # noqa: S105
             raise UsageError("--auth-password-file - and --data-file - cannot both read stdin")
-        lines = read_text(args.auth_password_file, "--auth-password-file").splitlines()
-        if not lines or not lines[0]:
-            raise UsageError(
-                f"--auth-password-file: {args.auth_password_file} has no password on its first line"
-            )
-        return lines[0]
+        return first_line(args.auth_password_file, "--auth-password-file", "password")
     if args.auth_password is not None:
         return str(args.auth_password)
     return settings.client_auth_password
+
+
+def header_fields(given: list[str]) -> dict[str, str]:
+    """``--header 'NAME: VALUE'`` options as the request's ``message.headers``."""
+    headers: dict[str, str] = {}
+    for text in given:
+        name, colon, value = text.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"--header {text!r}: give it as 'Name: value'")
+        if name.strip() in headers:
+            raise UsageError(f"--header {name.strip()!r} is given twice")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def callback_secret(args: argparse.Namespace, settings: Settings) -> str:
+    """The webhook secret from --callback-secret-file or SMTPCHECK_CALLBACK_SECRET."""
+    if args.local:
+        raise UsageError("--callback-url needs a service: a --local check posts no webhook")
+    path = args.callback_secret_file
+    if path is not None:
+        if path == "-" and "-" in (args.data_file, args.auth_password_file):
+            raise UsageError("only one option can read stdin (-)")
+        return first_line(path, "--callback-secret-file", "secret").strip()
+    if settings.client_callback_secret is None:
+        raise UsageError(
+            "--callback-url needs the webhook's secret: set SMTPCHECK_CALLBACK_SECRET or give "
+            "--callback-secret-file PATH (- reads stdin)"
+        )
+    return settings.client_callback_secret
 
 
 def ask_password(request: dict[str, Any], user: str | None) -> str:
@@ -150,6 +198,14 @@ def ask_password(request: dict[str, Any], user: str | None) -> str:
         raise UsageError("no password given")
     request["auth"]["password"] = password
     return password
+
+
+def first_line(path: str, option: str, what: str) -> str:
+    """The first line of the file ``option`` names (``-``: stdin), which must not be empty."""
+    lines = read_text(path, option).splitlines()
+    if not lines or not lines[0]:
+        raise UsageError(f"{option}: {path} has no {what} on its first line")
+    return lines[0]
 
 
 def read_text(path: str, option: str) -> str:

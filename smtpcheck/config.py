@@ -109,6 +109,8 @@ class Settings:
     client_api_key: str | None = None  # SMTPCHECK_API_KEY
     # SMTPCHECK_AUTH_PASSWORD: the AUTH password of `smtpcheck check --auth-user`
     client_auth_password: str | None = field(default=None, repr=False)
+    # SMTPCHECK_CALLBACK_SECRET: the webhook secret of `smtpcheck check --callback-url`
+    client_callback_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -170,6 +172,7 @@ class Settings:
         kwargs["client_api_key"] = get("SMTPCHECK_API_KEY")
         # Not stripped: a password may begin or end with a space.
         kwargs["client_auth_password"] = env.get("SMTPCHECK_AUTH_PASSWORD") or None
+        kwargs["client_callback_secret"] = get("SMTPCHECK_CALLBACK_SECRET")
         rate_limit = get("SMTPCHECK_RATE_LIMIT")
         if rate_limit is not None:
             kwargs["rate_limit"] = parse_rate_limit("SMTPCHECK_RATE_LIMIT", rate_limit)

@@ -323,3 +323,48 @@ def test_version_and_help_for_every_option(capsys: pytest.CaptureFixture[str]) -
     assert main(["check", "--help"]) == 0
     text = capsys.readouterr().out
     assert "examples:" in text and "--auth-password-file" in text and "NO_COLOR" in text
+
+
+def test_message_headers_retry_and_callback_options_build_the_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.request import build_request
+    from smtpcheck.config import Settings
+
+    def built(*options: str, **env: str) -> dict[str, object]:
+        args = build_parser().parse_args(["check", "mx.example.com", *options])
+        return build_request(args, Settings.from_env(env))[0]
+
+    secret_file = tmp_path / "hook-secret"
+    secret_file.write_text("from-the-file-0123456789abcdef\n")
+    request = built(
+        "--from", "a@example.org", "--to", "b@example.com", "--subject", "hi",
+        "--header", "X-Ticket: 4711", "--header", "Reply-To:  c@example.org",
+        "--retry-temporary", "--retry-attempts", "3", "--retry-delay", "30",
+        "--callback-url", "https://hooks.example.org/smtp",
+        "--callback-secret-file", str(secret_file),
+        SMTPCHECK_CALLBACK_SECRET="from-the-environment-0123456789",
+    )  # fmt: skip
+    assert request["message"] == {
+        "subject": "hi",
+        "headers": {"X-Ticket": "4711", "Reply-To": "c@example.org"},
+    }
+    assert request["retry_temporary"] is True
+    assert request["retry"] == {"attempts": 3, "delay": 30.0}
+    assert request["callback"] == {
+        "url": "https://hooks.example.org/smtp",
+        "secret": "from-the-file-0123456789abcdef",  # the file comes first
+    }
+    hook = built("--callback-url", "https://h.example.org/", SMTPCHECK_CALLBACK_SECRET="s" * 32)
+    assert hook["callback"] == {"url": "https://h.example.org/", "secret": "s" * 32}
+
+    for options, says in (
+        (["--callback-url", "https://h.example.org/"], "SMTPCHECK_CALLBACK_SECRET"),
+        (["--callback-secret-file", str(secret_file)], "needs --callback-url"),
+        (["--retry-attempts", "2"], "need --retry-temporary"),
+        (["--header", "no colon"], "'Name: value'"),
+        (["--header", "A: 1", "--data-file", str(secret_file)], "not both"),
+        (["--local", "--callback-url", "https://h.example.org/"], "needs a service"),
+    ):
+        assert main(["check", "mx.example.com", *options]) == 2, options
+        assert says in capsys.readouterr().err, options
