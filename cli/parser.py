@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("AUTO", "PLAIN", "LOGIN", "CRAM-MD5"),
         help="SASL mechanism (default AUTO: the best the server offers)",
     )
+    check.add_argument(
+        "--auth-allow-plaintext",
+        action="store_true",
+        help="send the credentials even over a connection without TLS (--tls none always does)",
+    )
     check.add_argument("--from", dest="mail_from", help='envelope sender ("" for <>)')
     check.add_argument(
         "--to", dest="rcpt_to", action="append", help="envelope recipient (repeatable)"

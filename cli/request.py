@@ -26,6 +26,7 @@ OPTION_FOR_FIELD = {
     "auth.username": "--auth-user",
     "auth.password": "--auth-password",
     "auth.mechanism": "--auth-mechanism",
+    "auth.allow_plaintext": "--auth-allow-plaintext",
     "auth": "--auth-user",
     "mail_from": "--from",
     "rcpt_to": "--to",
@@ -107,9 +108,11 @@ def build_request(
         auth: dict[str, Any] = {"username": args.auth_user or "", "password": password or ASK}
         if args.auth_mechanism:
             auth["mechanism"] = "auto" if args.auth_mechanism == "AUTO" else args.auth_mechanism
+        if args.auth_allow_plaintext:
+            auth["allow_plaintext"] = True
         request["auth"] = auth
-    elif args.auth_mechanism:
-        raise UsageError("--auth-mechanism needs --auth-user")
+    elif args.auth_mechanism or args.auth_allow_plaintext:
+        raise UsageError("--auth-mechanism and --auth-allow-plaintext need --auth-user")
     built = args.subject is not None or args.body is not None or bool(args.headers)
     if args.data_file is not None:
         if built:

@@ -355,6 +355,8 @@ def test_message_headers_retry_and_callback_options_build_the_request(
         "url": "https://hooks.example.org/smtp",
         "secret": "from-the-file-0123456789abcdef",  # the file comes first
     }
+    plain = built("--auth-user", "alice", "--auth-allow-plaintext", SMTPCHECK_AUTH_PASSWORD="pw")
+    assert plain["auth"] == {"username": "alice", "password": "pw", "allow_plaintext": True}
     hook = built("--callback-url", "https://h.example.org/", SMTPCHECK_CALLBACK_SECRET="s" * 32)
     assert hook["callback"] == {"url": "https://h.example.org/", "secret": "s" * 32}
 
@@ -362,6 +364,7 @@ def test_message_headers_retry_and_callback_options_build_the_request(
         (["--callback-url", "https://h.example.org/"], "SMTPCHECK_CALLBACK_SECRET"),
         (["--callback-secret-file", str(secret_file)], "needs --callback-url"),
         (["--retry-attempts", "2"], "need --retry-temporary"),
+        (["--auth-allow-plaintext"], "need --auth-user"),
         (["--header", "no colon"], "'Name: value'"),
         (["--header", "A: 1", "--data-file", str(secret_file)], "not both"),
         (["--local", "--callback-url", "https://h.example.org/"], "needs a service"),
