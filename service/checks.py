@@ -132,31 +132,39 @@ def _list_item(check_id: str, owner: str) -> dict[str, Any] | None:
 
 @blueprint.get("/checks/<check_id>/events")
 def get_events(check_id: str) -> Response:
+    """Server-Sent Events of a check, or of every vantage of a fan-out, merged."""
     owner = current_owner()
     jobstore = store()
-    if fanout.load(jobstore, check_id, owner) is not None:
-        raise Problem(
-            409,
-            "Conflict",
-            "a check with vantage 'all' has one event stream per vantage: read "
-            "/v1/checks/{id}/events of each id in its 'vantages'",
-            type=NOT_FINISHED,
-        )
-    jobstore.load(check_id, owner)  # 404 before the stream starts
+    state: Callable[[], events.State | None]
+    spread = fanout.load(jobstore, check_id, owner)
+    if spread is not None:
+        members = [events.Member(m["id"], m["vantage"]) for m in spread.members]
 
-    def state() -> tuple[str, dict[str, Any]] | None:
-        try:
-            document = jobstore.describe(jobstore.load(check_id, owner))
-        except Problem:
-            return None
-        return str(document["status"]), document
+        def state() -> events.State | None:
+            found = fanout.load(jobstore, check_id, owner)
+            if found is None:
+                return None
+            document = fanout.describe(jobstore, found)
+            return document, [str(row["status"]) for row in document["vantages"]]
+
+    else:
+        jobstore.load(check_id, owner)  # 404 before the stream starts
+        members = [events.Member(check_id)]
+
+        def state() -> events.State | None:
+            try:
+                document = jobstore.describe(jobstore.load(check_id, owner))
+            except Problem:
+                return None
+            return document, [str(document["status"])]
 
     max_seconds = jobstore.settings.limits.max_wait
     lease = held.acquire(owner, max_seconds)  # 429/503 before the stream starts
     body = events.stream(
         jobstore.blocking,
-        check_id,
-        events.start_id(request.headers.get("Last-Event-ID")),
+        members,
+        events.start_ids(request.headers.get("Last-Event-ID"), len(members)),
+        own_id=check_id,
         state=state,
         max_seconds=max_seconds,
     )

@@ -370,15 +370,22 @@ def build_spec(settings: Settings) -> APISpec:
                 'it (`{"t_ms", "dir", "text"}`, `tls` inside TLS), whose SSE `id` '
                 "resumes the stream when sent back as `Last-Event-ID`; once the check "
                 "has ended, a `result` event with the check as GET /v1/checks/{check_id} "
-                "returns it, and the stream ends. A stream is held for at most "
-                f"{limits.max_wait} s: reconnect with `Last-Event-ID` to go on (browsers' "
-                "EventSource does so by itself).",
+                "returns it, and the stream ends. A check with vantage `all` has one "
+                "merged stream of every vantage's events, oldest first: each `line` event "
+                'and each vantage\'s `status` event (`{"id", "vantage", "status"}`, '
+                "with that vantage's check id) carry `vantage`, the fan-out's own "
+                "`status` events do not, its SSE `id` is every vantage's last entry id "
+                "joined by `,` (in the order of `vantages`), and the final `result` is the "
+                "fan-out as GET /v1/checks/{check_id} returns it. A stream is held for at "
+                f"most {limits.max_wait} s: reconnect with `Last-Event-ID` to go on "
+                "(browsers' EventSource does so by itself).",
                 "parameters": [
                     {
                         "name": "Last-Event-ID",
                         "in": "header",
                         "required": False,
-                        "description": "the id of the last `line` event received",
+                        "description": "the id of the last `line` event received; one "
+                        "that is not this stream's starts it from the first line",
                         "schema": {"type": "string"},
                     }
                 ],
@@ -389,10 +396,8 @@ def build_spec(settings: Settings) -> APISpec:
                     },
                     **guarded,
                     "404": ref["NotFound"],
-                    "409": _problem(
-                        "a check with vantage `all`: read the events of each vantage's check"
-                    ),
-                    "503": ref["Unavailable"],
+                    "429": ref["TooManyHeld"],
+                    "503": ref["Busy"],
                 },
             }
         },
