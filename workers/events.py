@@ -5,8 +5,21 @@ Each line goes to the Redis stream ``smtpcheck:events:<check id>``
 capped at ``EVENTS_MAXLEN`` entries and expiring with the check. The lines
 are the transcript's own, so AUTH secrets are already ``****``. The API
 reads the stream for ``GET /v1/checks/{id}/events`` and for the text
-transcript of a check still running. Publishing never fails a check: when
-Redis is away, the lines are still in the result.
+transcript of a check still running.
+
+One thread per worker process writes the lines of every check in flight
+(:class:`Publisher`): a check's thread only hands a line over and goes on
+with its dialogue. The thread takes what has gathered (waiting at most
+``LINGER`` seconds after the first line, so a line is in Redis within a few
+milliseconds) and writes it all in one pipeline: an ``XADD`` per line and one
+``EXPIRE`` per stream. When a check ends, :meth:`CheckEvents.finish` writes
+what is left of its lines at once (with whatever the caller adds to that
+pipeline) and returns once they are in Redis, so the lines are there before
+the worker stores the result (the API's ``/events`` relies on that order).
+
+Publishing never fails a check: when Redis is away, the lines are dropped
+with one warning per outage (they are still in the result), and ``finish``
+waits for them at most ``FINISH_WAIT`` seconds.
 """
 
 from __future__ import annotations
@@ -14,50 +27,182 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from smtpcheck.contract import EVENTS_KEY_PREFIX, EVENTS_MAXLEN
 from workers.transcript import listening
 
 log = logging.getLogger("smtpcheck.worker")
 
+#: Seconds the thread lets lines gather after the first one before writing them.
+LINGER = 0.005
+#: Seconds a check's end waits for its lines to be written (Redis slow or away).
+FINISH_WAIT = 2.0
+#: Lines held at most while Redis cannot keep up; past it new lines are dropped.
+MAX_PENDING = 100_000
 
-class EventPublisher:
-    """Appends one check's transcript lines to its stream."""
+Stage = Callable[[Pipeline], None]
 
-    def __init__(self, connection: redis.Redis, check_id: str, ttl: int) -> None:
+
+@dataclass(eq=False)
+class _Batch:
+    """What one round trip writes for one Redis client."""
+
+    lines: list[tuple[str, str]] = field(default_factory=list)  # (stream key, JSON entry)
+    ttls: dict[str, int] = field(default_factory=dict)
+    stages: list[Stage] = field(default_factory=list)
+    done: list[threading.Event] = field(default_factory=list)
+
+
+class Publisher:
+    """The process's one writer of transcript lines (created on first use,
+    again after a fork)."""
+
+    def __init__(self, linger: float = LINGER) -> None:
+        self.linger = linger
+        self._batches: dict[int, tuple[redis.Redis, _Batch]] = {}
+        self._pending = 0
+        self._urgent = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._failing = False
+        self.round_trips = 0  # for tests and benchmarks
+
+    def _batch(self, connection: redis.Redis) -> _Batch:
+        """The batch being gathered for ``connection`` (call holding ``_cond``)."""
+        entry = self._batches.get(id(connection))
+        if entry is None:
+            entry = self._batches[id(connection)] = (connection, _Batch())
+        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="smtpcheck-events", daemon=True)
+            self._thread.start()
+        return entry[1]
+
+    def line(self, connection: redis.Redis, key: str, ttl: int, data: str) -> None:
+        with self._cond:
+            if self._pending >= MAX_PENDING:
+                return  # Redis far behind: the line is still in the result
+            batch = self._batch(connection)
+            batch.lines.append((key, data))
+            batch.ttls[key] = ttl
+            self._pending += 1
+            self._cond.notify()
+
+    def finish(self, connection: redis.Redis, stage: Stage | None = None) -> threading.Event:
+        """Write every line handed over so far, and ``stage``'s commands, now."""
+        done = threading.Event()
+        with self._cond:
+            batch = self._batch(connection)
+            if stage is not None:
+                batch.stages.append(stage)
+            batch.done.append(done)
+            self._urgent = True
+            self._cond.notify()
+        return done
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._batches))
+                if not self._urgent:  # let the lines of this moment gather
+                    self._cond.wait_for(lambda: self._urgent, self.linger)
+                batches = list(self._batches.values())
+                self._batches.clear()
+                self._pending = 0
+                self._urgent = False
+            for connection, batch in batches:
+                self._write(connection, batch)
+
+    def _write(self, connection: redis.Redis, batch: _Batch) -> None:
+        try:
+            with connection.pipeline(transaction=False) as pipe:
+                for key, data in batch.lines:
+                    pipe.xadd(
+                        key,
+                        {"event": "line", "data": data},
+                        maxlen=EVENTS_MAXLEN,
+                        approximate=False,
+                    )
+                for key, ttl in batch.ttls.items():
+                    pipe.expire(key, ttl)
+                for stage in batch.stages:
+                    stage(pipe)
+                pipe.execute()
+            self.round_trips += 1
+            if self._failing:
+                log.info("transcript lines are published again")
+            self._failing = False
+        except redis.exceptions.RedisError as exc:
+            if not self._failing:  # one warning per outage; the checks go on
+                log.warning("cannot publish %d transcript lines: %s", len(batch.lines), exc)
+            self._failing = True
+        except Exception:  # a stage's bug must not stop the thread
+            log.exception("publishing transcript lines failed")
+        finally:
+            for done in batch.done:
+                done.set()
+
+
+_publisher = Publisher()
+
+
+class CheckEvents:
+    """One check's side of the publisher: its stream key and TTL."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        check_id: str,
+        ttl: int,
+        publisher: Publisher | None = None,
+    ) -> None:
         self.connection = connection
         self.key = EVENTS_KEY_PREFIX + check_id
         self.ttl = ttl
-        self.broken = False
+        self.publisher = publisher or _publisher
+        self.finished = False
 
     def line(self, entry: dict[str, Any]) -> None:
-        self.publish("line", entry)
+        data = json.dumps(entry, ensure_ascii=False)
+        self.publisher.line(self.connection, self.key, self.ttl, data)
 
-    def publish(self, event: str, payload: dict[str, Any]) -> None:
-        if self.broken:
-            return
-        try:
-            pipe = self.connection.pipeline(transaction=False)
-            pipe.xadd(
+    def finish(self, stage: Stage | None = None) -> bool:
+        """Write the rest of the check's lines (and ``stage``) now; True once
+        they are in Redis, False when that took longer than ``FINISH_WAIT``."""
+        self.finished = True
+        started = time.monotonic()
+        written = self.publisher.finish(self.connection, stage).wait(FINISH_WAIT)
+        if not written:
+            log.warning(
+                "transcript lines of %s not written after %.1f s; storing the result anyway",
                 self.key,
-                {"event": event, "data": json.dumps(payload, ensure_ascii=False)},
-                maxlen=EVENTS_MAXLEN,
-                approximate=False,
+                time.monotonic() - started,
             )
-            pipe.expire(self.key, self.ttl)
-            pipe.execute()
-        except redis.exceptions.RedisError as exc:
-            self.broken = True  # one warning, then the check goes on unpublished
-            log.warning("cannot publish transcript lines to %s: %s", self.key, exc)
+        return written
 
 
 @contextlib.contextmanager
-def publishing(connection: redis.Redis, check_id: str, ttl: int) -> Iterator[EventPublisher]:
-    """Publish every transcript line recorded in this block (in this thread)."""
-    publisher = EventPublisher(connection, check_id, ttl)
-    with listening(publisher.line):
-        yield publisher
+def publishing(
+    connection: redis.Redis, check_id: str, ttl: int, publisher: Publisher | None = None
+) -> Iterator[CheckEvents]:
+    """Publish every transcript line recorded in this block (in this thread).
+
+    Leaving the block without :meth:`CheckEvents.finish` (an exception) still
+    writes the lines first."""
+    events = CheckEvents(connection, check_id, ttl, publisher)
+    try:
+        with listening(events.line):
+            yield events
+    finally:
+        if not events.finished:
+            events.finish()

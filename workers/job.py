@@ -37,7 +37,7 @@ import logging
 import zlib
 from typing import Any
 
-import redis
+from redis.client import Pipeline
 from rq import get_current_job
 from rq.job import Job
 
@@ -105,8 +105,11 @@ def run_check_job(request: CheckRequest, sealed_password: str | None = None) -> 
         owner = (job.meta or {}).get("owner")
         gate = TargetGate(job.connection, settings.max_concurrent_per_target, owner=owner)
     with contextlib.ExitStack() as live:
+        published = None
         if job is not None:  # lines published as they happen; DELETE cancels
-            live.enter_context(events.publishing(job.connection, job.id, settings.result_ttl))
+            published = live.enter_context(
+                events.publishing(job.connection, job.id, settings.result_ttl)
+            )
             live.enter_context(cancel.watching(job.connection, job.id))
         result = run_check(
             request,
@@ -115,18 +118,21 @@ def run_check_job(request: CheckRequest, sealed_password: str | None = None) -> 
             check_id=job.id if job is not None else None,
             gate=gate,
         )
+        if job is not None and published is not None:
+            result["worker"] = job.worker_name
+            # The last lines and the /metrics counters in one round trip, before the result.
+            published.finish(_report(job, settings, result))
     del password
     if job is not None:
-        result["worker"] = job.worker_name
-        _report(job, settings, result)
         _retry_if_greylisted(job, request, result)  # raises (seal kept) to run again
         if sealed_password is not None:
             scrub_sealed_password(job)
     return result
 
 
-def _report(job: Job, settings: Settings, result: dict[str, Any]) -> None:
-    """One log line per check and the counters behind /metrics; never a secret."""
+def _report(job: Job, settings: Settings, result: dict[str, Any]) -> events.Stage:
+    """One log line per check, and the counters behind /metrics for the
+    check's last round trip; never a secret."""
     meta = job.meta or {}
     seconds = float((result.get("timings") or {}).get("total") or 0) / 1000
     log.info(
@@ -145,10 +151,12 @@ def _report(job: Job, settings: Settings, result: dict[str, Any]) -> None:
             "duration_ms": round(seconds * 1000, 1),
         },
     )
-    try:
-        stats.record(job.connection, settings.vantage, str(result.get("outcome")), seconds)
-    except redis.exceptions.RedisError as exc:  # metrics must never fail a check
-        log.warning("check %s: could not count it for /metrics: %s", job.id, exc)
+    outcome = str(result.get("outcome"))
+
+    def count(pipe: Pipeline) -> None:  # metrics never fail a check: the publisher logs
+        stats.stage(pipe, settings.vantage, outcome, seconds)
+
+    return count
 
 
 def scrub_sealed_password(job: Job) -> None:
