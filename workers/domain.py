@@ -13,7 +13,8 @@ from typing import Any
 
 from smtpcheck.config import Settings
 from smtpcheck.contract import CheckRequest
-from workers.errors import DNSError
+from workers import cancel
+from workers.errors import Canceled, DNSError
 from workers.findings import sort_findings
 from workers.mailpolicy import assess
 from workers.plan import Plan
@@ -77,6 +78,15 @@ def run_domain_check(
     started = time.monotonic()
     try:
         hosts = Resolver(settings, deadline).mx(domain)
+    except Canceled as exc:  # DELETE while the MX lookup waits (workers/cancel.py)
+        result["timings"]["mx"] = transcript.elapsed_ms()
+        transcript.error(f"canceled: {exc}")
+        result["outcome"] = "canceled"
+        result["summary"] = (
+            f"The caller canceled the check while looking up the MX records of {domain}; "
+            "nothing was dialled"
+        )
+        return _finish(result, transcript)
     except DNSError as exc:
         result["timings"]["mx"] = transcript.elapsed_ms()
         transcript.error(f"dns_error: {exc}")
@@ -97,7 +107,8 @@ def run_domain_check(
         kind = "no MX record: the domain itself (RFC 5321 5.1)" if mx.implicit else "MX"
         transcript.note(f"{kind} {mx.preference} {mx.host}")
     hosts = hosts[:MAX_MX_HOSTS]
-    mx_findings = _mx_target_findings(hosts, Resolver(settings, deadline))
+    with cancel.shielded():  # a cancel now ends the next host's check instead
+        mx_findings = _mx_target_findings(hosts, Resolver(settings, deadline))
 
     def check_mx(mx: MXHost) -> dict[str, Any]:
         left = max(deadline - time.monotonic(), 0.001)
@@ -166,15 +177,16 @@ def run_domain_check(
     result["findings"] += mx_findings
     started = time.monotonic()
     transcript.note(f"checking what senders enforce for {domain}: MTA-STS, TLS-RPT, DANE")
-    policy, policy_findings = assess(
-        domain,
-        [mx.host for mx in hosts],
-        checked,
-        settings,
-        deadline,
-        port=plan.port,
-        note=transcript.note,
-    )
+    with cancel.shielded():  # bounded by its own deadline, as before cancels existed
+        policy, policy_findings = assess(
+            domain,
+            [mx.host for mx in hosts],
+            checked,
+            settings,
+            deadline,
+            port=plan.port,
+            note=transcript.note,
+        )
     result["timings"]["policy"] = round((time.monotonic() - started) * 1000, 1)
     result["policy"] = policy
     result["findings"] += policy_findings

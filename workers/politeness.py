@@ -18,7 +18,7 @@ while one more stays free, so a caller's tarpit checks never take every slot
 to an address another caller checks too. A check that finds every slot
 taken, or its caller's share used, waits (noted in its transcript), bounded
 by its own deadline; when the deadline passes first it ends with the outcome
-``timeout``.
+``timeout``, and when the caller cancels it meanwhile, ``canceled`` at once.
 
 If Redis cannot be reached the check goes ahead ungated, with a note: the
 worker cannot take new checks from the queue then either, so at most the
@@ -43,6 +43,7 @@ import redis
 
 from smtpcheck.contract import TARGET_SLOTS_PREFIX
 from smtpcheck.targetpolicy import IPAddress
+from workers import cancel
 from workers.errors import CheckAborted
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class TargetGate:
                     "(smtpcheck's limit on checks talking to one address at once); "
                     "none freed before the check's deadline"
                 )
-            time.sleep(min(pause, left))
+            cancel.pause(min(pause, left))  # a DELETE ends the wait at once
             pause = min(pause * 2, POLL_MAX)
         if waiting:
             note(f"slot to {address} free after {(time.monotonic() - started) * 1000:.0f} ms")

@@ -3,7 +3,8 @@
 With ``SMTPCHECK_DNS_SERVERS`` set, dnspython asks those servers; otherwise
 addresses come from the system resolver (getaddrinfo, which honours
 /etc/hosts) and MX/PTR from dnspython with the system's resolv.conf. Every
-lookup is bounded by the check's deadline and ``SMTPCHECK_DNS_TIMEOUT``.
+lookup is bounded by the check's deadline and ``SMTPCHECK_DNS_TIMEOUT``, and
+given up at once when the caller cancels the check (workers/cancel.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import dns.reversename
 
 from smtpcheck.config import Settings
 from smtpcheck.targetpolicy import IPAddress
+from workers import cancel
 from workers.errors import DNSError
 
 #: Said of a SERVFAIL or a timeout: the name may well resolve a minute later.
@@ -85,7 +87,8 @@ class Resolver:
         """One lookup; ``None`` for NODATA, DNSError for everything that went wrong."""
         shown = str(name).rstrip(".")
         try:
-            return self._dnspython(self._timeout()).resolve(name, rdtype, search=False)
+            resolver = self._dnspython(self._timeout())
+            return cancel.interruptible(lambda: resolver.resolve(name, rdtype, search=False))
         except dns.resolver.NXDOMAIN:
             raise DNSError(f"{shown} does not exist (NXDOMAIN)") from None
         except dns.resolver.NoAnswer:
@@ -157,7 +160,7 @@ class Resolver:
 
         thread = threading.Thread(target=lookup, daemon=True, name="smtpcheck-resolve")
         thread.start()
-        thread.join(self._timeout())
+        cancel.join(thread, self._timeout())  # a DELETE ends the wait at once
         if thread.is_alive():
             raise DNSError(f"DNS lookup of {host} timed out; {TEMPORARY}", temporary=True)
         error = outcome.get("error")
@@ -216,7 +219,8 @@ class Resolver:
         for failures. What the signatures prove is :mod:`workers.dnssec`'s
         to judge."""
         try:
-            answer = self._secure_resolver().resolve(name, rdtype, search=False)
+            resolver = self._secure_resolver()
+            answer = cancel.interruptible(lambda: resolver.resolve(name, rdtype, search=False))
         except dns.resolver.NXDOMAIN:
             return None
         except dns.resolver.NoAnswer:

@@ -1,0 +1,202 @@
+"""What a running check shows and obeys inside a worker process, in-process
+against the session's real Redis: its transcript lines go out through one
+publisher thread per process, its cancel flag is read by one watcher per
+process, and a DELETE ends the check also while it waits at the politeness
+gate or on DNS."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from service.schemas import build_schemas
+from smtpcheck.config import Settings, Timeouts
+from smtpcheck.contract import CANCEL_KEY_PREFIX, EVENTS_KEY_PREFIX, TARGET_SLOTS_PREFIX
+from tests.dns_server import DNSServer
+from workers import cancel, events
+from workers.check import run_check
+from workers.politeness import TargetGate
+
+#: A DELETE must end a running check within this long (DESIGN.md, DELETE).
+CANCEL_WITHIN = 1.0
+
+
+@pytest.fixture
+def connection(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def settings(**changes: Any) -> Settings:
+    return Settings(
+        allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+        helo_name="checker.test",
+        timeouts=Timeouts(connect=10, command=10, total=20),
+        **changes,
+    )
+
+
+def normalized(body: dict[str, Any], with_settings: Settings) -> dict[str, Any]:
+    """The request as the API queues it."""
+    loaded: dict[str, Any] = build_schemas(with_settings).check_request().load(body)
+    return loaded
+
+
+def canceled_while_waiting(
+    connection: redis.Redis, check: Callable[[], dict[str, Any]], check_id: str
+) -> tuple[dict[str, Any], float]:
+    """Run ``check`` as a worker does (watched), set its cancel flag once it
+    waits, and return its result and the seconds from the flag to its end."""
+    watcher = cancel.Watcher()
+    done: list[dict[str, Any]] = []
+    ended = threading.Event()
+
+    def run() -> None:
+        with cancel.watching(connection, check_id, watcher):
+            done.append(check())
+        ended.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.5)  # it is waiting by now (the wait it is in lasts 10 s or more)
+    assert not ended.is_set()
+    connection.set(CANCEL_KEY_PREFIX + check_id, "1")
+    flagged = time.monotonic()
+    ended.wait(10)
+    took = time.monotonic() - flagged
+    thread.join(10)
+    return done[0], took
+
+
+def test_delete_ends_a_check_waiting_at_the_politeness_gate(connection: redis.Redis) -> None:
+    check_settings = settings(allowed_ports=frozenset({2525}))
+    request = normalized({"host": "127.0.0.1", "port": 2525, "tls": "none"}, check_settings)
+    # Another check holds the only slot to 127.0.0.1 for the next minute.
+    lease_ends = float(connection.time()[0]) + 60
+    connection.zadd(TARGET_SLOTS_PREFIX + "127.0.0.1", {"another-check": lease_ends})
+
+    result, took = canceled_while_waiting(
+        connection,
+        lambda: run_check(request, check_settings, gate=TargetGate(connection, 1)),
+        "gate-check",
+    )
+
+    assert result["outcome"] == "canceled", result["summary"]
+    assert result["stage"] == "connect"
+    assert took < CANCEL_WITHIN, took
+    said = [entry["text"] for entry in result["transcript"]]
+    assert any(text.startswith("waiting for a free slot") for text in said), said
+    assert not any(text.startswith("connecting to") for text in said), said  # never dialled
+    assert connection.zcard(TARGET_SLOTS_PREFIX + "127.0.0.1") == 1  # took no slot
+
+
+def test_delete_ends_a_check_waiting_on_dns(
+    connection: redis.Redis, dns_server: Callable[..., DNSServer]
+) -> None:
+    server = dns_server({}, silent=["mute.test."])  # it never answers about this name
+    check_settings = settings(dns_servers=(("127.0.0.1", server.port),), dns_timeout=10.0)
+    request = normalized({"host": "mute.test", "port": 25, "tls": "none"}, check_settings)
+
+    result, took = canceled_while_waiting(
+        connection, lambda: run_check(request, check_settings), "dns-check"
+    )
+
+    assert result["outcome"] == "canceled", result["summary"]
+    assert took < CANCEL_WITHIN, took
+    said = [entry["text"] for entry in result["transcript"]]
+    assert "resolving mute.test (A/AAAA)" in said
+    assert server.queries  # it did ask, and was waiting for the answer
+
+
+def test_delete_ends_a_domain_check_waiting_for_its_mx_records(
+    connection: redis.Redis, dns_server: Callable[..., DNSServer]
+) -> None:
+    server = dns_server({}, silent=["mute.test."])
+    check_settings = settings(dns_servers=(("127.0.0.1", server.port),), dns_timeout=10.0)
+    request = normalized({"host": "mute.test", "mx": True}, check_settings)
+
+    result, took = canceled_while_waiting(
+        connection, lambda: run_check(request, check_settings), "mx-check"
+    )
+
+    assert result["outcome"] == "canceled", result["summary"]
+    assert "looking up the MX records of mute.test" in result["summary"]
+    assert took < CANCEL_WITHIN, took
+
+
+def test_one_watcher_reads_every_flag_in_one_round_trip(connection: redis.Redis) -> None:
+    watcher = cancel.Watcher(poll=0.05)
+    watches = [cancel.CancelWatch(connection, f"check-{n}") for n in range(50)]
+    for watch in watches:
+        watcher.add(watch)
+    connection.set(CANCEL_KEY_PREFIX + "check-7", "1")
+    time.sleep(0.5)
+    looks = watcher.round_trips
+    for watch in watches:
+        watcher.discard(watch)
+
+    assert [n for n, watch in enumerate(watches) if watch.requested()] == [7]
+    assert 1 <= looks <= 0.5 / 0.05 + 2  # one MGET per poll for all 50, not one each
+
+
+def test_lines_of_many_checks_go_out_together_in_order(connection: redis.Redis) -> None:
+    publisher = events.Publisher()
+    lines_each, checks = 10, 20
+    start = threading.Barrier(checks)
+    written: list[bool] = []
+
+    def one(n: int) -> None:
+        with events.publishing(connection, f"live-{n}", 60, publisher) as published:
+            start.wait()
+            for i in range(lines_each):
+                published.line({"t_ms": float(i), "dir": "note", "text": f"line {i} of {n}"})
+            written.append(published.finish())
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(checks)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert written == [True] * checks  # finish() returned once the lines were in Redis
+    for n in range(checks):
+        rows = connection.xrange(EVENTS_KEY_PREFIX + f"live-{n}")
+        texts = [fields[b"data"].decode() for _, fields in rows]
+        assert [f'"line {i} of {n}"' in text for i, text in enumerate(texts)] == [True] * 10
+        assert 0 < connection.ttl(EVENTS_KEY_PREFIX + f"live-{n}") <= 60
+    # 200 lines: written in batches, not one round trip each.
+    assert publisher.round_trips <= lines_each * checks / 2, publisher.round_trips
+
+
+def test_a_line_is_in_redis_at_once_while_the_check_goes_on(connection: redis.Redis) -> None:
+    publisher = events.Publisher()
+    with events.publishing(connection, "live-one", 60, publisher) as published:
+        handed = time.monotonic()
+        published.line({"t_ms": 0.0, "dir": "server", "text": "220 slow.test ESMTP"})
+        while not connection.xlen(EVENTS_KEY_PREFIX + "live-one"):
+            assert time.monotonic() - handed < 2, "the line never reached Redis"
+            time.sleep(0.002)
+        visible = time.monotonic() - handed
+        assert not published.finished  # the check is still running
+    print(f"line visible after {visible * 1000:.1f} ms")
+    assert visible < 0.5  # ~LINGER plus one round trip; generous for a loaded machine
+
+
+def test_finish_adds_the_callers_commands_to_the_last_round_trip(
+    connection: redis.Redis,
+) -> None:
+    publisher = events.Publisher()
+    with events.publishing(connection, "live-last", 60, publisher) as published:
+        published.line({"t_ms": 0.0, "dir": "note", "text": "done"})
+        assert published.finish(lambda pipe: pipe.set("counted", "1"))
+        trips = publisher.round_trips
+    assert connection.get("counted") == b"1"
+    assert connection.xlen(EVENTS_KEY_PREFIX + "live-last") == 1
+    assert publisher.round_trips == trips  # leaving the block wrote nothing more
