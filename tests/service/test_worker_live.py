@@ -15,12 +15,16 @@ from typing import Any
 import pytest
 import redis
 
-from service.schemas import build_schemas
 from smtpcheck.config import Settings, Timeouts
-from smtpcheck.contract import CANCEL_KEY_PREFIX, EVENTS_KEY_PREFIX, TARGET_SLOTS_PREFIX
+from smtpcheck.contract import (
+    CANCEL_KEY_PREFIX,
+    EVENTS_KEY_PREFIX,
+    TARGET_SLOTS_PREFIX,
+    check_request,
+)
 from tests.dns_server import DNSServer
 from workers import cancel, events
-from workers.check import run_check
+from workers.engine import run_check
 from workers.politeness import TargetGate
 
 #: A DELETE must end a running check within this long (DESIGN.md, DELETE).
@@ -41,12 +45,6 @@ def settings(**changes: Any) -> Settings:
         timeouts=Timeouts(connect=10, command=10, total=20),
         **changes,
     )
-
-
-def normalized(body: dict[str, Any], with_settings: Settings) -> dict[str, Any]:
-    """The request as the API queues it."""
-    loaded: dict[str, Any] = build_schemas(with_settings).check_request().load(body)
-    return loaded
 
 
 def canceled_while_waiting(
@@ -77,7 +75,7 @@ def canceled_while_waiting(
 
 def test_delete_ends_a_check_waiting_at_the_politeness_gate(connection: redis.Redis) -> None:
     check_settings = settings(allowed_ports=frozenset({2525}))
-    request = normalized({"host": "127.0.0.1", "port": 2525, "tls": "none"}, check_settings)
+    request = check_request(check_settings, host="127.0.0.1", port=2525, tls="none")
     # Another check holds the only slot to 127.0.0.1 for the next minute.
     lease_ends = float(connection.time()[0]) + 60
     connection.zadd(TARGET_SLOTS_PREFIX + "127.0.0.1", {"another-check": lease_ends})
@@ -102,7 +100,7 @@ def test_delete_ends_a_check_waiting_on_dns(
 ) -> None:
     server = dns_server({}, silent=["mute.test."])  # it never answers about this name
     check_settings = settings(dns_servers=(("127.0.0.1", server.port),), dns_timeout=10.0)
-    request = normalized({"host": "mute.test", "port": 25, "tls": "none"}, check_settings)
+    request = check_request(check_settings, host="mute.test", port=25, tls="none")
 
     result, took = canceled_while_waiting(
         connection, lambda: run_check(request, check_settings), "dns-check"
@@ -120,7 +118,7 @@ def test_delete_ends_a_domain_check_waiting_for_its_mx_records(
 ) -> None:
     server = dns_server({}, silent=["mute.test."])
     check_settings = settings(dns_servers=(("127.0.0.1", server.port),), dns_timeout=10.0)
-    request = normalized({"host": "mute.test", "mx": True}, check_settings)
+    request = check_request(check_settings, host="mute.test", mx=True)
 
     result, took = canceled_while_waiting(
         connection, lambda: run_check(request, check_settings), "mx-check"
