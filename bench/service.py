@@ -29,7 +29,10 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
+import selectors
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -109,11 +112,18 @@ def workers(env: dict[str, str], tmp: Path, conn: redis.Redis, kind: str) -> Ite
 
 
 @contextlib.contextmanager
-def api(env: dict[str, str], tmp: Path, extra: list[str]) -> Iterator[int]:
+def api_process(env: dict[str, str], tmp: Path, extra: list[str]) -> Iterator[tuple[int, int]]:
+    """``smtpcheck api`` on a free port: yields (port, the gunicorn master's pid)."""
     port = free_port()
     argv = [*SMTPCHECK, "api", "--bind", f"127.0.0.1:{port}", *extra]
-    with process(argv, env, tmp / "api.log"):
+    with process(argv, env, tmp / "api.log") as proc:
         wait_for(lambda: http_status(port, "/readyz") == 200, 30, "the API")
+        yield port, proc.pid
+
+
+@contextlib.contextmanager
+def api(env: dict[str, str], tmp: Path, extra: list[str]) -> Iterator[int]:
+    with api_process(env, tmp, extra) as (port, _):
         yield port
 
 
@@ -336,30 +346,97 @@ def _in_processes(work: Any, arguments: list[tuple[Any, ...]]) -> tuple[list[Any
     return results, elapsed
 
 
-def _submitter(port: int, key: str, count: int, target_port: int, out: Any) -> None:
-    client = Api(port, key)
-    body = check_request(target_port)
-    latencies = []
+def post_request(port: int, key: str, body: dict[str, Any]) -> bytes:
+    """One ``POST /v1/checks`` as the bytes a keep-alive HTTP/1.1 client sends, built once."""
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST /v1/checks HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+def answers(buffer: bytearray) -> Iterator[int]:
+    """Take every complete HTTP response off the front of ``buffer``; yield their statuses.
+
+    Only what a gunicorn answer to a POST needs: a status line, headers with a
+    Content-Length, a body of that length (no chunked encoding)."""
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buffer[:end]).lower()
+        at = head.find(b"\r\ncontent-length:")
+        if at < 0:
+            raise RuntimeError(f"an answer without Content-Length: {head[:200]!r}")
+        stop = head.find(b"\r\n", at + 2)
+        length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+        if len(buffer) < end + 4 + length:
+            return
+        status = int(head[9:12])
+        del buffer[: end + 4 + length]
+        yield status
+
+
+def _submitter(
+    port: int, key: str, count: int, connections: int, target_port: int, out: Any
+) -> None:
+    """``count`` POSTs over ``connections`` keep-alive sockets, one request in flight on
+    each: the request's bytes are built once, each answer is parsed only as far as its
+    status and length. Puts (latencies, refused, this process's CPU seconds) on ``out``."""
+    request = post_request(port, key, check_request(target_port))
+    selector = selectors.DefaultSelector()
+    sent = 0
+    latencies: list[float] = []
     refused = 0
-    for _ in range(count):
-        start = time.perf_counter()
-        status, _ = client.call("POST", "/v1/checks", body)
-        latencies.append((time.perf_counter() - start) * 1000)
-        refused += status != 202
-    client.close()
-    out.put((latencies, refused))
+    started: dict[socket.socket, float] = {}
+    buffers: dict[socket.socket, bytearray] = {}
+    for _ in range(min(connections, count)):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffers[sock] = bytearray()
+        selector.register(sock, selectors.EVENT_READ)
+        started[sock] = time.perf_counter()
+        sock.sendall(request)
+        sent += 1
+    while len(latencies) < count:
+        for ready, _ in selector.select(timeout=60):
+            sock = ready.fileobj
+            assert isinstance(sock, socket.socket)
+            data = sock.recv(65536)
+            if not data:
+                raise RuntimeError("the API closed a keep-alive connection")
+            buffers[sock] += data
+            for status in answers(buffers[sock]):
+                latencies.append((time.perf_counter() - started[sock]) * 1000)
+                refused += status != 202
+                if sent < count:
+                    started[sock] = time.perf_counter()
+                    sock.sendall(request)
+                    sent += 1
+    for sock in buffers:
+        selector.unregister(sock)
+        sock.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((latencies, refused, usage.ru_utime + usage.ru_stime))
 
 
 def submissions(
-    port: int, target_port: int, n: int, clients: int
-) -> tuple[float, list[float], int]:
+    port: int, target_port: int, n: int, clients: int, connections: int
+) -> tuple[float, list[float], int, float]:
+    """POSTs/s, latencies, refused and the clients' CPU seconds (all processes)."""
     results, elapsed = _in_processes(
         _submitter,
-        [(port, API_KEYS[i].partition(":")[2], n // clients, target_port) for i in range(clients)],
+        [
+            (port, API_KEYS[i].partition(":")[2], n // clients, connections, target_port)
+            for i in range(clients)
+        ],
     )
-    latencies = [x for lat, _ in results for x in lat]
-    refused = sum(r for _, r in results)
-    return len(latencies) / elapsed, latencies, refused
+    latencies = [x for lat, _, _ in results for x in lat]
+    refused = sum(r for _, r, _ in results)
+    cpu = sum(c for _, _, c in results)
+    return len(latencies) / elapsed, latencies, refused, cpu
 
 
 def _enqueuer(redis_url: str, count: int, out: Any) -> None:
@@ -379,6 +456,22 @@ def rq_enqueues(redis_url: str, n: int, clients: int) -> tuple[float, list[float
     results, elapsed = _in_processes(_enqueuer, [(redis_url, n // clients)] * clients)
     latencies = [x for lat in results for x in lat]
     return len(latencies) / elapsed, latencies
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) that ``pid`` and its live children have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{current}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            children = Path(f"/proc/{current}/task/{current}/children").read_text()
+            pending += [int(child) for child in children.split()]
+    return total
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -416,7 +509,10 @@ def main() -> int:
     parser.add_argument("--checks", type=int, default=1000, help="checks for checks/s")
     parser.add_argument("--latency-runs", type=int, default=100)
     parser.add_argument("--submissions", type=int, default=4000)
-    parser.add_argument("--clients", type=int, default=4, help="client processes for (4)")
+    parser.add_argument("--clients", type=int, default=2, help="client processes for (4)")
+    parser.add_argument(
+        "--connections", type=int, default=8, help="keep-alive connections per client process"
+    )
     parser.add_argument("--kinds", default="simple,fork", help="worker classes to compare")
     parser.add_argument("--api-workers", type=int, help="gunicorn processes (default: smtpcheck's)")
     parser.add_argument("--api-connections", type=int, help="connections per gunicorn process")
@@ -442,7 +538,7 @@ def main() -> int:
             {k: v for k, v in env.items() if k.startswith("SMTPCHECK_") or k == "REDIS_URL"}
         )
         try:
-            with api(env, tmp, api_args) as port:
+            with api_process(env, tmp, api_args) as (port, api_pid):
                 for kind in kinds:
                     with workers(env, tmp, conn, kind):
                         log(f"{kind}: RQ ceiling, {args.jobs} trivial jobs")
@@ -456,11 +552,25 @@ def main() -> int:
                             through = service_latency(port, target_port, args.latency_runs)
                             report["latency"] = {"inprocess": inproc, "service": through}
                     conn.flushall()
-                log(f"API: {args.submissions} submissions, {args.clients} client processes")
-                rate, latencies, refused = submissions(
-                    port, target_port, args.submissions, args.clients
+                log(
+                    f"API: {args.submissions} submissions, {args.clients} client processes "
+                    f"x {args.connections} connections"
                 )
-                report["submissions"] = {"rate": rate, "latencies": latencies, "refused": refused}
+                load_before = os.getloadavg()
+                assert server.process is not None
+                api_cpu, redis_cpu = cpu_seconds(api_pid), cpu_seconds(server.process.pid)
+                rate, latencies, refused, client_cpu = submissions(
+                    port, target_port, args.submissions, args.clients, args.connections
+                )
+                api_cpu = cpu_seconds(api_pid) - api_cpu
+                redis_cpu = cpu_seconds(server.process.pid) - redis_cpu
+                report["submissions"] = {
+                    "rate": rate,
+                    "latencies": latencies,
+                    "refused": refused,
+                    "cpu": {"api": api_cpu, "redis": redis_cpu, "clients": client_cpu},
+                    "load": (load_before, os.getloadavg()),
+                }
                 conn.flushall()
                 log(f"RQ: {args.submissions} Queue.enqueue calls, {args.clients} processes")
                 rq_rate, rq_latencies = rq_enqueues(server.url, args.submissions, args.clients)
@@ -482,7 +592,13 @@ def main() -> int:
     print()
     rq = report["enqueues"]
     rq_lat = rq["latencies"]
-    print(f"{args.clients} client processes, keep-alive; RQ's enqueue from as many processes")
+    (before, after) = sub["load"]
+    print(f"load average (1, 5, 15 min) before: {before[0]:.2f} {before[1]:.2f} {before[2]:.2f}")
+    print(f"load average (1, 5, 15 min) after: {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}")
+    print(
+        f"{args.clients} client processes x {args.connections} keep-alive connections "
+        "(raw sockets, one pre-built request); RQ's enqueue from as many processes"
+    )
     print()
     print("| measure | POST /v1/checks | RQ Queue.enqueue | ratio |")
     print("| --- | ---: | ---: | ---: |")
@@ -490,6 +606,12 @@ def main() -> int:
     for p in (50, 99):
         print(f"| p{p} latency ms | {percentile(lat, p):.2f} | {percentile(rq_lat, p):.2f} | |")
     print(f"| refused (not 202) | {sub['refused']} | | |")
+    accepted = len(lat)
+    print()
+    print("| CPU during the POSTs | seconds | ms per POST |")
+    print("| --- | ---: | ---: |")
+    for who, seconds in sub["cpu"].items():
+        print(f"| {who} | {seconds:.2f} | {1000 * seconds / accepted:.3f} |")
     return 0
 
 
