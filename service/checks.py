@@ -42,8 +42,8 @@ def request_schema() -> Schema:
 
 @blueprint.post("/checks")
 def create_check() -> Response:
-    """Validate, admit every check the request creates (one script), enqueue them all
-    (one pipeline): two Redis round trips for a check at the default vantage."""
+    """Validate, then admit and write every check the request creates in one script:
+    one Redis round trip for a check at the default vantage."""
     owner = current_owner()
     admission = ratelimit.admission()
     try:
@@ -54,21 +54,16 @@ def create_check() -> Response:
         spread = None
         if checked["vantage"] == fanout.ALL:
             spread, prepared = fanout.prepare(store(), checked, owner)
+            writes = fanout.writes(store(), spread, prepared)
         else:
             prepared = [store().prepare(checked, owner)]
+            writes = store().writes(prepared, owner)
     except (Problem, ValidationError, RequestEntityTooLarge):
         admission.charge(owner)  # probing costs the same as submitting: 429 once over
         raise
     check_ids = [item.id for item in prepared]
-    admission.admit(owner, check_ids)  # 429 rate-limited or too-many-checks
-    try:
-        if spread is not None:
-            fanout.enqueue(store(), spread, prepared)
-        else:
-            store().enqueue(prepared, owner)
-    except BaseException:
-        admission.release(owner, check_ids)
-        raise
+    admission.admit(owner, check_ids, writes)  # 429 rate-limited or too-many-checks
+    store().after_written(prepared)
     created: dict[str, str | None]
     if spread is not None:
         created = {"id": spread.id, "created_at": spread.created_at}

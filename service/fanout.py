@@ -25,6 +25,7 @@ from smtpcheck.report import render_text
 from . import listing
 from .jobstore import JobStore, Prepared, mask_secrets
 from .problems import Problem
+from .ratelimit import Command
 
 ALL = ALL_VANTAGES
 NO_WORKERS = "urn:smtpcheck:problem:no-live-vantage"
@@ -60,8 +61,9 @@ def prepare(store: JobStore, request: dict[str, Any], owner: str) -> tuple[FanOu
     return fanout, prepared
 
 
-def enqueue(store: JobStore, fanout: FanOut, prepared: list[Prepared]) -> None:
-    """Write the members and the fan-out's record in one round trip."""
+def writes(store: JobStore, fanout: FanOut, prepared: list[Prepared]) -> list[Command]:
+    """The commands that write the members and the fan-out's record (run by the
+    admission script, with the members' counting)."""
 
     def record(pipe: Pipeline) -> None:
         pipe.set(
@@ -78,7 +80,7 @@ def enqueue(store: JobStore, fanout: FanOut, prepared: list[Prepared]) -> None:
         )
         listing.stage(pipe, fanout.owner, fanout.id, store.settings.result_ttl)
 
-    store.enqueue(prepared, fanout.owner, listed=False, also=record)
+    return store.writes(prepared, fanout.owner, listed=False, also=record)
 
 
 def load(store: JobStore, check_id: str, owner: str) -> FanOut | None:

@@ -50,6 +50,7 @@ from smtpcheck.sealing import seal
 
 from . import events, listing
 from .problems import CHECK_RUNNING, MISCONFIGURED, NOT_FOUND, Problem, validation_problem
+from .ratelimit import Command
 from .schemas import check_id_is_valid
 
 DESCRIPTION = "smtpcheck"
@@ -142,21 +143,21 @@ class JobStore:
         )
         return Prepared(job, queue, sealed_callback)
 
-    def enqueue(
+    def writes(
         self,
         prepared: list[Prepared],
         owner: str,
         *,
         listed: bool = True,
         also: Callable[[Pipeline], None] | None = None,
-    ) -> None:
-        """Write ``prepared`` checks in one round trip: the jobs, their queues, the
-        submitted counters, the owner's listing, and what ``also`` adds to the pipeline.
-
-        A check with a ``callback`` then has its first webhook delivery queued,
-        deferred until the check ends (an RQ dependency, so after the check exists).
+    ) -> list[Command]:
+        """The commands that write ``prepared`` checks: the jobs and their queues as RQ
+        writes them, the submitted counters, the owner's listing, and what ``also``
+        adds. Nothing is sent: the admission script runs them (service/ratelimit.py),
+        so a check is counted against its key's limits exactly when it is written.
         """
-        with self.connection.pipeline() as pipe:
+        pipe = self.connection.pipeline(transaction=False)
+        try:
             for item in prepared:
                 item.queue.enqueue_job(item.job, pipeline=pipe)
                 pipe.hincrby(SUBMITTED_KEY, item.job.meta["vantage"], 1)
@@ -164,7 +165,14 @@ class JobStore:
                     listing.stage(pipe, owner, item.id, self.settings.result_ttl)
             if also is not None:
                 also(pipe)
-            pipe.execute()
+            return [tuple(args) for args, _ in pipe.command_stack]
+        finally:
+            pipe.reset()
+
+    def after_written(self, prepared: list[Prepared]) -> None:
+        """What follows the write: a check with a ``callback`` has its first webhook
+        delivery queued, deferred until the check ends (an RQ dependency, so it needs
+        the check to exist)."""
         for item in prepared:
             if item.sealed_callback is not None:  # a worker POSTs the check once it ends
                 delivery.enqueue(

@@ -2,9 +2,10 @@
 
 Both count what a request creates: a ``vantage: "all"`` check that fans out
 to three vantages is three submissions and three checks in flight. One Lua
-script (one round trip) decides both at once, all or nothing: either every
-window has room for all of the request's checks and the cap has room for
-them too, and all are counted, or nothing is.
+script (one round trip) decides both at once and writes the checks, all or
+nothing: either every window has room for all of the request's checks and
+the cap has room for them too, and all are counted and written (their jobs,
+queues, listing: the commands the caller staged), or nothing is.
 
 - Rate: ``SMTPCHECK_RATE_LIMIT`` (the ``limits`` package's syntax, e.g.
   ``60/minute;1000/hour``), each a moving window per key: a sorted set
@@ -18,9 +19,10 @@ them too, and all are counted, or nothing is.
   ``smtpcheck:active:<key name>`` of their ids, scored with the moment they
   expire. A check that ended, was deleted or expired is dropped from it the
   next time the key is full, so nothing has to report back and a dead
-  worker cannot leak a slot. An API process that dies between admitting and
-  enqueueing leaves ids of checks that never existed: the same sweep drops
-  them.
+  worker cannot leak a slot. An id is counted in the same script that
+  writes its job, so an API process dying at any moment leaves either both
+  or neither: an id without a job is one whose job expired or was deleted,
+  dropped at once.
 
 Both refusals are 429 problem+json saying which limit, with ``Retry-After``.
 """
@@ -29,12 +31,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import redis
 from flask import current_app
 from limits import parse_many
+from redis.typing import EncodableT
 from rq.job import Job, JobStatus
 
 from smtpcheck.config import Settings
@@ -43,8 +47,6 @@ from smtpcheck.contract import ACTIVE_PREFIX, RATELIMIT_PREFIX
 from .problems import RATE_LIMITED, TOO_MANY_CHECKS, Problem
 
 KEY_PREFIX = RATELIMIT_PREFIX + ":"
-#: An admitted id with no job this long after is one whose enqueue never happened.
-ENQUEUE_SECONDS = 30
 #: What a caller refused for too many checks in flight is told to wait.
 BUSY_RETRY_AFTER = 5
 #: Statuses of a check that no longer occupies a slot.
@@ -55,16 +57,18 @@ ENDED = frozenset(
 
 # KEYS: the active set, then one sorted set per rate window.
 # ARGV: now, the cap (0: none), the active members' expiry, the number of
-# windows, then (amount, seconds) per window, then the members to count.
-# Returns {0} when all were counted; {1, window, seconds to wait} when a
-# window has no room (seconds -1: the request alone is over the limit);
-# {2, held} when the cap has no room.
+# windows, then (amount, seconds) per window, then how many members, the
+# members to count, then the writes: per command its word count and words.
+# Returns {0} when all were counted and written; {1, window, seconds to
+# wait} when a window has no room (seconds -1: the request alone is over
+# the limit); {2, held} when the cap has no room. Refused: nothing written.
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local windows = tonumber(ARGV[4])
-local first = 5 + 2 * windows
-local n = #ARGV - first + 1
+local n = tonumber(ARGV[5 + 2 * windows])
+local first = 6 + 2 * windows
+local last = first + n - 1
 for w = 1, windows do
   local key = KEYS[1 + w]
   local amount = tonumber(ARGV[3 + 2 * w])
@@ -89,21 +93,30 @@ if cap > 0 then
 end
 for w = 1, windows do
   local key = KEYS[1 + w]
-  for i = first, #ARGV do
+  for i = first, last do
     redis.call('ZADD', key, now, ARGV[i])
   end
   redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[4 + 2 * w])) + 1)
 end
 if cap > 0 then
-  for i = first, #ARGV do
+  for i = first, last do
     redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
   end
   if redis.call('TTL', KEYS[1]) < math.ceil(tonumber(ARGV[3]) - now) then
     redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[3])))
   end
 end
+local i = last + 1
+while i <= #ARGV do
+  local words = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + words))
+  i = i + words + 1
+end
 return {0}
 """
+
+#: One Redis command as redis-py takes it: its words.
+Command = tuple[EncodableT, ...]
 
 
 @dataclass(frozen=True)
@@ -131,16 +144,15 @@ class Admission:
     def window_key(self, owner: str, window: Window) -> str:
         return f"{KEY_PREFIX}{owner}:{window.amount}/{window.seconds}"
 
-    def admit(self, owner: str, check_ids: list[str]) -> None:
-        """Count ``check_ids`` (the checks one request creates) against both limits, or 429.
-
-        The ids hold their slots until they end; :meth:`release` gives them
-        back when enqueueing them failed.
+    def admit(self, owner: str, check_ids: list[str], writes: Sequence[Command]) -> None:
+        """Count ``check_ids`` (the checks one request creates) against both limits and
+        run ``writes`` (the commands that create them) in the same script, or 429 with
+        nothing counted or written. The ids hold their slots until they end.
         """
-        verdict = self._run(owner, check_ids, capped=True)
+        verdict = self._run(owner, check_ids, capped=True, writes=writes)
         if verdict[0] == 2:
             self._forget_ended(owner)
-            verdict = self._run(owner, check_ids, capped=True)
+            verdict = self._run(owner, check_ids, capped=True, writes=writes)
         if verdict[0] == 1:
             raise self._rate_limited(verdict, len(check_ids))
         if verdict[0] == 2:
@@ -163,24 +175,19 @@ class Admission:
         if verdict[0] == 1:
             raise self._rate_limited(verdict, 1)
 
-    def release(self, owner: str, check_ids: list[str]) -> None:
-        """Give back the slots of checks that were admitted but never enqueued."""
-        if check_ids:
-            self.connection.zrem(self.active_key(owner), *check_ids)
-
-    def _run(self, owner: str, members: list[str], *, capped: bool) -> list[int]:
+    def _run(
+        self, owner: str, members: list[str], *, capped: bool, writes: Sequence[Command] = ()
+    ) -> list[int]:
         now = time.time()
         cap = self.settings.max_concurrent_per_key if capped else 0
-        args: list[float | int | str] = [
-            now,
-            cap,
-            now + self.settings.result_ttl,
-            len(self.windows),
-        ]
+        args: list[EncodableT] = [now, cap, now + self.settings.result_ttl, len(self.windows)]
         for window in self.windows:
             args += [window.amount, window.seconds]
+        args += [len(members), *members]
+        for command in writes:
+            args += [len(command), *command]
         keys = [self.active_key(owner)] + [self.window_key(owner, w) for w in self.windows]
-        return [int(x) for x in cast(list[int], self._admit(keys=keys, args=[*args, *members]))]
+        return [int(x) for x in cast(list[int], self._admit(keys=keys, args=args))]
 
     def _rate_limited(self, verdict: list[int], created: int) -> Problem:
         window = self.windows[verdict[1] - 1]
@@ -203,11 +210,8 @@ class Admission:
         )
 
     def _forget_ended(self, owner: str) -> None:
-        """Drop the checks of ``owner`` that ended, were deleted or expired.
-
-        An id with no job yet is one being enqueued right now, unless it was
-        admitted longer than ``ENQUEUE_SECONDS`` ago.
-        """
+        """Drop the checks of ``owner`` that ended, were deleted or expired (an id is
+        counted by the script that writes its job, so one with no job is gone)."""
         key = self.active_key(owner)
         held = cast(list[tuple[bytes, float]], self.connection.zrange(key, 0, -1, withscores=True))
         if not held:
@@ -216,11 +220,10 @@ class Admission:
             for member, _ in held:
                 pipe.hget(Job.key_for(member.decode()), "status")
             statuses = cast(list[bytes | None], pipe.execute())
-        admitted_before = time.time() + self.settings.result_ttl - ENQUEUE_SECONDS
         gone = [
             member
-            for (member, expires), status in zip(held, statuses, strict=True)
-            if status in ENDED or (status is None and expires < admitted_before)
+            for (member, _), status in zip(held, statuses, strict=True)
+            if status is None or status in ENDED
         ]
         if gone:
             self.connection.zrem(key, *gone)

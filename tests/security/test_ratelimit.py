@@ -161,16 +161,32 @@ def test_a_refused_submission_takes_no_slot(make_app: Callable[..., Flask]) -> N
     assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
 
 
-def test_a_check_admitted_by_a_dead_api_process_is_forgotten(
+def test_an_id_without_a_job_is_forgotten_at_once(
     make_app: Callable[..., Flask], redis_client: redis.Redis
 ) -> None:
-    """An API process killed between admitting and enqueueing leaks nothing for long."""
+    """An id is counted by the script that writes its job, so one without a job
+    (expired, deleted) is gone, however recently it was counted."""
     app = make_app(max_concurrent_per_key=1)
-    client = app.test_client()
-    admitted_a_minute_ago = time.time() + app.extensions["smtpcheck"].settings.result_ttl - 60
-    redis_client.zadd("smtpcheck:active:alice", {"never-enqueued": admitted_a_minute_ago})
+    just_now = time.time() + app.extensions["smtpcheck"].settings.result_ttl
+    redis_client.zadd("smtpcheck:active:alice", {"no-such-job": just_now})
 
-    assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+    assert app.test_client().post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
+
+
+def test_a_check_refused_by_a_limit_writes_nothing(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    """Admission and the write are one script: a 429 leaves no job, queue entry or listing."""
+    client = make_app(max_concurrent_per_key=1, rate_limit="2/minute").test_client()
+    created = client.post("/v1/checks", json=CHECK, headers=ALICE).get_json()
+    jobs_before = sorted(redis_client.scan_iter("rq:job:*"))
+
+    assert_429(client.post("/v1/checks", json=CHECK, headers=ALICE), "too-many-checks")
+    assert_429(client.post("/v1/checks", json=CHECK, headers=ALICE), "rate-limited")
+
+    assert sorted(redis_client.scan_iter("rq:job:*")) == jobs_before
+    assert redis_client.lrange("rq:queue:vantage:default", 0, -1) == [created["id"].encode()]
+    assert redis_client.zrange("smtpcheck:checks:alice", 0, -1) == [created["id"].encode()]
 
 
 def test_an_expired_check_frees_its_slot(
@@ -184,17 +200,6 @@ def test_an_expired_check_frees_its_slot(
     redis_client.zadd("smtpcheck:active:alice", {created["id"]: a_minute_ago})
 
     assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202
-
-
-def test_a_check_being_enqueued_keeps_its_slot(
-    make_app: Callable[..., Flask], redis_client: redis.Redis
-) -> None:
-    """An id admitted a moment ago whose job is not written yet is not taken for gone."""
-    app = make_app(max_concurrent_per_key=1)
-    just_now = time.time() + app.extensions["smtpcheck"].settings.result_ttl
-    redis_client.zadd("smtpcheck:active:alice", {"being-enqueued": just_now})
-
-    assert_429(app.test_client().post("/v1/checks", json=CHECK, headers=ALICE), "too-many-checks")
 
 
 def test_a_caller_without_redis_gets_503_not_500(make_app: Callable[..., Flask]) -> None:
