@@ -161,8 +161,9 @@ def shielded() -> Iterator[None]:
         _watch.reset(token)
 
 
-def before_connect() -> None:
-    """Refuse to open a connection for a check already canceled."""
+def stop_if_canceled() -> None:
+    """Raise Canceled if the check is canceled (before a connection opens,
+    after a wait that ended early)."""
     watch = _watch.get()
     if watch is not None:
         watch.check()
@@ -178,16 +179,17 @@ def pause(seconds: float) -> None:
 
 
 def join(thread: threading.Thread, timeout: float) -> None:
-    """``thread.join(timeout)``, cut short by Canceled when the check is canceled."""
+    """``thread.join(timeout)``, ending early when the check is canceled."""
     watch = _watch.get()
+    if watch is None:
+        thread.join(timeout)
+        return
     ends = time.monotonic() + timeout
-    while thread.is_alive():
+    while thread.is_alive() and not watch.requested():
         left = ends - time.monotonic()
         if left <= 0:
             return
-        thread.join(left if watch is None else min(left, LOOKUP_SLICE))
-        if watch is not None:
-            watch.check()
+        thread.join(min(left, LOOKUP_SLICE))
 
 
 def interruptible(call: Callable[[], T], name: str = "smtpcheck-lookup") -> T:

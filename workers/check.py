@@ -17,6 +17,7 @@ from typing import Any
 from smtpcheck.config import Settings
 from smtpcheck.contract import CheckRequest
 from smtpcheck.message import build_message
+from workers import cancel
 from workers.connection import Connection, endpoint
 from workers.dialogue import Dialogue, Script
 from workers.driver import pump
@@ -262,7 +263,7 @@ class Check:
             return None
         if self._reverse is not None:
             left = min(self.deadline - time.monotonic(), self.settings.dns_timeout)
-            self._reverse.join(max(left, 0))
+            cancel.join(self._reverse, max(left, 0))  # not past a DELETE
         facts = dict(self._reverse_facts) or {
             "address": str(self.address),
             "ptr": [],

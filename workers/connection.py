@@ -68,7 +68,7 @@ class Connection:
     # -- connection --------------------------------------------------------
 
     def open(self, address: IPAddress, port: int, timeout: float) -> None:
-        cancel.before_connect()
+        cancel.stop_if_canceled()
         try:
             self.stream = Stream.connect(
                 address, port, min(time.monotonic() + timeout, self.deadline)

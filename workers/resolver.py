@@ -161,6 +161,7 @@ class Resolver:
         thread = threading.Thread(target=lookup, daemon=True, name="smtpcheck-resolve")
         thread.start()
         cancel.join(thread, self._timeout())  # a DELETE ends the wait at once
+        cancel.stop_if_canceled()
         if thread.is_alive():
             raise DNSError(f"DNS lookup of {host} timed out; {TEMPORARY}", temporary=True)
         error = outcome.get("error")
