@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +50,7 @@ FINISH_WAIT = 2.0
 #: Lines held at most while Redis cannot keep up; past it new lines are dropped.
 MAX_PENDING = 100_000
 
-Stage = Callable[[Pipeline], None]
+Stage = Callable[[Pipeline], object]
 
 
 @dataclass(eq=False)
@@ -96,6 +97,12 @@ class Publisher:
             batch.lines.append((key, data))
             batch.ttls[key] = ttl
             self._pending += 1
+            self._cond.notify()
+
+    def stage(self, connection: redis.Redis, stage: Stage) -> None:
+        """Add ``stage``'s commands to the next round trip (within ``LINGER``)."""
+        with self._cond:
+            self._batch(connection).stages.append(stage)
             self._cond.notify()
 
     def finish(self, connection: redis.Redis, stage: Stage | None = None) -> threading.Event:
@@ -154,6 +161,7 @@ class Publisher:
 
 
 _publisher = Publisher()
+_current: ContextVar[CheckEvents | None] = ContextVar("check_events", default=None)
 
 
 class CheckEvents:
@@ -200,9 +208,22 @@ def publishing(
     Leaving the block without :meth:`CheckEvents.finish` (an exception) still
     writes the lines first."""
     events = CheckEvents(connection, check_id, ttl, publisher)
+    token = _current.set(events)
     try:
         with listening(events.line):
             yield events
     finally:
+        _current.reset(token)
         if not events.finished:
             events.finish()
+
+
+def defer(connection: redis.Redis, stage: Stage) -> bool:
+    """Send ``stage``'s commands with the running check's lines (within
+    ``LINGER``, at the latest in its last round trip, which its end waits for).
+    False outside a published check or for another Redis: run them yourself."""
+    events = _current.get()
+    if events is None or events.connection is not connection or events.finished:
+        return False
+    events.publisher.stage(connection, stage)
+    return True

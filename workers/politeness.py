@@ -43,7 +43,7 @@ import redis
 
 from smtpcheck.contract import TARGET_SLOTS_PREFIX
 from smtpcheck.targetpolicy import IPAddress
-from workers import cancel
+from workers import cancel, events
 from workers.errors import CheckAborted
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,11 @@ class TargetGate:
             yield
         finally:
             _renewer.release(lease)
-            with contextlib.suppress(redis.exceptions.RedisError):
-                self.connection.zrem(key, member)
+            # In a worker the slot goes back with the check's last lines, in the
+            # round trip its end makes anyway; elsewhere (tests, --local) at once.
+            if not events.defer(self.connection, lambda pipe: pipe.zrem(key, member)):
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    self.connection.zrem(key, member)
 
     def _wait_for_slot(
         self,
