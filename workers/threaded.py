@@ -330,7 +330,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         )
         self._local.flight = flight
         try:
-            execution = self.prepare_execution(job)
+            execution = self._begin(job, flight.queue)
             flight.execution = execution
             self.perform_job(job, flight.queue, execution)
         except Exception:
@@ -350,6 +350,26 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 with contextlib.suppress(redis.exceptions.RedisError):
                     self.set_state(WorkerStatus.IDLE)
 
+    def _begin(self, job: Job, queue: Queue) -> Execution:
+        """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one
+        transaction (they were two): the check's execution and its entry in
+        the started registry, the worker BUSY (written only when it was not),
+        the heartbeats, the job ``started``, out of the intermediate list."""
+        ttl = self.get_heartbeat_ttl(job)
+        with self.connection.pipeline() as pipe:
+            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+            self.executions[execution.id] = execution  # RQ's cleanup_execution pops it
+            if self.get_state() != WorkerStatus.BUSY:
+                self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.heartbeat(ttl, pipeline=pipe)
+            job.heartbeat(now(), ttl, pipeline=pipe)
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            pipe.persist(job.key)
+            if len(self.queues) == 1:
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        return execution
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         """One check run to its end in the calling thread (RQ's own entry point)."""
         started = time.monotonic()
@@ -367,7 +387,6 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         exc_info: ExcInfo | None = None
         return_value: Any = None
         try:
-            self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
             job.started_at = now()
             return_value = job.perform()
         except BaseException:
@@ -380,6 +399,14 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             )
             return False
         return self._store(job, queue, execution, return_value, exc_info)
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        """RQ's, without its lone round trip writing the job's last heartbeat:
+        a success saves the whole job hash right after (with it), and nothing
+        reads an ended job's heartbeat (abandoned checks are found by their
+        started-registry entries, which the end removes)."""
+        job.ended_at = now()
+        job.last_heartbeat = job.ended_at
 
     def _store(
         self,
