@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -27,6 +27,10 @@ blueprint = Blueprint("checks", __name__, url_prefix="/v1")
 blueprint.before_request(authenticate)
 
 _WAIT = re.compile(r"[0-9]{1,6}")
+#: A ``\\uD800`` to ``\\uDFFF`` escape. A lone surrogate in the parsed body comes from
+#: one of these or from non-ASCII bytes (json.loads passes surrogates through in
+#: UTF-8, and decodes UTF-16 and -32): only such bodies are encoded again to find one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 T = TypeVar("T")
 
 
@@ -69,16 +73,17 @@ def create_check() -> Response:
         created = {"id": spread.id, "created_at": spread.created_at}
     else:
         created = {"id": check_ids[0], "created_at": isoformat(prepared[0].job.created_at)}
+    where = links(str(created["id"]))
     response = jsonify(
         id=created["id"],
         status="queued",
         vantage=checked["vantage"],
         created_at=created["created_at"],
-        links=links(str(created["id"])),
+        links=where,
     )
     metrics.CHECKS_ACCEPTED.inc(len(check_ids))
     response.status_code = 202
-    response.headers["Location"] = url_for("checks.get_check", check_id=created["id"])
+    response.headers["Location"] = where["self"]
     return response
 
 
@@ -262,7 +267,8 @@ def json_body() -> Any:
     raw = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413
     try:
         body = json.loads(raw, parse_constant=_refuse_constant)
-        json.dumps(body, ensure_ascii=False).encode("utf-8")  # lone surrogates
+        if not raw.isascii() or _SURROGATE_ESCAPE.search(raw):  # a lone surrogate: 400 too
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
     except (ValueError, UnicodeError, RecursionError) as exc:
         raise Problem(
             400, "Bad Request", f"the body is not valid JSON: {_first_line(exc)}"

@@ -56,6 +56,9 @@ def test_wrong_content_type_is_415(
         b'{"host": NaN}',
         b'{"timeouts": {"total": Infinity}}',
         b'{"host": "\\ud800.example"}',
+        b'{"host": "mx.example.com", "\\uDFFF": 1}',
+        b'{"host": "\xed\xa0\x80.example"}',  # a surrogate in UTF-8 bytes
+        '{"host": "\ud800.example"}'.encode("utf-16-le", "surrogatepass"),
         b"\xff\xfe\x00",
         b"[" * 100_000 + b"]" * 100_000,
     ],
