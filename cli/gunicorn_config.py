@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gunicorn.glogging import Logger as GunicornLogger
+
 from smtpcheck.config import Settings
 from smtpcheck.logs import gunicorn_logconfig
 
@@ -67,6 +69,19 @@ def _log_level() -> str:
 
 
 logconfig_dict = gunicorn_logconfig(_log_level())
+
+
+class Logger(GunicornLogger):
+    """gunicorn's logger without its access log: service/requestlog.py writes one JSON
+    line per request. With a ``logconfig_dict`` gunicorn would otherwise build every
+    request's access-log fields (a dozen atoms and a date) only for its
+    ``gunicorn.access`` logger to drop them (smtpcheck.logs sets it to WARNING)."""
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        return None
+
+
+logger_class = Logger
 
 _lock_file: Any = None
 
