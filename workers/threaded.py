@@ -27,10 +27,12 @@ its work loop replaced:
   and its thread is left to end by itself, keeping its slot until it does; a
   process with a quarter of its slots held by such threads retires so that
   the pool starts a fresh one.
-* Fairness: one API key (``job.meta["owner"]``, the key's name) holds at most
-  ``KEY_SHARE`` of a process's slots. A check of a key at its share goes back
-  to the end of the queue; once the worker has gone round the whole queue
-  seeing only such checks it waits for one of its checks to end.
+* Fairness: while other keys' checks wait, one API key (``job.meta["owner"]``,
+  the key's name) holds at most ``KEY_SHARE`` of a process's slots: a check of
+  a key at its share goes back to the end of the queue. Once the worker has
+  gone round the whole queue seeing only such checks (nobody else waits), they
+  take the free slots beyond the share but ``RESERVE_SHARE`` of them (20 of
+  200), kept for whoever comes next; then it waits for a check to end.
 * Results are never silently lost: storing one is retried while Redis is
   away (up to ``STORE_RETRY_SECONDS``), a check whose job hash Redis lost is
   written again first, and a result that still cannot be stored is reported
@@ -73,8 +75,11 @@ from workers.pool import DEFAULT_CONCURRENCY, HEARTBEAT_TTL, _Reregistering
 
 log = logging.getLogger("smtpcheck.worker")
 
-#: The largest part of one process's slots one API key may hold.
+#: The part of one process's slots one API key may hold while other keys' checks wait.
 KEY_SHARE = 0.5
+#: The part of one process's slots kept free for the next caller when one key,
+#: alone in the queue, runs past its share.
+RESERVE_SHARE = 0.1
 #: Seconds the main thread blocks in one BLMOVE (and so at most between a
 #: stop signal and the loop noticing it).
 DEQUEUE_BLOCK = 1
@@ -142,6 +147,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             raise ValueError("concurrency must be at least 1")
         self.concurrency = concurrency
         self.owner_cap = max(1, math.ceil(concurrency * key_share))
+        self.reserve = max(1, math.ceil(concurrency * RESERVE_SHARE))
         self._flights: dict[str, Flight] = {}
         self._by_owner: Counter[str] = Counter()
         self._stuck = 0
@@ -173,13 +179,18 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         beating = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         beating.start()
         log.info(
-            "Worker %s: up to %d checks at once, at most %d per API key",
+            "Worker %s: up to %d checks at once, %d per API key while others wait "
+            "(alone: all but %d)",
             self.name,
             self.concurrency,
             self.owner_cap,
+            self.reserve,
         )
         started = 0
         rotation: str | None = None  # first check put back since one last started
+        # Went round the queue and found only checks of keys at their share:
+        # until that changes, they may take the slots beyond it but the reserve.
+        alone = False
         try:
             while not self._stop_requested:
                 self._maintain()
@@ -195,14 +206,18 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                     self._put_back(job, queue, front=True)
                     break
                 if self._over_share(job):
-                    self._put_back(job, queue, front=False)
-                    if rotation == job.id:  # round the whole queue: wait for a check to end
+                    if rotation == job.id:  # round the whole queue: nobody else waits here
                         rotation = None
-                        with self._changed:
-                            self._changed.wait(1.0)
-                    elif rotation is None:
-                        rotation = job.id
-                    continue
+                        alone = True
+                    if not (alone and self._room_beyond_share()):
+                        self._put_back(job, queue, front=False)
+                        if alone:  # no room left but the reserve: wait for a check to end
+                            alone = False
+                            with self._changed:
+                                self._changed.wait(1.0)
+                        elif rotation is None:
+                            rotation = job.id
+                        continue
                 rotation = None
                 self._launch(job, queue)
                 started += 1
@@ -261,6 +276,12 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
     def _over_share(self, job: Job) -> bool:
         with self._changed:
             return self._by_owner[_owner(job)] >= self.owner_cap
+
+    def _room_beyond_share(self) -> bool:
+        """Whether one more check past its key's share leaves the reserve free."""
+        with self._changed:
+            taken = len(self._flights) + self._stuck
+            return self.concurrency - taken - 1 >= self.reserve
 
     def _put_back(self, job: Job, queue: Queue, *, front: bool) -> None:
         """Undo a dequeue: the check goes back to the queue, still ``queued``."""

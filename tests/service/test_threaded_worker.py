@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 from service.jobstore import JobStore
 from smtpcheck.embedded_redis import EmbeddedRedis
 from tests.service import jobs
-from tests.service.conftest import ALICE, submit
+from tests.service.conftest import ALICE, BOB, submit
 from workers.threaded import ThreadedCheckWorker
 
 
@@ -57,6 +57,42 @@ def test_one_process_runs_many_checks_at_once(
         body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
         assert body["status"] == "finished", body
     assert redis_client.zcard("rq:wip:vantage:default") == 0
+
+
+def test_a_key_runs_past_its_share_only_while_nobody_else_waits(
+    client: FlaskClient, store: JobStore, redis_client: redis.Redis
+) -> None:
+    """10 slots: alice's share is 5 while bob's check waits, then (nobody else
+    waiting) all but the reserve of 1; bob's check starts at once."""
+    store.job_function = jobs.NAP
+    nap = {"host": "mx.example.com", "timeouts": {"connect": 1.5}}
+    hog = [submit(client, nap) for _ in range(10)]  # 10: the per-key cap
+    other = submit(client, {**nap, "timeouts": {"connect": 0.1}}, headers=BOB)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(int(redis_client.zcard("rq:wip:vantage:default")))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        worker(redis_client, concurrency=10).work(burst=True, logging_level="WARNING")
+    finally:
+        done.set()
+        watcher.join()
+
+    assert max(seen) == 9  # alice past her share (5) once bob's check had started; one kept free
+    for check_id in [*hog, other]:
+        headers = BOB if check_id == other else ALICE
+        body = client.get(f"/v1/checks/{check_id}", headers=headers).get_json()
+        assert body["status"] == "finished", body
+    jobs_of = {i: Job.fetch(i, connection=redis_client, serializer=JSONSerializer) for i in hog}
+    first_end = min(job.ended_at for job in jobs_of.values() if job.ended_at)
+    bob = Job.fetch(other, connection=redis_client, serializer=JSONSerializer)
+    assert bob.started_at is not None and bob.started_at < first_end  # not behind alice's naps
 
 
 def test_the_watchdog_fails_a_check_past_its_deadline(
