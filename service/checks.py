@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from smtpcheck.contract import STATUSES
 from smtpcheck.document import failure_reason, isoformat, links, public_status
 from smtpcheck.report import render_text, transcript_lines
 
@@ -21,7 +22,6 @@ from . import events, fanout, held, listing, metrics, ratelimit
 from .apikeys import authenticate, current_owner
 from .jobstore import JobStore
 from .problems import CHECK_RUNNING, NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
-from .schemas import STATUSES
 
 blueprint = Blueprint("checks", __name__, url_prefix="/v1")
 blueprint.before_request(authenticate)
@@ -125,7 +125,7 @@ def _list_item(check_id: str, owner: str) -> dict[str, Any] | None:
     if spread is not None:
         return fanout.describe(store(), spread)
     try:
-        return store().list_item(store().load(check_id, owner))
+        return dict(store().list_item(store().load(check_id, owner)))
     except Problem:  # expired, or deleted meanwhile
         return None
 
@@ -156,7 +156,7 @@ def get_events(check_id: str) -> Response:
                 document = jobstore.describe(jobstore.load(check_id, owner))
             except Problem:
                 return None
-            return document, [str(document["status"])]
+            return dict(document), [document["status"]]
 
     max_seconds = jobstore.settings.limits.max_wait
     lease = held.acquire(owner, max_seconds)  # 429/503 before the stream starts

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -126,7 +127,7 @@ def describe(store: JobStore, fanout: FanOut) -> dict[str, Any]:
         status = body["status"]
         statuses.append(status)
         row: dict[str, Any] = {"vantage": vantage, "id": job.id, "status": status}
-        result = body["result"]
+        result: Mapping[str, Any] | None = body["result"]
         if result is not None:
             target = result.get("target") or {}
             row.update(

@@ -16,7 +16,7 @@ import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.client import Pipeline
 from redis.exceptions import WatchError
@@ -36,6 +36,9 @@ from smtpcheck.contract import (
     QUEUE_PREFIX,
     SECRET_MASK,
     SUBMITTED_KEY,
+    CheckDocument,
+    ListedCheck,
+    Vantage,
     queue_name,
 )
 from smtpcheck.document import (
@@ -286,16 +289,16 @@ class JobStore:
             job = self.reap_if_abandoned(job)
         return job
 
-    def describe(self, job: Job) -> dict[str, Any]:
+    def describe(self, job: Job) -> CheckDocument:
         """The GET /v1/checks/{id} body."""
         return check_document(job)
 
-    def list_item(self, job: Job) -> dict[str, Any]:
+    def list_item(self, job: Job) -> ListedCheck:
         """A check as ``GET /v1/checks`` lists it: its document without the transcript."""
-        document = check_document(job)
+        document: dict[str, Any] = dict(check_document(job))
         if isinstance(document.get("result"), dict):
             document["result"] = {k: v for k, v in document["result"].items() if k != "transcript"}
-        return document
+        return cast(ListedCheck, document)
 
     def lines_so_far(self, job: Job) -> list[dict[str, Any]]:
         """The transcript lines a running check has recorded yet."""
@@ -385,7 +388,7 @@ class JobStore:
 
     # -- vantages -------------------------------------------------------------
 
-    def vantages(self) -> list[dict[str, Any]]:
+    def vantages(self) -> list[Vantage]:
         """Every known vantage with its live workers and queue depth."""
         names = {DEFAULT_VANTAGE}
         for key in self.connection.smembers(Queue.redis_queues_keys):
@@ -397,7 +400,7 @@ class JobStore:
             for listened in worker.queue_names():
                 if listened.startswith(QUEUE_PREFIX):
                     names.add(listened.removeprefix(QUEUE_PREFIX))
-        listing = []
+        listing: list[Vantage] = []
         for name in sorted(names):
             queue = self.queue(name)
             listing.append(

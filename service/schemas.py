@@ -1,5 +1,6 @@
 """marshmallow schemas: the check request (validated and normalized) and
-the shapes of every response, which ``service.spec`` turns into openapi.yaml.
+the small responses (health, problems), which ``service.spec`` turns into
+openapi.yaml with the response bodies typed in ``smtpcheck.contract``.
 
 The request schema depends on the operator's limits (recipients, message
 size, timeouts, ports, allowed networks), so :func:`build_schemas` makes the
@@ -27,6 +28,7 @@ from smtpcheck import signature
 from smtpcheck.config import Settings
 from smtpcheck.contract import (
     AUTH_DEFAULTS,
+    CHECK_ID_PATTERN,
     MESSAGE_DEFAULTS,
     PROBES,
     REQUEST_DEFAULTS,
@@ -51,10 +53,8 @@ from .problems import ALL_TYPES
 
 TLS_MODES = ("none", "starttls", "implicit", "auto")
 MECHANISMS = ("auto", "PLAIN", "LOGIN", "CRAM-MD5")
-STATUSES = ("queued", "running", "retrying", "finished", "failed", "canceled")
 MX_HOSTS = ("first", "all")
 
-CHECK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 HEADER_NAME_PATTERN = r"^[!-9;-~]{1,76}$"
 NO_NUL_PATTERN = r"^[^\x00]*$"
 MAX_HEADERS = 50
@@ -365,7 +365,6 @@ class Schemas:
     """The schemas that depend on Settings, built once per app."""
 
     check_request: type[Schema]
-    check: type[Schema]
 
 
 def build_schemas(settings: Settings) -> Schemas:
@@ -641,55 +640,7 @@ def build_schemas(settings: Settings) -> Schemas:
             if errors:
                 raise ValidationError(errors)
 
-    class CheckSchema(StrictSchema):
-        id = fields.String(required=True, metadata={"pattern": CHECK_ID_PATTERN})
-        status = fields.String(required=True, validate=validate.OneOf(STATUSES))
-        vantage = fields.String(required=True)
-        created_at = timestamp(required=True)
-        started_at = timestamp(required=True, allow_none=True)
-        ended_at = timestamp(required=True, allow_none=True)
-        request = fields.Nested(
-            CheckRequestSchema,
-            required=True,
-            metadata={
-                "description": f"the normalized request; AUTH password shown as {SECRET_MASK}"
-            },
-        )
-        result = fields.Raw(
-            required=True,
-            allow_none=True,
-            metadata=contract_ref(
-                "CheckResult",
-                "FanOutVerdict",
-                nullable=True,
-                description='the worker\'s result once finished (for vantage "all", every '
-                "vantage's verdict side by side); else null",
-            ),
-        )
-        error = fields.String(
-            required=True,
-            allow_none=True,
-            metadata={"description": "why the check failed to run (status failed), else null"},
-        )
-        attempts = fields.List(
-            fields.Raw(metadata=contract_ref("AttemptSummary")),
-            metadata={"description": "status retrying: the attempts so far (greylisting)"},
-        )
-        next_attempt_at = timestamp(allow_none=True)  # status retrying: when it runs again
-        vantages = fields.List(
-            fields.Raw(metadata=contract_ref("VantageRow")),
-            metadata={
-                "description": 'vantage "all": each vantage\'s check (id, status, ok, outcome, '
-                "summary, address, worker) side by side"
-            },
-        )
-        callback = fields.Nested(
-            CallbackDeliverySchema,
-            metadata={"description": "with a callback: how its webhook delivery stands"},
-        )
-        links = fields.Nested(LinksSchema, required=True)
-
-    return Schemas(check_request=CheckRequestSchema, check=CheckSchema)
+    return Schemas(check_request=CheckRequestSchema)
 
 
 def unbuildable(data: dict[str, Any], default_helo: str) -> str | None:
@@ -763,64 +714,9 @@ def request_consistency_errors(data: dict[str, Any]) -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------------------
-# responses (static)
+# responses (static); those that carry the contract's data (a check, a page
+# of checks, a new check, the vantages) are typed in smtpcheck.contract
 # ---------------------------------------------------------------------------
-
-
-def timestamp(**kwargs: Any) -> fields.String:
-    return fields.String(metadata={"format": "date-time", "description": "UTC, ISO 8601"}, **kwargs)
-
-
-class LinksSchema(StrictSchema):
-    self = fields.String(required=True, metadata={"description": "this check"})
-    transcript = fields.String(required=True, metadata={"description": "its text transcript"})
-
-
-class CheckCreatedSchema(StrictSchema):
-    id = fields.String(required=True, metadata={"pattern": CHECK_ID_PATTERN})
-    status = fields.String(required=True, validate=validate.OneOf(("queued",)))
-    vantage = fields.String(required=True)
-    created_at = timestamp(required=True)
-    links = fields.Nested(LinksSchema, required=True)
-
-
-def contract_ref(*names: str, nullable: bool = False, **metadata: Any) -> dict[str, Any]:
-    """Field metadata pointing at result schemas generated from smtpcheck.contract."""
-    options: list[dict[str, Any]] = [{"$ref": f"#/components/schemas/{name}"} for name in names]
-    if nullable:
-        options.append({"type": "null"})
-    key = "anyOf" if len(options) > 1 else "allOf"
-    return {key: options, **metadata}
-
-
-class CallbackAttemptSchema(StrictSchema):
-    at = timestamp(required=True)
-    status_code = fields.Integer(
-        required=True, allow_none=True, metadata={"description": "the receiver's HTTP status"}
-    )
-    error = fields.String(
-        required=True,
-        allow_none=True,
-        metadata={"description": "why the attempt failed (no answer, a non-2xx, a redirect)"},
-    )
-    duration_ms = fields.Float(required=True)
-    address = fields.String(
-        required=True, allow_none=True, metadata={"description": "the address dialled"}
-    )
-
-
-class CallbackDeliverySchema(StrictSchema):
-    status = fields.String(
-        required=True, validate=validate.OneOf(("pending", "retrying", "delivered", "failed"))
-    )
-    attempts = fields.List(fields.Nested(CallbackAttemptSchema), required=True)
-    next_attempt_at = timestamp()  # status retrying: when the next POST goes
-
-
-class VantageSchema(StrictSchema):
-    name = fields.String(required=True)
-    workers = fields.Integer(required=True, metadata={"description": "live workers"})
-    queued = fields.Integer(required=True, metadata={"description": "checks waiting"})
 
 
 class HealthSchema(StrictSchema):

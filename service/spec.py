@@ -1,4 +1,6 @@
-"""openapi.yaml, generated from the marshmallow schemas and the routes below.
+"""openapi.yaml, generated from the request's marshmallow schema, the
+contract's types (smtpcheck.contract: the result and every body carrying
+it) and the routes below.
 
 ``python -m service.spec`` prints the spec for the default settings;
 ``--write`` writes it to the repository's openapi.yaml; ``--check`` exits 1
@@ -21,16 +23,20 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, current_app
 
 from smtpcheck.config import Settings
-from smtpcheck.contract import AttemptSummary, CheckResult, FanOutVerdict, VantageRow
+from smtpcheck.contract import (
+    CHECK_ID_PATTERN,
+    STATUSES,
+    CheckCreated,
+    CheckDocument,
+    CheckPage,
+    CheckRequest,
+    Vantage,
+)
 
 from .problems import PROBLEM_JSON
 from .schemas import (
-    CHECK_ID_PATTERN,
-    STATUSES,
-    CheckCreatedSchema,
     HealthSchema,
     ProblemSchema,
-    VantageSchema,
     build_schemas,
 )
 from .typeschema import Components
@@ -130,15 +136,14 @@ def build_spec(settings: Settings) -> APISpec:
         )
         spec.options["security"] = [{"bearer": []}]
     spec.components.schema("CheckRequest", schema=schemas.check_request)
-    spec.components.schema("Check", schema=schemas.check)
-    spec.components.schema("CheckCreated", schema=CheckCreatedSchema)
-    spec.components.schema("Vantage", schema=VantageSchema)
     spec.components.schema("Health", schema=HealthSchema)
     spec.components.schema("Problem", schema=ProblemSchema)
-    results = Components()
-    for root in (CheckResult, FanOutVerdict, AttemptSummary, VantageRow):
-        results.ref(root)
-    for name, component in results.schemas.items():
+    # Every body that carries the contract's data, from its types: the
+    # request's component is the validating schema's, above.
+    typed = Components(names={CheckDocument: "Check"}, elsewhere={CheckRequest: "CheckRequest"})
+    for root in (CheckDocument, CheckPage, CheckCreated, Vantage):
+        typed.ref(root)
+    for name, component in typed.schemas.items():
         spec.components.schema(name, component)
 
     retry_after = {"description": "seconds to wait", "schema": {"type": "integer"}}
@@ -279,17 +284,7 @@ def build_spec(settings: Settings) -> APISpec:
                     },
                 ],
                 "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["items", "next"],
-                            "properties": {
-                                "items": {"type": "array", "items": "Check"},
-                                "next": {"type": ["string", "null"]},
-                            },
-                        },
-                        "one page of checks",
-                    ),
+                    "200": _json("CheckPage", "one page of checks"),
                     **guarded,
                     "422": ref["Invalid"],
                     "503": ref["Unavailable"],

@@ -4,7 +4,8 @@ openapi.yaml's result schemas are generated from the types in
 ``smtpcheck.contract`` rather than written a second time: every TypedDict
 becomes a closed object component (``additionalProperties: false``) whose
 required keys are the ones not marked NotRequired; ``Annotated[T, "text"]``
-gives a description; a StrEnum or a Literal becomes an ``enum``.
+gives a description and ``Annotated[T, JSONSchema(...)]`` keywords such as
+a ``format``; a StrEnum or a Literal becomes an ``enum``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import enum
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, Required, Union, get_args, get_origin
+
+from smtpcheck.contract import JSONSchema
 
 _PLAIN = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
@@ -22,13 +26,26 @@ def is_typeddict(tp: Any) -> bool:
 
 
 class Components:
-    """Collects a component per TypedDict reached from the roots."""
+    """Collects a component per TypedDict reached from the roots.
 
-    def __init__(self) -> None:
+    ``names``: a component name other than the type's own; ``elsewhere``:
+    types whose component is made elsewhere (under that name), only referred to.
+    """
+
+    def __init__(
+        self,
+        *,
+        names: Mapping[type, str] | None = None,
+        elsewhere: Mapping[type, str] | None = None,
+    ) -> None:
         self.schemas: dict[str, dict[str, Any]] = {}
+        self.names = dict(names or {})
+        self.elsewhere = dict(elsewhere or {})
 
     def ref(self, typed: type) -> dict[str, Any]:
-        name = typed.__name__
+        if typed in self.elsewhere:
+            return {"$ref": f"#/components/schemas/{self.elsewhere[typed]}"}
+        name = self.names.get(typed, typed.__name__)
         if name not in self.schemas:
             self.schemas[name] = {}  # placeholder: recursive types refer to themselves
             self.schemas[name] = self._object(typed)
@@ -52,6 +69,8 @@ class Components:
         if origin is typing.Annotated:
             inner, *extras = get_args(hint)
             schema = self.schema(inner)
+            for keywords in (extra for extra in extras if isinstance(extra, JSONSchema)):
+                schema = {**schema, **keywords.keywords()}
             texts = [extra for extra in extras if isinstance(extra, str)]
             if texts:
                 if "$ref" in schema:  # 3.1 allows siblings of $ref, but keep it plain

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, NotRequired, TypedDict, cast
@@ -736,10 +737,9 @@ class MXHostResult(_ResultFacts):
     preference: int
 
 
-class CheckResult(_ResultFacts):
-    """What a worker returns for one check (``GET /v1/checks/{id}`` ``result``)."""
+class ListedResult(_ResultFacts):
+    """A check's result as ``GET /v1/checks`` lists it: all but the transcript."""
 
-    transcript: list[TranscriptLine]
     mx: NotRequired[Annotated[MXFacts, "with mx true: the MX hosts found"]]
     policy: NotRequired[Annotated[PolicyFacts, "with mx true: MTA-STS, TLS-RPT and DANE"]]
     hosts: NotRequired[Annotated[list[MXHostResult], "with mx true: a result per host checked"]]
@@ -747,6 +747,12 @@ class CheckResult(_ResultFacts):
         Annotated[list[AttemptSummary], "with retry_temporary: every attempt made"]
     ]
     worker: NotRequired[Annotated[str, "the RQ worker that ran the check"]]
+
+
+class CheckResult(ListedResult):
+    """What a worker returns for one check (``GET /v1/checks/{id}`` ``result``)."""
+
+    transcript: list[TranscriptLine]
 
 
 class VantageRow(TypedDict):
@@ -771,3 +777,117 @@ class FanOutVerdict(TypedDict):
     outcome: Outcome
     summary: str
     vantages: list[VantageRow]
+
+
+# ---------------------------------------------------------------------------
+# The API's response bodies that carry the contract's data: a check's
+# document (also what its webhook POSTs, smtpcheck/document.py), a page of
+# checks, a new check, the vantages. openapi.yaml's components for them are
+# generated from these types, like the result's.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JSONSchema:
+    """JSON Schema keywords a type cannot say, for ``Annotated``:
+    ``Annotated[str, JSONSchema(format="date-time")]``."""
+
+    format: str | None = None
+    pattern: str | None = None
+
+    def keywords(self) -> dict[str, str]:
+        return {key: value for key, value in vars(self).items() if value is not None}
+
+
+STATUSES = ("queued", "running", "retrying", "finished", "failed", "canceled")
+CheckStatus = Literal["queued", "running", "retrying", "finished", "failed", "canceled"]
+CHECK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+CheckId = Annotated[str, JSONSchema(pattern=CHECK_ID_PATTERN)]
+Timestamp = Annotated[str, JSONSchema(format="date-time"), "UTC, ISO 8601"]
+
+
+class Links(TypedDict):
+    self: Annotated[str, "this check"]
+    transcript: Annotated[str, "its text transcript"]
+
+
+class CallbackAttempt(TypedDict):
+    at: Timestamp
+    status_code: Annotated[int | None, "the receiver's HTTP status"]
+    error: Annotated[str | None, "why the attempt failed (no answer, a non-2xx, a redirect)"]
+    duration_ms: float
+    address: Annotated[str | None, "the address dialled"]
+
+
+class CallbackDelivery(TypedDict):
+    status: Literal["pending", "retrying", "delivered", "failed"]
+    attempts: list[CallbackAttempt]
+    next_attempt_at: NotRequired[Timestamp]  # status retrying: when the next POST goes
+
+
+class _CheckEnvelope(TypedDict):
+    id: CheckId
+    status: CheckStatus
+    vantage: str
+    created_at: Timestamp
+    started_at: Timestamp | None
+    ended_at: Timestamp | None
+    request: Annotated[
+        CheckRequest, f"the normalized request; AUTH password shown as {SECRET_MASK}"
+    ]
+    error: Annotated[str | None, "why the check failed to run (status failed), else null"]
+    attempts: NotRequired[
+        Annotated[list[AttemptSummary], "status retrying: the attempts so far (greylisting)"]
+    ]
+    next_attempt_at: NotRequired[Timestamp | None]  # status retrying: when it runs again
+    vantages: NotRequired[
+        Annotated[
+            list[VantageRow],
+            'vantage "all": each vantage\'s check (id, status, ok, outcome, summary, address, '
+            "worker) side by side",
+        ]
+    ]
+    callback: NotRequired[
+        Annotated[CallbackDelivery, "with a callback: how its webhook delivery stands"]
+    ]
+    links: Links
+
+
+class CheckDocument(_CheckEnvelope):
+    """A check as ``GET /v1/checks/{id}`` returns it, and its webhook POSTs it."""
+
+    result: Annotated[
+        CheckResult | FanOutVerdict | None,
+        "the worker's result once finished (for vantage \"all\", every vantage's verdict "
+        "side by side); else null",
+    ]
+
+
+class ListedCheck(_CheckEnvelope):
+    """A check as ``GET /v1/checks`` lists it: its document, the result without transcript."""
+
+    result: Annotated[
+        ListedResult | FanOutVerdict | None,
+        "the result without its transcript once finished; else null",
+    ]
+
+
+class CheckPage(TypedDict):
+    """One page of ``GET /v1/checks``, newest first."""
+
+    items: list[ListedCheck]
+    next: Annotated[str | None, "pass it back as cursor for the next page; null on the last"]
+
+
+class CheckCreated(TypedDict):
+    id: CheckId
+    status: Literal["queued"]
+    vantage: str
+    created_at: Timestamp
+    links: Links
+
+
+class Vantage(TypedDict):
+    name: str
+    workers: Annotated[int, "live workers"]
+    queued: Annotated[int, "checks waiting"]

@@ -8,12 +8,12 @@ Built here, from the RQ job alone, so neither side imports the other.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from rq.job import Job, JobStatus
 from rq.results import Result
 
-from smtpcheck.contract import DEFAULT_VANTAGE
+from smtpcheck.contract import DEFAULT_VANTAGE, CheckDocument, Links
 
 #: RQ status -> the statuses callers see.
 PUBLIC_STATUS: dict[JobStatus, str] = {
@@ -70,15 +70,16 @@ def failure_reason(job: Job, result: Result | None) -> str:
     return "the check failed without a reason"
 
 
-def links(check_id: str) -> dict[str, str]:
+def links(check_id: str) -> Links:
     return {
         "self": f"/v1/checks/{check_id}",
         "transcript": f"/v1/checks/{check_id}/transcript",
     }
 
 
-def check_document(job: Job) -> dict[str, Any]:
-    """The GET /v1/checks/{id} body for one check (not a fan-out)."""
+def check_document(job: Job) -> CheckDocument:
+    """The GET /v1/checks/{id} body for one check (not a fan-out): typed in
+    the contract, and so in openapi.yaml."""
     status = public_status(job)
     result: Result | None = job.latest_result() if status in TERMINAL else None
     value = None
@@ -93,7 +94,7 @@ def check_document(job: Job) -> dict[str, Any]:
     if ended is None and result is not None and status in TERMINAL:
         ended = result.created_at
     meta = job.meta or {}
-    return {
+    document = {
         "id": job.id,
         "status": status,
         "vantage": meta.get("vantage", DEFAULT_VANTAGE),
@@ -107,6 +108,7 @@ def check_document(job: Job) -> dict[str, Any]:
         **_callback(job, meta),
         "links": links(job.id),
     }
+    return cast(CheckDocument, document)  # the optional keys come from the spreads above
 
 
 def _callback(job: Job, meta: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -162,7 +163,7 @@ class Attempt:
         }
 
 
-def post(document: dict[str, Any], secret: str, settings: Settings) -> tuple[Attempt, bool]:
+def post(document: Mapping[str, Any], secret: str, settings: Settings) -> tuple[Attempt, bool]:
     """One signed POST of ``document``; the attempt, and whether another is worth it."""
     started = time.monotonic()
     record = Attempt(at=isoformat(datetime.now(UTC)) or "", duration_ms=0.0)

@@ -114,6 +114,14 @@ def test_finished_and_failed_checks_match_the_spec(
 
     for check_id in (finished, failed):
         validate_check(client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json())
+    # the list (results without their transcript) and the vantages, from the contract's types
+    page = client.get("/v1/checks", headers=ALICE).get_json()
+    assert {item["status"] for item in page["items"]} == {"finished", "failed"}
+    component_validator("CheckPage")(page)
+    vantages = client.get("/v1/vantages", headers=ALICE).get_json()
+    assert vantages
+    for vantage in vantages:
+        component_validator("Vantage")(vantage)
 
 
 def test_the_normalized_request_is_the_contracts_check_request() -> None:
