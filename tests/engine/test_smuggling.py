@@ -8,9 +8,19 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.smtp_servers import ScriptedServer, read_line
+from workers import probes
 
 STRICT_END = b"\r\n.\r\n"
+
+
+@pytest.fixture(autouse=True)
+def short_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These servers answer a terminator at once or never: 1.5 s of silence is
+    plenty on loopback (the 5 s default is for servers across the internet)."""
+    monkeypatch.setattr(probes, "SMUGGLING_WAIT", 1.5)
 
 
 def data_server(mode: str) -> tuple[Callable[[socket.socket], None], list[bytes]]:
