@@ -8,12 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from service import create_app
 from smtpcheck.config import ConfigError, Limits, Settings
 from smtpcheck.embedded_redis import EmbeddedRedis, free_port
+from smtpcheck.redis_client import READ_RETRIES, FailoverRedis
 from tests.service.conftest import ALICE, submit
 
 PROBLEM = "application/problem+json"
@@ -218,7 +222,17 @@ def test_auth_without_secret_key_is_503_not_plaintext(redis_url: str) -> None:
 
 
 @pytest.fixture
-def app_without_redis() -> Iterator[Flask]:
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every read is still retried READ_RETRIES times before the 503, only
+    without the ~1.5 s of backoff a failover needs (test_redis_client.py
+    covers that)."""
+    fast = ExponentialBackoff(cap=0.01, base=0.001)
+    retry = Retry(fast, READ_RETRIES, supported_errors=(redis.ConnectionError,))
+    monkeypatch.setattr(FailoverRedis, "read_retry", retry)
+
+
+@pytest.fixture
+def app_without_redis(quick_retries: None) -> Iterator[Flask]:
     app = create_app(
         Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys="alice:key-alice")
     )
@@ -244,7 +258,7 @@ def test_redis_down_is_503_for_every_store_call(app_without_redis: Flask) -> Non
     assert client.get("/healthz").status_code == 200
 
 
-def test_recovers_by_itself_when_redis_returns(tmp_path: Path) -> None:
+def test_recovers_by_itself_when_redis_returns(tmp_path: Path, quick_retries: None) -> None:
     server = EmbeddedRedis(tmp_path, persist=False).start()
     app = create_app(Settings(redis_url=server.url, api_keys="alice:key-alice"))
     client = app.test_client()
