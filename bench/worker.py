@@ -16,9 +16,15 @@ Everything runs on 127.0.0.1 with a fresh embedded redis-server, gunicorn
    in flight per GB (target >= 500) and per process (target >= 200);
 3. throughput against a fast local target: checks/s through the whole
    service over RQ's trivial-job ceiling on the same machine in the same run
-   (RQ's own ``SimpleWorker``, one job at a time per process; target >= 70 %);
+   (RQ's own ``SimpleWorker``, one job at a time per process; target >= 70 %),
+   with the CPU each part of the run spent per check and per trivial job;
 4. time the service adds to one check: POST + GET ``?wait`` over the same
-   dialogue run in-process (target <= 5 ms median).
+   dialogue run in-process, one of each in turn (target <= 5 ms median).
+
+(3) and (4) run in ``--rounds`` turns, the ceiling's pool and the service's
+taking turns, so that a load that drifts during the run (a shared machine)
+weighs on both alike; each round is printed with the load beside it, and
+the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -47,15 +53,15 @@ from bench.service import (  # noqa: E402
     API_KEYS,
     SMTPCHECK,
     Api,
-    api,
+    api_process,
     bench_env,
+    check_request,
+    cpu_seconds,
     e2e_rate,
-    inprocess_latency,
     process,
     registered_workers,
     rq_ceiling,
     served,
-    service_latency,
     smtp_target,
     wait_for,
 )
@@ -201,32 +207,107 @@ def timed_check(port: int, body: dict[str, Any], key: str) -> float:
 # ---------------------------------------------------------------------------
 
 
+def paired_latency(port: int, target_port: int, runs: int) -> tuple[list[float], list[float]]:
+    """ms of one check in-process and through the service, one of each in turn
+    (so both see the same moment's load); the client's connection stays open."""
+    from smtpcheck.config import Settings
+    from smtpcheck.contract import check_request as normalized
+    from workers.engine import run_check
+
+    settings = Settings.from_env()
+    request = normalized(settings, **check_request(target_port))
+    client = Api(port, API_KEYS[0].partition(":")[2])
+    inprocess, service = [], []
+    try:
+        for _ in range(runs):
+            start = time.perf_counter()
+            result = run_check(request, settings)
+            inprocess.append((time.perf_counter() - start) * 1000)
+            assert result["ok"], result["summary"]
+            start = time.perf_counter()
+            status, payload = client.call("POST", "/v1/checks", check_request(target_port))
+            assert status == 202, payload
+            check_id = json.loads(payload)["id"]
+            status, payload = client.call("GET", f"/v1/checks/{check_id}?wait=30")
+            service.append((time.perf_counter() - start) * 1000)
+            assert status == 200 and json.loads(payload)["status"] == "finished", payload[:300]
+    finally:
+        client.close()
+    return inprocess, service
+
+
+class CPU:
+    """CPU seconds the parts of the run have spent: the API (gunicorn), the
+    worker pool, redis-server, and this process with its children (the HTTP
+    clients, the SMTP target and the DNS server)."""
+
+    def __init__(self, api_pid: int, redis_pid: int) -> None:
+        self.api_pid, self.redis_pid = api_pid, redis_pid
+        self.pool_pid = 0
+
+    def sample(self) -> dict[str, float]:
+        parts = {
+            "api": cpu_seconds(self.api_pid),
+            "workers": cpu_seconds(self.pool_pid) if self.pool_pid else 0.0,
+            "redis": cpu_seconds(self.redis_pid),
+        }
+        parts["bench, SMTP target, DNS"] = cpu_seconds(os.getpid()) - sum(parts.values())
+        return parts
+
+
+def spent(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU ms per item, part by part."""
+    return {part: (after[part] - before[part]) * 1000 / n for part in before}
+
+
 def measure(
     env: dict[str, str],
     tmp: Path,
     conn: redis.Redis,
     port: int,
+    cpu: CPU,
     target_port: int,
     tarpit_port: int,
     processes: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"processes": processes}
+    """Throughput and latency in ``args.rounds`` rounds, RQ's ceiling and the
+    service taking turns (the machine's load drifts); then head-of-line and
+    capacity once."""
+    out: dict[str, Any] = {"processes": processes, "rounds": []}
     tarpit_keys, other_key = API_KEYS[:4], API_KEYS[4]
-
-    log(f"--processes {processes}: RQ's trivial-job ceiling (SimpleWorker)")
-    with pool(env, tmp, conn, processes, kind="simple"):
-        out["ceiling"] = rq_ceiling(conn, args.jobs)
+    jobs, checks = args.jobs // args.rounds, args.checks // args.rounds
+    runs = max(1, args.latency_runs // args.rounds)
+    inprocess: list[float] = []
+    service: list[float] = []
+    for number in range(1, args.rounds + 1):
+        done: dict[str, Any] = {"load": os.getloadavg()[0]}
+        log(f"--processes {processes}, round {number}: RQ's trivial-job ceiling (SimpleWorker)")
+        with pool(env, tmp, conn, processes, kind="simple") as proc:
+            cpu.pool_pid = proc.pid
+            before = cpu.sample()
+            done["ceiling"] = rq_ceiling(conn, jobs)
+            done["ceiling_cpu"] = spent(before, cpu.sample(), jobs)
+        with pool(env, tmp, conn, processes) as proc:
+            cpu.pool_pid = proc.pid
+            log(f"--processes {processes}, round {number}: trivial jobs, threaded worker")
+            done["threads_trivial"] = rq_ceiling(conn, jobs)
+            log(f"--processes {processes}, round {number}: checks/s through the service")
+            before = cpu.sample()
+            done["checks"] = e2e_rate(port, conn, target_port, checks)
+            done["checks_cpu"] = spent(before, cpu.sample(), checks)
+            log(f"--processes {processes}, round {number}: latency, {runs} pairs")
+            alone, through = paired_latency(port, target_port, runs)
+            inprocess += alone
+            service += through
+        cpu.pool_pid = 0
+        out["rounds"].append(done)
+    out["inprocess"] = statistics.median(inprocess)
+    out["service"] = statistics.median(service)
+    for key in ("ceiling", "threads_trivial", "checks"):
+        out[key] = statistics.median(r[key] for r in out["rounds"])
 
     with pool(env, tmp, conn, processes) as proc:
-        log(f"--processes {processes}: trivial jobs on the threaded worker")
-        out["threads_trivial"] = rq_ceiling(conn, args.jobs)
-        log(f"--processes {processes}: checks/s through the service")
-        out["checks"] = e2e_rate(port, conn, target_port, args.checks)
-        log(f"--processes {processes}: added latency")
-        out["inprocess"] = statistics.median(inprocess_latency(target_port, args.latency_runs))
-        out["service"] = statistics.median(service_latency(port, target_port, args.latency_runs))
-
         log(f"--processes {processes}: head-of-line")
         idle = [timed_check(port, fast_request(target_port), other_key) for _ in range(5)]
         out["hol_idle"] = statistics.median(idle)
@@ -251,17 +332,31 @@ def measure(
 def report(results: list[dict[str, Any]]) -> None:
     print()
     print(
-        "| --processes | RQ ceiling (SimpleWorker), trivial jobs/s | threaded worker, "
-        "trivial jobs/s | checks/s via service | ratio to RQ's ceiling (>= 70 %) "
-        "| ratio to the threaded worker's |"
+        "| --processes | round | load | RQ ceiling (SimpleWorker), trivial jobs/s | "
+        "threaded worker, trivial jobs/s | checks/s via service | ratio to RQ's ceiling "
+        "(>= 70 %) |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
+        for number, done in enumerate(r["rounds"], 1):
+            print(
+                f"| {r['processes']} | {number} | {done['load']:.1f} | {done['ceiling']:.0f} "
+                f"| {done['threads_trivial']:.0f} | {done['checks']:.0f} "
+                f"| {done['checks'] / done['ceiling']:.0%} |"
+            )
         print(
-            f"| {r['processes']} | {r['ceiling']:.0f} | {r['threads_trivial']:.0f} "
-            f"| {r['checks']:.0f} | {r['checks'] / r['ceiling']:.0%} "
-            f"| {r['checks'] / r['threads_trivial']:.0%} |"
+            f"| {r['processes']} | median | | {r['ceiling']:.0f} | {r['threads_trivial']:.0f} "
+            f"| {r['checks']:.0f} | **{r['checks'] / r['ceiling']:.0%}** |"
         )
+    print()
+    parts = list(results[0]["rounds"][0]["checks_cpu"])
+    print("| --processes | CPU ms per | " + " | ".join(parts) + " | all |")
+    print("| ---: | --- | " + " | ".join("---:" for _ in parts) + " | ---: |")
+    for r in results:
+        for key, what in (("ceiling_cpu", "trivial job (RQ)"), ("checks_cpu", "check (service)")):
+            mean = {p: statistics.median(d[key][p] for d in r["rounds"]) for p in parts}
+            cells = " | ".join(f"{mean[p]:.2f}" for p in parts)
+            print(f"| {r['processes']} | {what} | {cells} | {sum(mean.values()):.2f} |")
     print()
     print(
         "| --processes | one check in-process, median ms | through the service, median ms "
@@ -306,6 +401,9 @@ def main() -> int:
     parser.add_argument(
         "--concurrency", type=int, default=200, help="the worker's default, for (2)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="turns of ceiling and service for (3) and (4)"
+    )
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -326,10 +424,14 @@ def main() -> int:
             {k: v for k, v in env.items() if k.startswith("SMTPCHECK_") or k == "REDIS_URL"}
         )
         try:
-            with api(env, tmp, []) as port:
+            with api_process(env, tmp, []) as (port, api_pid):
+                assert server.process is not None
+                cpu = CPU(api_pid, server.process.pid)
                 for processes in (int(p) for p in args.processes.split(",")):
                     results.append(
-                        measure(env, tmp, conn, port, target_port, tarpit_port, processes, args)
+                        measure(
+                            env, tmp, conn, port, cpu, target_port, tarpit_port, processes, args
+                        )
                     )
         finally:
             conn.close()
