@@ -272,4 +272,6 @@ def permissive(settings: Settings) -> Settings:
     return settings.replace(
         allowed_ports=frozenset(range(1, 65536)),
         allow_networks=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
+        callback_ports=frozenset(range(1, 65536)),
+        callback_http=True,
     )
