@@ -5,7 +5,13 @@ run a STARTTLS check and watch its transcript arrive while the server is
 still holding back its banner, read the verdict, then paste the page's
 copy-as-curl command into a shell and get the same check. Also: a 422 shown
 field by field, a failing check and its copied smtpcheck command, a
-permalink, an address checked from every vantage, Cancel, and /docs.
+permalink, an address checked from every vantage (live, through the
+fan-out's one event stream), Cancel, AUTH, the message, probe, retry and
+webhook controls with their copied commands, one check per click, and /docs.
+
+One browser, one service and one page load serve the whole module: each
+test starts from the loaded page with its form reset (``ready``), and only
+the tests that are about loading (the permalink, /docs) load again.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (.ci/run installs them):
 skipped, saying so, where they are missing, and an error under CI=true. With
@@ -18,12 +24,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,11 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from smtpcheck.embedded_redis import EmbeddedRedis
 from tests.dns_server import DNSServer
-from tests.e2e.conftest import API_KEY, LOCAL_ZONE, Service, running_service
+from tests.e2e.conftest import API_KEY, LOCAL_ZONE, Service, base_env
 from tests.smtp_servers import USERS, Certificates, ScriptedServer, SMTPTarget
+from tests.webhook_receiver import Receiver, verify
 
 pytestmark = pytest.mark.e2e
 
@@ -58,17 +68,28 @@ from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 #: How long the slow server holds its banner back: the page must show lines before it.
-BANNER_DELAY = 3.0
+BANNER_DELAY = 2.0
+#: Held back this long, a banner never comes before a test cancels the check.
+FOREVER = 20.0
 WAIT = 30.0  # generous: the machine is shared
+WEBHOOK_SECRET = "page-webhook-secret-0123456789"
 
 
-def slow_banner(upstream_port: int, delay: float) -> Callable[[socket.socket], None]:
-    """Relay to the STARTTLS server, holding its banner back for ``delay`` seconds."""
+@dataclass
+class Delay:
+    """How long the slow server holds back each banner from now on (tests change it)."""
+
+    seconds: float = BANNER_DELAY
+
+
+def slow_banner(upstream_port: int, delay: Delay) -> Callable[[socket.socket], None]:
+    """Relay to the STARTTLS server, holding its banner back for ``delay.seconds``."""
 
     def script(client: socket.socket) -> None:
         with socket.create_connection(("127.0.0.1", upstream_port), timeout=10) as upstream:
             # Hold the banner back; a client that gives up meanwhile ends it early.
-            if select.select([client], [], [], delay)[0] and not client.recv(1, socket.MSG_PEEK):
+            held = delay.seconds
+            if select.select([client], [], [], held)[0] and not client.recv(1, socket.MSG_PEEK):
                 return
             peers = {client: upstream, upstream: client}
             while True:
@@ -88,15 +109,28 @@ def slow_banner(upstream_port: int, delay: float) -> Callable[[socket.socket], N
 class PageTargets:
     starttls: SMTPTarget
     slow: ScriptedServer
+    delay: Delay
+    hook: Receiver  # takes the checks' webhooks
+
+    @contextlib.contextmanager
+    def banner_delay(self, seconds: float) -> Iterator[None]:
+        self.delay.seconds = seconds
+        try:
+            yield
+        finally:
+            self.delay.seconds = BANNER_DELAY
 
 
 @pytest.fixture(scope="module")
 def page_targets(e2e_certificates: Certificates) -> Iterator[PageTargets]:
     starttls = SMTPTarget(e2e_certificates, tls="starttls").start()
-    slow = ScriptedServer(slow_banner(starttls.port, BANNER_DELAY)).start()
+    delay = Delay()
+    slow = ScriptedServer(slow_banner(starttls.port, delay)).start()
+    hook = Receiver([(200, {})]).start()
     try:
-        yield PageTargets(starttls, slow)
+        yield PageTargets(starttls, slow, delay, hook)
     finally:
+        hook.stop()
         slow.stop()
         starttls.stop()
 
@@ -114,23 +148,24 @@ def page_dns() -> Iterator[DNSServer]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def page_service(
-    redis_server: EmbeddedRedis,
-    page_targets: PageTargets,
-    page_dns: DNSServer,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Service]:
-    ports = [page_targets.starttls.port, page_targets.slow.port]
-    tmp = tmp_path_factory.mktemp("page-service")
-    with running_service(
-        redis_server.url, tmp, ports, page_dns, gunicorn_workers=1, workers=1
-    ) as svc:
-        yield svc
+@dataclass
+class Launch:
+    """Chromium starting in the background (it takes a second or two) while the service does."""
+
+    done: threading.Event
+    driver: list[WebDriver]
+    failure: list[BaseException]
+    session: list[int]  # chromedriver's process group: it and the browser
+
+    def wait(self) -> WebDriver:
+        assert self.done.wait(WAIT), "Chromium did not start"
+        if self.failure:
+            raise self.failure[0]
+        return self.driver[0]
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (
@@ -147,19 +182,74 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # chromedriver and the browser in a session of their own, so teardown can end them all.
-    service = DriverService(str(CHROMEDRIVER), popen_kw={"start_new_session": True})
-    driver = webdriver.Chrome(options=options, service=service)
-    driver.set_page_load_timeout(WAIT)
-    session = service.process.pid
+    launched = Launch(threading.Event(), [], [], [])
+
+    def start() -> None:
+        try:
+            # chromedriver and the browser in a session of their own, so teardown can end them all.
+            service = DriverService(str(CHROMEDRIVER), popen_kw={"start_new_session": True})
+            driver = webdriver.Chrome(options=options, service=service)
+            launched.session.append(service.process.pid)
+            driver.set_page_load_timeout(WAIT)
+            launched.driver.append(driver)
+        except BaseException as error:
+            launched.failure.append(error)
+        finally:
+            launched.done.set()
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    try:
+        yield launched
+    finally:
+        starter.join(WAIT)
+        for session in launched.session:  # whatever quit() left (it runs in ``browser``)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(session, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def page_service(
+    launch: Launch,
+    redis_server: EmbeddedRedis,
+    page_targets: PageTargets,
+    page_dns: DNSServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Service]:
+    """One API process and one worker, on a fresh database; webhooks may go to ``hook``."""
+    ports = [page_targets.starttls.port, page_targets.slow.port]
+    tmp = tmp_path_factory.mktemp("page-service")
+    connection = redis.Redis.from_url(redis_server.url)
+    connection.flushall()
+    connection.close()
+    env = base_env(tmp, redis_server.url, ports, page_dns)
+    env.update(SMTPCHECK_CALLBACK_PORTS=str(page_targets.hook.port), SMTPCHECK_CALLBACK_HTTP="on")
+    svc = Service(tmp, env, redis_server.url)
+    try:
+        svc.start_api(1).start_workers(1)
+        yield svc
+    except BaseException:
+        print(svc.logs())
+        raise
+    finally:
+        # The API and the workers stop at the same time: neither waits on the other.
+        stopping = [threading.Thread(target=proc.stop) for proc in svc.procs]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(launch: Launch, page_service: Service) -> Iterator[WebDriver]:
+    """One Chromium for the module. It quits before the service stops, so the
+    service's graceful stop waits on no connection of the browser's."""
+    driver = launch.wait()
     try:
         yield driver
     finally:
-        try:
-            driver.quit()
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(session, signal.SIGKILL)
+        driver.quit()
 
 
 # -- what a person sees ---------------------------------------------------------
@@ -197,6 +287,22 @@ def fill(browser: WebDriver, element_id: str, text: str) -> None:
 def open_page(browser: WebDriver, url: str) -> None:
     browser.get(url)
     wait_for(browser, "the page's script ran", lambda: browser.execute_script("return true"))
+
+
+def ready(browser: WebDriver, service: Service) -> None:
+    """The check page with a fresh form: the one already loaded where it is, else a load."""
+    on_page = browser.current_url.split("#")[0] == service.url + "/"
+    if not on_page or not browser.execute_script(
+        "return !!sessionStorage.getItem('smtpcheck.apiKey')"
+    ):
+        open_check_page(browser, service)
+        return
+    browser.execute_script(
+        "document.getElementById('check-form').reset();"
+        "for (const box of document.querySelectorAll('.field-error')) box.hidden = true;"
+        "document.getElementById('problem').hidden = true;"
+        "performance.clearResourceTimings();"  # requested() then says what this test fetched
+    )
 
 
 def open_check_page(browser: WebDriver, service: Service) -> None:
@@ -241,15 +347,45 @@ def check_id(browser: WebDriver) -> str:
     return str(browser.execute_script("return location.hash.slice(1)"))
 
 
-def screenshot(browser: WebDriver, name: str) -> None:
-    """With SMTPCHECK_SCREENSHOTS=DIR, save the whole page (not only the window) as DIR/name.png."""
+def run_and_wait(browser: WebDriver, badge: str, *, after: str | None = None) -> str:
+    """Click Run check and wait for a new check's verdict ``badge``; its id."""
+    before = after if after is not None else check_id(browser)
+    browser.find_element(By.ID, "run").click()
+    wait_for(
+        browser,
+        f"a new check's verdict shows {badge}",
+        lambda: check_id(browser) != before and badge in verdict(browser),
+    )
+    return check_id(browser)
+
+
+def value(browser: WebDriver, element_id: str) -> str:
+    return str(browser.find_element(By.ID, element_id).get_attribute("value"))
+
+
+def requested(browser: WebDriver) -> list[str]:
+    """The URLs the page has fetched (the browser's resource timing)."""
+    names = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => e.name)"
+    )
+    return [str(name) for name in names]
+
+
+def screenshot(browser: WebDriver, name: str, element_id: str | None = None) -> None:
+    """With SMTPCHECK_SCREENSHOTS=DIR, save the whole page (not only the window), or
+    only the element ``element_id``, as DIR/name.png."""
     folder = os.environ.get("SMTPCHECK_SCREENSHOTS")
     if not folder:
         return
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1280, max(900, min(int(height) + 40, 4000)))
     Path(folder).mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(Path(folder) / f"{name}.png"))
+    path = str(Path(folder) / f"{name}.png")
+    if element_id is None:
+        browser.save_screenshot(path)
+    else:
+        browser.execute_script("window.scrollTo(0, 0)")
+        browser.find_element(By.ID, element_id).screenshot(path)
     browser.set_window_size(1280, 1600)
 
 
@@ -264,12 +400,30 @@ def console_errors(browser: WebDriver) -> list[str]:
 
 def run_in_shell(command: str, **exported: str) -> subprocess.CompletedProcess[str]:
     """``command`` as pasted into bash, with smtpcheck on PATH and the key exported."""
+    return finish(start_in_shell(command, **exported))
+
+
+def start_in_shell(command: str, **exported: str) -> subprocess.Popen[str]:
+    """``command`` pasted into a bash of its own, running while the test goes on."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env = {"PATH": path, "HOME": os.environ.get("HOME", "/"), "SMTPCHECK_API_KEY": API_KEY}
     env.update(exported)
-    return subprocess.run(
-        ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60
+    return subprocess.Popen(
+        ["bash", "-c", command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+
+
+def finish(shell: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        stdout, stderr = shell.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        shell.kill()
+        stdout, stderr = shell.communicate()
+    return subprocess.CompletedProcess(shell.args, shell.returncode, stdout, stderr)
 
 
 # -- the tests --------------------------------------------------------------------
@@ -308,14 +462,16 @@ def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
     assert "finished" in browser.find_element(By.ID, "status").text
     screenshot(browser, "check-pass")
 
-    # The copy-as-curl command, pasted in a shell, makes the same check.
-    curl = browser.find_element(By.ID, "curl-command").get_attribute("value")
-    assert curl and "$SMTPCHECK_API_KEY" in curl and API_KEY not in curl
-    shell = run_in_shell(curl)
-    assert shell.returncode == 0, shell.stderr
-    created = json.loads(shell.stdout)
-    assert created["status"] == "queued"
-    again = page_service.client.wait(created["id"])
+    # The copy-as-curl command, pasted in a shell, makes the same check (no need to
+    # wait for a slow banner again: being live was the page's part).
+    curl = value(browser, "curl-command")
+    assert "$SMTPCHECK_API_KEY" in curl and API_KEY not in curl
+    with page_targets.banner_delay(0):
+        shell = run_in_shell(curl)
+        assert shell.returncode == 0, shell.stderr
+        created = json.loads(shell.stdout)
+        assert created["status"] == "queued"
+        again = page_service.client.wait(created["id"])
     first = page_service.client.wait(first_id)
     assert again["request"] == first["request"]
     assert again["status"] == "finished"
@@ -327,7 +483,7 @@ def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
 def test_a_refused_request_is_shown_field_by_field(
     browser: WebDriver, page_service: Service, page_targets: PageTargets
 ) -> None:
-    open_check_page(browser, page_service)
+    ready(browser, page_service)
     set_check(browser, "127.0.0.1", 26)
     fill(browser, "f-timeouts-total", "-1")
     browser.find_element(By.ID, "run").click()
@@ -340,19 +496,39 @@ def test_a_refused_request_is_shown_field_by_field(
     assert browser.find_element(By.ID, "f-timeouts-total-error").is_displayed()
     assert browser.switch_to.active_element.get_attribute("id") == "problem"
 
+    # A built message and a whole one at once: the API's word shows beside the message.
+    fill(browser, "f-port", str(page_targets.starttls.port))
+    fill(browser, "f-timeouts-total", "")
+    fill(browser, "f-message-subject", "both kinds of message")
+    fill(browser, "f-data", "Subject: a whole one\n\nHello.\n")
+    browser.find_element(By.ID, "run").click()
+    subject_error = browser.find_element(By.ID, "f-message-subject-error")
+    wait_for(browser, "the message's problem shows", lambda: subject_error.is_displayed())
+    assert "either data or message" in subject_error.text
+    assert not browser.find_element(By.ID, "f-port-error").is_displayed()  # the old ones go
+
+    # A header line that is not "Name: value" is the form's to say: nothing is sent.
+    checks = len(page_service.client.request("GET", "/v1/checks?limit=100").json()["items"])
+    fill(browser, "f-data", "")
+    fill(browser, "f-message-headers", "X-Ticket: 1\nnot a header")
+    browser.find_element(By.ID, "run").click()
+    wait_for(
+        browser,
+        "the form's own problem shows",
+        lambda: "line 2" in browser.find_element(By.ID, "f-message-headers-error").text,
+    )
+    assert browser.find_element(By.ID, "f-message-headers").get_attribute("aria-invalid") == "true"
+    assert len(page_service.client.request("GET", "/v1/checks?limit=100").json()["items"]) == checks
+
 
 def test_a_failing_check_and_its_permalink(
     browser: WebDriver, page_service: Service, page_targets: PageTargets
 ) -> None:
-    open_check_page(browser, page_service)
-    with contextlib.suppress(Exception):
-        browser.find_element(By.ID, "f-timeouts-total").clear()
+    ready(browser, page_service)
     set_check(browser, "127.0.0.1", page_targets.starttls.port, verify=True)
-    browser.find_element(By.ID, "run").click()
-    wait_for(browser, "the verdict shows", lambda: "FAIL" in verdict(browser))
+    failed_id = run_and_wait(browser, "FAIL")
     assert "tls_untrusted" in verdict(browser)
     assert "certificate_untrusted" in page_text(browser)
-    failed_id = check_id(browser)
     wait_for(
         browser,
         "the check is listed among the recent ones",
@@ -361,7 +537,7 @@ def test_a_failing_check_and_its_permalink(
     screenshot(browser, "check-fail")
 
     # The copy-as-smtpcheck-check command, pasted in a shell, says the same.
-    command = str(browser.find_element(By.ID, "cli-command").get_attribute("value"))
+    command = value(browser, "cli-command")
     assert command.startswith("smtpcheck check 127.0.0.1 ") and "--tls-verify" in command
     shell = run_in_shell(command)
     assert "tls_untrusted" in shell.stdout, (shell.stdout, shell.stderr)
@@ -371,11 +547,221 @@ def test_a_failing_check_and_its_permalink(
     browser.get("about:blank")
     open_page(browser, f"{page_service.url}/#{failed_id}")
     wait_for(browser, "the permalink loads", lambda: "FAIL" in verdict(browser))
-    assert browser.find_element(By.ID, "f-port").get_attribute("value") == str(
-        page_targets.starttls.port
-    )
+    assert value(browser, "f-port") == str(page_targets.starttls.port)
     assert browser.find_element(By.ID, "f-tls_verify").is_selected()
-    assert "--tls-verify" in str(browser.find_element(By.ID, "cli-command").get_attribute("value"))
+    assert "--tls-verify" in value(browser, "cli-command")
+    assert not console_errors(browser)
+
+
+def test_an_address_checks_its_domain_mx_from_every_vantage_live(
+    browser: WebDriver, page_service: Service, page_targets: PageTargets
+) -> None:
+    ready(browser, page_service)
+    # Keyboard only: Enter opens the drawer, Enter in the box runs the check.
+    drawer = browser.find_element(By.ID, "advanced")
+    if drawer.get_attribute("open") is not None:
+        drawer.find_element(By.TAG_NAME, "summary").send_keys(Keys.ENTER)  # closed first
+    browser.find_element(By.CSS_SELECTOR, "#advanced > summary").send_keys(Keys.ENTER)
+    assert drawer.get_attribute("open") is not None
+    fill(browser, "f-port", str(page_targets.slow.port))  # live: the banner is held back
+    Select(browser.find_element(By.ID, "f-vantage")).select_by_value("all")
+    target = browser.find_element(By.ID, "target")
+    target.send_keys("bob@local.test", Keys.TAB)  # focus moves on, and shows where it is
+    focused = browser.switch_to.active_element
+    assert focused.get_attribute("id") == "run"
+    assert focused.value_of_css_property("outline-style") == "solid"
+    assert focused.value_of_css_property("outline-width") == "3px"
+    before = check_id(browser)
+    target.send_keys(Keys.ENTER)
+
+    # Lines come into the vantage's pane while the server holds its banner back.
+    pane = "#transcripts .pane"
+    wait_for(
+        browser,
+        "a vantage's lines arrive live",
+        lambda: (
+            check_id(browser) != before and browser.find_elements(By.CSS_SELECTOR, f"{pane} .line")
+        ),
+    )
+    fan_out = check_id(browser)
+    assert page_service.client.request("GET", f"/v1/checks/{fan_out}").json()["status"] != (
+        "finished"
+    )
+    assert not verdict(browser)
+    heading = browser.find_element(By.CSS_SELECTOR, f"{pane} h4").text
+    assert heading.startswith("Vantage default") and "running" in heading, heading
+
+    wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
+    # It came through the fan-out's own merged stream, not one stream per vantage.
+    streams = [url for url in requested(browser) if url.endswith("/events")]
+    assert streams and all(f"/v1/checks/{fan_out}/events" in url for url in streams), streams
+    grid = browser.find_element(By.CSS_SELECTOR, "table.stage-grid").text
+    assert f"mail.local.test [127.0.0.1]:{page_targets.slow.port} default" in grid, grid
+    assert "finished" in browser.find_element(By.CSS_SELECTOR, f"{pane} h4").text
+    assert "MX hosts of local.test" in page_text(browser)
+    security = browser.find_element(By.XPATH, "//table[caption='Mail transport security']").text
+    assert "MTA-STS none published" in security and "DANE no TLSA records" in security, security
+    hint = browser.find_element(By.ID, "target-hint").text
+    assert "MX hosts of local.test" in hint and "bob@local.test" in hint
+    screenshot(browser, "check-mx-all")
+    created = page_service.client.wait(fan_out)
+    assert created["vantage"] == "all"
+    assert created["request"]["mx"] is True
+    assert created["request"]["rcpt_to"] == ["bob@local.test"]
+    assert created["request"]["mail_from"] == ""
+    assert "--mx --port" in value(browser, "cli-command")
+    assert not console_errors(browser)
+
+
+def test_cancel_a_running_check_from_the_page(
+    browser: WebDriver, page_service: Service, page_targets: PageTargets
+) -> None:
+    ready(browser, page_service)
+    set_check(browser, "127.0.0.1", page_targets.slow.port)
+    with page_targets.banner_delay(FOREVER):
+        before = check_id(browser)
+        browser.find_element(By.ID, "run").click()
+        wait_for(
+            browser,
+            "the check runs",
+            lambda: (
+                check_id(browser) != before and transcript(browser) and shown(browser, "cancel")
+            ),
+        )
+        asked = time.monotonic()
+        # A double click sends one DELETE: a second, once the check has ended
+        # canceled, would have deleted it.
+        still = browser.execute_script(
+            "const b = document.getElementById('cancel'); b.click(); b.click(); return b.disabled"
+        )
+        assert still is True
+        wait_for(browser, "the verdict shows", lambda: "CANCELED" in verdict(browser))
+        assert time.monotonic() - asked < FOREVER  # long before the banner would have come
+    assert "canceled" in browser.find_element(By.ID, "status").text
+    assert not shown(browser, "cancel")
+    document = page_service.client.request("GET", f"/v1/checks/{check_id(browser)}")
+    assert document.status == 200 and document.json()["status"] == "canceled"
+
+
+def test_an_auth_check_copied_as_curl_takes_the_password_from_the_shell(
+    browser: WebDriver, page_service: Service, page_targets: PageTargets
+) -> None:
+    ((user, password),) = USERS.items()
+    ready(browser, page_service)
+    set_check(browser, "127.0.0.1", page_targets.starttls.port)
+    fill(browser, "f-auth-username", user)
+    fill(browser, "f-auth-password", password)
+    run_and_wait(browser, "PASS")
+    auth_row = browser.find_element(By.XPATH, "//tbody/tr[th='AUTH']/td").text
+    assert auth_row.endswith("accepted"), auth_row
+    curl = value(browser, "curl-command")
+    assert password not in curl and "$SMTPCHECK_AUTH_PASSWORD" in curl
+    assert "SMTPCHECK_AUTH_PASSWORD" in browser.find_element(By.ID, "cli-note").text
+
+    shell = run_in_shell(curl, SMTPCHECK_AUTH_PASSWORD=password)
+    again = page_service.client.wait(json.loads(shell.stdout)["id"])
+    assert again["result"]["auth"]["accepted"] is True, again["result"]["summary"]
+    assert again["request"]["auth"]["password"] == "****"
+
+
+def test_message_probe_retry_and_webhook_controls_and_their_copied_commands(
+    browser: WebDriver, page_service: Service, page_targets: PageTargets
+) -> None:
+    ready(browser, page_service)
+    set_check(browser, "127.0.0.1", page_targets.starttls.port)
+    fill(browser, "f-message-subject", "from the page")
+    fill(browser, "f-message-headers", "X-Ticket: 4711\nReply-To: help@local.test")
+    fill(browser, "f-message-body", "Sent by the page test.")
+    # Keyboard only, like the rest of the drawer: Space ticks a box.
+    browser.find_element(By.ID, "f-probe-vrfy").send_keys(Keys.SPACE)
+    browser.find_element(By.ID, "f-retry_temporary").send_keys(Keys.SPACE)
+    fill(browser, "f-retry-attempts", "2")
+    fill(browser, "f-retry-delay", "1")
+    fill(browser, "f-callback-url", page_targets.hook.url())
+    fill(browser, "f-callback-secret", WEBHOOK_SECRET)
+    for control in ("f-message-headers", "f-probe-vrfy", "f-retry-attempts", "f-callback-secret"):
+        label = browser.find_element(By.CSS_SELECTOR, f"label[for='{control}']")
+        assert label.text, control  # every control has its label
+    screenshot(browser, "advanced", "check-form")  # the drawer open, filled in
+    delivered = len(page_targets.hook.received)
+    sent = len(page_targets.starttls.received)
+    first_id = run_and_wait(browser, "PASS")
+
+    first = page_service.client.wait(first_id)
+    request = first["request"]
+    assert request["message"]["subject"] == "from the page"
+    assert request["message"]["headers"] == {"X-Ticket": "4711", "Reply-To": "help@local.test"}
+    assert request["probes"] == ["vrfy"]
+    assert request["retry_temporary"] is True and request["retry"] == {"attempts": 2, "delay": 1}
+    assert request["callback"] == {"url": page_targets.hook.url(), "secret": "****"}
+    assert "vrfy" in first["result"]["probes"]
+    message = page_targets.starttls.received[sent].data
+    assert b"Subject: from the page" in message and b"X-Ticket: 4711" in message
+    wait_for(browser, "the webhook arrives", lambda: len(page_targets.hook.received) > delivered)
+    got = page_targets.hook.received[delivered]
+    assert json.loads(got.body)["id"] == first_id and verify(WEBHOOK_SECRET, got)
+
+    # Copied as curl and as smtpcheck check, the secret comes from the shell.
+    curl, cli = value(browser, "curl-command"), value(browser, "cli-command")
+    for command in (curl, cli):
+        assert WEBHOOK_SECRET not in command
+    assert "$SMTPCHECK_CALLBACK_SECRET" in curl
+    for option in ("--header 'X-Ticket: 4711'", "--probe vrfy", "--retry-temporary",
+                   "--retry-attempts 2", "--retry-delay 1", "--callback-url"):  # fmt: skip
+        assert option in cli, (option, cli)
+    assert "SMTPCHECK_CALLBACK_SECRET" in browser.find_element(By.ID, "cli-note").text
+    # Both run in shells while the page goes on to a check with a whole message.
+    copies = [start_in_shell(c, SMTPCHECK_CALLBACK_SECRET=WEBHOOK_SECRET) for c in (curl, cli)]
+
+    # A whole message instead of a built one: the smtpcheck command carries it exactly.
+    for control in ("f-message-subject", "f-message-headers", "f-message-body", "f-callback-url"):
+        fill(browser, control, "")
+    whole = "Subject: a whole message\nX-Whole: yes\n\nPasted into the page.\n"
+    browser.execute_script("document.getElementById('f-data').value = arguments[0]", whole)
+    data_id = run_and_wait(browser, "PASS")
+    data_cli = value(browser, "cli-command")
+    assert "--data-file <(printf %s " in data_cli
+    data_copy = start_in_shell(data_cli)
+
+    curled, shell = (finish(copy) for copy in copies)
+    assert curled.returncode == 0 and shell.returncode == 0, (shell.stdout, shell.stderr)
+    made = [json.loads(curled.stdout)["id"], *re.findall(r"=== check (\S+) at ", shell.stdout)]
+    assert len(made) == 2, shell.stdout
+    for copy_id in made:
+        again = page_service.client.wait(copy_id)
+        assert again["request"] == request and again["result"]["outcome"] == "ok"
+    wait_for(
+        browser, "their webhooks arrive", lambda: len(page_targets.hook.received) >= delivered + 3
+    )
+    assert all(verify(WEBHOOK_SECRET, got) for got in page_targets.hook.received[delivered:])
+
+    shell = finish(data_copy)
+    assert shell.returncode == 0, (shell.stdout, shell.stderr)
+    (copy_id,) = re.findall(r"=== check (\S+) at ", shell.stdout)
+    whole_request = page_service.client.wait(data_id)["request"]
+    assert page_service.client.wait(copy_id)["request"] == whole_request
+    assert whole_request["data"].replace("\r\n", "\n") == whole
+    messages = [r.data for r in page_targets.starttls.received[sent:]]
+    assert sum(b"X-Whole: yes" in m and b"Pasted into the page." in m for m in messages) == 2
+
+    # One click, one check: Run again (and Enter in the form) while the POST is out add none.
+    checks = len(page_service.client.request("GET", "/v1/checks?limit=100").json()["items"])
+    busy = browser.execute_script(
+        "const again = document.getElementById('again');"
+        "again.click(); const busy = again.disabled && document.getElementById('run').disabled;"
+        "again.click();"
+        "document.getElementById('check-form').requestSubmit();"
+        "return busy;"
+    )
+    assert busy is True
+    wait_for(
+        browser,
+        "the new check ends",
+        lambda: check_id(browser) != data_id and "PASS" in verdict(browser),
+    )
+    assert not browser.find_element(By.ID, "again").get_attribute("disabled")
+    listed = page_service.client.request("GET", "/v1/checks?limit=100").json()["items"]
+    assert len(listed) == checks + 1
     assert not console_errors(browser)
 
 
@@ -394,75 +780,3 @@ def test_docs_render_the_spec_in_the_browser(browser: WebDriver, page_service: S
     assert "smtpcheck" in browser.find_element(By.CSS_SELECTOR, ".info .title").text
     assert not console_errors(browser)
     screenshot(browser, "docs")
-
-
-def test_an_address_checks_its_domain_mx_from_every_vantage(
-    browser: WebDriver, page_service: Service, page_targets: PageTargets
-) -> None:
-    open_check_page(browser, page_service)
-    # Keyboard only: Enter opens the drawer, Enter in the box runs the check.
-    browser.find_element(By.CSS_SELECTOR, "#advanced > summary").send_keys(Keys.ENTER)
-    assert browser.find_element(By.ID, "advanced").get_attribute("open") is not None
-    fill(browser, "f-port", str(page_targets.starttls.port))
-    Select(browser.find_element(By.ID, "f-vantage")).select_by_value("all")
-    target = browser.find_element(By.ID, "target")
-    target.send_keys("bob@local.test", Keys.TAB)  # focus moves on, and shows where it is
-    focused = browser.switch_to.active_element
-    assert focused.get_attribute("id") == "run"
-    assert focused.value_of_css_property("outline-style") == "solid"
-    assert focused.value_of_css_property("outline-width") == "3px"
-    target.send_keys(Keys.ENTER)
-    wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
-    grid = browser.find_element(By.CSS_SELECTOR, "table.stage-grid").text
-    assert f"mail.local.test [127.0.0.1]:{page_targets.starttls.port} default" in grid, grid
-    assert "MX hosts of local.test" in page_text(browser)
-    security = browser.find_element(By.XPATH, "//table[caption='Mail transport security']").text
-    assert "MTA-STS none published" in security and "DANE no TLSA records" in security, security
-    hint = browser.find_element(By.ID, "target-hint").text
-    assert "MX hosts of local.test" in hint and "bob@local.test" in hint
-    screenshot(browser, "check-mx-all")
-    created = page_service.client.wait(check_id(browser))
-    assert created["vantage"] == "all"
-    assert created["request"]["mx"] is True
-    assert created["request"]["rcpt_to"] == ["bob@local.test"]
-    assert created["request"]["mail_from"] == ""
-    assert "--mx --port" in str(browser.find_element(By.ID, "cli-command").get_attribute("value"))
-
-
-def test_cancel_a_running_check_from_the_page(
-    browser: WebDriver, page_service: Service, page_targets: PageTargets
-) -> None:
-    open_check_page(browser, page_service)
-    set_check(browser, "127.0.0.1", page_targets.slow.port)
-    browser.find_element(By.ID, "run").click()
-    wait_for(browser, "the check runs", lambda: transcript(browser) and shown(browser, "cancel"))
-    asked = time.monotonic()
-    browser.find_element(By.ID, "cancel").click()
-    wait_for(browser, "the verdict shows", lambda: "CANCELED" in verdict(browser))
-    assert time.monotonic() - asked < BANNER_DELAY  # before the banner would have come
-    assert "canceled" in browser.find_element(By.ID, "status").text
-    assert not shown(browser, "cancel")
-    document = page_service.client.request("GET", f"/v1/checks/{check_id(browser)}").json()
-    assert document["status"] == "canceled"
-
-
-def test_an_auth_check_copied_as_curl_takes_the_password_from_the_shell(
-    browser: WebDriver, page_service: Service, page_targets: PageTargets
-) -> None:
-    ((user, password),) = USERS.items()
-    open_check_page(browser, page_service)
-    set_check(browser, "127.0.0.1", page_targets.starttls.port)
-    fill(browser, "f-auth-username", user)
-    fill(browser, "f-auth-password", password)
-    browser.find_element(By.ID, "run").click()
-    wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
-    auth_row = browser.find_element(By.XPATH, "//tbody/tr[th='AUTH']/td").text
-    assert auth_row.endswith("accepted"), auth_row
-    curl = str(browser.find_element(By.ID, "curl-command").get_attribute("value"))
-    assert password not in curl and "$SMTPCHECK_AUTH_PASSWORD" in curl
-    assert "SMTPCHECK_AUTH_PASSWORD" in browser.find_element(By.ID, "cli-note").text
-
-    shell = run_in_shell(curl, SMTPCHECK_AUTH_PASSWORD=password)
-    again = page_service.client.wait(json.loads(shell.stdout)["id"])
-    assert again["result"]["auth"]["accepted"] is True, again["result"]["summary"]
-    assert again["request"]["auth"]["password"] == "****"

@@ -12,14 +12,14 @@
   const SEVERITY_ORDER = ["fail", "warning", "info", "pass"];
   const SEVERITY_LABEL = { fail: "FAIL", warning: "WARN", info: "INFO", pass: "PASS" };
   const PASSWORD_VARIABLE = "SMTPCHECK_AUTH_PASSWORD";
+  const CALLBACK_SECRET_VARIABLE = "SMTPCHECK_CALLBACK_SECRET";
   const POLL_SECONDS = 10;
-  // Request fields the form has no control for: a loaded check keeps them for "Run again".
-  const KEPT_FIELDS = ["probes", "retry_temporary", "retry", "data", "message"];
+  const PROBES = ["open_relay", "starttls_required", "vrfy", "expn", "smuggling"];
 
   const $ = (id) => document.getElementById(id);
   let current = null; // the check on screen: {id, aborter, started}
   let pending = null; // what to do once an API key has been given
-  let kept = {}; // KEPT_FIELDS of the check the form was filled from
+  let submitting = false; // a POST is in flight: Run check and Run again wait for it
 
   // -- small DOM helpers -------------------------------------------------------
 
@@ -178,8 +178,25 @@
     return Number.isFinite(parsed) ? parsed : raw; // the API says what is wrong with it
   }
 
-  /** The request the form describes, with only the fields that differ from the defaults. */
-  function buildRequest() {
+  /** ``Name: value`` lines as message.headers; a line that is not one goes into ``problems``. */
+  function headerFields(problems) {
+    const found = {};
+    $("f-message-headers").value.split("\n").forEach((line, i) => {
+      if (!line.trim()) return;
+      const colon = line.indexOf(":");
+      const name = colon > 0 ? line.slice(0, colon).trim() : "";
+      if (!name) problems.push(`line ${i + 1}: give it as Name: value`);
+      else if (name in found) problems.push(`line ${i + 1}: ${name} is given twice`);
+      else found[name] = line.slice(colon + 1).trim();
+    });
+    return found;
+  }
+
+  /**
+   * The request the form describes, with only the fields that differ from the
+   * defaults; ``problems`` (if given) collects what the form itself can tell is wrong.
+   */
+  function buildRequest(problems) {
     const request = {};
     const target = value("target");
     const at = target.lastIndexOf("@");
@@ -199,6 +216,7 @@
     if (username) {
       request.auth = { username, password: $("f-auth-password").value };
       if ($("f-auth-mechanism").value !== "auto") request.auth.mechanism = $("f-auth-mechanism").value;
+      if ($("f-auth-allow_plaintext").checked) request.auth.allow_plaintext = true;
     }
     let sender = value("f-mail_from");
     if (sender === "<>") sender = "";
@@ -206,6 +224,15 @@
     if (value("f-mail_from") !== "") request.mail_from = sender;
     else if (rcpt.length) request.mail_from = "";
     if (rcpt.length) request.rcpt_to = rcpt;
+    const headerProblems = [];
+    const messageHeaders = headerFields(headerProblems);
+    if (problems && headerProblems.length) problems["message.headers"] = headerProblems;
+    if ($("f-data").value.trim()) request.data = $("f-data").value;
+    const message = {};
+    if (value("f-message-subject")) message.subject = value("f-message-subject");
+    if (Object.keys(messageHeaders).length) message.headers = messageHeaders;
+    if ($("f-message-body").value.trim()) message.body = $("f-message-body").value;
+    if (Object.keys(message).length) request.message = message; // with data too: the API says which
     if ($("f-stop_after").value) request.stop_after = $("f-stop_after").value;
     const timeouts = {};
     for (const name of ["connect", "command", "total"]) {
@@ -215,36 +242,25 @@
     if (Object.keys(timeouts).length) request.timeouts = timeouts;
     if ($("f-vantage").value !== "default") request.vantage = $("f-vantage").value;
     if ($("f-ip_version").value) request.ip_version = Number($("f-ip_version").value);
-    return Object.assign(request, kept);
-  }
-
-  function keptFields(request) {
-    const found = {};
-    for (const name of KEPT_FIELDS) {
-      const given = request[name];
-      if (given === undefined || given === null || given === false) continue;
-      if (Array.isArray(given) && !given.length) continue;
-      if (name === "retry" && !request.retry_temporary) continue;
-      found[name] = given;
+    const probes = PROBES.filter((name) => $(`f-probe-${name}`).checked);
+    if (probes.length) request.probes = probes;
+    if ($("f-retry_temporary").checked) {
+      request.retry_temporary = true;
+      const retry = {};
+      const attempts = number("f-retry-attempts");
+      const delay = number("f-retry-delay");
+      if (attempts !== undefined) retry.attempts = attempts;
+      if (delay !== undefined) retry.delay = delay;
+      if (Object.keys(retry).length) request.retry = retry;
     }
-    return found;
-  }
-
-  function showKept() {
-    const note = $("kept-note");
-    const names = Object.keys(kept);
-    note.hidden = !names.length;
-    note.textContent = names.length
-      ? `The loaded check also sets ${names.join(", ")}; Run check and Run again keep them (editing the host drops them).`
-      : "";
+    if (value("f-callback-url")) request.callback = { url: value("f-callback-url"), secret: $("f-callback-secret").value };
+    return request;
   }
 
   /** Put a stored request (as GET /v1/checks/{id} returns it) back into the form. */
   function fillForm(request) {
     if (!request) return;
     $("check-form").reset();
-    kept = keptFields(request);
-    showKept();
     $("target").value = request.host || "";
     $("f-mx").checked = Boolean(request.mx);
     $("f-mx_hosts").value = request.mx_hosts || "first";
@@ -257,6 +273,7 @@
     const auth = request.auth || {};
     $("f-auth-username").value = auth.username || "";
     $("f-auth-mechanism").value = auth.mechanism || "auto";
+    $("f-auth-allow_plaintext").checked = Boolean(auth.allow_plaintext);
     $("f-mail_from").value = request.mail_from === "" ? "<>" : request.mail_from || "";
     $("f-rcpt_to").value = (request.rcpt_to || []).join("\n");
     $("f-stop_after").value = request.stop_after || "";
@@ -270,7 +287,20 @@
     }
     $("f-vantage").value = vantage;
     $("f-ip_version").value = request.ip_version ? String(request.ip_version) : "";
-    if (request.auth || request.stop_after || request.timeouts || request.mail_from !== undefined || request.tls_name || request.tls_ca) {
+    const message = request.message || {};
+    $("f-message-subject").value = message.subject || "";
+    $("f-message-headers").value = Object.entries(message.headers || {}).map(([k, v]) => `${k}: ${v}`).join("\n");
+    $("f-message-body").value = message.body || "";
+    $("f-data").value = request.data || "";
+    for (const name of PROBES) $(`f-probe-${name}`).checked = (request.probes || []).includes(name);
+    $("f-retry_temporary").checked = Boolean(request.retry_temporary);
+    const retry = request.retry_temporary ? request.retry || {} : {};
+    $("f-retry-attempts").value = retry.attempts === undefined ? "" : retry.attempts;
+    $("f-retry-delay").value = retry.delay === undefined ? "" : retry.delay;
+    // The stored secret reads ****: it is typed again for another run, like the password.
+    $("f-callback-url").value = (request.callback || {}).url || "";
+    const advanced = ["auth", "stop_after", "timeouts", "tls_name", "tls_ca", "message", "data", "callback"];
+    if (advanced.some((name) => request[name]) || (request.mail_from !== undefined && request.mail_from !== null) || request.retry_temporary || (request.probes || []).length) {
       $("advanced").open = true;
     }
   }
@@ -296,17 +326,23 @@
     return `'${s.replace(/'/g, `'\\''`)}'`;
   }
 
-  const PASSWORD_SLOT = "\u0000password\u0000";
+  /** Stand-ins for the secrets in a copied command, and the shell variable each comes from. */
+  const SECRET_SLOTS = [
+    ["\u0000password\u0000", PASSWORD_VARIABLE, (body, slot) => { if (body.auth) body.auth.password = slot; }],
+    ["\u0000secret\u0000", CALLBACK_SECRET_VARIABLE, (body, slot) => { if (body.callback) body.callback.secret = slot; }],
+  ];
 
-  /** curl that POSTs this very request; the key (and any password) come from the shell. */
+  /** curl that POSTs this very request; the key (and any secret) come from the shell. */
   function curlCommand(request) {
     const body = JSON.parse(JSON.stringify(request));
-    if (body.auth) body.auth.password = PASSWORD_SLOT;
+    for (const [slot, , put] of SECRET_SLOTS) put(body, slot);
     let json = shellQuote(JSON.stringify(body));
     if (!json.startsWith("'")) json = `'${json}'`;
-    // The password comes from the shell, its " and \ escaped for JSON (the API refuses controls).
-    const escaped = `$(printf '%s' "$${PASSWORD_VARIABLE}" | sed 's/[\\\\"]/\\\\&/g')`;
-    json = json.replace(JSON.stringify(PASSWORD_SLOT), `"'"${escaped}"'"`);
+    // Each secret comes from the shell, its " and \ escaped for JSON (the API refuses controls).
+    for (const [slot, variable] of SECRET_SLOTS) {
+      const escaped = `$(printf '%s' "$${variable}" | sed 's/[\\\\"]/\\\\&/g')`;
+      json = json.replace(JSON.stringify(slot), `"'"${escaped}"'"`);
+    }
     return [
       "curl -sS -X POST",
       shellQuote(`${location.origin}/v1/checks`),
@@ -326,14 +362,26 @@
     if (request.tls) add("--tls", request.tls);
     if (request.tls_verify) add("--tls-verify");
     if (request.tls_name) add("--tls-name", request.tls_name);
-    if (request.tls_ca) add("--tls-ca", "ca.pem");
+    if (request.tls_ca) args.push("--tls-ca", fileOf(request.tls_ca));
     if (request.helo) add("--helo", request.helo);
     if (request.auth) {
       add("--auth-user", request.auth.username);
       if (request.auth.mechanism) add("--auth-mechanism", request.auth.mechanism);
+      if (request.auth.allow_plaintext) add("--auth-allow-plaintext");
     }
     if (request.mail_from !== undefined) args.push("--from", request.mail_from === "" ? "''" : shellQuote(request.mail_from));
     for (const rcpt of request.rcpt_to || []) add("--to", rcpt);
+    if (request.data !== undefined) args.push("--data-file", fileOf(request.data));
+    const message = request.message || {};
+    if (message.subject !== undefined) add("--subject", message.subject);
+    for (const [name, text] of Object.entries(message.headers || {})) add("--header", `${name}: ${text}`);
+    if (message.body !== undefined) add("--body", message.body);
+    for (const probe of request.probes || []) add("--probe", probe);
+    if (request.retry_temporary) add("--retry-temporary");
+    const retry = request.retry || {};
+    if (retry.attempts !== undefined) add("--retry-attempts", retry.attempts);
+    if (retry.delay !== undefined) add("--retry-delay", retry.delay);
+    if (request.callback) add("--callback-url", request.callback.url); // its secret: $SMTPCHECK_CALLBACK_SECRET
     if (request.stop_after) add("--stop-after", request.stop_after);
     const timeouts = request.timeouts || {};
     if (timeouts.connect !== undefined) add("--connect-timeout", timeouts.connect);
@@ -343,6 +391,12 @@
     if (request.vantage) add("--vantage", request.vantage);
     add("--url", location.origin);
     return args.join(" ");
+  }
+
+  /** A file argument that holds ``text`` exactly: bash's process substitution, no temporary file. */
+  function fileOf(text) {
+    const quoted = shellQuote(text);
+    return `<(printf %s ${quoted.startsWith("'") ? quoted : `'${quoted}'`})`;
   }
 
   function showCommand(id, text) {
@@ -356,7 +410,8 @@
     showCommand("cli-command", cliCommand(request));
     const notes = [];
     if (request.auth) notes.push(`Both read the AUTH password from $${PASSWORD_VARIABLE} (smtpcheck check asks for it where that is not set).`);
-    if (request.tls_ca) notes.push("smtpcheck check reads the extra CA certificates from a file: save them as ca.pem first.");
+    if (request.callback) notes.push(`Both read the webhook secret from $${CALLBACK_SECRET_VARIABLE}.`);
+    if (request.tls_ca || request.data !== undefined) notes.push("smtpcheck check reads the CA certificates or the message from <(printf ...), as bash and zsh allow.");
     const note = $("cli-note");
     note.hidden = !notes.length;
     note.textContent = notes.join(" ");
@@ -379,11 +434,13 @@
 
   // -- errors ------------------------------------------------------------------
 
+  // A nested field with no sub-field named: the control its errors go beside.
+  const FIRST_OF = { auth: "f-auth-username", message: "f-message-subject", retry: "f-retry-attempts", callback: "f-callback-url", timeouts: "f-timeouts-total" };
+
   function fieldFor(path) {
     const [head, sub] = path.split(".");
     if (head === "host") return "target";
-    if ((head === "auth" || head === "timeouts") && sub) return `f-${head}-${sub}`;
-    if (head === "auth") return "f-auth-username";
+    if (head in FIRST_OF) return sub && $(`f-${head}-${sub}`) ? `f-${head}-${sub}` : FIRST_OF[head];
     return `f-${head}`;
   }
 
@@ -427,15 +484,28 @@
 
   // -- running a check --------------------------------------------------------------
 
+  /** Run check and Run again say no while a submission is in flight: one click, one check. */
+  function setSubmitting(busy) {
+    submitting = busy;
+    for (const id of ["run", "again"]) $(id).disabled = busy;
+    $("check-form").setAttribute("aria-busy", busy ? "true" : "false");
+  }
+
   async function submit() {
+    if (submitting) return; // Enter in a field while the POST is out: not a second check
     clearProblems();
     if (!value("target")) {
       showProblem({ problem: { title: "Nothing to check", errors: { host: ["type a host, a mail domain or an address"] } } });
       $("target").focus();
       return;
     }
-    const request = buildRequest();
-    $("run").disabled = true;
+    const problems = {};
+    const request = buildRequest(problems);
+    if (Object.keys(problems).length) {
+      showProblem({ problem: { title: "The form needs a correction", errors: problems } });
+      return;
+    }
+    setSubmitting(true);
     try {
       const created = (await api("POST", "/v1/checks", request)).data;
       showCommands(request);
@@ -445,7 +515,7 @@
       if (error instanceof NeedKey) pending = submit;
       else showProblem(error, "The check was not accepted");
     } finally {
-      $("run").disabled = false;
+      setSubmitting(false);
     }
   }
 
@@ -503,6 +573,7 @@
     const seconds = current ? Math.round((Date.now() - current.started) / 1000) : 0;
     $("elapsed").textContent = running ? `${seconds} s` : "";
     $("cancel").hidden = !running;
+    $("cancel").disabled = Boolean(current && current.canceling);
   }
 
   function pane(vantage) {
@@ -513,9 +584,17 @@
       "aria-label": vantage ? `Transcript from vantage ${vantage}` : "Transcript",
       tabindex: "0",
     });
-    const wrap = el("div", { class: "pane" }, vantage ? el("h4", {}, `Vantage ${vantage}`) : null, log);
+    const state = el("span", { class: "pane-status" });
+    const wrap = el("div", { class: "pane" }, vantage ? el("h4", {}, `Vantage ${vantage} `, state) : null, log);
     $("transcripts").append(wrap);
-    return { log, count: 0, lastEventId: "" };
+    return { log, count: 0, state };
+  }
+
+  /** A vantage's own status, beside its name (in words, like the check's). */
+  function paneStatus(into, status) {
+    if (!into || !status) return;
+    into.state.textContent = status;
+    into.state.className = `pane-status status status-${status}`;
   }
 
   function addLine(into, line) {
@@ -561,7 +640,8 @@
 
   /** Live lines from /events where the service has it; long polls where not. */
   async function watch(me, doc, into) {
-    const streamed = await stream(me, doc.id, into);
+    const follower = { lastEventId: "", paneFor: () => into, onStatus: (said) => setStatus(said.status || "running") };
+    const streamed = await stream(me, doc.id, follower);
     if (current !== me) return null;
     if (streamed === "ended") {
       return (await api("GET", `/v1/checks/${encodeURIComponent(doc.id)}`, undefined, { signal: me.aborter.signal })).data;
@@ -585,13 +665,13 @@
    * "ended" after the final result event, "unsupported" when the service has
    * no event stream for this check, "broken" after repeated failures.
    */
-  async function stream(me, id, into) {
+  async function stream(me, id, follower) {
     let failures = 0;
     while (current === me && failures < 5) {
       let response;
       try {
         const sent = headers({ Accept: "text/event-stream" });
-        if (into.lastEventId) sent["Last-Event-ID"] = into.lastEventId;
+        if (follower.lastEventId) sent["Last-Event-ID"] = follower.lastEventId;
         response = await fetch(`/v1/checks/${encodeURIComponent(id)}/events`, { headers: sent, signal: me.aborter.signal });
       } catch (error) {
         if (error.name === "AbortError") return "aborted";
@@ -610,14 +690,16 @@
       try {
         ended = await readEvents(response, (event) => {
           events += 1;
-          if (event.id) into.lastEventId = event.id;
+          if (event.id) follower.lastEventId = event.id;
           let data = null;
           try { data = event.data ? JSON.parse(event.data) : null; } catch (_) { data = event.data; }
           if (event.type === "line" && data) {
+            const into = follower.paneFor(data);
+            if (!into) return false;
             if (into.count === 0) into.log.replaceChildren();
             addLine(into, data);
           } else if (event.type === "status" && data) {
-            setStatus(typeof data === "string" ? data : data.status || "running");
+            follower.onStatus(typeof data === "string" ? { status: data } : data);
           } else if (event.type === "result") {
             return true;
           }
@@ -675,19 +757,41 @@
     return new Promise((resolve) => setTimeout(resolve, ms));
   }
 
+  /**
+   * A check run at every vantage: one pane each, filled live from the fan-out's
+   * one merged event stream (each line says its vantage), then each vantage's
+   * stored transcript, the verdicts side by side and the grid.
+   */
   async function followFanOut(me, doc) {
     const panes = new Map();
-    for (const row of doc.vantages) panes.set(row.vantage, pane(row.vantage));
+    for (const row of doc.vantages) {
+      const into = pane(row.vantage);
+      panes.set(row.vantage, into);
+      paneStatus(into, row.status);
+      if (!row.id) into.log.append(el("p", { class: "help" }, row.error || "not run"));
+    }
+    if (!ENDED.has(doc.status)) {
+      setStatus(doc.status);
+      const follower = {
+        lastEventId: "",
+        paneFor: (line) => panes.get(line.vantage),
+        onStatus: (said) => {
+          if (said.vantage === undefined) setStatus(said.status);
+          else if (panes.has(said.vantage)) paneStatus(panes.get(said.vantage), said.status);
+        },
+      };
+      const streamed = await stream(me, doc.id, follower);
+      if (current !== me) return;
+      if (streamed !== "ended") await poll(me, doc.id); // a service without the merged stream
+      if (current !== me) return;
+    }
     const members = await Promise.all(
       doc.vantages.map(async (row) => {
+        if (!row.id) return { row, doc: null };
+        const member = (await api("GET", `/v1/checks/${encodeURIComponent(row.id)}`, undefined, { signal: me.aborter.signal })).data;
         const into = panes.get(row.vantage);
-        if (!row.id) {
-          into.log.append(el("p", { class: "help" }, row.error || "not run"));
-          return { row, doc: null };
-        }
-        let member = (await api("GET", `/v1/checks/${encodeURIComponent(row.id)}`, undefined, { signal: me.aborter.signal })).data;
-        if (!ENDED.has(member.status)) member = await watchMember(me, member, into);
-        if (member) showTranscript(into, member.result ? member.result.transcript : []);
+        paneStatus(into, member.status);
+        showTranscript(into, member.result ? member.result.transcript : []);
         return { row, doc: member };
       })
     );
@@ -701,17 +805,6 @@
     details.replaceChildren(grid(members.filter((m) => m.doc).map((m) => ({ vantage: m.row.vantage, doc: m.doc }))));
     for (const m of members) {
       if (m.doc && m.doc.result) details.append(el("h3", {}, `From vantage ${m.row.vantage}`), ...resultDetails(m.doc.result));
-    }
-  }
-
-  async function watchMember(me, member, into) {
-    const streamed = await stream(me, member.id, into);
-    if (current !== me) return null;
-    if (streamed === "ended") return (await api("GET", `/v1/checks/${encodeURIComponent(member.id)}`, undefined, { signal: me.aborter.signal })).data;
-    for (;;) {
-      const doc = (await api("GET", `/v1/checks/${encodeURIComponent(member.id)}?wait=${POLL_SECONDS}`, undefined, { signal: me.aborter.signal })).data;
-      if (current !== me) return null;
-      if (ENDED.has(doc.status)) return doc;
     }
   }
 
@@ -916,7 +1009,29 @@
 
   // -- this key's recent checks ------------------------------------------------------
 
-  async function loadRecent() {
+  let recentLoading = null;
+  let recentAgain = false;
+
+  /** The recent checks, one read at a time; asked for meanwhile, one more read follows. */
+  function loadRecent() {
+    if (recentLoading) {
+      recentAgain = true;
+      return recentLoading;
+    }
+    $("recent-refresh").disabled = true;
+    recentLoading = (async () => {
+      do {
+        recentAgain = false;
+        await readRecent();
+      } while (recentAgain);
+    })().finally(() => {
+      recentLoading = null;
+      $("recent-refresh").disabled = false;
+    });
+    return recentLoading;
+  }
+
+  async function readRecent() {
     let items;
     try {
       items = (await api("GET", "/v1/checks?limit=10")).data.items;
@@ -955,11 +1070,17 @@
   // -- cancel, run again, permalinks -------------------------------------------------
 
   async function cancel() {
-    if (!current) return;
+    // One DELETE per check: a second one, once the check has ended canceled, would delete it.
+    if (!current || current.canceling) return;
+    const me = current;
+    me.canceling = true;
+    $("cancel").disabled = true;
     try {
-      await api("DELETE", `/v1/checks/${encodeURIComponent(current.id)}`);
-      setStatus("canceling");
+      await api("DELETE", `/v1/checks/${encodeURIComponent(me.id)}`);
+      if (current === me) setStatus("canceling");
     } catch (error) {
+      me.canceling = false;
+      if (current === me) $("cancel").disabled = false;
       if (!(error instanceof NeedKey)) showProblem(error, "The check could not be canceled");
     }
   }
@@ -975,11 +1096,7 @@
       submit();
     });
     $("again").addEventListener("click", () => submit());
-    $("target").addEventListener("input", () => {
-      kept = {};
-      showKept();
-      targetHint();
-    });
+    $("target").addEventListener("input", targetHint);
     $("cancel").addEventListener("click", () => cancel());
     $("copy-curl").addEventListener("click", () => copy("curl-command"));
     $("recent-refresh").addEventListener("click", () => loadRecent());
