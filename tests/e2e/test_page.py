@@ -450,7 +450,19 @@ def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
     assert any("connect" in line and "===" in line for line in lines), lines
     assert "running" in browser.find_element(By.ID, "status").text
 
-    wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
+    # The copy-as-curl command (there since the check was accepted), pasted in a
+    # shell, makes the same check; it runs while the page's goes on, with no banner
+    # held back for it (being live was the page's part).
+    curl = value(browser, "curl-command")
+    assert "$SMTPCHECK_API_KEY" in curl and API_KEY not in curl
+    with page_targets.banner_delay(0):
+        copy = start_in_shell(curl)
+        wait_for(browser, "the verdict shows", lambda: "PASS" in verdict(browser))
+        shell = finish(copy)
+        assert shell.returncode == 0, shell.stderr
+        created = json.loads(shell.stdout)
+        assert created["status"] == "queued"
+        again = page_service.client.wait(created["id"])
     assert "ok" in verdict(browser)
     lines = transcript(browser)
     assert any("<- " in line and "220" in line for line in lines), lines
@@ -461,17 +473,6 @@ def test_starttls_check_live_then_verdict_then_the_same_check_from_curl(
     assert "STARTTLS is offered" in page_text(browser)  # a finding
     assert "finished" in browser.find_element(By.ID, "status").text
     screenshot(browser, "check-pass")
-
-    # The copy-as-curl command, pasted in a shell, makes the same check (no need to
-    # wait for a slow banner again: being live was the page's part).
-    curl = value(browser, "curl-command")
-    assert "$SMTPCHECK_API_KEY" in curl and API_KEY not in curl
-    with page_targets.banner_delay(0):
-        shell = run_in_shell(curl)
-        assert shell.returncode == 0, shell.stderr
-        created = json.loads(shell.stdout)
-        assert created["status"] == "queued"
-        again = page_service.client.wait(created["id"])
     first = page_service.client.wait(first_id)
     assert again["request"] == first["request"]
     assert again["status"] == "finished"
@@ -536,12 +537,11 @@ def test_a_failing_check_and_its_permalink(
     )
     screenshot(browser, "check-fail")
 
-    # The copy-as-smtpcheck-check command, pasted in a shell, says the same.
+    # The copy-as-smtpcheck-check command, pasted in a shell, says the same
+    # (it runs while the permalink loads).
     command = value(browser, "cli-command")
     assert command.startswith("smtpcheck check 127.0.0.1 ") and "--tls-verify" in command
-    shell = run_in_shell(command)
-    assert "tls_untrusted" in shell.stdout, (shell.stdout, shell.stderr)
-    assert shell.returncode != 0
+    copy = start_in_shell(command)
 
     # A fresh load of the permalink shows that check again, its form filled in.
     browser.get("about:blank")
@@ -551,6 +551,9 @@ def test_a_failing_check_and_its_permalink(
     assert browser.find_element(By.ID, "f-tls_verify").is_selected()
     assert "--tls-verify" in value(browser, "cli-command")
     assert not console_errors(browser)
+    shell = finish(copy)
+    assert "tls_untrusted" in shell.stdout, (shell.stdout, shell.stderr)
+    assert shell.returncode != 0
 
 
 def test_an_address_checks_its_domain_mx_from_every_vantage_live(
