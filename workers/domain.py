@@ -4,6 +4,7 @@ by one until one answers (``mx_hosts: "first"``) or all of them at once
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import ipaddress
 import time
@@ -128,7 +129,10 @@ def run_domain_check(
     checked: list[dict[str, Any]] = []
     if mode == "all":
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(hosts))) as pool:
-            checked = list(pool.map(check_mx, hosts))
+            # Each host's check in this check's context: its lines go out live
+            # (workers/events.py) and a DELETE reaches it (workers/cancel.py).
+            contexts = [contextvars.copy_context() for _ in hosts]
+            checked = list(pool.map(lambda c, mx: c.run(check_mx, mx), contexts, hosts))
         primary = checked[0]
         failures = [r for r in checked if not r["ok"]]
         result["ok"] = not failures

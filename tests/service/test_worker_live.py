@@ -129,6 +129,39 @@ def test_delete_ends_a_domain_check_waiting_for_its_mx_records(
     assert took < CANCEL_WITHIN, took
 
 
+def test_delete_reaches_every_host_of_a_domain_check_run_at_once(
+    connection: redis.Redis, dns_server: Callable[..., DNSServer]
+) -> None:
+    """mx_hosts "all" checks its hosts in threads of a pool: each sees the
+    cancel (and publishes its lines live), here while waiting at the gate."""
+    zone = {
+        "two.test.": {"MX": ["10 a.two.test.", "20 b.two.test."]},
+        "a.two.test.": {"A": ["127.0.0.1"]},
+        "b.two.test.": {"A": ["127.0.0.2"]},
+    }
+    server = dns_server(zone)
+    check_settings = settings(dns_servers=(("127.0.0.1", server.port),))
+    request = check_request(check_settings, host="two.test", mx=True, mx_hosts="all")
+    lease_ends = float(connection.time()[0]) + 60
+    for address in ("127.0.0.1", "127.0.0.2"):  # other checks hold both addresses' slots
+        connection.zadd(TARGET_SLOTS_PREFIX + address, {"another-check": lease_ends})
+    publisher = events.Publisher()
+
+    def check() -> dict[str, Any]:
+        with events.publishing(connection, "mx-all", 60, publisher):
+            return run_check(request, check_settings, gate=TargetGate(connection, 1))
+
+    result, took = canceled_while_waiting(connection, check, "mx-all")
+
+    assert [host["outcome"] for host in result["hosts"]] == ["canceled", "canceled"]
+    assert result["outcome"] == "canceled"
+    assert took < CANCEL_WITHIN, took
+    live = [
+        fields[b"data"].decode() for _, fields in connection.xrange(EVENTS_KEY_PREFIX + "mx-all")
+    ]
+    assert sum("waiting for a free slot" in line for line in live) == 2, live
+
+
 def test_one_watcher_reads_every_flag_in_one_round_trip(connection: redis.Redis) -> None:
     watcher = cancel.Watcher(poll=0.05)
     watches = [cancel.CancelWatch(connection, f"check-{n}") for n in range(50)]
