@@ -27,6 +27,8 @@ IPAddress = IPv4Address | IPv6Address
 #: The rule as a JSON Schema (ECMA 262) pattern, for openapi.yaml.
 WIRE_SAFE_PATTERN = NO_CONTROLS_PATTERN
 WIRE_SAFE_TEXT_PATTERN = NO_CONTROLS_TEXT_PATTERN
+_WIRE_SAFE = re.compile(WIRE_SAFE_PATTERN)
+_WIRE_SAFE_TEXT = re.compile(WIRE_SAFE_TEXT_PATTERN)
 
 MAX_HOSTNAME = 253
 MAX_LABEL = 63
@@ -46,6 +48,8 @@ def ensure_wire_safe(value: str, *, allow_tab: bool = False) -> None:
     """Refuse every control character and line separator (CR, LF and NUL
     first among them): no request may smuggle an SMTP command or a header,
     or hand the worker a string it cannot put on the wire."""
+    if (_WIRE_SAFE_TEXT if allow_tab else _WIRE_SAFE).fullmatch(value) is not None:
+        return  # the common case, decided in C; the loop below names what it found
     found = control_character(value, allow_tab=allow_tab)
     if found is not None:
         raise ValueError(f"must not contain control characters or line separators: {found}")

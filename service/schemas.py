@@ -13,7 +13,6 @@ NEL, U+2028, ...; a TAB only where header text allows it). Booleans must be JSON
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -346,7 +345,17 @@ def default_of(defaults: Mapping[str, Any], name: str) -> Any:
     place that knows them); a list or object as a factory of fresh copies."""
     value = defaults[name]
     if isinstance(value, list | dict):
-        return lambda: copy.deepcopy(value)
+        return lambda: _fresh(value)
+    return value
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of a default made of lists, dicts and scalars (``copy.deepcopy`` without
+    its memo and dispatch: a request takes several of these)."""
+    if isinstance(value, dict):
+        return {key: _fresh(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fresh(item) for item in value]
     return value
 
 
