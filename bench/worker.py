@@ -19,7 +19,9 @@ Everything runs on 127.0.0.1 with a fresh embedded redis-server, gunicorn
    (RQ's own ``SimpleWorker``, one job at a time per process; target >= 70 %),
    with the CPU each part of the run spent per check and per trivial job;
 4. time the service adds to one check: POST + GET ``?wait`` over the same
-   dialogue run in-process, one of each in turn (target <= 5 ms median).
+   dialogue run in-process, one of each in turn (target <= 5 ms median), and
+   where it goes (the POST, the queue, the job beside its engine, the end of
+   the job to the GET's answer), from the job's own timestamps.
 
 (3) and (4) run in ``--rounds`` turns, the ceiling's pool and the service's
 taking turns, so that a load that drifts during the run (a shared machine)
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import platform
@@ -48,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
+from rq.job import Job  # noqa: E402
+from rq.serializers import JSONSerializer  # noqa: E402
 
 from bench.service import (  # noqa: E402
     API_KEYS,
@@ -207,9 +212,13 @@ def timed_check(port: int, body: dict[str, Any], key: str) -> float:
 # ---------------------------------------------------------------------------
 
 
-def paired_latency(port: int, target_port: int, runs: int) -> tuple[list[float], list[float]]:
+def paired_latency(
+    port: int, target_port: int, runs: int, conn: redis.Redis
+) -> tuple[list[float], list[float], list[dict[str, float]]]:
     """ms of one check in-process and through the service, one of each in turn
-    (so both see the same moment's load); the client's connection stays open."""
+    (so both see the same moment's load); the client's connection stays open.
+    Also where each check through the service spent its time, from the job's
+    own timestamps (one clock: everything runs on this machine)."""
     from smtpcheck.config import Settings
     from smtpcheck.contract import check_request as normalized
     from workers.engine import run_check
@@ -217,23 +226,40 @@ def paired_latency(port: int, target_port: int, runs: int) -> tuple[list[float],
     settings = Settings.from_env()
     request = normalized(settings, **check_request(target_port))
     client = Api(port, API_KEYS[0].partition(":")[2])
-    inprocess, service = [], []
+    inprocess, service, parts = [], [], []
     try:
         for _ in range(runs):
             start = time.perf_counter()
             result = run_check(request, settings)
             inprocess.append((time.perf_counter() - start) * 1000)
             assert result["ok"], result["summary"]
-            start = time.perf_counter()
+            start, wall = time.perf_counter(), time.time()
             status, payload = client.call("POST", "/v1/checks", check_request(target_port))
+            posted = time.time()
             assert status == 202, payload
             check_id = json.loads(payload)["id"]
             status, payload = client.call("GET", f"/v1/checks/{check_id}?wait=30")
             service.append((time.perf_counter() - start) * 1000)
-            assert status == 200 and json.loads(payload)["status"] == "finished", payload[:300]
+            answered = time.time()
+            body = json.loads(payload)
+            assert status == 200 and body["status"] == "finished", payload[:300]
+            job = Job.fetch(check_id, connection=conn, serializer=JSONSerializer)
+            assert job.started_at is not None and job.ended_at is not None
+            began = job.started_at.replace(tzinfo=dt.UTC).timestamp()
+            ended = job.ended_at.replace(tzinfo=dt.UTC).timestamp()
+            engine = float(body["result"]["timings"]["total"])
+            parts.append(
+                {
+                    "POST": (posted - wall) * 1000,
+                    "POST answered to job started": (began - posted) * 1000,
+                    "the job, less its engine": (ended - began) * 1000 - engine,
+                    "its engine": engine,
+                    "job ended to GET answered": (answered - ended) * 1000,
+                }
+            )
     finally:
         client.close()
-    return inprocess, service
+    return inprocess, service, parts
 
 
 class CPU:
@@ -280,6 +306,7 @@ def measure(
     runs = max(1, args.latency_runs // args.rounds)
     inprocess: list[float] = []
     service: list[float] = []
+    spans: list[dict[str, float]] = []
     for number in range(1, args.rounds + 1):
         done: dict[str, Any] = {"load": os.getloadavg()[0]}
         log(f"--processes {processes}, round {number}: RQ's trivial-job ceiling (SimpleWorker)")
@@ -297,13 +324,15 @@ def measure(
             done["checks"] = e2e_rate(port, conn, target_port, checks)
             done["checks_cpu"] = spent(before, cpu.sample(), checks)
             log(f"--processes {processes}, round {number}: latency, {runs} pairs")
-            alone, through = paired_latency(port, target_port, runs)
+            alone, through, where = paired_latency(port, target_port, runs, conn)
             inprocess += alone
             service += through
+            spans += where
         cpu.pool_pid = 0
         out["rounds"].append(done)
     out["inprocess"] = statistics.median(inprocess)
     out["service"] = statistics.median(service)
+    out["spans"] = {part: statistics.median(span[part] for span in spans) for part in spans[0]}
     for key in ("ceiling", "threads_trivial", "checks"):
         out[key] = statistics.median(r[key] for r in out["rounds"])
 
@@ -368,6 +397,12 @@ def report(results: list[dict[str, Any]]) -> None:
             f"| {r['processes']} | {r['inprocess']:.2f} | {r['service']:.2f} "
             f"| {r['service'] - r['inprocess']:.2f} |"
         )
+    print()
+    spans = list(results[0]["spans"])
+    print("| --processes | " + " | ".join(spans) + " |")
+    print("| ---: | " + " | ".join("---:" for _ in spans) + " |")
+    for r in results:
+        print(f"| {r['processes']} | " + " | ".join(f"{r['spans'][p]:.2f}" for p in spans) + " |")
     print()
     print("| --processes | fast check, idle workers | behind 100 tarpit checks (<= 1 s) | ratio |")
     print("| ---: | ---: | ---: | ---: |")
