@@ -8,9 +8,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # The suite mostly waits (timeouts, deadlines, process start-up), so it runs in
-# more pytest-xdist processes than this 2-core CI machine has cores; 4 measured
-# best. `make test PYTEST_XDIST=` (or PYTEST_ARGS='-n 0') runs it in one process.
-PYTEST_XDIST ?= -n 4
+# more pytest-xdist processes than the 2-core CI machine has cores. Tests go out
+# a few at a time (--maxschedchunk), slow ones first (tests/conftest.py), so no
+# process is left with the last minute of work. `make test PYTEST_XDIST=` (or
+# PYTEST_ARGS='-n 0') runs everything in one process.
+PYTEST_XDIST ?= -n 4 --maxschedchunk 8
 
 .PHONY: dev test lint typecheck unit e2e bench install clean
 

@@ -10,6 +10,31 @@ import redis
 
 from smtpcheck.embedded_redis import EmbeddedRedis
 
+# ---------------------------------------------------------------------------
+# Order: what starts servers first (make test: pytest-xdist, README "Two commands")
+# ---------------------------------------------------------------------------
+
+
+def _weight(item: pytest.Item) -> int:
+    """0 for e2e, 1 for a test sharing a module-scoped fixture (gunicorn, a
+    browser, rendered charts), 2 for the rest."""
+    if item.get_closest_marker("e2e"):
+        return 0
+    fixtures = getattr(item, "_fixtureinfo", None)
+    defs = fixtures.name2fixturedefs.values() if fixtures is not None else ()
+    return 1 if any(d and d[-1].scope in ("module", "package", "class") for d in defs) else 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, each module's tests still together and in order.
+
+    xdist hands out tests in collection order, a few at a time (--maxschedchunk
+    in the Makefile): the long e2e modules then spread over the processes at
+    the start, and the last tests handed out are quick ones, so no process is
+    left with minutes of work while the others stand idle.
+    """
+    items.sort(key=_weight)  # stable: each module's order is kept
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
