@@ -46,18 +46,19 @@ class Reply:
 
     code: int
     lines: tuple[str, ...] = ("",)
+    # Worked out once: the reply table asks each of its rows about the same reply.
+    #: The lines joined by LF.
+    text: str = field(init=False, repr=False, compare=False)
+    #: The RFC 3463 enhanced status code of the first line, e.g. ``5.7.1``.
+    enhanced: str | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    @property
-    def enhanced(self) -> str | None:
-        """The RFC 3463 enhanced status code of the first line, e.g. ``5.7.1``."""
+    def __post_init__(self) -> None:
         match = _ENHANCED.match(self.lines[0]) if self.lines else None
+        enhanced = None
         if match and match.group(1) == str(self.code)[0]:
-            return ".".join(match.groups())
-        return None
+            enhanced = ".".join(match.groups())
+        object.__setattr__(self, "text", "\n".join(self.lines))
+        object.__setattr__(self, "enhanced", enhanced)
 
     @property
     def positive(self) -> bool:
@@ -135,22 +136,29 @@ class ReplyReader:
             return NEED_DATA
         if end + 1 > self.max_line:
             raise RemoteProtocolError(f"reply line longer than {self.max_line} bytes")
-        raw = bytes(self._buffer[: end + 1])
+        line = bytes(self._buffer[:end])
         del self._buffer[: end + 1]
-        line = raw[:-1]
         if line.endswith(b"\r"):
             line = line[:-1]
         match = _REPLY_LINE.match(line)
         decoded = line.decode("utf-8", errors="backslashreplace")
-        if not match or (match.group(3) is not None and b"\r" in match.group(3)):
+        if match is None:
             raise RemoteProtocolError(f'not an SMTP reply line: "{printable(decoded, 60)}"')
-        code = int(match.group(1))
+        digits, separator, rest = match.groups()
+        if rest is not None and b"\r" in rest:
+            raise RemoteProtocolError(f'not an SMTP reply line: "{printable(decoded, 60)}"')
+        code = int(digits)
         if self._pending and self._pending[0].code != code:
             raise RemoteProtocolError(
                 f"multi-line reply changed its code from {self._pending[0].code} to {code}"
             )
-        last = match.group(2) != b"-"
-        text = (match.group(3) or b"").decode("utf-8", errors="backslashreplace")
+        last = separator != b"-"
+        if rest is None:
+            text = ""
+        elif line.isascii():  # the common case: the text after "250-", decoded once
+            text = decoded[4:]
+        else:
+            text = rest.decode("utf-8", errors="backslashreplace")
         reply_line = ReplyLine(code=code, last=last, text=text, raw=decoded)
         self._pending.append(reply_line)
         if not last:

@@ -16,7 +16,9 @@ C = ReplyClass
 
 
 def utc_timestamp() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat: the same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ"), at a fraction of its cost
+    text = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+    return text.removesuffix("+00:00") + "Z"
 
 
 def reply_of(failure: Failure | None) -> dict[str, Any] | None:

@@ -40,35 +40,41 @@ def remaining(deadline: float) -> float:
     return left
 
 
+def translated(exc: OSError, during: str) -> CheckAborted:
+    """The engine error for an OS or TLS error raised while ``during``."""
+    if isinstance(exc, TimeoutError):
+        if during == "connect":
+            return ConnectTimeout("connect timed out")
+        if during == "tls":
+            return TLSError("TLS handshake timed out")
+        return ReadTimeout(f"{during} timed out")
+    if isinstance(exc, ssl.SSLError):
+        if during == "tls":
+            return TLSError(f"TLS handshake failed: {exc.reason or exc}")
+        return ConnectionClosed(f"TLS error during {during}: {exc.reason or exc}")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectRefused("connection refused")
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        if during == "tls":
+            return TLSError("connection closed during the TLS handshake")
+        return ConnectionClosed(f"connection reset during {during}")
+    if exc.errno in _UNREACHABLE:
+        return NetworkUnreachable(exc.strerror or "network unreachable")
+    if exc.errno == errno.ETIMEDOUT:
+        return ConnectTimeout("connect timed out")
+    if during == "tls":
+        return TLSError(f"TLS handshake failed: {exc}")
+    return ConnectionClosed(f"{during} failed: {exc}")
+
+
 @contextlib.contextmanager
 def map_exceptions(during: str) -> Iterator[None]:
-    """Translate OS and TLS errors raised while ``during`` into engine errors."""
+    """Translate OS and TLS errors raised while ``during`` into engine errors
+    (:func:`translated`; reads and writes call it directly, being hot)."""
     try:
         yield
-    except TimeoutError as exc:
-        if during == "connect":
-            raise ConnectTimeout("connect timed out") from exc
-        if during == "tls":
-            raise TLSError("TLS handshake timed out") from exc
-        raise ReadTimeout(f"{during} timed out") from exc
-    except ssl.SSLError as exc:
-        if during == "tls":
-            raise TLSError(f"TLS handshake failed: {exc.reason or exc}") from exc
-        raise ConnectionClosed(f"TLS error during {during}: {exc.reason or exc}") from exc
-    except ConnectionRefusedError as exc:
-        raise ConnectRefused("connection refused") from exc
-    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
-        if during == "tls":
-            raise TLSError("connection closed during the TLS handshake") from exc
-        raise ConnectionClosed(f"connection reset during {during}") from exc
     except OSError as exc:
-        if exc.errno in _UNREACHABLE:
-            raise NetworkUnreachable(exc.strerror or "network unreachable") from exc
-        if exc.errno == errno.ETIMEDOUT:
-            raise ConnectTimeout("connect timed out") from exc
-        if during == "tls":
-            raise TLSError(f"TLS handshake failed: {exc}") from exc
-        raise ConnectionClosed(f"{during} failed: {exc}") from exc
+        raise translated(exc, during) from exc
 
 
 def _bound_address(sock: socket.socket) -> str | None:
@@ -112,14 +118,18 @@ class Stream:
 
     def read(self, deadline: float, max_bytes: int = READ_CHUNK) -> bytes:
         """At most ``max_bytes``; ``b""`` when the peer closed."""
-        with map_exceptions("read"):
+        try:
             self._sock.settimeout(remaining(deadline))
             return self._sock.recv(max_bytes)
+        except OSError as exc:
+            raise translated(exc, "read") from exc
 
     def write(self, data: bytes, deadline: float) -> None:
-        with map_exceptions("write"):
+        try:
             self._sock.settimeout(remaining(deadline))
             self._sock.sendall(data)
+        except OSError as exc:
+            raise translated(exc, "write") from exc
 
     def start_tls(
         self, context: ssl.SSLContext, server_hostname: str | None, deadline: float

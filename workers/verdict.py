@@ -17,6 +17,7 @@ I/O, no clock, no logging.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -82,7 +83,7 @@ class Rule:
     def matches(self, step: Step, reply: Reply) -> bool:
         if self.steps and step not in self.steps:
             return False
-        if self.codes and not any(_code_matches(p, reply.code) for p in self.codes.split("|")):
+        if self.codes and not _codes_match(self.codes, reply.code):
             return False
         if self.enhanced and not _enhanced_matches(self.enhanced, reply.enhanced):
             return False
@@ -318,11 +319,17 @@ def error_outcome(exc: CheckAborted, step: Step | None, *, total_expired: bool) 
 # -- pattern matching ------------------------------------------------------
 
 
-def _code_matches(pattern: str, code: int) -> bool:
+@functools.lru_cache(maxsize=4096)  # (a row's codes, a reply code): a small, bounded set
+def _codes_match(patterns: str, code: int) -> bool:
+    """``code`` against a row's ``"5x1|550"``: each a code with ``x`` for any digit."""
     digits = str(code)
-    return len(pattern) == 3 and all(p in ("x", d) for p, d in zip(pattern, digits, strict=True))
+    return any(
+        len(pattern) == 3 and all(p in ("x", d) for p, d in zip(pattern, digits, strict=True))
+        for pattern in patterns.split("|")
+    )
 
 
+@functools.lru_cache(maxsize=4096)  # an enhanced code is at most 1+3+3 digits: bounded
 def _enhanced_matches(patterns: str, enhanced: str | None) -> bool:
     for pattern in patterns.split("|"):
         if pattern == "none":
