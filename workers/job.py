@@ -171,13 +171,13 @@ def scrub_sealed_password(job: Job) -> None:
 
 def _retry_if_greylisted(job: Job, request: CheckRequest, result: dict[str, Any]) -> None:
     attempts: list[dict[str, Any]] = list((job.meta or {}).get("attempts") or [])
-    retry = request.get("retry") or {}
-    allowed = int(retry.get("attempts") or 1) if request.get("retry_temporary") else 1
+    retry = request["retry"]  # complete, as the API normalized it
+    allowed = retry["attempts"] if request["retry_temporary"] else 1
     if attempts:
         result["attempts"] = [*attempts, _attempt_summary(result)]
     if result.get("outcome") != "temporary_failure" or len(attempts) + 1 >= allowed:
         return
-    delay = float(retry.get("delay") or 0)
+    delay = float(retry["delay"])
     attempts.append(_attempt_summary(result))
     job.meta["attempts"] = attempts
     next_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from smtpcheck.config import Settings
 from smtpcheck.contract import (
+    AUTH_DEFAULTS,
     STAGES,
     CheckRequest,
     Mechanism,
@@ -73,8 +74,8 @@ class Plan:
             helo=request["helo"] or settings.helo_name,
             username=auth["username"] if auth else None,
             password=(password if password is not None else auth["password"]) if auth else None,
-            mechanism=auth["mechanism"] if auth else "auto",
-            allow_plaintext=auth["allow_plaintext"] if auth else False,
+            mechanism=(auth or AUTH_DEFAULTS)["mechanism"],
+            allow_plaintext=(auth or AUTH_DEFAULTS)["allow_plaintext"],
             mail_from=request["mail_from"],
             rcpt_to=list(request["rcpt_to"]),
             data=request["data"],
