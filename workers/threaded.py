@@ -64,8 +64,10 @@ from typing import Any
 import redis
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.rate_limit import release_slot
+from rq.registry import StartedJobRegistry
 from rq.timeouts import BaseDeathPenalty
 from rq.utils import now
 from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
@@ -420,6 +422,46 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             )
             return False
         return self._store(job, queue, execution, return_value, exc_info)
+
+    def handle_job_success(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry,
+        execution: Execution,
+    ) -> None:
+        """RQ's success transaction; for a check nothing can depend on, without
+        the WATCH and the read of its dependents (two round trips between the
+        check's end and its result).
+
+        Only a webhook delivery ever depends on a check (smtpcheck/delivery.py),
+        and only on a check whose request has a ``callback``; every other job
+        (a check with a callback, a repeat, a job without a check request, such
+        as a delivery) takes RQ's own path."""
+        kwargs = job.kwargs if isinstance(job.kwargs, dict) else {}
+        request = kwargs.get("request")
+        if not isinstance(request, dict) or request.get("callback") is not None or job.repeats_left:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        assert job.started_at is not None and job.ended_at is not None
+        with self.connection.pipeline() as pipeline:  # MULTI ... EXEC, as RQ's
+            self.increment_successful_job_count(pipeline=pipeline)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+            result_ttl = job.get_result_ttl(self.default_result_ttl)
+            if result_ttl != 0:
+                job._handle_success(
+                    result_ttl,
+                    pipeline=pipeline,
+                    worker_name=self.name,
+                    execution_id=execution.id,
+                    execution_started_at=execution.created_at,
+                    execution_ended_at=job.ended_at,
+                )
+            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+            job._status = JobStatus.FINISHED
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            pipeline.execute()
+        release_slot(job)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         """RQ's, without its lone round trip writing the job's last heartbeat:

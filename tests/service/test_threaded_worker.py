@@ -12,6 +12,7 @@ import redis
 from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
+from rq.registry import FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
 from service.jobstore import JobStore
@@ -44,8 +45,9 @@ def test_one_process_runs_many_checks_at_once(
     watcher = threading.Thread(target=watch)
     watcher.start()
     started = time.monotonic()
+    pool = worker(redis_client, concurrency=50)
     try:
-        worker(redis_client, concurrency=50).work(burst=True, logging_level="WARNING")
+        pool.work(burst=True, logging_level="WARNING")
     finally:
         done.set()
         watcher.join()
@@ -56,7 +58,16 @@ def test_one_process_runs_many_checks_at_once(
     for check_id in ids:
         body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
         assert body["status"] == "finished", body
+    # Each end stored as RQ's own success path stores it (here without its
+    # WATCH: nothing depends on a check without a callback).
     assert redis_client.zcard("rq:wip:vantage:default") == 0
+    assert set(FinishedJobRegistry("vantage:default", connection=redis_client).get_job_ids()) == {
+        *ids
+    }
+    assert not redis_client.keys("rq:execution:*")
+    assert redis_client.scard(f"rq:worker:{pool.name}:executions") == 0
+    counted = redis_client.hmget(pool.key, "successful_job_count", "total_working_time")
+    assert int(counted[0] or 0) == 10 and float(counted[1] or 0) >= 10 * 1.5
 
 
 def test_a_key_runs_past_its_share_only_while_nobody_else_waits(
