@@ -9,6 +9,7 @@ given up at once when the caller cancels the check (workers/cancel.py).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import threading
@@ -42,7 +43,9 @@ class NullMX(DNSError):
     """The domain publishes a null MX (RFC 7505): it accepts no mail."""
 
 
+@functools.lru_cache(maxsize=1024)  # asked of the same host several times a check
 def ip_literal(host: str) -> IPAddress | None:
+    """The address ``host`` spells (``[..]`` and ``IPv6:`` forms too), or None for a name."""
     text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if text.lower().startswith("ipv6:"):  # RFC 5321 address-literal spelling
         text = text[5:]
