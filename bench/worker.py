@@ -21,7 +21,8 @@ Everything runs on 127.0.0.1 with a fresh embedded redis-server, gunicorn
 4. time the service adds to one check: POST + GET ``?wait`` over the same
    dialogue run in-process, one of each in turn (target <= 5 ms median), and
    where it goes (the POST, the queue, the job beside its engine, the end of
-   the job to the GET's answer), from the job's own timestamps.
+   the job to the GET's answer), from the job's own timestamps;
+5. Redis round trips per check in the worker, counted in-process by caller.
 
 (3) and (4) run in ``--rounds`` turns, the ceiling's pool and the service's
 taking turns, so that a load that drifts during the run (a shared machine)
@@ -262,6 +263,55 @@ def paired_latency(
     return inprocess, service, parts
 
 
+def round_trips(redis_url: str, target_port: int, n: int) -> tuple[float, list[tuple[str, float]]]:
+    """Redis round trips per check in the worker, counted: ``n`` checks POSTed
+    (in-process, Flask's test client), then run by the threaded worker class in
+    this process, every command batch sent to Redis counted by who sent it."""
+    import collections
+    import traceback
+
+    import redis.connection
+
+    import workers.job
+    from service import create_app
+    from smtpcheck.config import Settings
+    from workers.pool import build_worker
+
+    settings = Settings.from_env()
+    app = create_app(settings)
+    client = app.test_client()
+    for i in range(n):
+        key = API_KEYS[i % 4].partition(":")[2]
+        answer = client.post(
+            "/v1/checks",
+            json=check_request(target_port),
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert answer.status_code == 202, answer.get_data()
+    app.extensions["smtpcheck"].close()
+    workers.job.use_settings(settings)
+    worker = build_worker(settings, connect(redis_url), vantage="default", name="counted")
+    by_caller: collections.Counter[str] = collections.Counter()
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        frames = [
+            f"{Path(frame.filename).stem}.{frame.name}"
+            for frame in traceback.extract_stack(limit=20)
+            if "/workers/" in frame.filename or "/rq/" in frame.filename
+        ]
+        by_caller[" > ".join(frames[-2:]) or "?"] += 1
+        send(self, command, check_health)
+
+    redis.connection.AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    try:
+        worker.work(burst=True, logging_level="WARNING")
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+    total = sum(by_caller.values())
+    return total / n, [(caller, count / n) for caller, count in by_caller.most_common(12)]
+
+
 class CPU:
     """CPU seconds the parts of the run have spent: the API (gunicorn), the
     worker pool, redis-server, and this process with its children (the HTTP
@@ -439,6 +489,7 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=3, help="turns of ceiling and service for (3) and (4)"
     )
+    parser.add_argument("--counted", type=int, default=200, help="checks for the round trips")
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -459,6 +510,9 @@ def main() -> int:
             {k: v for k, v in env.items() if k.startswith("SMTPCHECK_") or k == "REDIS_URL"}
         )
         try:
+            log(f"Redis round trips per check: {args.counted} checks, in-process")
+            per_check, callers = round_trips(server.url, target_port, args.counted)
+            conn.flushall()
             with api_process(env, tmp, []) as (port, api_pid):
                 assert server.process is not None
                 cpu = CPU(api_pid, server.process.pid)
@@ -472,6 +526,14 @@ def main() -> int:
             conn.close()
             server.stop()
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    print()
+    print(f"Redis round trips per check in the worker: {per_check:.1f}, by who sent them:")
+    print()
+    print("| per check | sent from |")
+    print("| ---: | --- |")
+    for caller, count in callers:
+        if count >= 0.05:
+            print(f"| {count:.2f} | `{caller}` |")
     report(results)
     return 0
 
