@@ -5,7 +5,10 @@ to three vantages is three submissions and three checks in flight. One Lua
 script (one round trip) decides both at once and writes the checks, all or
 nothing: either every window has room for all of the request's checks and
 the cap has room for them too, and all are counted and written (their jobs,
-queues, listing: the commands the caller staged), or nothing is.
+queues, listing: the commands the caller staged), or nothing is. (Redis
+does not roll a script back: a staged command failing inside it, say on a
+key of the wrong type, would leave what ran before it. The commands are
+RQ's and ours, on keys only they write.)
 
 - Rate: ``SMTPCHECK_RATE_LIMIT`` (the ``limits`` package's syntax, e.g.
   ``60/minute;1000/hour``), each a moving window per key: a sorted set
