@@ -70,6 +70,7 @@ def canceled_while_waiting(
     ended.wait(10)
     took = time.monotonic() - flagged
     thread.join(10)
+    print(f"{check_id}: canceled {took * 1000:.0f} ms after its flag was set")
     return done[0], took
 
 
