@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,38 +314,42 @@ class Service:
         return Client(self.url)
 
     def start_api(self, gunicorn_workers: int = 2) -> Service:
-        self.port = free_port()
-        self.api = Proc(
-            "api",
-            [
-                *SMTPCHECK,
-                "api",
-                "--workers",
-                str(gunicorn_workers),
-                "--bind",
-                f"127.0.0.1:{self.port}",
-            ],
-            self.env,
-            self.tmp / "api.log",
-        ).start()
-        self.procs.append(self.api)
-        wait_http_ready(self.url, self.api)
+        api = self._launch_api(gunicorn_workers)
+        wait_http_ready(self.url, api)
         return self
 
     def start_workers(self, processes: int = 2) -> Service:
-        self.workers = Proc(
-            "workers",
-            [*SMTPCHECK, "worker", "--processes", str(processes)],
-            self.env,
-            self.tmp / "workers.log",
-        ).start()
-        self.procs.append(self.workers)
-        wait_workers(self.redis_url, processes, self.workers)
+        pool = self._launch_workers(processes)
+        wait_workers(self.redis_url, processes, pool)
         return self
 
+    def start(self, gunicorn_workers: int = 2, workers: int = 2) -> Service:
+        """The API and the workers side by side: each takes a second or more to start."""
+        api, pool = self._launch_api(gunicorn_workers), self._launch_workers(workers)
+        wait_http_ready(self.url, api)
+        wait_workers(self.redis_url, workers, pool)
+        return self
+
+    def _launch_api(self, gunicorn_workers: int) -> Proc:
+        self.port = free_port()
+        argv = [*SMTPCHECK, "api", "--workers", str(gunicorn_workers)]
+        argv += ["--bind", f"127.0.0.1:{self.port}"]
+        self.api = Proc("api", argv, self.env, self.tmp / "api.log").start()
+        self.procs.append(self.api)
+        return self.api
+
+    def _launch_workers(self, processes: int) -> Proc:
+        argv = [*SMTPCHECK, "worker", "--processes", str(processes)]
+        self.workers = Proc("workers", argv, self.env, self.tmp / "workers.log").start()
+        self.procs.append(self.workers)
+        return self.workers
+
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
+        """Every process stopped at once, each waited for on a thread of its own."""
+        procs = list(reversed(self.procs))
+        if procs:
+            with ThreadPoolExecutor(len(procs)) as pool:
+                list(pool.map(Proc.stop, procs))
         self.procs.clear()
 
     def logs(self) -> str:
@@ -422,7 +427,7 @@ def running_service(
     client.close()
     svc = Service(tmp, base_env(tmp, redis_url, ports, dns), redis_url)
     try:
-        svc.start_api(gunicorn_workers).start_workers(workers)
+        svc.start(gunicorn_workers, workers)
         yield svc
     except BaseException:
         print(svc.logs())

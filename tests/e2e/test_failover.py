@@ -93,7 +93,7 @@ def test_failover_is_a_short_503_then_everything_goes_on(
     env["SMTPCHECK_MAX_CONCURRENT_PER_KEY"] = "100000"  # checks pile up while failing over
     service = Service(tmp_path, env, group.url)
     try:
-        service.start_api().start_workers(WORKERS)
+        service.start(workers=WORKERS)
         client = service.client
         body: dict[str, object] = {
             "host": "127.0.0.1",

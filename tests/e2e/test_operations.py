@@ -69,7 +69,7 @@ def ops(
         tmp / "workers-eu.log",
     )
     try:
-        service.start_api(gunicorn_workers=2).start_workers(1)
+        service.start(gunicorn_workers=2, workers=1)
         eu.start()
         service.procs.append(eu)
         deadline = time.monotonic() + 30

@@ -39,7 +39,7 @@ def test_api_answers_503_without_redis_and_recovers(
         tmp_path, base_env(tmp_path, own_redis.url, targets.ports, targets.dns), own_redis.url
     )
     try:
-        service.start_api().start_workers(1)
+        service.start(workers=1)
         client = service.client
         check = {"host": "127.0.0.1", "port": targets.plain.port, "stop_after": "banner"}
         first = client.submit(check)

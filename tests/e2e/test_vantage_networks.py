@@ -154,7 +154,7 @@ def test_a_blocked_port_shows_as_the_vantages_disagreeing(
                 "vantage": "all",
                 "tls": "none",
                 "stop_after": "banner",
-                "timeouts": {"connect": 2, "command": 5, "total": 15},
+                "timeouts": {"connect": 1, "command": 5, "total": 15},
             },
         )
         assert reply.status == 202, reply.text
