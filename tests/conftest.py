@@ -31,9 +31,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     xdist hands out tests in collection order, a few at a time (--maxschedchunk
     in the Makefile): the long e2e modules then spread over the processes at
     the start, and the last tests handed out are quick ones, so no process is
-    left with minutes of work while the others stand idle.
+    left with minutes of work while the others stand idle. The e2e modules
+    with the most tests go first: each of the first chunks then holds a whole
+    module, whose module fixtures (a service; in test_page.py a Chromium too)
+    start once, not in two processes at the same time.
     """
-    items.sort(key=_weight)  # stable: each module's order is kept
+    weights = {item: _weight(item) for item in items}
+    e2e_in: dict[str, int] = {}  # module: its number of e2e tests
+    for item, weight in weights.items():
+        if weight == 0:
+            e2e_in[str(item.path)] = e2e_in.get(str(item.path), 0) + 1
+    # stable: each module's order is kept
+    items.sort(key=lambda item: (weights[item], -e2e_in.get(str(item.path), 0)))
 
 
 @pytest.fixture(scope="session")
