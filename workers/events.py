@@ -11,8 +11,11 @@ One thread per worker process writes the lines of every check in flight
 (:class:`Publisher`): a check's thread only hands a line over and goes on
 with its dialogue. The thread takes what has gathered (waiting at most
 ``LINGER`` seconds after the first line, so a line is in Redis within a few
-milliseconds) and writes it all in one pipeline: an ``XADD`` per line and one
-``EXPIRE`` per stream. When a check ends, :meth:`CheckEvents.finish` writes
+milliseconds) and writes it all in one pipeline: an ``XADD`` per line, an
+``EXPIRE`` for a stream's first lines and again at least every
+``EXPIRE_REFRESH`` seconds, and one more with the check's last lines, so a
+stream expires ``ttl`` after its check ended (an ``EXPIRE`` per line was a
+third of a fast check's Redis commands). When a check ends, :meth:`CheckEvents.finish` writes
 what is left of its lines at once (with whatever the caller adds to that
 pipeline) and returns once they are in Redis, so the lines are there before
 the worker stores the result (the API's ``/events`` relies on that order).
@@ -49,6 +52,12 @@ LINGER = 0.005
 FINISH_WAIT = 2.0
 #: Lines held at most while Redis cannot keep up; past it new lines are dropped.
 MAX_PENDING = 100_000
+#: Seconds at most between two ``EXPIRE`` of a running check's stream (and at
+#: most half its TTL), so a long check's stream never expires while it runs.
+EXPIRE_REFRESH = 60.0
+#: Streams whose last ``EXPIRE`` the thread remembers; past it, it forgets them all
+#: (each then gets one more ``EXPIRE`` than it needs).
+MAX_TRACKED = 10_000
 
 Stage = Callable[[Pipeline], object]
 
@@ -59,6 +68,7 @@ class _Batch:
 
     lines: list[tuple[str, str]] = field(default_factory=list)  # (stream key, JSON entry)
     ttls: dict[str, int] = field(default_factory=dict)
+    ends: dict[str, int] = field(default_factory=dict)  # streams of checks that ended: TTL
     stages: list[Stage] = field(default_factory=list)
     done: list[threading.Event] = field(default_factory=list)
 
@@ -76,6 +86,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._failing = False
+        self._refresh_at: dict[str, float] = {}  # stream key: when to EXPIRE it again
         self.round_trips = 0  # for tests and benchmarks
 
     def _batch(self, connection: redis.Redis) -> _Batch:
@@ -105,11 +116,20 @@ class Publisher:
             self._batch(connection).stages.append(stage)
             self._cond.notify()
 
-    def finish(self, connection: redis.Redis, stage: Stage | None = None) -> threading.Event:
-        """Write every line handed over so far, and ``stage``'s commands, now."""
+    def finish(
+        self,
+        connection: redis.Redis,
+        stage: Stage | None = None,
+        key: str | None = None,
+        ttl: int = 0,
+    ) -> threading.Event:
+        """Write every line handed over so far, and ``stage``'s commands, now;
+        with ``key``, that stream's check has ended: it expires ``ttl`` from now."""
         done = threading.Event()
         with self._cond:
             batch = self._batch(connection)
+            if key is not None:
+                batch.ends[key] = ttl
             if stage is not None:
                 batch.stages.append(stage)
             batch.done.append(done)
@@ -130,6 +150,22 @@ class Publisher:
             for connection, batch in batches:
                 self._write(connection, batch)
 
+    def _stage_expiries(self, pipe: Pipeline, batch: _Batch) -> None:
+        """An ``EXPIRE`` for each stream that is new, due again, or ended."""
+        moment = time.monotonic()
+        refresh_at = self._refresh_at
+        if len(refresh_at) > MAX_TRACKED:
+            refresh_at.clear()
+        for key, ttl in batch.ttls.items():
+            if key not in batch.ends and refresh_at.get(key, moment) > moment:
+                continue
+            pipe.expire(key, ttl)
+            refresh_at[key] = moment + min(EXPIRE_REFRESH, ttl / 2)
+        for key, ttl in batch.ends.items():
+            if key not in batch.ttls:  # its lines went out before
+                pipe.expire(key, ttl)
+            refresh_at.pop(key, None)
+
     def _write(self, connection: redis.Redis, batch: _Batch) -> None:
         try:
             with connection.pipeline(transaction=False) as pipe:
@@ -140,8 +176,7 @@ class Publisher:
                         maxlen=EVENTS_MAXLEN,
                         approximate=False,
                     )
-                for key, ttl in batch.ttls.items():
-                    pipe.expire(key, ttl)
+                self._stage_expiries(pipe, batch)
                 for stage in batch.stages:
                     stage(pipe)
                 pipe.execute()
@@ -189,7 +224,8 @@ class CheckEvents:
         they are in Redis, False when that took longer than ``FINISH_WAIT``."""
         self.finished = True
         started = time.monotonic()
-        written = self.publisher.finish(self.connection, stage).wait(FINISH_WAIT)
+        done = self.publisher.finish(self.connection, stage, self.key, self.ttl)
+        written = done.wait(FINISH_WAIT)
         if not written:
             log.warning(
                 "transcript lines of %s not written after %.1f s; storing the result anyway",
