@@ -20,10 +20,28 @@ def record(connection: redis.Redis, vantage: str, outcome: str, seconds: float) 
         pipe.execute()
 
 
+#: One check's counters in one command (they were 15, a fifth of a fast
+#: check's Redis commands): KEYS the two hashes; ARGV the outcome's field,
+#: then (field, increment) pairs of the duration hash, its float sum last.
+_COUNT = """
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local n = #ARGV
+for i = 2, n - 2, 2 do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('HINCRBYFLOAT', KEYS[2], ARGV[n - 1], ARGV[n])
+return 1
+"""
+
+
 def stage(pipe: Pipeline, vantage: str, outcome: str, seconds: float) -> None:
-    """Count one finished check in ``pipe`` (the worker's last round trip of the check)."""
-    pipe.hincrby(FINISHED_KEY, f"{vantage}|{outcome}", 1)
-    for bound in BUCKETS:  # cumulative, and every bucket present from the first check
-        pipe.hincrby(DURATION_KEY, f"{vantage}|{bound:g}", 1 if seconds <= bound else 0)
-    pipe.hincrbyfloat(DURATION_KEY, f"{vantage}|sum", seconds)
-    pipe.hincrby(DURATION_KEY, f"{vantage}|count", 1)
+    """Count one finished check in ``pipe`` (the worker's last round trip of
+    the check), atomically: the outcome, every bucket of the cumulative
+    duration histogram (each present from the first check), the count and
+    the sum."""
+    args: list[str | int | float] = [f"{vantage}|{outcome}"]
+    for bound in BUCKETS:
+        args += (f"{vantage}|{bound:g}", 1 if seconds <= bound else 0)
+    args += (f"{vantage}|count", 1, f"{vantage}|sum", repr(float(seconds)))
+    # EVAL, not a registered Script: in a pipeline that adds a SCRIPT EXISTS round trip.
+    pipe.eval(_COUNT, 2, FINISHED_KEY, DURATION_KEY, *args)
