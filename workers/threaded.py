@@ -89,6 +89,11 @@ DEQUEUE_BLOCK = 1
 STORE_RETRY_SECONDS = 60.0
 #: Watchdog margin when a job carries no timeout of its own.
 DEFAULT_CHECK_LIMIT = 330
+#: A check's start refreshes the worker's own heartbeat (RQ does it per job)
+#: only when it was last written longer ago than this (seconds): a burst of
+#: starts wrote it once each, three commands a check, while the heartbeat
+#: thread writes it every ``JOB_MONITORING_INTERVAL`` anyway.
+WORKER_BEAT_EVERY = 1.0
 #: A process whose slots are this much held by checks past their deadline retires.
 STUCK_SHARE = 0.25
 
@@ -159,6 +164,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         self._retiring = False
         self._beat_stop = threading.Event()
         self._redis_ok = True
+        self._worker_beat_at = -math.inf  # monotonic time of the last worker heartbeat
 
     # -- the work loop ----------------------------------------------------------
 
@@ -377,14 +383,18 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one
         transaction (they were two): the check's execution and its entry in
         the started registry, the worker BUSY (written only when it was not),
-        the heartbeats, the job ``started``, out of the intermediate list."""
+        the heartbeats (the worker's own only when not written for
+        ``WORKER_BEAT_EVERY``), the job ``started``, out of the intermediate list."""
         ttl = self.get_heartbeat_ttl(job)
+        moment = time.monotonic()
         with self.connection.pipeline() as pipe:
             execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
             self.executions[execution.id] = execution  # RQ's cleanup_execution pops it
             if self.get_state() != WorkerStatus.BUSY:
                 self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            self.heartbeat(ttl, pipeline=pipe)
+            if moment - self._worker_beat_at >= WORKER_BEAT_EVERY:
+                self.heartbeat(ttl, pipeline=pipe)
+                self._worker_beat_at = moment
             job.heartbeat(now(), ttl, pipeline=pipe)
             job.prepare_for_execution(self.name, pipeline=pipe)
             pipe.persist(job.key)
@@ -556,6 +566,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             for flight in flights:  # a whole job hash has its data (a stray HSET has not)
                 pipe.hexists(flight.job.key, "data")
             self.heartbeat(pipeline=pipe)
+            self._worker_beat_at = time.monotonic()
             for flight in flights:
                 assert flight.execution is not None
                 flight.execution.heartbeat(
