@@ -50,6 +50,7 @@ dequeue itself with the check's id.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import signal
@@ -94,6 +95,9 @@ DEFAULT_CHECK_LIMIT = 330
 #: starts wrote it once each, three commands a check, while the heartbeat
 #: thread writes it every ``JOB_MONITORING_INTERVAL`` anyway.
 WORKER_BEAT_EVERY = 1.0
+#: Seconds a check's thread, its check ended, waits for the next one before
+#: it ends: a burst reuses its threads instead of starting one per check.
+SPARE_IDLE = 10.0
 #: A process whose slots are this much held by checks past their deadline retires.
 STUCK_SHARE = 0.25
 
@@ -137,6 +141,14 @@ class Flight:
         return self._settled.locked()
 
 
+@dataclass(eq=False)
+class _Spare:
+    """A check's thread between two checks: the next one is handed over here."""
+
+    ready: threading.Event = field(default_factory=threading.Event)
+    flight: Flight | None = None
+
+
 class ThreadedCheckWorker(_Reregistering, SimpleWorker):
     """RQ's SimpleWorker running up to ``concurrency`` checks at once, one thread each."""
 
@@ -165,6 +177,8 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         self._beat_stop = threading.Event()
         self._redis_ok = True
         self._worker_beat_at = -math.inf  # monotonic time of the last worker heartbeat
+        self._spares: list[_Spare] = []  # idle check threads (guarded by _spare_lock)
+        self._spare_lock = threading.Lock()
 
     # -- the work loop ----------------------------------------------------------
 
@@ -322,10 +336,36 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 "request_id": (job.meta or {}).get("request_id"),
             },
         )
+        with self._spare_lock:
+            spare = self._spares.pop() if self._spares else None
+        if spare is not None:
+            spare.flight = flight
+            spare.ready.set()
+            return
         thread = threading.Thread(
-            target=self._run_flight, args=(flight,), name=f"check-{job.id[:8]}", daemon=True
+            target=self._serve, args=(flight,), name=f"check-{job.id[:8]}", daemon=True
         )
         thread.start()
+
+    def _serve(self, flight: Flight) -> None:
+        """A check's thread: runs its check, then the next ones handed to it,
+        each in a fresh context (as a new thread's), until idle ``SPARE_IDLE``."""
+        spare = _Spare()
+        this = threading.current_thread()
+        while True:
+            this.name = f"check-{flight.job.id[:8]}"
+            contextvars.Context().run(self._run_flight, flight)
+            with self._spare_lock:
+                self._spares.append(spare)
+            if not spare.ready.wait(SPARE_IDLE):
+                with self._spare_lock:
+                    if spare in self._spares:  # nobody took it: end
+                        self._spares.remove(spare)
+                        return
+                spare.ready.wait()  # taken just now: its check is being handed over
+            spare.ready.clear()
+            assert spare.flight is not None
+            flight, spare.flight = spare.flight, None
 
     def _drain(self) -> None:
         """Let the checks in flight end (each by its deadline), unless told to stop at once."""

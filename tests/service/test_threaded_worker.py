@@ -3,6 +3,7 @@ registries, and the watchdog that stands in for RQ's job timeout."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from service.jobstore import JobStore
 from smtpcheck.embedded_redis import EmbeddedRedis
 from tests.service import jobs
 from tests.service.conftest import ALICE, BOB, submit
+from workers import threaded
 from workers.threaded import ThreadedCheckWorker
 
 
@@ -167,3 +169,38 @@ def test_a_result_that_ends_while_redis_is_away_is_stored_once_it_is_back(
     finally:
         connection.close()
         server.stop()
+
+
+def test_a_check_thread_takes_the_next_check_in_a_fresh_context(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst reuses its threads (one started per check cost CPU), but each
+    check starts as in a thread of its own: nothing of the last one's context."""
+    monkeypatch.setattr(threaded, "SPARE_IDLE", 0.3)
+    pool = worker(redis_client, concurrency=4)
+    leftover: contextvars.ContextVar[str | None] = contextvars.ContextVar("leftover", default=None)
+    ran: list[tuple[int, str | None]] = []
+    ended = threading.Semaphore(0)
+
+    def run(flight: threaded.Flight) -> None:
+        ran.append((threading.get_ident(), leftover.get()))
+        leftover.set(flight.job.id)
+        ended.release()
+
+    monkeypatch.setattr(pool, "_run_flight", run)
+    queue = Queue("vantage:default", connection=redis_client, serializer=JSONSerializer)
+    for _ in range(2):
+        job = Job.create("builtins.print", connection=redis_client, serializer=JSONSerializer)
+        pool._launch(job, queue)
+        assert ended.acquire(timeout=10)
+        for _ in range(200):  # the thread is back among the spares
+            if pool._spares:
+                break
+            time.sleep(0.01)
+    assert len(ran) == 2 and ran[0][0] == ran[1][0]  # one thread ran both
+    assert ran[1][1] is None  # the first check's context did not reach the second
+    for _ in range(300):  # idle past SPARE_IDLE, the thread ends
+        if not pool._spares:
+            break
+        time.sleep(0.01)
+    assert not pool._spares
