@@ -72,6 +72,9 @@ BANNER_DELAY = 2.0
 #: Held back this long, a banner never comes before a test cancels the check.
 FOREVER = 20.0
 WAIT = 30.0  # generous: the machine is shared
+# Chromium's first start on a loaded machine has taken over 30 s; chromedriver itself gives
+# the browser 60 s to come up, so the test waits a little longer than that, not less.
+LAUNCH_WAIT = 75.0
 WEBHOOK_SECRET = "page-webhook-secret-0123456789"
 
 
@@ -158,7 +161,7 @@ class Launch:
     session: list[int]  # chromedriver's process group: it and the browser
 
     def wait(self) -> WebDriver:
-        assert self.done.wait(WAIT), "Chromium did not start"
+        assert self.done.wait(LAUNCH_WAIT), f"Chromium did not start within {LAUNCH_WAIT:.0f} s"
         if self.failure:
             raise self.failure[0]
         return self.driver[0]
@@ -172,6 +175,7 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
+        "--disable-dev-shm-usage",  # a container's small /dev/shm makes Chromium hang or crash
         "--disable-quic",
         "--no-first-run",
         "--disable-background-networking",
@@ -202,7 +206,7 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
     try:
         yield launched
     finally:
-        starter.join(WAIT)
+        starter.join(LAUNCH_WAIT)
         for session in launched.session:  # whatever quit() left (it runs in ``browser``)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(session, signal.SIGKILL)
