@@ -488,7 +488,9 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         and only on a check whose request has a ``callback``; every other job
         (a check with a callback, a repeat, a job without a check request, such
         as a delivery) takes RQ's own path."""
-        if not _plain(job):
+        kwargs = job.kwargs if isinstance(job.kwargs, dict) else {}
+        request = kwargs.get("request")
+        if not isinstance(request, dict) or request.get("callback") is not None or job.repeats_left:
             super().handle_job_success(job, queue, started_job_registry, execution)
             return
         assert job.started_at is not None and job.ended_at is not None
@@ -505,9 +507,6 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                     execution_started_at=execution.created_at,
                     execution_ended_at=job.ended_at,
                 )
-                # RQ saves the job without its meta; with it, a job Redis lost
-                # while it ran comes back whole (no lost-job check before this).
-                pipeline.hset(job.key, "meta", job._serialize_meta())
             job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
             job._status = JobStatus.FINISHED
             self.cleanup_execution(job, pipeline=pipeline, execution=execution)
@@ -535,10 +534,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         pause = 0.25
         while True:
             try:
-                if exc_info is not None or not _plain(job):
-                    # A plain success's end writes the whole job anyway (its
-                    # meta too, handle_job_success): no round trip to look first.
-                    self._restore_if_lost(job, execution)
+                self._restore_if_lost(job, execution)
                 if exc_info is None:
                     self._finalize_success(job, queue, execution, return_value)
                 else:
@@ -706,14 +702,6 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             failed += 1
         if failed:
             log.warning("Worker %s: %d check(s) in flight marked failed", self.name, failed)
-
-
-def _plain(job: Job) -> bool:
-    """A check nothing can depend on: no ``callback`` (a webhook delivery
-    depends on its check), no repeats."""
-    kwargs = job.kwargs if isinstance(job.kwargs, dict) else {}
-    request = kwargs.get("request")
-    return isinstance(request, dict) and request.get("callback") is None and not job.repeats_left
 
 
 def _owner(job: Job) -> str:
