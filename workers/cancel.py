@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from typing import TypeVar
 import redis
 
 from smtpcheck.contract import CANCEL_KEY_PREFIX
+from workers.daemon_thread import DaemonThread
 from workers.errors import Canceled, ReadTimeout
 
 POLL = 0.1  # seconds between two looks at the flags (one MGET per process)
@@ -82,20 +82,14 @@ class Watcher:
         self.poll = poll
         self._watches: set[CancelWatch] = set()
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._thread = DaemonThread(self._run, "smtpcheck-cancel")
         self._failing = False
         self.round_trips = 0  # for tests and benchmarks
 
     def add(self, watch: CancelWatch) -> None:
         with self._cond:
             self._watches.add(watch)
-            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-                self._pid = os.getpid()  # none yet, or forked since
-                self._thread = threading.Thread(
-                    target=self._run, name="smtpcheck-cancel", daemon=True
-                )
-                self._thread.start()
+            self._thread.ensure()
             self._cond.notify()
 
     def discard(self, watch: CancelWatch) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ import redis
 from redis.client import Pipeline
 
 from smtpcheck.contract import EVENTS_KEY_PREFIX, EVENTS_MAXLEN
+from workers.daemon_thread import DaemonThread
 from workers.transcript import listening
 
 log = logging.getLogger("smtpcheck.worker")
@@ -83,8 +83,7 @@ class Publisher:
         self._pending = 0
         self._urgent = False
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._thread = DaemonThread(self._run, "smtpcheck-events")
         self._failing = False
         self._refresh_at: dict[str, float] = {}  # stream key: when to EXPIRE it again
         self.round_trips = 0  # for tests and benchmarks
@@ -94,10 +93,7 @@ class Publisher:
         entry = self._batches.get(id(connection))
         if entry is None:
             entry = self._batches[id(connection)] = (connection, _Batch())
-        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="smtpcheck-events", daemon=True)
-            self._thread.start()
+        self._thread.ensure()
         return entry[1]
 
     def line(self, connection: redis.Redis, key: str, ttl: int, data: str) -> None:

@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
 import threading
 import time
 import uuid
@@ -44,6 +43,7 @@ import redis
 from smtpcheck.contract import TARGET_SLOTS_PREFIX
 from smtpcheck.targetpolicy import IPAddress
 from workers import cancel, events
+from workers.daemon_thread import DaemonThread
 from workers.errors import CheckAborted
 
 log = logging.getLogger(__name__)
@@ -234,19 +234,12 @@ class _Renewer:
     def __init__(self) -> None:
         self._leases: set[_Lease] = set()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._thread = DaemonThread(self._run, "smtpcheck-slots")
 
     def hold(self, lease: _Lease) -> None:
         with self._lock:
             self._leases.add(lease)
-            alive = self._thread is not None and self._thread.is_alive()
-            if not alive or self._pid != os.getpid():  # none yet, or forked since
-                self._pid = os.getpid()
-                self._thread = threading.Thread(
-                    target=self._run, name="smtpcheck-slots", daemon=True
-                )
-                self._thread.start()
+            self._thread.ensure()
 
     def release(self, lease: _Lease) -> None:
         with self._lock:
