@@ -9,7 +9,8 @@ What it measures, all on 127.0.0.1 with a fresh embedded redis-server:
 1. RQ's own ceiling: trivial jobs (``math.sqrt``) per second through
    ``smtpcheck worker --processes 2``, per worker class;
 2. end-to-end checks per second through the service (HTTP POST to gunicorn,
-   RQ, two workers, an SMTP dialogue with a local aiosmtpd target), per
+   RQ, two workers, an SMTP dialogue with a local target: ``--target lean``,
+   bench/target.py, or ``aiosmtpd``), per
    worker class, and its ratio to (1) (target >= 70 %);
 3. the latency one check gains by going through the service (POST, then
    GET ?wait=) over the same dialogue run in-process (target <= 5 ms median);
@@ -41,7 +42,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -52,6 +53,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
 from smtpcheck.config import Settings  # noqa: E402
+from smtpcheck.contract import DEFAULT_VANTAGE, FINISHED_KEY  # noqa: E402
 from smtpcheck.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from smtpcheck.redis_client import connect  # noqa: E402
 
@@ -145,6 +147,18 @@ def counts(conn: redis.Redis) -> int:
     return int(conn.zcard(finished.key)) + int(conn.zcard(failed.key))
 
 
+def failures(conn: redis.Redis) -> int:
+    queue = Queue(QUEUE, connection=conn, serializer=JSONSerializer)
+    return int(conn.zcard(FailedJobRegistry(queue=queue).key))
+
+
+def none_failed(conn: redis.Redis, before: int, what: str) -> None:
+    """A rate counts jobs that ended; refuse a run where some of them failed."""
+    failed = failures(conn) - before
+    if failed:
+        raise RuntimeError(f"{failed} {what} failed: the rate would count failures")
+
+
 # ---------------------------------------------------------------------------
 # 1. RQ ceiling
 # ---------------------------------------------------------------------------
@@ -152,7 +166,7 @@ def counts(conn: redis.Redis) -> int:
 
 def rq_ceiling(conn: redis.Redis, n: int) -> float:
     queue = Queue(QUEUE, connection=conn, serializer=JSONSerializer)
-    before = counts(conn)
+    before, failed = counts(conn), failures(conn)
     start = time.perf_counter()
     for chunk in range(0, n, 200):
         queue.enqueue_many(
@@ -162,7 +176,9 @@ def rq_ceiling(conn: redis.Redis, n: int) -> float:
             ]
         )
     wait_for(lambda: counts(conn) - before >= n, 300, "trivial jobs")
-    return n / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    none_failed(conn, failed, "trivial jobs")
+    return n / elapsed
 
 
 # ---------------------------------------------------------------------------
@@ -185,16 +201,40 @@ class Api:
         self.conn.close()
 
 
-def _serve_target(ready: Any, stop: Any) -> None:
+TARGETS = ("lean", "aiosmtpd")
+
+
+class Target(NamedTuple):
+    """The SMTP target and DNS server, in their own process."""
+
+    smtp_port: int
+    dns_port: int
+    pid: int  # their process, for its CPU
+
+
+def _serve_aiosmtpd(ready: Any, stop: Any) -> None:
+    from bench.target import default_zone
     from tests.dns_server import DNSServer
     from tests.smtp_servers import SMTPTarget
 
-    target = SMTPTarget(tls="none").start()
-    # The checks' PTR lookups of 127.0.0.1 go here, not to a resolver outside.
-    dns = DNSServer({"1.0.0.127.in-addr.arpa.": {"PTR": ["mail.local.test."]}}).start()
-    ready.send((target.port, dns.port))
+    # No AUTH: an MX on port 25 without TLS offers none (nor does the lean
+    # target), so the engine's findings are the same against both.
+    target = SMTPTarget(tls="none", auth=False).start()
+    # The checks' PTR lookups of 127.0.0.1 (and the forward confirmation of
+    # the name) go here, not to a resolver outside; TTL 0, as the lean one.
+    dns = DNSServer(default_zone(), ttl=0).start()
+    ready.send((target.port, dns.port, os.getpid()))
     stop.wait()
     dns.stop()
+    target.stop()
+
+
+def _serve_lean(ready: Any, stop: Any) -> None:
+    from bench.target import LeanTarget
+
+    target = LeanTarget().start()
+    ready.send((target.smtp_port, target.dns_port, os.getpid()))
+    stop.wait()
     target.stop()
 
 
@@ -218,13 +258,13 @@ def served(serve: Any) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def smtp_target() -> Iterator[tuple[int, int]]:
-    """An aiosmtpd target and a DNS server in their own process.
-
-    Yields (SMTP port, DNS port).
-    """
-    with served(_serve_target) as (smtp_port, dns_port):
-        yield int(smtp_port), int(dns_port)
+def smtp_target(kind: str = "lean") -> Iterator[Target]:
+    """The SMTP target and a DNS server answering the checks' PTR lookups, in
+    their own process: ``lean`` (bench/target.py) or ``aiosmtpd`` (the tests'
+    target and DNS server)."""
+    serve = {"lean": _serve_lean, "aiosmtpd": _serve_aiosmtpd}[kind]
+    with served(serve) as (smtp_port, dns_port, pid):
+        yield Target(int(smtp_port), int(dns_port), int(pid))
 
 
 def bench_env(redis_url: str, ports: list[int], dns_port: int) -> dict[str, str]:
@@ -257,7 +297,11 @@ def check_request(target_port: int) -> dict[str, Any]:
 
 
 def e2e_rate(port: int, conn: redis.Redis, target_port: int, n: int, threads: int = 4) -> float:
-    before = counts(conn)
+    """Checks per second from the first POST to the last check's end; only
+    when none failed and every one of them ended ``ok`` (the workers' own
+    outcome counters, read after the clock stopped)."""
+    before, failed = counts(conn), failures(conn)
+    ok_before = checks_ok(conn)
     body = check_request(target_port)
     errors: list[str] = []
 
@@ -284,7 +328,19 @@ def e2e_rate(port: int, conn: redis.Redis, target_port: int, n: int, threads: in
         raise RuntimeError(f"submissions refused: {errors[:3]}")
     total = (n // threads) * threads
     wait_for(lambda: counts(conn) - before >= total, 600, "checks")
-    return total / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    none_failed(conn, failed, "checks")
+    ok = checks_ok(conn) - ok_before
+    if ok != total:
+        raise RuntimeError(
+            f"{total - ok} of {total} checks did not end ok: the rate would count them"
+        )
+    return total / elapsed
+
+
+def checks_ok(conn: redis.Redis) -> int:
+    """Checks the workers counted as ended ``ok`` (what /metrics reports)."""
+    return int(conn.hget(FINISHED_KEY, f"{DEFAULT_VANTAGE}|ok") or 0)
 
 
 # ---------------------------------------------------------------------------
@@ -468,9 +524,11 @@ def cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{current}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-            children = Path(f"/proc/{current}/task/{current}/children").read_text()
-            pending += [int(child) for child in children.split()]
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime, all threads
+            # Each thread lists the children it started: all of them, not only the main one's.
+            for task in Path(f"/proc/{current}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    pending += [int(child) for child in (task / "children").read_text().split()]
     return total
 
 
@@ -517,6 +575,12 @@ def main() -> int:
     parser.add_argument("--api-workers", type=int, help="gunicorn processes (default: smtpcheck's)")
     parser.add_argument("--api-connections", type=int, help="connections per gunicorn process")
     parser.add_argument("--only-submissions", action="store_true", help="measure (4) only")
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="lean",
+        help="the SMTP and DNS target (bench/README.md)",
+    )
     args = parser.parse_args()
     api_args = []
     if args.api_workers:
@@ -528,7 +592,7 @@ def main() -> int:
     report: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="smtpcheck-bench-") as tmp_name,
-        smtp_target() as (target_port, dns_port),
+        smtp_target(args.target) as (target_port, dns_port, _),
     ):
         tmp = Path(tmp_name)
         server = EmbeddedRedis(tmp / "redis", persist=False).start()
@@ -584,7 +648,7 @@ def main() -> int:
         f"machine: {machine}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}"
     )
-    print(f"API: smtpcheck api {' '.join(api_args) or '(defaults)'}")
+    print(f"API: smtpcheck api {' '.join(api_args) or '(defaults)'}; target: {args.target}")
     if kinds:
         print_workers(report, kinds)
     sub = report["submissions"]

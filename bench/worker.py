@@ -14,20 +14,27 @@ Everything runs on 127.0.0.1 with a fresh embedded redis-server, gunicorn
 2. in-flight capacity: slow (tarpit) checks held at once with the default
    ``--concurrency``, and the PSS of the pool's whole process tree: checks
    in flight per GB (target >= 500) and per process (target >= 200);
-3. throughput against a fast local target: checks/s through the whole
-   service over RQ's trivial-job ceiling on the same machine in the same run
-   (RQ's own ``SimpleWorker``, one job at a time per process; target >= 70 %),
-   with the CPU each part of the run spent per check and per trivial job;
+3. throughput against a fast local target (``--target lean``, bench/target.py;
+   ``--target aiosmtpd`` for the tests' aiosmtpd and DNS server): checks/s
+   through the whole service over RQ's trivial-job ceiling on the same
+   machine in the same run (RQ's own ``SimpleWorker`` as RQ ships it, one job
+   at a time per process, as many processes as the pool; target >= 70 %),
+   and, stricter, over smtpcheck's own ``--worker-class simple`` (a
+   SimpleWorker with fewer round trips per job), with the CPU each part of
+   the run spent per check and per trivial job;
 4. time the service adds to one check: POST + GET ``?wait`` over the same
    dialogue run in-process, one of each in turn (target <= 5 ms median), and
-   where it goes (the POST, the queue, the job beside its engine, the end of
-   the job to the GET's answer), from the job's own timestamps;
+   where it goes (the POST, the queue, the job beside its engine, the engine's
+   slowdown in the worker, the end of the job to the GET's answer), from the
+   job's own timestamps: the parts of one pair add up to its added time;
 5. Redis round trips per check in the worker, counted in-process by caller.
 
-(3) and (4) run in ``--rounds`` turns, the ceiling's pool and the service's
-taking turns, so that a load that drifts during the run (a shared machine)
-weighs on both alike; each round is printed with the load beside it, and
-the ratio of the medians.
+(3) and (4) run in ``--rounds`` turns, the ceilings' pools and the service's
+taking turns, in the other order every other round, so that a load that
+drifts during the run (a shared machine) weighs on both alike; each round is
+printed with the load beside it, and the ratio of the medians. A rate is
+refused (the run stops) if any of its jobs failed or any check ended other
+than ``ok``.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from rq.serializers import JSONSerializer  # noqa: E402
 from bench.service import (  # noqa: E402
     API_KEYS,
     SMTPCHECK,
+    TARGETS,
     Api,
     api_process,
     bench_env,
@@ -176,6 +184,43 @@ def pool(
     conn.flushall()
 
 
+#: RQ's own SimpleWorker, as RQ ships it (no smtpcheck subclass): one process.
+RQ_SIMPLE_WORKER = """
+import os, sys, uuid
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+conn = Redis.from_url(os.environ["REDIS_URL"])
+queue = Queue(sys.argv[1], connection=conn, serializer=JSONSerializer)
+worker = SimpleWorker([queue], connection=conn, serializer=JSONSerializer,
+                      name="rq-simple-" + uuid.uuid4().hex[:8])
+worker.work(logging_level="WARNING")
+"""
+
+
+@contextlib.contextmanager
+def rq_simple_pool(
+    env: dict[str, str], tmp: Path, conn: redis.Redis, processes: int
+) -> Iterator[list[int]]:
+    """``processes`` processes of RQ's own ``SimpleWorker`` on the checks'
+    queue; yields their pids. The issue's "RQ's trivial-job ceiling"."""
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(
+                process(
+                    [sys.executable, "-c", RQ_SIMPLE_WORKER, QUEUE],
+                    env,
+                    tmp / f"rq-simple-{processes}-{i}.log",
+                )
+            )
+            for i in range(processes)
+        ]
+        wait_for(lambda: registered_workers(conn) >= processes, 60, "RQ's SimpleWorkers")
+        yield [proc.pid for proc in procs]
+    wait_for(lambda: registered_workers(conn) == 0, 60, "RQ's SimpleWorkers to stop")
+    conn.flushall()
+
+
 def submit_all(port: int, body: dict[str, Any], count: int, keys: list[str]) -> list[str]:
     clients = [Api(port, key.partition(":")[2]) for key in keys]
     ids = []
@@ -213,13 +258,23 @@ def timed_check(port: int, body: dict[str, Any], key: str) -> float:
 # ---------------------------------------------------------------------------
 
 
+ADDED_PARTS = (
+    "POST",
+    "POST answered to job started",
+    "the job, less its engine",
+    "engine in the worker less the whole in-process check",
+    "job ended to GET answered",
+)
+
+
 def paired_latency(
     port: int, target_port: int, runs: int, conn: redis.Redis
 ) -> tuple[list[float], list[float], list[dict[str, float]]]:
     """ms of one check in-process and through the service, one of each in turn
     (so both see the same moment's load); the client's connection stays open.
-    Also where each check through the service spent its time, from the job's
-    own timestamps (one clock: everything runs on this machine)."""
+    Also where each pair's added time went, from the job's own timestamps (one
+    clock: everything runs on this machine): the parts of :data:`ADDED_PARTS`
+    add up to that pair's service time less its in-process time."""
     from smtpcheck.config import Settings
     from smtpcheck.contract import check_request as normalized
     from workers.engine import run_check
@@ -232,7 +287,8 @@ def paired_latency(
         for _ in range(runs):
             start = time.perf_counter()
             result = run_check(request, settings)
-            inprocess.append((time.perf_counter() - start) * 1000)
+            alone = (time.perf_counter() - start) * 1000
+            inprocess.append(alone)
             assert result["ok"], result["summary"]
             start, wall = time.perf_counter(), time.time()
             status, payload = client.call("POST", "/v1/checks", check_request(target_port))
@@ -244,19 +300,28 @@ def paired_latency(
             answered = time.time()
             body = json.loads(payload)
             assert status == 200 and body["status"] == "finished", payload[:300]
+            assert body["result"]["ok"], body["result"]["summary"]
             job = Job.fetch(check_id, connection=conn, serializer=JSONSerializer)
             assert job.started_at is not None and job.ended_at is not None
             began = job.started_at.replace(tzinfo=dt.UTC).timestamp()
             ended = job.ended_at.replace(tzinfo=dt.UTC).timestamp()
             engine = float(body["result"]["timings"]["total"])
             parts.append(
-                {
-                    "POST": (posted - wall) * 1000,
-                    "POST answered to job started": (began - posted) * 1000,
-                    "the job, less its engine": (ended - began) * 1000 - engine,
-                    "its engine": engine,
-                    "job ended to GET answered": (answered - ended) * 1000,
-                }
+                dict(
+                    zip(
+                        ADDED_PARTS,
+                        (
+                            (posted - wall) * 1000,
+                            (began - posted) * 1000,
+                            (ended - began) * 1000 - engine,
+                            engine - alone,
+                            (answered - ended) * 1000,
+                        ),
+                        strict=True,
+                    ),
+                    engine=engine,
+                    added=(answered - wall) * 1000 - alone,
+                )
             )
     finally:
         client.close()
@@ -313,21 +378,25 @@ def round_trips(redis_url: str, target_port: int, n: int) -> tuple[float, list[t
 
 
 class CPU:
-    """CPU seconds the parts of the run have spent: the API (gunicorn), the
-    worker pool, redis-server, and this process with its children (the HTTP
-    clients, the SMTP target and the DNS server)."""
+    """CPU seconds the parts of the run have spent: the API (gunicorn's tree),
+    the worker pool's tree (or RQ's SimpleWorker processes), redis-server, the
+    SMTP target with its DNS server (their own process), and the rest of this
+    process's tree: the bench itself with its HTTP clients (and the idle
+    tarpit). Every process of the run is a descendant of this one, so the
+    parts add up to all of them."""
 
-    def __init__(self, api_pid: int, redis_pid: int) -> None:
-        self.api_pid, self.redis_pid = api_pid, redis_pid
-        self.pool_pid = 0
+    def __init__(self, api_pid: int, redis_pid: int, target_pid: int) -> None:
+        self.api_pid, self.redis_pid, self.target_pid = api_pid, redis_pid, target_pid
+        self.pool_pids: list[int] = []
 
     def sample(self) -> dict[str, float]:
         parts = {
             "api": cpu_seconds(self.api_pid),
-            "workers": cpu_seconds(self.pool_pid) if self.pool_pid else 0.0,
+            "workers": sum(cpu_seconds(pid) for pid in self.pool_pids),
             "redis": cpu_seconds(self.redis_pid),
+            "SMTP target, DNS": cpu_seconds(self.target_pid),
         }
-        parts["bench, SMTP target, DNS"] = cpu_seconds(os.getpid()) - sum(parts.values())
+        parts["bench (clients)"] = cpu_seconds(os.getpid()) - sum(parts.values())
         return parts
 
 
@@ -347,8 +416,9 @@ def measure(
     processes: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Throughput and latency in ``args.rounds`` rounds, RQ's ceiling and the
-    service taking turns (the machine's load drifts); then head-of-line and
+    """Throughput and latency in ``args.rounds`` rounds, the ceilings and the
+    service taking turns, in the other order every other round (the machine's
+    load drifts: neither side always goes first); then head-of-line and
     capacity once."""
     out: dict[str, Any] = {"processes": processes, "rounds": []}
     tarpit_keys, other_key = API_KEYS[:4], API_KEYS[4]
@@ -357,33 +427,50 @@ def measure(
     inprocess: list[float] = []
     service: list[float] = []
     spans: list[dict[str, float]] = []
-    for number in range(1, args.rounds + 1):
-        done: dict[str, Any] = {"load": os.getloadavg()[0]}
-        log(f"--processes {processes}, round {number}: RQ's trivial-job ceiling (SimpleWorker)")
-        with pool(env, tmp, conn, processes, kind="simple") as proc:
-            cpu.pool_pid = proc.pid
+    where = f"--processes {processes}, round"
+
+    def ceilings(number: int, done: dict[str, Any]) -> None:
+        log(f"{where} {number}: RQ's trivial-job ceiling (RQ's own SimpleWorker)")
+        with rq_simple_pool(env, tmp, conn, processes) as pids:
+            cpu.pool_pids = pids
             before = cpu.sample()
             done["ceiling"] = rq_ceiling(conn, jobs)
             done["ceiling_cpu"] = spent(before, cpu.sample(), jobs)
+        log(f"{where} {number}: trivial jobs, smtpcheck's simple worker class")
+        with pool(env, tmp, conn, processes, kind="simple") as proc:
+            cpu.pool_pids = [proc.pid]
+            before = cpu.sample()
+            done["simple"] = rq_ceiling(conn, jobs)
+            done["simple_cpu"] = spent(before, cpu.sample(), jobs)
+        cpu.pool_pids = []
+
+    def through_service(number: int, done: dict[str, Any]) -> None:
         with pool(env, tmp, conn, processes) as proc:
-            cpu.pool_pid = proc.pid
-            log(f"--processes {processes}, round {number}: trivial jobs, threaded worker")
+            cpu.pool_pids = [proc.pid]
+            log(f"{where} {number}: trivial jobs, threaded worker")
             done["threads_trivial"] = rq_ceiling(conn, jobs)
-            log(f"--processes {processes}, round {number}: checks/s through the service")
+            log(f"{where} {number}: checks/s through the service")
             before = cpu.sample()
             done["checks"] = e2e_rate(port, conn, target_port, checks)
             done["checks_cpu"] = spent(before, cpu.sample(), checks)
-            log(f"--processes {processes}, round {number}: latency, {runs} pairs")
-            alone, through, where = paired_latency(port, target_port, runs, conn)
-            inprocess += alone
-            service += through
-            spans += where
-        cpu.pool_pid = 0
+            log(f"{where} {number}: latency, {runs} pairs")
+            alone, through, parts = paired_latency(port, target_port, runs, conn)
+            inprocess.extend(alone)
+            service.extend(through)
+            spans.extend(parts)
+        cpu.pool_pids = []
+
+    for number in range(1, args.rounds + 1):
+        done: dict[str, Any] = {"load": os.getloadavg()[0]}
+        arms = (ceilings, through_service) if number % 2 else (through_service, ceilings)
+        for arm in arms:
+            arm(number, done)
+        done["load_end"] = os.getloadavg()[0]
         out["rounds"].append(done)
     out["inprocess"] = statistics.median(inprocess)
     out["service"] = statistics.median(service)
     out["spans"] = {part: statistics.median(span[part] for span in spans) for part in spans[0]}
-    for key in ("ceiling", "threads_trivial", "checks"):
+    for key in ("ceiling", "simple", "threads_trivial", "checks"):
         out[key] = statistics.median(r[key] for r in out["rounds"])
 
     with pool(env, tmp, conn, processes) as proc:
@@ -411,48 +498,58 @@ def measure(
 def report(results: list[dict[str, Any]]) -> None:
     print()
     print(
-        "| --processes | round | load | RQ ceiling (SimpleWorker), trivial jobs/s | "
-        "threaded worker, trivial jobs/s | checks/s via service | ratio to RQ's ceiling "
-        "(>= 70 %) |"
+        "| --processes | round | load | RQ's SimpleWorker, trivial jobs/s | smtpcheck simple, "
+        "trivial jobs/s | threaded worker, trivial jobs/s | checks/s via service | ratio to "
+        "RQ's SimpleWorker (>= 70 %) | ratio to smtpcheck simple |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         for number, done in enumerate(r["rounds"], 1):
             print(
-                f"| {r['processes']} | {number} | {done['load']:.1f} | {done['ceiling']:.0f} "
-                f"| {done['threads_trivial']:.0f} | {done['checks']:.0f} "
-                f"| {done['checks'] / done['ceiling']:.0%} |"
+                f"| {r['processes']} | {number} | {done['load']:.1f} → {done['load_end']:.1f} "
+                f"| {done['ceiling']:.0f} | {done['simple']:.0f} | {done['threads_trivial']:.0f} "
+                f"| {done['checks']:.0f} | {done['checks'] / done['ceiling']:.0%} "
+                f"| {done['checks'] / done['simple']:.0%} |"
             )
         print(
-            f"| {r['processes']} | median | | {r['ceiling']:.0f} | {r['threads_trivial']:.0f} "
-            f"| {r['checks']:.0f} | **{r['checks'] / r['ceiling']:.0%}** |"
+            f"| {r['processes']} | median | | {r['ceiling']:.0f} | {r['simple']:.0f} "
+            f"| {r['threads_trivial']:.0f} | {r['checks']:.0f} "
+            f"| **{r['checks'] / r['ceiling']:.0%}** | {r['checks'] / r['simple']:.0%} |"
         )
     print()
     parts = list(results[0]["rounds"][0]["checks_cpu"])
     print("| --processes | CPU ms per | " + " | ".join(parts) + " | all |")
     print("| ---: | --- | " + " | ".join("---:" for _ in parts) + " | ---: |")
     for r in results:
-        for key, what in (("ceiling_cpu", "trivial job (RQ)"), ("checks_cpu", "check (service)")):
-            mean = {p: statistics.median(d[key][p] for d in r["rounds"]) for p in parts}
-            cells = " | ".join(f"{mean[p]:.2f}" for p in parts)
-            print(f"| {r['processes']} | {what} | {cells} | {sum(mean.values()):.2f} |")
+        for key, what in (
+            ("ceiling_cpu", "trivial job (RQ's SimpleWorker)"),
+            ("simple_cpu", "trivial job (smtpcheck simple)"),
+            ("checks_cpu", "check (service)"),
+        ):
+            median = {p: statistics.median(d[key][p] for d in r["rounds"]) for p in parts}
+            cells = " | ".join(f"{median[p]:.2f}" for p in parts)
+            print(f"| {r['processes']} | {what} | {cells} | {sum(median.values()):.2f} |")
     print()
     print(
         "| --processes | one check in-process, median ms | through the service, median ms "
-        "| added (<= 5 ms) |"
+        "| added (<= 5 ms): difference of the medians | median of the pairs' differences |"
     )
-    print("| ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         print(
             f"| {r['processes']} | {r['inprocess']:.2f} | {r['service']:.2f} "
-            f"| {r['service'] - r['inprocess']:.2f} |"
+            f"| **{r['service'] - r['inprocess']:.2f}** | {r['spans']['added']:.2f} |"
         )
     print()
-    spans = list(results[0]["spans"])
-    print("| --processes | " + " | ".join(spans) + " |")
-    print("| ---: | " + " | ".join("---:" for _ in spans) + " |")
+    print("Where the added time goes (medians of each part over the pairs, ms; the parts")
+    print("of one pair add up to its added time, their medians need not quite):")
+    print()
+    print("| --processes | " + " | ".join(ADDED_PARTS) + " | sum of the medians |")
+    print("| ---: | " + " | ".join("---:" for _ in ADDED_PARTS) + " | ---: |")
     for r in results:
-        print(f"| {r['processes']} | " + " | ".join(f"{r['spans'][p]:.2f}" for p in spans) + " |")
+        cells = " | ".join(f"{r['spans'][p]:.2f}" for p in ADDED_PARTS)
+        total = sum(r["spans"][p] for p in ADDED_PARTS)
+        print(f"| {r['processes']} | {cells} | {total:.2f} |")
     print()
     print("| --processes | fast check, idle workers | behind 100 tarpit checks (<= 1 s) | ratio |")
     print("| ---: | ---: | ---: | ---: |")
@@ -490,16 +587,22 @@ def main() -> int:
         "--rounds", type=int, default=3, help="turns of ceiling and service for (3) and (4)"
     )
     parser.add_argument("--counted", type=int, default=200, help="checks for the round trips")
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="lean",
+        help="the SMTP and DNS target (bench/README.md)",
+    )
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, Linux {platform.release()}; "
-        f"load average at start {os.getloadavg()[0]:.2f}"
+        f"load average at start {os.getloadavg()[0]:.2f}; target: {args.target}"
     )
     results = []
     with (
         tempfile.TemporaryDirectory(prefix="smtpcheck-bench-") as tmp_name,
-        smtp_target() as (target_port, dns_port),
+        smtp_target(args.target) as (target_port, dns_port, target_pid),
         tarpit() as tarpit_port,
     ):
         tmp = Path(tmp_name)
@@ -515,7 +618,7 @@ def main() -> int:
             conn.flushall()
             with api_process(env, tmp, []) as (port, api_pid):
                 assert server.process is not None
-                cpu = CPU(api_pid, server.process.pid)
+                cpu = CPU(api_pid, server.process.pid, target_pid)
                 for processes in (int(p) for p in args.processes.split(",")):
                     results.append(
                         measure(
