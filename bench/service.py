@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import os
 import platform
+import queue
 import resource
 import selectors
 import signal
@@ -38,11 +39,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -296,46 +296,30 @@ def check_request(target_port: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def e2e_rate(port: int, conn: redis.Redis, target_port: int, n: int, threads: int = 4) -> float:
+def e2e_rate(port: int, conn: redis.Redis, target_port: int, n: int, connections: int = 4) -> float:
     """Checks per second from the first POST to the last check's end; only
-    when none failed and every one of them ended ``ok`` (the workers' own
-    outcome counters, read after the clock stopped)."""
+    when none was refused or failed and every one of them ended ``ok`` (the
+    workers' own outcome counters, read after the clock stopped).
+
+    The POSTs come from the lean keep-alive client of (4), in this thread:
+    ``connections`` sockets, one API key each, one request in flight on each
+    (the bench's own CPU is taken from the cores the service runs on)."""
     before, failed = counts(conn), failures(conn)
     ok_before = checks_ok(conn)
-    body = check_request(target_port)
-    errors: list[str] = []
-
-    def submit(count: int, key: str) -> None:
-        client = Api(port, key.partition(":")[2])
-        try:
-            for _ in range(count):
-                status, payload = client.call("POST", "/v1/checks", body)
-                if status != 202:
-                    errors.append(f"{status} {payload[:200]!r}")
-                    return
-        finally:
-            client.close()
-
+    keys = [API_KEYS[i % len(API_KEYS)].partition(":")[2] for i in range(connections)]
+    answered: queue.SimpleQueue[Any] = queue.SimpleQueue()
     start = time.perf_counter()
-    pool = [
-        threading.Thread(target=submit, args=(n // threads, API_KEYS[i])) for i in range(threads)
-    ]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    if errors:
-        raise RuntimeError(f"submissions refused: {errors[:3]}")
-    total = (n // threads) * threads
-    wait_for(lambda: counts(conn) - before >= total, 600, "checks")
+    _submitter(port, keys, n, connections, target_port, answered)
+    _, refused, _ = answered.get()
+    if refused:
+        raise RuntimeError(f"{refused} of {n} submissions refused")
+    wait_for(lambda: counts(conn) - before >= n, 600, "checks")
     elapsed = time.perf_counter() - start
     none_failed(conn, failed, "checks")
     ok = checks_ok(conn) - ok_before
-    if ok != total:
-        raise RuntimeError(
-            f"{total - ok} of {total} checks did not end ok: the rate would count them"
-        )
-    return total / elapsed
+    if ok != n:
+        raise RuntimeError(f"{n - ok} of {n} checks did not end ok: the rate would count them")
+    return n / elapsed
 
 
 def checks_ok(conn: redis.Redis) -> int:
@@ -436,30 +420,35 @@ def answers(buffer: bytearray) -> Iterator[int]:
 
 
 def _submitter(
-    port: int, key: str, count: int, connections: int, target_port: int, out: Any
+    port: int, keys: str | list[str], count: int, connections: int, target_port: int, out: Any
 ) -> None:
-    """``count`` POSTs over ``connections`` keep-alive sockets, one request in flight on
-    each: the request's bytes are built once, each answer is parsed only as far as its
-    status and length. Puts (latencies, refused, this process's CPU seconds) on ``out``."""
-    request = post_request(port, key, check_request(target_port))
+    """``count`` POSTs over ``connections`` keep-alive sockets (the API keys taking
+    turns, one per socket), one request in flight on each: the request's bytes are
+    built once, each answer is parsed only as far as its status and length. Puts
+    (latencies, refused, this process's CPU seconds) on ``out``."""
+    keys = [keys] if isinstance(keys, str) else keys
     selector = selectors.DefaultSelector()
     sent = 0
     latencies: list[float] = []
     refused = 0
     started: dict[socket.socket, float] = {}
     buffers: dict[socket.socket, bytearray] = {}
-    for _ in range(min(connections, count)):
+    requests: dict[socket.socket, bytes] = {}
+    for i in range(min(connections, count)):
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buffers[sock] = bytearray()
+        requests[sock] = post_request(port, keys[i % len(keys)], check_request(target_port))
         selector.register(sock, selectors.EVENT_READ)
         started[sock] = time.perf_counter()
-        sock.sendall(request)
+        sock.sendall(requests[sock])
         sent += 1
     while len(latencies) < count:
-        for ready, _ in selector.select(timeout=60):
-            sock = ready.fileobj
-            assert isinstance(sock, socket.socket)
+        events = selector.select(timeout=60)
+        if not events:
+            raise RuntimeError(f"no answer from the API in 60 s ({len(latencies)} of {count})")
+        for ready, _ in events:
+            sock = cast(socket.socket, ready.fileobj)
             data = sock.recv(65536)
             if not data:
                 raise RuntimeError("the API closed a keep-alive connection")
@@ -469,7 +458,7 @@ def _submitter(
                 refused += status != 202
                 if sent < count:
                     started[sock] = time.perf_counter()
-                    sock.sendall(request)
+                    sock.sendall(requests[sock])
                     sent += 1
     for sock in buffers:
         selector.unregister(sock)
