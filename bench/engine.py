@@ -13,6 +13,18 @@ in a child process of its own, and the script prints new/baseline: the
 figure that says whether a change made the engine slower.
 
     .venv/bin/python -m bench.engine [--checks N] [--rounds R] [--baseline REV]
+
+With ``--cpu`` it measures instead what does not move with the machine's
+load: the bench's fast check (connect, banner, EHLO, QUIT and the PTR
+lookup with its forward confirmation, against a DNS server in the target's
+process) run by one tree's engine in a child process, which prints its
+Python calls per check (a profile hook in every thread), its CPU per check
+(getrusage over ``--checks`` checks, run one after another) and its CPU per
+check with ``--threads`` threads running checks side by side, as a worker
+does. With ``--baseline`` both trees run in turns, and the script prints
+new/old of each figure and the load beside them.
+
+    .venv/bin/python -m bench.engine --cpu [--checks N] [--rounds R] [--threads T] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -20,7 +32,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import json
 import multiprocessing
+import os
 import smtplib
 import statistics
 import subprocess
@@ -40,12 +54,18 @@ RCPT = "bob@local.test"
 
 
 def serve(port_pipe: multiprocessing.connection.Connection) -> None:
-    """The target, in a process of its own, until the parent closes the pipe."""
+    """The target and a DNS server answering the checks' PTR lookups of
+    127.0.0.1 (as bench/worker.py's), in a process of their own, until the
+    parent closes the pipe."""
+    from tests.dns_server import DNSServer
+
     tmp = Path(tempfile.mkdtemp(prefix="smtpcheck-bench-"))
     target = SMTPTarget(Certificates(tmp), tls="none").start()
-    port_pipe.send(target.port)
+    dns = DNSServer({"1.0.0.127.in-addr.arpa.": {"PTR": ["mail.local.test."]}}).start()
+    port_pipe.send((target.port, dns.port))
     with contextlib.suppress(EOFError):
         port_pipe.recv()
+    dns.stop()
     target.stop()
 
 
@@ -128,6 +148,103 @@ def checkout(rev: str):  # type: ignore[no-untyped-def]
         )
 
 
+#: The --cpu child: one tree's engine, the bench's fast check; prints JSON.
+CPU_CHILD = """
+import ipaddress, json, resource, sys, threading
+from smtpcheck.config import Settings
+from smtpcheck.contract import check_request
+from workers.engine import run_check
+port, dns_port, n, threads = (int(arg) for arg in sys.argv[1:5])
+settings = Settings(
+    allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+    allowed_ports=frozenset({port}),
+    helo_name="bench.local.test",
+    dns_servers=(("127.0.0.1", dns_port),),
+)
+request = check_request(settings, host="127.0.0.1", port=port, tls="none", stop_after="ehlo")
+def check():
+    result = run_check(request, settings)
+    assert result["ok"] and result["dns"]["ptr"] == ["mail.local.test"], result
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+for _ in range(30):
+    check()
+calls = [0]
+def hook(frame, event, arg):
+    if event == "call":
+        calls[0] += 1
+threading.setprofile(hook)
+sys.setprofile(hook)
+for _ in range(50):
+    check()
+sys.setprofile(None)
+threading.setprofile(None)
+started = cpu()
+for _ in range(n):
+    check()
+alone = (cpu() - started) / n
+def runs():
+    for _ in range(n // threads):
+        check()
+pool = [threading.Thread(target=runs) for _ in range(threads)]
+started = cpu()
+for thread in pool:
+    thread.start()
+for thread in pool:
+    thread.join()
+side_by_side = (cpu() - started) / (n // threads * threads)
+figures = {"calls": calls[0] / 50, "cpu_ms": alone * 1e3, "threads_cpu_ms": side_by_side * 1e3}
+print(json.dumps(figures))
+"""
+
+
+def cpu_of(tree: Path, port: int, dns_port: int, n: int, threads: int) -> dict[str, float]:
+    """The --cpu figures of the engine in ``tree``, from a child process."""
+    done = subprocess.run(
+        [sys.executable, "-c", CPU_CHILD, str(port), str(dns_port), str(n), str(threads)],
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def cpu_rounds(args: argparse.Namespace, port: int, dns_port: int) -> None:
+    """--cpu: the trees in turns, each figure's median and new/old."""
+    print(f"start: {load()}")
+    with contextlib.ExitStack() as stack:
+        trees = {"engine": ROOT}
+        if args.baseline:
+            trees[args.baseline] = stack.enter_context(checkout(args.baseline))
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+        for turn in range(args.rounds):
+            for name, tree in trees.items():
+                figures = cpu_of(tree, port, dns_port, args.checks, args.threads)
+                runs[name].append(figures)
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+                print(f"round {turn + 1} {name:>12}: {shown}  ({load()})")
+    medians = {
+        name: {key: statistics.median(run[key] for run in got) for key in got[0]}
+        for name, got in runs.items()
+    }
+    for name, figures in medians.items():
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
+        print(f"median {name:>12}: {shown}")
+    if args.baseline:
+        new, old = medians["engine"], medians[args.baseline]
+        print("new/old: " + ", ".join(f"{k} {new[k] / old[k]:.2f}" for k in new))
+    print(f"end: {load()}")
+
+
 def with_smtplib(port: int, n: int) -> float:
     started = time.perf_counter()
     for _ in range(n):
@@ -143,12 +260,21 @@ def main() -> None:
     parser.add_argument("--checks", type=int, default=200, help="dialogues per round and side")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--baseline", help="a git revision whose engine to compare with")
+    parser.add_argument("--cpu", action="store_true", help="calls and CPU per fast check")
+    parser.add_argument("--threads", type=int, default=4, help="--cpu: checks side by side")
     args = parser.parse_args()
 
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.get_context("spawn").Process(target=serve, args=(child,))
     server.start()
-    port = parent.recv()
+    port, dns_port = parent.recv()
+    if args.cpu:
+        try:
+            cpu_rounds(args, port, dns_port)
+        finally:
+            parent.close()
+            server.join(10)
+        return
     settings = Settings(
         allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),
         allowed_ports=frozenset({port}),
