@@ -14,7 +14,9 @@ import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import dns.exception
 import dns.flags
@@ -25,11 +27,15 @@ import dns.reversename
 
 from smtpcheck.config import Settings
 from smtpcheck.targetpolicy import IPAddress
-from workers import cancel
+from workers import cancel, dnsstub
 from workers.errors import DNSError
 
 #: Said of a SERVFAIL or a timeout: the name may well resolve a minute later.
 TEMPORARY = "a temporary DNS failure, try again later"
+#: Seconds one server gets to answer one try of a lookup (the lifetime bounds them all).
+TRY_TIMEOUT = 2.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class Resolver:
         self.deadline = deadline
         self._resolver: dns.resolver.Resolver | None = None
         self._secure: dns.resolver.Resolver | None = None
+        self._stub: dnsstub.Config | None = None
+        self._stub_known = False
 
     def _timeout(self) -> float:
         left = self.deadline - time.monotonic()
@@ -83,15 +91,54 @@ class Resolver:
                     raise DNSError(f"no DNS resolver configured on this worker: {exc}") from None
             self._resolver = resolver
         resolver.lifetime = timeout
-        resolver.timeout = min(timeout, 2.0)
+        resolver.timeout = min(timeout, TRY_TIMEOUT)
         return resolver
 
     def _query(self, name: str | dns.name.Name, rdtype: str) -> dns.resolver.Answer | None:
-        """One lookup; ``None`` for NODATA, DNSError for everything that went wrong."""
-        shown = str(name).rstrip(".")
-        try:
+        """One lookup by dnspython; ``None`` for NODATA, DNSError for everything that went wrong."""
+
+        def resolve() -> dns.resolver.Answer:
             resolver = self._dnspython(self._timeout())
             return cancel.interruptible(lambda: resolver.resolve(name, rdtype, search=False))
+
+        return self._guarded(str(name).rstrip("."), rdtype, resolve)
+
+    def _records(self, name: str, labels: dnsstub.Labels | None, rdtype: str) -> list[str] | None:
+        """The records' texts (as dnspython's ``to_text``) of an A, AAAA or
+        PTR lookup: by :mod:`workers.dnsstub` when ``labels`` (the name on
+        the wire) are given and the configuration allows, else by dnspython."""
+        config = self._stub_config() if labels is not None else None
+        if config is None or labels is None:
+            answer = self._query(name, rdtype)
+            return [r.to_text() for r in answer] if answer is not None else None
+        asked = labels
+
+        def lookup() -> list[bytes | dnsstub.Labels]:
+            lifetime = self._timeout()
+            try_timeout = min(lifetime, TRY_TIMEOUT)
+            return cancel.interruptible(
+                lambda: dnsstub.lookup(config, asked, rdtype, lifetime, try_timeout)
+            )
+
+        found = self._guarded(name.rstrip("."), rdtype, lookup)
+        if found is None:
+            return None
+        if rdtype == "PTR":
+            return [dnsstub.name_text(value) for value in found if isinstance(value, tuple)]
+        family = socket.AF_INET6 if rdtype == "AAAA" else socket.AF_INET
+        return [socket.inet_ntop(family, value) for value in found if isinstance(value, bytes)]
+
+    def _stub_config(self) -> dnsstub.Config | None:
+        """The lean lookups' configuration (None: this one needs dnspython)."""
+        if not self._stub_known:
+            self._stub = dnsstub.Config.of(self._dnspython(self._timeout()))
+            self._stub_known = True
+        return self._stub
+
+    def _guarded(self, shown: str, rdtype: str, call: Callable[[], T]) -> T | None:
+        """``call()``, its dnspython outcomes as DNSError; ``None`` for NODATA."""
+        try:
+            return call()
         except dns.resolver.NXDOMAIN:
             raise DNSError(f"{shown} does not exist (NXDOMAIN)") from None
         except dns.resolver.NoAnswer:
@@ -134,9 +181,10 @@ class Resolver:
         types = {4: ["A"], 6: ["AAAA"]}.get(ip_version or 0, ["A", "AAAA"])
         found: list[IPAddress] = []
         failed: list[DNSError] = []
+        labels = dnsstub.plain_name(host)
         for rdtype in types:
             try:
-                answer = self._query(host, rdtype)
+                records = self._records(host, labels, rdtype)
             except DNSError as exc:
                 if failed:
                     raise failed[0] from None  # the first failure, not "no time left"
@@ -144,8 +192,8 @@ class Resolver:
                     raise  # NXDOMAIN for one type is NXDOMAIN for all
                 failed.append(exc)  # the other type may still answer
                 continue
-            if answer is not None:
-                found += [ipaddress.ip_address(r.to_text()) for r in answer]
+            if records is not None:
+                found += [ipaddress.ip_address(text) for text in records]
         if failed and not found:
             raise failed[0]
         return found
@@ -271,8 +319,9 @@ class Resolver:
     # -- PTR ---------------------------------------------------------------
 
     def ptr(self, address: IPAddress) -> list[str]:
-        answer = self._query(dns.reversename.from_address(str(address)), "PTR")
-        return [r.to_text().rstrip(".") for r in answer] if answer is not None else []
+        labels = dnsstub.reverse_name(address)
+        records = self._records(dnsstub.name_text(labels), labels, "PTR")
+        return [text.rstrip(".") for text in records] if records is not None else []
 
     # -- reverse DNS facts --------------------------------------------------
 
