@@ -178,10 +178,10 @@ def get_events(check_id: str) -> Response:
 def get_check(check_id: str) -> Response:
     spread = fanout.load(store(), check_id, current_owner())
     if spread is not None:
-        waited(lambda seconds: fanout.wait(store(), spread, seconds), None)
+        waited(lambda seconds, _: fanout.wait(store(), spread, seconds), None)
         return jsonify(fanout.describe(store(), spread))
     job = store().load(check_id, current_owner())
-    job = waited(lambda seconds: store().wait(job, seconds), job)
+    job = waited(lambda seconds, lease: store().wait(job, seconds, lease), job)
     return jsonify(store().describe(job))
 
 
@@ -189,7 +189,7 @@ def get_check(check_id: str) -> Response:
 def get_transcript(check_id: str) -> Response:
     spread = fanout.load(store(), check_id, current_owner())
     if spread is not None:
-        waited(lambda seconds: fanout.wait(store(), spread, seconds), None)
+        waited(lambda seconds, _: fanout.wait(store(), spread, seconds), None)
         text = fanout.transcript(store(), spread)
         if text is None:
             raise Problem(
@@ -200,10 +200,10 @@ def get_transcript(check_id: str) -> Response:
             )
         return Response(text, mimetype="text/plain")
     job = store().load(check_id, current_owner())
-    job = waited(lambda seconds: store().wait(job, seconds), job)
+    job = waited(lambda seconds, lease: store().wait(job, seconds, lease), job)
     status = public_status(job)
     if status == "failed":
-        reason = failure_reason(job, job.latest_result())
+        reason = failure_reason(job, job.latest)
         raise Problem(
             409,
             "Conflict",
@@ -276,14 +276,15 @@ def json_body() -> Any:
     return body
 
 
-def waited(wait: Callable[[int], T], unheld: T) -> T:
-    """Run ``wait(seconds)`` for ``?wait=N``, holding the response within the bounds of
-    ``held`` (429/503 past them); with no ``?wait``, ``unheld`` at once."""
+def waited(wait: Callable[[int, held.Lease | None], T], unheld: T) -> T:
+    """Run ``wait(seconds, lease)`` for ``?wait=N``, holding the response within the
+    bounds of ``held`` (429/503 past them; ``wait`` may give the lease back early);
+    with no ``?wait``, ``unheld`` at once."""
     seconds = wait_seconds()
     if seconds <= 0:
         return unheld
-    with held.hold(current_owner(), seconds):
-        return wait(seconds)
+    with held.hold(current_owner(), seconds) as lease:
+        return wait(seconds, lease)
 
 
 def wait_seconds() -> int:

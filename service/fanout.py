@@ -17,14 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.client import Pipeline
-from rq.job import Job
 
 from smtpcheck.contract import ALL_VANTAGES, FANOUT_PREFIX
 from smtpcheck.document import TERMINAL, isoformat, links, public_status
 from smtpcheck.report import render_text
 
 from . import listing
-from .jobstore import JobStore, Prepared, mask_secrets
+from .jobstore import JobStore, Prepared, StoredJob, mask_secrets
 from .problems import Problem
 from .ratelimit import Command
 
@@ -95,8 +94,8 @@ def load(store: JobStore, check_id: str, owner: str) -> FanOut | None:
     return FanOut(check_id, owner, data["created_at"], data["request"], data["members"])
 
 
-def jobs(store: JobStore, fanout: FanOut) -> list[tuple[str, Job | None]]:
-    found: list[tuple[str, Job | None]] = []
+def jobs(store: JobStore, fanout: FanOut) -> list[tuple[str, StoredJob | None]]:
+    found: list[tuple[str, StoredJob | None]] = []
     for member in fanout.members:
         try:
             found.append((member["vantage"], store.load(member["id"], fanout.owner)))

@@ -16,8 +16,9 @@ stalls ``/healthz`` or a submission. What it does cost is bounded here:
 
 A view that holds uses the context manager, and holds no longer than it said::
 
-    with held.hold(current_owner(), seconds):
-        ...  # block on Redis for at most `seconds`
+    with held.hold(current_owner(), seconds) as lease:
+        ...  # block on Redis for at most `seconds`; lease.release(pipeline) may
+             # give the room back in the round trip that follows the wait
 
 A streaming response (Server-Sent Events) takes its lease in the view, so
 the 429/503 comes before the response starts, and hands the lease its
@@ -40,6 +41,7 @@ from typing import TypeVar, cast
 
 import redis
 from flask import current_app
+from redis.client import Pipeline
 
 from smtpcheck.contract import HELD_PREFIX
 
@@ -75,12 +77,17 @@ class Lease:
     member: str
     released: bool = False
 
-    def release(self) -> None:
+    def release(self, pipeline: Pipeline | None = None) -> None:
+        """Give the room back now, or with ``pipeline`` when the caller sends it (so
+        the round trip that reads what was waited for takes it back too; if that
+        round trip fails, the member lapses at its stated end)."""
         if self.released:
             return
         self.released = True
         try:
-            self.holds.connection.zrem(self.key, self.member)
+            (pipeline if pipeline is not None else self.holds.connection).zrem(
+                self.key, self.member
+            )
         finally:
             self.holds.leave()
 
@@ -143,10 +150,10 @@ class Holds:
             self.held -= 1
 
     @contextmanager
-    def hold(self, owner: str, seconds: float) -> Iterator[None]:
+    def hold(self, owner: str, seconds: float) -> Iterator[Lease]:
         lease = self.acquire(owner, seconds)
         try:
-            yield
+            yield lease
         finally:
             lease.release()
 
@@ -163,13 +170,14 @@ def holds() -> Holds:
 
 
 @contextmanager
-def hold(owner: str, seconds: float) -> Iterator[None]:
-    """:meth:`Holds.hold` of the current app; nothing to bound when ``seconds`` is 0."""
+def hold(owner: str, seconds: float) -> Iterator[Lease | None]:
+    """:meth:`Holds.hold` of the current app; nothing to bound (no lease) when
+    ``seconds`` is 0."""
     if seconds <= 0:
-        yield
+        yield None
         return
-    with holds().hold(owner, seconds):
-        yield
+    with holds().hold(owner, seconds) as lease:
+        yield lease
 
 
 def acquire(owner: str, seconds: float) -> Lease:

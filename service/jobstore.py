@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,7 +25,9 @@ from rq import Retry as RQRetry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.results import Result
 from rq.serializers import JSONSerializer
+from rq.utils import current_timestamp
 
 from smtpcheck import delivery
 from smtpcheck.config import Settings
@@ -52,6 +54,7 @@ from smtpcheck.redis_client import connect
 from smtpcheck.sealing import seal
 
 from . import events, listing
+from .held import Lease
 from .problems import CHECK_RUNNING, MISCONFIGURED, NOT_FOUND, Problem, validation_problem
 from .ratelimit import Command
 from .schemas import check_id_is_valid
@@ -76,6 +79,20 @@ class Prepared:
     @property
     def id(self) -> str:
         return str(self.job.id)
+
+
+class StoredJob(Job):
+    """A check's RQ job as the API reads it: its hash and its latest result, read in
+    one round trip (:meth:`JobStore.fetch`), so its document needs no second read.
+
+    The two are read one after the other without a transaction, which is enough:
+    a worker writes a job's end and its result in one transaction, so a hash read
+    as ended has its result beside it, and only a check that has not ended (a
+    retry's next attempt) can add a result after its hash was read, one its
+    document does not show.
+    """
+
+    latest: Result | None = None
 
 
 class JobStore:
@@ -213,12 +230,12 @@ class JobStore:
 
     # -- read -----------------------------------------------------------------
 
-    def load(self, check_id: str, owner: str) -> Job:
+    def load(self, check_id: str, owner: str) -> StoredJob:
         """The job for ``check_id`` if ``owner`` made it; else 404."""
         if not check_id_is_valid(check_id):
             raise _not_found(check_id)
         try:
-            job = Job.fetch(check_id, connection=self.connection, serializer=JSONSerializer)
+            job = self.fetch(check_id)
         except NoSuchJobError:
             raise _not_found(check_id) from None
         meta = job.meta if isinstance(job.meta, dict) else {}
@@ -228,7 +245,29 @@ class JobStore:
             job = self.reap_if_abandoned(job)
         return job
 
-    def reap_if_abandoned(self, job: Job) -> Job:
+    def fetch(self, check_id: str) -> StoredJob:
+        """The job and its latest result, in one round trip (retried like a read);
+        NoSuchJobError if there is no such job."""
+        raw, latest = self.connection.read_pipeline(lambda pipe: _stage_fetch(pipe, check_id))
+        return self._stored(check_id, raw, latest)
+
+    def _stored(self, check_id: str, raw: dict[bytes, bytes], latest: list[Any]) -> StoredJob:
+        if not raw:
+            raise NoSuchJobError(f"No such job: {check_id}")
+        job = StoredJob(check_id, connection=self.connection, serializer=JSONSerializer)
+        job.restore(raw)
+        if latest:
+            result_id, payload = latest[0]
+            job.latest = Result.restore(
+                check_id,
+                result_id.decode(),
+                payload,
+                connection=self.connection,
+                serializer=JSONSerializer,
+            )
+        return job
+
+    def reap_if_abandoned(self, job: StoredJob) -> StoredJob:
         """A running job whose worker is gone reads as failed, never hangs.
 
         Jobs whose heartbeat lapsed are moved to failed by RQ's own
@@ -239,7 +278,11 @@ class JobStore:
         Redis is not taken for dead: after a Redis restart a live worker
         registers again within a heartbeat, and one really gone is failed by
         its lapsed heartbeat (or by its pool, at once).
+
+        The common case, a live worker, costs one round trip of reads.
         """
+        if not self.may_be_abandoned(job):
+            return job
         registry = StartedJobRegistry(queue=self.queue_of(job))
         registry.cleanup()
         if job.get_status(refresh=True) != JobStatus.STARTED:
@@ -260,6 +303,20 @@ class JobStore:
         registry.cleanup()
         return self.refetch(job)
 
+    def may_be_abandoned(self, job: Job) -> bool:
+        """Whether an entry of the job's started registry has lapsed (RQ's cleanup
+        has work to do) or the job's worker said it stopped, in one round trip."""
+        registry_key = StartedJobRegistry.key_template.format(job.origin)
+        worker_key = Worker.redis_worker_namespace_prefix + (job.worker_name or "")
+
+        def stage(pipe: Pipeline) -> None:
+            pipe.zrangebyscore(registry_key, 0, current_timestamp(), start=0, num=1)
+            pipe.sismember(Worker.redis_workers_keys, worker_key)
+            pipe.hexists(worker_key, "death")
+
+        lapsed, registered, died = self.connection.read_pipeline(stage)
+        return bool(lapsed) or (bool(job.worker_name) and bool(died) and not registered)
+
     def worker_stopped(self, worker_name: str) -> bool:
         """True when the worker unregistered itself (its hash keeps ``death`` a while)."""
         key = Worker.redis_worker_namespace_prefix + worker_name
@@ -272,30 +329,42 @@ class JobStore:
     def queue_of(self, job: Job) -> Queue:
         return Queue(job.origin, connection=self.connection, serializer=JSONSerializer)
 
-    def refetch(self, job: Job) -> Job:
+    def refetch(self, job: Job) -> StoredJob:
         try:
-            return Job.fetch(job.id, connection=self.connection, serializer=JSONSerializer)
+            return self.fetch(job.id)
         except NoSuchJobError:
             raise _not_found(job.id) from None
 
-    def wait(self, job: Job, seconds: int) -> Job:
-        """Hold until the job has a result or ``seconds`` pass (a blocking XREAD)."""
+    def wait(self, job: StoredJob, seconds: int, lease: Lease | None = None) -> StoredJob:
+        """Hold until the job has a result or ``seconds`` pass (a blocking XREAD).
+
+        ``lease``, the room this held response takes (service/held.py), is given
+        back in the round trip that reads the job again, once the wait is over.
+        """
         if seconds <= 0 or public_status(job) in TERMINAL:
             return job
-        watcher = Job(job.id, connection=self.blocking, serializer=JSONSerializer)
-        watcher.latest_result(timeout=seconds)
-        job = self.refetch(job)
+        # Any result wakes it (the first is enough: the job is read again below).
+        self.blocking.xread({Result.get_key(job.id): "0-0"}, count=1, block=seconds * 1000)
+        with self.connection.pipeline(transaction=False) as pipe:
+            _stage_fetch(pipe, job.id)
+            if lease is not None:
+                lease.release(pipeline=pipe)
+            raw, latest, *_ = pipe.execute()
+        try:
+            job = self._stored(job.id, raw, latest)
+        except NoSuchJobError:  # deleted meanwhile
+            raise _not_found(job.id) from None
         if job.get_status(refresh=False) == JobStatus.STARTED:
             job = self.reap_if_abandoned(job)
         return job
 
-    def describe(self, job: Job) -> CheckDocument:
+    def describe(self, job: StoredJob) -> CheckDocument:
         """The GET /v1/checks/{id} body."""
-        return check_document(job)
+        return check_document(job, job.latest)
 
-    def list_item(self, job: Job) -> ListedCheck:
+    def list_item(self, job: StoredJob) -> ListedCheck:
         """A check as ``GET /v1/checks`` lists it: its document without the transcript."""
-        document: dict[str, Any] = dict(check_document(job))
+        document: dict[str, Any] = dict(check_document(job, job.latest))
         if isinstance(document.get("result"), dict):
             document["result"] = {k: v for k, v in document["result"].items() if k != "transcript"}
         return cast(ListedCheck, document)
@@ -304,11 +373,14 @@ class JobStore:
         """The transcript lines a running check has recorded yet."""
         return events.lines_so_far(self.connection, job.id)
 
-    def result(self, job: Job) -> dict[str, Any] | None:
+    def result(self, job: StoredJob) -> dict[str, Any] | None:
         """The worker's result dict, once finished."""
         if public_status(job) != "finished":
             return None
-        value = job.return_value()
+        latest = job.latest
+        if latest is None or latest.type != Result.Type.SUCCESSFUL:
+            return None
+        value = latest.return_value
         return value if isinstance(value, dict) else None
 
     # -- delete ---------------------------------------------------------------
@@ -341,7 +413,7 @@ class JobStore:
 
     def delete_all(
         self,
-        jobs: list[Job],
+        jobs: Sequence[Job],
         *,
         also: tuple[str, ...] = (),
         unlist: tuple[str, str] | None = None,
@@ -411,6 +483,12 @@ class JobStore:
     def submitted(self) -> dict[str, int]:
         raw: dict[bytes, bytes] = self.connection.hgetall(SUBMITTED_KEY)  # type: ignore[assignment]
         return {key.decode(): int(value) for key, value in raw.items()}
+
+
+def _stage_fetch(pipe: Pipeline, check_id: str) -> None:
+    """Read a job's hash, then its latest result (see :class:`StoredJob`)."""
+    pipe.hgetall(Job.key_for(check_id))
+    pipe.xrevrange(Result.get_key(check_id), "+", "-", count=1)
 
 
 def _public(raw: bytes | str) -> str:

@@ -8,6 +8,7 @@ Built here, from the RQ job alone, so neither side imports the other.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, cast
 
 from rq.job import Job, JobStatus
@@ -77,11 +78,23 @@ def links(check_id: str) -> Links:
     }
 
 
-def check_document(job: Job) -> CheckDocument:
+class _Unread(Enum):
+    UNREAD = "unread"
+
+
+#: ``check_document``'s ``latest`` when the caller has not read the job's latest result.
+UNREAD = _Unread.UNREAD
+
+
+def check_document(job: Job, latest: Result | _Unread | None = UNREAD) -> CheckDocument:
     """The GET /v1/checks/{id} body for one check (not a fan-out): typed in
-    the contract, and so in openapi.yaml."""
+    the contract, and so in openapi.yaml. ``latest``: the job's latest result
+    (None: it has none) when the caller read it with the job; else it is read
+    here, when the check has ended."""
     status = public_status(job)
-    result: Result | None = job.latest_result() if status in TERMINAL else None
+    result: Result | None = None
+    if status in TERMINAL:
+        result = job.latest_result() if latest is UNREAD else latest
     value = None
     error = None
     if status == "finished" and result is not None and result.type == Result.Type.SUCCESSFUL:

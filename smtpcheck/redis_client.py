@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.client import Pipeline
 from redis.commands import READ_COMMANDS
 from redis.connection import SSLConnection
 from redis.retry import Retry
@@ -89,6 +90,18 @@ class FailoverRedis(redis.Redis):
         if args and _command_name(args) in RETRIED_COMMANDS:
             return self.read_retry.call_with_retry(send, lambda _error: None)
         return send()
+
+    def read_pipeline(self, stage: Callable[[Pipeline], object]) -> list[Any]:
+        """The replies to the reads ``stage`` puts on a pipeline, in one round trip,
+        retried like a single read (the pipeline is staged afresh for each try).
+        Reads only: a write in it could be sent twice."""
+
+        def send() -> list[Any]:
+            with self.pipeline(transaction=False) as pipe:
+                stage(pipe)
+                return pipe.execute()
+
+        return self.read_retry.call_with_retry(send, lambda _error: None)
 
 
 def _command_name(args: tuple[Any, ...]) -> str:

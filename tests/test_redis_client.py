@@ -17,11 +17,15 @@ from pathlib import Path
 import pytest
 import redis
 import trustme
+from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
+from redis.retry import Retry
 
 from smtpcheck.config import ConfigError, SentinelTarget, Settings
 from smtpcheck.config import parse_redis_url as parse_url
 from smtpcheck.redis_client import (
     READ_RETRIES,
+    FailoverRedis,
     connect,
     uses_sentinel,
 )
@@ -235,6 +239,22 @@ def test_a_read_is_retried_over_a_lost_connection(losing: ReplyLosingServer) -> 
     with pytest.raises(redis.ConnectionError):
         client.get("check-1")
     assert losing.commands == ["GET"] * (1 + READ_RETRIES)
+
+
+def test_a_pipeline_of_reads_is_retried_whole(
+    losing: ReplyLosingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = Retry(ExponentialBackoff(cap=0.01, base=0.001), READ_RETRIES, (redis.ConnectionError,))
+    monkeypatch.setattr(FailoverRedis, "read_retry", fast)
+    client = connect(f"redis://127.0.0.1:{losing.port}/0")
+
+    def stage(pipe: Pipeline) -> None:
+        pipe.hgetall("rq:job:1")
+        pipe.xrevrange("rq:results:1", "+", "-", count=1)
+
+    with pytest.raises(redis.ConnectionError):
+        client.read_pipeline(stage)
+    assert losing.commands == ["HGETALL"] * (1 + READ_RETRIES)
 
 
 def test_the_forking_worker_is_refused_with_sentinel() -> None:
