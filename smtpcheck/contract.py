@@ -668,10 +668,25 @@ class TlsaJudgement(TypedDict):
     reason: str
 
 
+#: RFC 4035's states of a DNS answer, as RFC 7672 2.1.1 uses them.
+DnssecState = Literal["secure", "insecure", "bogus"]
+
+
 class DaneHost(TypedDict):
     host: str
-    name: Annotated[str, "the TLSA name, _port._tcp.<host>"]
-    authenticated: Annotated[bool, "the TLSA answer is DNSSEC-authenticated"]
+    name: Annotated[str | None, "the TLSA name looked up, _port._tcp.<host> (or its CNAME target)"]
+    status: Annotated[
+        Literal["valid", "mismatch", "not_applicable", "lookup_failed", "unauthenticated"],
+        "valid or mismatch: DANE applies (RFC 7672 2.2); not_applicable: it does not "
+        "(an insecure MX, address or TLSA answer, or no TLSA records), reason says why; "
+        "lookup_failed: a bogus answer or a failed lookup, senders that use DANE defer "
+        "mail to the host; unauthenticated: SMTPCHECK_DNSSEC=off, not judged",
+    ]
+    authenticated: Annotated[bool, "the TLSA records are there and DNSSEC-authenticated"]
+    address_security: Annotated[
+        DnssecState | None, "of the host's A and AAAA answers (null: not looked up)"
+    ]
+    tlsa_security: Annotated[DnssecState | None, "of the TLSA answer (null: not judged)"]
     reason: str | None
     tlsa: list[str] | None
     matched: Annotated[int | None, "index in records of the record that matched"]
@@ -680,6 +695,10 @@ class DaneHost(TypedDict):
 
 class DaneFacts(TypedDict):
     dnssec: Literal["off", "trust-ad", "validate"]
+    mx_security: Annotated[
+        DnssecState | None,
+        "of the domain's MX RRset (null: SMTPCHECK_DNSSEC=off, or no MX records)",
+    ]
     hosts: list[DaneHost]
     error: NotRequired[str]
 

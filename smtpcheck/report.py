@@ -116,14 +116,20 @@ def policy_lines(result: Mapping[str, Any]) -> list[str]:
     dane = policy.get("dane") or {}
     hosts = dane.get("hosts") or []
     if not hosts:
-        lines.append(f"DANE     no TLSA records (DNSSEC {dane.get('dnssec', 'off')})")
+        shown = dane.get("error") or "no MX host reached"
+        lines.append(f"DANE     {shown} (DNSSEC {dane.get('dnssec', 'off')})")
     for host in hosts:
-        if not host.get("authenticated"):
-            state = f"not authenticated: {host.get('reason')}"
-        elif host.get("matched") is not None:
+        status, reason = host.get("status"), host.get("reason")
+        if status == "valid":
             state = f"valid: TLSA {host['records'][host['matched']]['record']}"
+        elif status == "mismatch":
+            state = f"MISMATCH: {reason}"
+        elif status == "lookup_failed":
+            state = f"LOOKUP FAILED: {reason}"
+        elif status == "unauthenticated":
+            state = f"not authenticated: {reason}"
         else:
-            state = f"MISMATCH: {host.get('reason')}"
+            state = f"not applicable: {reason}"
         lines.append(f"DANE     {host['host']}: {state}")
     return lines
 

@@ -16,8 +16,14 @@ It answers UDP queries on 127.0.0.1 from a zone given as a dict::
 - with ``signers`` (zone apex -> :class:`ZoneKey`), a query with the
   DNSSEC OK bit gets an RRSIG beside every answer RRset inside a signed
   zone, made on the fly (the zone's DNSKEY record goes in ``zone`` like any
-  other); ``ad=True`` sets the AD bit on every answer, as a validating
-  resolver would.
+  other), and a NODATA or NXDOMAIN answer gets the zone's NSEC records that
+  prove it (RFC 4035 3.1.3), signed; ``ad=True`` sets the AD bit on every
+  answer, as a validating resolver would.
+- a zone cut is a signer's apex or a name with NS records: below an NS cut
+  without a signer the zone is unsigned, and its parent's NSEC at the cut
+  proves it has no DS (an insecure delegation);
+- a name in ``unsigned`` (``"name. TYPE"``) gets neither RRSIG nor NSEC for
+  that type, as if stripped on the way: a signed zone's bogus answer.
 
 Names are matched case-insensitively; every answer is authoritative and
 lists its records in the zone's order.
@@ -89,6 +95,7 @@ class DNSServer:
         host: str = "127.0.0.1",
         signers: Iterable[ZoneKey] = (),
         ad: bool = False,
+        unsigned: Iterable[str] = (),
     ) -> None:
         self.zone: dict[dns.name.Name, dict[dns.rdatatype.RdataType, list[str]]] = {
             dns.name.from_text(name): {
@@ -103,6 +110,10 @@ class DNSServer:
         self.host = host
         self.signers = sorted(signers, key=lambda k: len(k.apex), reverse=True)
         self.ad = ad
+        self.unsigned = {_name_and_type(entry) for entry in unsigned}
+        self.cuts = {k.apex for k in self.signers} | {
+            name for name, records in self.zone.items() if dns.rdatatype.NS in records
+        }
         self.queries: list[tuple[str, str]] = []
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -199,9 +210,17 @@ class DNSServer:
         if query.ednsflags & dns.flags.DO:
             response.use_edns(0, dns.flags.DO, 1232)
             for rrset in list(response.answer):
-                key = next((k for k in self.signers if _signs(k, rrset)), None)
+                key = self._key(rrset.name, rrset.rdtype)
                 if key is not None:
                     response.answer.append(key.sign(rrset))
+            target = qname
+            for rrset in response.answer:
+                if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == target:
+                    target = rrset[0].target
+            if response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and not any(
+                rrset.rdtype == qtype for rrset in response.answer
+            ):
+                self._deny(response, target, qtype)
         max_size = max(512, query.payload if query.edns >= 0 else 512)
         try:
             # In the zone's order (dnspython shuffles by default): tests rely on it.
@@ -234,18 +253,73 @@ class DNSServer:
                 return dns.rcode.NOERROR  # the target lies outside what we serve
         return dns.rcode.SERVFAIL  # a CNAME loop
 
+    # -- DNSSEC --------------------------------------------------------------
+
+    def _apex(self, name: dns.name.Name, rdtype: int) -> dns.name.Name | None:
+        """The zone ``name``'s ``rdtype`` lives in: the closest cut above it,
+        except that a DS record belongs to the parent, above its cut."""
+        cuts = [c for c in self.cuts if name.is_subdomain(c)]
+        if rdtype == dns.rdatatype.DS:
+            cuts = [c for c in cuts if c != name]
+        return max(cuts, key=len, default=None)
+
+    def _key(self, name: dns.name.Name, rdtype: int) -> ZoneKey | None:
+        """The key that signs ``name``'s ``rdtype`` (None: unsigned)."""
+        if (name, None) in self.unsigned or (name, rdtype) in self.unsigned:
+            return None
+        apex = self._apex(name, rdtype)
+        return next((k for k in self.signers if k.apex == apex), None)
+
+    def _chain(self, apex: dns.name.Name) -> list[tuple[dns.name.Name, set[int]]]:
+        """The names of the zone at ``apex`` in canonical order, each with the
+        types its NSEC record lists (a cut below: its NS and DS only)."""
+        chain = []
+        for name in sorted(self.zone):
+            inside = name.is_subdomain(apex) and self._apex(name, dns.rdatatype.DS) == apex
+            if name != apex and not inside:
+                continue
+            types = set(self.zone[name])
+            if name == apex:
+                types.discard(dns.rdatatype.DS)
+            elif name in self.cuts:
+                types &= {dns.rdatatype.NS, dns.rdatatype.DS}
+            chain.append((name, types | {dns.rdatatype.NSEC, dns.rdatatype.RRSIG}))
+        return chain
+
+    def _deny(
+        self, response: dns.message.Message, qname: dns.name.Name, qtype: dns.rdatatype.RdataType
+    ) -> None:
+        """Add the signed NSEC records proving that ``qname`` has no ``qtype``."""
+        key = self._key(qname, qtype)
+        if key is None:
+            return
+        chain = self._chain(key.apex)
+        names = [name for name, _ in chain]
+
+        def record(index: int) -> dns.rrset.RRset:
+            owner, types = chain[index]
+            following = names[(index + 1) % len(names)]
+            text = " ".join([following.to_text(), *map(dns.rdatatype.to_text, sorted(types))])
+            return dns.rrset.from_text(owner, self.ttl, dns.rdataclass.IN, "NSEC", text)
+
+        def covering(name: dns.name.Name) -> int:
+            return max((i for i, owner in enumerate(names) if owner < name), default=len(names) - 1)
+
+        wanted = [names.index(qname)] if qname in names else [covering(qname)]
+        if qname not in names and not any(n.is_subdomain(qname) for n in names):
+            # NXDOMAIN: and no wildcard at the closest encloser
+            encloser = qname.parent()
+            while encloser not in names and not any(n.is_subdomain(encloser) for n in names):
+                encloser = encloser.parent()
+            wanted.append(covering(dns.name.Name((b"*", *encloser.labels))))
+        for index in dict.fromkeys(wanted):
+            nsec = record(index)
+            response.authority += [nsec, key.sign(nsec)]
+
     def _rrset(
         self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, values: Sequence[str]
     ) -> dns.rrset.RRset:
         return dns.rrset.from_text_list(name, self.ttl, dns.rdataclass.IN, rdtype, list(values))
-
-
-def _signs(key: ZoneKey, rrset: dns.rrset.RRset) -> bool:
-    """Whether ``key``'s zone signs ``rrset``: the closest enclosing zone,
-    except that a DS record is signed by the parent, above the zone cut."""
-    if rrset.rdtype == dns.rdatatype.DS and rrset.name == key.apex:
-        return False
-    return rrset.name.is_subdomain(key.apex)
 
 
 def _name_and_type(entry: str) -> tuple[dns.name.Name, dns.rdatatype.RdataType | None]:

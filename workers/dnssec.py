@@ -10,9 +10,12 @@
   trust anchor: the root's KSKs, or ``SMTPCHECK_DNSSEC_ANCHORS`` (a file of
   DS or DNSKEY records in zone-file syntax, for a private or test zone).
 
-Only positive answers are judged: TLSA records that are there. An
-authenticated denial (NSEC/NSEC3) is not needed for what smtpcheck does
-with it: no TLSA record means no DANE, whether or not the absence is signed.
+:meth:`Validator.judge` puts an answer in one of RFC 4035's states, as RFC
+7672 2.1.1 uses them: ``secure`` (it validates from an anchor: a positive
+answer by its RRSIGs, a denial by NSEC or NSEC3 records that prove it,
+RFC 4035 5.4 and RFC 5155 8), ``insecure`` (it sits below a delegation
+proven to have no DS record, an NSEC3 opt-out span, or no anchor covers
+it) or ``bogus`` (it should validate and does not; the reason says where).
 
 The DNS traffic goes through :class:`workers.resolver.Resolver`, so it has
 the check's deadline; this module only says what to ask and how to judge.
@@ -20,9 +23,11 @@ the check's deadline; this module only says what to ask and how to judge.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import base64
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dns.dnssec
 import dns.exception
@@ -44,7 +49,8 @@ ROOT_ANCHORS = """
 MAX_DEPTH = 12
 
 #: ``fetch(name, rdtype)``: the whole DNS response to a DO query (RRSIGs
-#: included), or None when the name or type does not exist.
+#: included), a NODATA or NXDOMAIN one too (its NSEC/NSEC3 records prove
+#: the absence; None there leaves the absence unproven).
 Fetch = Callable[[dns.name.Name, dns.rdatatype.RdataType], "dns.message.Message | None"]
 
 
@@ -52,10 +58,30 @@ class Bogus(Exception):
     """The answer does not validate; the message says where the chain breaks."""
 
 
+SECURE, INSECURE, BOGUS = "secure", "insecure", "bogus"
+#: RFC 9276 3.2: NSEC3 with more iterations than this may be taken as insecure.
+MAX_NSEC3_ITERATIONS = 150
+
+
 @dataclass(frozen=True)
 class Verdict:
-    authenticated: bool
+    state: str  # SECURE, INSECURE or BOGUS
     reason: str
+
+    @property
+    def authenticated(self) -> bool:
+        return self.state == SECURE
+
+
+@dataclass(frozen=True)
+class Denial:
+    """What NSEC/NSEC3 records prove of a name: ``nodata`` (it exists, or a
+    wildcard does, without the type; ``types`` are those it has),
+    ``nxdomain`` (no such name, no wildcard), or ``optout`` (an NSEC3
+    opt-out span covers it: it may be an unsigned delegation)."""
+
+    kind: str
+    types: frozenset[int] = frozenset()
 
 
 class Anchors:
@@ -106,6 +132,102 @@ class Validator:
         self.anchors = anchors
         self.now = now
         self._keys: dict[dns.name.Name, dns.rrset.RRset] = {}
+        self._ds: dict[dns.name.Name, dns.message.Message | None] = {}  # DS answers asked
+
+    def judge(
+        self,
+        qname: dns.name.Name,
+        rdtype: dns.rdatatype.RdataType,
+        response: dns.message.Message,
+    ) -> Verdict:
+        """The state of ``response`` to ``qname``/``rdtype``: a positive
+        answer (through CNAMEs) or a denial (NXDOMAIN or NODATA)."""
+        try:
+            chain = [r for r in response.answer if r.rdtype != dns.rdatatype.RRSIG]
+            for rrset in chain:
+                if _signatures(response.answer, rrset) is None:
+                    what = f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
+                    return self._unsigned(rrset.name, f"{what} is not signed")
+                self.rrset(rrset, response.answer, depth=0)
+            if any(r.rdtype == rdtype for r in chain):
+                return Verdict(SECURE, "validated from the trust anchor")
+            target = qname
+            for rrset in chain:  # a denial at the end of a CNAME chain
+                if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == target:
+                    target = rrset[0].target
+            denial = self.denial(response, target, rdtype)
+            if denial is None:
+                what = f"the absence of {target} {dns.rdatatype.to_text(rdtype)}"
+                return self._unsigned(target, f"{what} is not proven (no NSEC/NSEC3 record)")
+            if denial.kind == "optout":
+                return Verdict(INSECURE, f"an NSEC3 opt-out span covers {target}: it is unsigned")
+            return Verdict(SECURE, "the absence is proven from the trust anchor (NSEC/NSEC3)")
+        except _Insecure as exc:
+            return Verdict(INSECURE, str(exc))
+        except Bogus as exc:
+            return Verdict(BOGUS, str(exc))
+
+    def _unsigned(self, name: dns.name.Name, why: str) -> Verdict:
+        """An unsigned answer: insecure if its zone is proven unsigned, else bogus."""
+        reason = self.insecure_cut(name)
+        if reason is None:
+            raise Bogus(f"{why}, but its zone is signed")
+        return Verdict(INSECURE, reason)
+
+    def insecure_cut(self, name: dns.name.Name) -> str | None:
+        """Why ``name`` is not signed (a delegation above it proven to have no
+        DS record, or no trust anchor over it); None when its zone is signed
+        all the way down. Asks for DS label by label below the anchor."""
+        anchor = max(
+            (zone for zone in {*self.anchors.ds, *self.anchors.keys} if name.is_subdomain(zone)),
+            key=len,
+            default=None,
+        )
+        if anchor is None:
+            return f"no trust anchor covers {name}"
+        zone = anchor
+        for labels in range(len(anchor) + 1, min(len(name), len(anchor) + MAX_DEPTH) + 1):
+            child = name.split(labels)[1]
+            response = self._ds.get(child)
+            if child not in self._ds:
+                response = self._ds[child] = self.fetch(child, dns.rdatatype.DS)
+            ds = _find(response, child, dns.rdatatype.DS)
+            if ds is not None and response is not None:
+                self.rrset(ds, response.answer, depth=0)
+                zone = child  # a signed delegation
+                continue
+            denial = self.denial(response, child, dns.rdatatype.DS) if response else None
+            if denial is None:
+                raise Bogus(f"{zone} is signed, but the absence of a DS record at {child} is not")
+            if denial.kind == "optout":
+                return f"{child} is unsigned (an NSEC3 opt-out span of {zone} covers it)"
+            cut = dns.rdatatype.NS in denial.types and dns.rdatatype.SOA not in denial.types
+            if denial.kind == "nodata" and cut:
+                return f"{child} is delegated from {zone} without a DS record: it is unsigned"
+        return None
+
+    def denial(
+        self,
+        response: dns.message.Message | None,
+        qname: dns.name.Name,
+        rdtype: dns.rdatatype.RdataType,
+    ) -> Denial | None:
+        """What the response's validated NSEC/NSEC3 records prove of
+        ``qname``/``rdtype``; None when it carries none; Bogus when they do
+        not validate or do not prove the absence."""
+        if response is None:
+            return None
+        proof = [
+            r for r in response.authority if r.rdtype in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)
+        ]
+        if not proof:
+            return None
+        for rrset in proof:
+            self.rrset(rrset, response.authority, depth=0)
+        if all(r.rdtype == dns.rdatatype.NSEC for r in proof):
+            return nsec_denial(qname, rdtype, [(r.name, rd) for r in proof for rd in r])
+        nsec3 = [r for r in proof if r.rdtype == dns.rdatatype.NSEC3]
+        return nsec3_denial(qname, rdtype, [(r.name, rd) for r in nsec3 for rd in r])
 
     def answer(self, response: dns.message.Message) -> None:
         """Every RRset in the answer section verifies, or :class:`Bogus`."""
@@ -221,3 +343,117 @@ def _rrset(zone: dns.name.Name, keys: list[dns.rdata.Rdata]) -> dns.rrset.RRset:
     for key in keys:
         rrset.add(key)
     return rrset
+
+
+class _Insecure(Exception):
+    """The answer is provably unsigned (an NSEC3 span too costly to check)."""
+
+
+def _types(rdata: dns.rdata.Rdata) -> frozenset[int]:
+    """The types an NSEC or NSEC3 record's bitmap lists."""
+    found: set[int] = set()
+    for window, bitmap in rdata.windows:  # type: ignore[attr-defined]
+        for index, byte in enumerate(bitmap):
+            for bit in range(8):
+                if byte & (0x80 >> bit):
+                    found.add(window * 256 + index * 8 + bit)
+    return frozenset(found)
+
+
+def _no_type(where: str, rdtype: dns.rdatatype.RdataType, types: frozenset[int]) -> frozenset[int]:
+    if rdtype in types or dns.rdatatype.CNAME in types:
+        listed = "CNAME" if dns.rdatatype.CNAME in types else dns.rdatatype.to_text(rdtype)
+        raise Bogus(f"the denial's record at {where} lists {listed}: it proves nothing")
+    return types
+
+
+def _between(low: Any, value: Any, high: Any) -> bool:
+    """``value`` lies in the span from ``low`` to ``high`` (the last span wraps)."""
+    if low < high:
+        return bool(low < value < high)
+    return bool(value > low or value < high)
+
+
+def _encloser(qname: dns.name.Name, *others: dns.name.Name) -> dns.name.Name:
+    """The longest ancestor ``qname`` shares with any of ``others``."""
+    common = max(qname.fullcompare(other)[2] for other in others)
+    return qname.split(common)[1]
+
+
+def nsec_denial(
+    qname: dns.name.Name,
+    rdtype: dns.rdatatype.RdataType,
+    records: Sequence[tuple[dns.name.Name, dns.rdata.Rdata]],
+) -> Denial:
+    """RFC 4035 5.4: what NSEC records prove, or Bogus."""
+    shown = f"{qname} {dns.rdatatype.to_text(rdtype)}"
+    for owner, rdata in records:
+        if owner == qname:
+            return Denial("nodata", _no_type(str(owner), rdtype, _types(rdata)))
+    for owner, rdata in records:
+        following = rdata.next  # type: ignore[attr-defined]
+        if not _between(owner, qname, following):
+            continue
+        if following.is_subdomain(qname):
+            return Denial("nodata")  # an empty non-terminal: no records at all
+        wildcard = dns.name.Name((b"*", *_encloser(qname, owner, following).labels))
+        for other, data in records:
+            if other == wildcard:
+                return Denial("nodata", _no_type(str(other), rdtype, _types(data)))
+            if _between(other, wildcard, data.next):  # type: ignore[attr-defined]
+                return Denial("nxdomain")
+        raise Bogus(f"no NSEC record proves that no wildcard {wildcard} answers {shown}")
+    raise Bogus(f"no NSEC record proves the absence of {shown}")
+
+
+def nsec3_denial(
+    qname: dns.name.Name,
+    rdtype: dns.rdatatype.RdataType,
+    records: Sequence[tuple[dns.name.Name, dns.rdata.Rdata]],
+) -> Denial:
+    """RFC 5155 8.4-8.7: what NSEC3 records prove, or Bogus; an opt-out
+    span over the next closer name is ``optout``."""
+    shown = f"{qname} {dns.rdatatype.to_text(rdtype)}"
+    params: Any = records[0][1]  # dnspython's NSEC3 rdata: algorithm, salt, iterations
+    iterations = int(params.iterations)
+    if iterations > MAX_NSEC3_ITERATIONS:
+        raise _Insecure(f"its NSEC3 records use {iterations} iterations (RFC 9276: insecure)")
+    zone = records[0][0].parent()
+    hashed = [(base64.b32hexdecode(owner.labels[0].upper()), rdata) for owner, rdata in records]
+
+    def digest(name: dns.name.Name) -> bytes:
+        text = dns.dnssec.nsec3_hash(name, params.salt, iterations, params.algorithm)
+        return base64.b32hexdecode(text)
+
+    def matching(name: dns.name.Name) -> dns.rdata.Rdata | None:
+        value = digest(name)
+        return next((rdata for owner, rdata in hashed if owner == value), None)
+
+    def covering(name: dns.name.Name) -> dns.rdata.Rdata | None:
+        value = digest(name)
+        return next(
+            (rdata for owner, rdata in hashed if _between(owner, value, rdata.next)),  # type: ignore[attr-defined]
+            None,
+        )
+
+    found = matching(qname)
+    if found is not None:
+        return Denial("nodata", _no_type(str(qname), rdtype, _types(found)))
+    encloser = qname.parent()
+    while matching(encloser) is None:
+        if encloser == zone or encloser == dns.name.root:
+            raise Bogus(f"no NSEC3 record names a closest encloser of {shown}")
+        encloser = encloser.parent()
+    next_closer = qname.split(len(encloser) + 1)[1]
+    span = covering(next_closer)
+    if span is None:
+        raise Bogus(f"no NSEC3 record covers {next_closer}, as the absence of {shown} needs")
+    if span.flags & 1:  # type: ignore[attr-defined]
+        return Denial("optout")
+    wildcard = dns.name.Name((b"*", *encloser.labels))
+    found = matching(wildcard)
+    if found is not None:
+        return Denial("nodata", _no_type(str(wildcard), rdtype, _types(found)))
+    if covering(wildcard) is None:
+        raise Bogus(f"no NSEC3 record proves that no wildcard {wildcard} answers {shown}")
+    return Denial("nxdomain")

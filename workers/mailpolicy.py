@@ -28,7 +28,7 @@ from smtpcheck.targetpolicy import HTTPTarget
 from workers import dane, dnssec, mtasts, tlsrpt
 from workers.errors import DNSError
 from workers.https import Refused, exchange
-from workers.resolver import Resolver
+from workers.resolver import Resolver, ip_literal
 from workers.tls import WARNINGS_ONLY
 
 #: The policy checks' own time, inside the check's total deadline.
@@ -64,7 +64,7 @@ def assess(
     by_host = {str(r["target"]["host"]).lower().rstrip("."): r for r in checked}
     sts = _mta_sts(domain, mx_hosts, by_host, resolver, settings, deadline, findings, note)
     rpt = _tls_rpt(domain, resolver, findings, note)
-    danes = _dane(mx_hosts, by_host, resolver, settings, port, findings, note)
+    danes = _dane(domain, mx_hosts, by_host, resolver, settings, port, findings, note)
     _implied(sts, danes, by_host, findings)
     return {"mta_sts": sts, "tls_rpt": rpt, "dane": danes}, findings
 
@@ -332,7 +332,67 @@ def _tls_rpt(
 # -- DANE ----------------------------------------------------------------------
 
 
+class _Judge:
+    """DNS answers put in RFC 7672 2.1.1's states, as SMTPCHECK_DNSSEC says."""
+
+    def __init__(
+        self, settings: Settings, resolver: Resolver, validator: dnssec.Validator | None
+    ) -> None:
+        self.mode = settings.dnssec
+        self.resolver = resolver
+        self.validator = validator
+
+    def lookup(self, name: str, rdtype: str) -> tuple[dns.message.Message | None, dnssec.Verdict]:
+        """The response to a DO query and its state; a failed lookup is
+        bogus (RFC 7672 2.1.1: a SERVFAIL is treated like one)."""
+        try:
+            response = self.resolver.secure(_absolute(name), rdtype, denials=True)
+        except DNSError as exc:
+            return None, dnssec.Verdict(dnssec.BOGUS, f"the {rdtype} lookup failed: {exc}")
+        if response is None:
+            return None, dnssec.Verdict(dnssec.BOGUS, f"the {rdtype} lookup got no answer")
+        return response, self.verdict(name, rdtype, response)
+
+    def verdict(self, name: str, rdtype: str, response: dns.message.Message) -> dnssec.Verdict:
+        if self.mode == "trust-ad":
+            if response.flags & dns.flags.AD:
+                return dnssec.Verdict(dnssec.SECURE, "the validating resolver set the AD bit")
+            return dnssec.Verdict(
+                dnssec.INSECURE, "the resolver did not set the AD bit: not DNSSEC-authenticated"
+            )
+        assert self.validator is not None
+        try:
+            return self.validator.judge(
+                dns.name.from_text(_absolute(name)), dns.rdatatype.from_text(rdtype), response
+            )
+        except DNSError as exc:
+            return dnssec.Verdict(dnssec.BOGUS, f"the chain of trust could not be fetched: {exc}")
+
+
+def _absolute(name: str) -> str:
+    return name.rstrip(".") + "."
+
+
+def _cname_target(response: dns.message.Message | None, name: str) -> str:
+    """Where the CNAME chain in ``response`` leads from ``name`` (itself when none)."""
+    target = dns.name.from_text(_absolute(name))
+    for rrset in response.answer if response is not None else ():
+        if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == target:
+            target = rrset[0].target
+    return target.to_text().rstrip(".")
+
+
+def _tlsa_records(response: dns.message.Message | None) -> list[dane.TLSARecord]:
+    return [
+        dane.TLSARecord(r.usage, r.selector, r.mtype, bytes(r.cert))
+        for rrset in (response.answer if response is not None else ())
+        if rrset.rdtype == dns.rdatatype.TLSA
+        for r in rrset
+    ]
+
+
 def _dane(
+    domain: str,
     mx_hosts: Sequence[str],
     by_host: Mapping[str, Mapping[str, Any]],
     resolver: Resolver,
@@ -341,7 +401,11 @@ def _dane(
     findings: list[Finding],
     note: Callable[[str], None],
 ) -> dict[str, Any]:
-    facts: dict[str, Any] = {"dnssec": settings.dnssec, "hosts": []}
+    """RFC 7672 2.2: DANE applies to an MX host only when the MX RRset, the
+    host's address records and its TLSA records are all DNSSEC-secure; an
+    insecure link means DANE does not apply, a bogus one (or a failed
+    lookup) that senders using DANE cannot deliver to the host for now."""
+    facts: dict[str, Any] = {"dnssec": settings.dnssec, "mx_security": None, "hosts": []}
     validator = None
     if settings.dnssec == "validate":
         try:
@@ -351,89 +415,135 @@ def _dane(
             findings.append(_finding("warning", "dane_unauthenticated", f"DANE: {facts['error']}"))
             return facts
         validator = dnssec.Validator(
-            lambda name, rdtype: resolver.secure(name, dns.rdatatype.to_text(rdtype)), anchors
+            lambda name, rdtype: resolver.secure(name, dns.rdatatype.to_text(rdtype), denials=True),
+            anchors,
         )
-    for host in mx_hosts:
-        key = host.lower().rstrip(".")
-        result = by_host.get(key)
-        if result is None:
-            continue  # not reached by the dialogue: no certificate to judge
-        entry = _dane_host(host, result, resolver, settings, validator, port)
-        if entry is None:
-            note(f"_{port}._tcp.{host} TLSA: no record (no DANE)")
-            continue  # no TLSA records: no DANE, no finding
-        shown = "authenticated" if entry["authenticated"] else f"not trusted: {entry['reason']}"
-        note(f"{entry['name']} TLSA: {len(entry['tlsa'] or [])} record(s), {shown}")
-        facts["hosts"].append(entry)
-        if not entry["authenticated"]:
-            findings.append(
-                _finding(
-                    "warning",
-                    "dane_unauthenticated",
-                    f"DANE: {host} has TLSA records, but {entry['reason']}",
-                )
+    judge = _Judge(settings, resolver, validator)
+    reached = [h for h in mx_hosts if h.lower().rstrip(".") in by_host]
+    mx_problem: tuple[str, str] | None = None  # (status, reason) for every host
+    if settings.dnssec != "off" and reached:
+        response, mx = judge.lookup(domain, "MX")
+        implicit = response is not None and not any(
+            r.rdtype == dns.rdatatype.MX for r in response.answer
+        )
+        if not implicit:  # RFC 7672 2.2.2: a domain with no MX is its own host
+            facts["mx_security"] = mx.state
+            note(f"{domain} MX: DNSSEC {mx.state} ({mx.reason})")
+        if mx.state == dnssec.BOGUS and not implicit:
+            mx_problem = (
+                "lookup_failed",
+                f"the MX RRset of {domain} does not validate: {mx.reason}",
             )
-        elif entry["matched"] is not None:
-            winner = entry["records"][entry["matched"]]
-            findings.append(
-                _finding(
-                    "pass",
-                    "dane_valid",
-                    f"DANE: {host}: {winner['reason']} (TLSA {winner['record']})",
-                )
-            )
-        else:
             findings.append(
                 _finding(
                     "fail",
-                    "dane_mismatch",
-                    f"DANE: {host}: no TLSA record matches: {entry['reason']}",
+                    "dane_lookup_failed",
+                    f"DANE: {mx_problem[1]}; senders that use DANE defer mail to {domain} "
+                    "(RFC 7672 2.2.1)",
                 )
             )
+        elif mx.state == dnssec.INSECURE and not implicit:
+            mx_problem = (
+                "not_applicable",
+                f"the MX RRset of {domain} is not DNSSEC-signed ({mx.reason}), so senders "
+                "do not use DANE for its hosts (RFC 7672 2.2.1)",
+            )
+    for host in reached:
+        result = by_host[host.lower().rstrip(".")]
+        entry = _dane_host(host, result, judge, settings, port, mx_problem)
+        facts["hosts"].append(entry)
+        note(f"{entry['name'] or host} TLSA: DANE {entry['status']}: {entry['reason']}")
+        _dane_finding(host, entry, findings)
     return facts
 
 
 def _dane_host(
     host: str,
     result: Mapping[str, Any],
-    resolver: Resolver,
+    judge: _Judge,
     settings: Settings,
-    validator: dnssec.Validator | None,
     port: int,
-) -> dict[str, Any] | None:
-    name = f"_{port}._tcp.{host.rstrip('.')}."
+    mx_problem: tuple[str, str] | None,
+) -> dict[str, Any]:
+    host = host.rstrip(".")
     entry: dict[str, Any] = {
         "host": host,
-        "name": name.rstrip("."),
-        "authenticated": False,
+        "name": f"_{port}._tcp.{host}",
+        "status": "not_applicable",
         "reason": None,
+        "authenticated": False,
+        "address_security": None,
+        "tlsa_security": None,
         "tlsa": [],
         "matched": None,
         "records": [],
     }
-    try:
-        response = resolver.secure(name, "TLSA")
-    except DNSError as exc:
-        entry["reason"] = f"the TLSA lookup failed: {exc}"
-        entry["tlsa"] = None
+    if ip_literal(host) is not None:
+        entry["name"] = None
+        entry["reason"] = "the MX names an IP address, which has no TLSA records"
         return entry
-    if response is None:
-        return None
-    records = [
-        dane.TLSARecord(r.usage, r.selector, r.mtype, bytes(r.cert))
-        for rrset in response.answer
-        if rrset.rdtype == dns.rdatatype.TLSA
-        for r in rrset
-    ]
-    if not records:
-        return None
+    problem = mx_problem
+    names = [host]
+    if settings.dnssec != "off" and problem is None:
+        problem, final = _addresses(host, judge, entry)
+        if final != host and problem is None:  # RFC 7672 2.2.2: the CNAME's target first
+            names = [final, host]
+    tlsa_error: str | None = None
+    records: list[dane.TLSARecord] = []
+    verdict: dnssec.Verdict | None = None
+    for name in names:
+        entry["name"] = f"_{port}._tcp.{name}"
+        if settings.dnssec == "off":
+            try:
+                response = judge.resolver.secure(_absolute(entry["name"]), "TLSA")
+            except DNSError as exc:
+                tlsa_error = f"the TLSA lookup failed: {exc}"
+                break
+        else:
+            response, verdict = judge.lookup(entry["name"], "TLSA")
+            entry["tlsa_security"] = verdict.state
+            if response is None:
+                tlsa_error = verdict.reason
+                break
+        records = _tlsa_records(response)
+        if records or (verdict is not None and verdict.state == dnssec.BOGUS):
+            break
     entry["tlsa"] = [r.text() for r in records]
-    verdict = _authenticity(response, settings, validator)
-    entry["authenticated"], entry["reason"] = verdict.authenticated, verdict.reason
-    if not verdict.authenticated:
+    entry["authenticated"] = verdict is not None and verdict.authenticated and bool(records)
+    if problem is not None:
+        entry["status"], entry["reason"] = problem
+        return entry
+    if settings.dnssec == "off":
+        if tlsa_error:
+            entry["reason"], entry["tlsa"] = tlsa_error, None
+        elif records:
+            entry["status"] = "unauthenticated"
+            entry["reason"] = (
+                "this worker does not validate DNSSEC (SMTPCHECK_DNSSEC=off), "
+                "so the records cannot be trusted"
+            )
+        else:
+            entry["reason"] = f"no TLSA records at {entry['name']}"
+        return entry
+    assert verdict is not None
+    if tlsa_error or verdict.state == dnssec.BOGUS:
+        entry["status"] = "lookup_failed"
+        entry["reason"] = (
+            tlsa_error or f"the TLSA answer at {entry['name']} does not validate: {verdict.reason}"
+        )
+        entry["tlsa"] = entry["tlsa"] or None
+        return entry
+    if not records:
+        entry["reason"] = f"no TLSA records at {entry['name']} ({verdict.reason})"
+        return entry
+    if verdict.state == dnssec.INSECURE:
+        entry["reason"] = (
+            f"the TLSA records at {entry['name']} are not DNSSEC-signed ({verdict.reason})"
+        )
         return entry
     tls = result.get("tls") or {}
     if not tls.get("established"):
+        entry["status"] = "mismatch"
         entry["reason"] = "the server offered no TLS, which DANE requires"
         entry["records"] = [
             {
@@ -445,36 +555,86 @@ def _dane_host(
             for r in records
         ]
         return entry
-    judged = dane.match(records, tls.get("chain") or [], tls.get("certificate"), [host.rstrip(".")])
+    reference = list(dict.fromkeys([host, *(n for n in names if n != host)]))
+    judged = dane.match(records, tls.get("chain") or [], tls.get("certificate"), reference)
     entry.update(judged)
     if judged["matched"] is None:
+        entry["status"] = "mismatch"
         entry["reason"] = "; ".join(sorted({r["reason"] for r in judged["records"]}))
+    else:
+        entry["status"] = "valid"
+        entry["reason"] = f"{verdict.reason}; {judged['records'][judged['matched']]['reason']}"
     return entry
 
 
-def _authenticity(
-    response: dns.message.Message, settings: Settings, validator: dnssec.Validator | None
-) -> dnssec.Verdict:
-    if settings.dnssec == "off":
-        return dnssec.Verdict(
-            False,
-            "this worker does not validate DNSSEC (SMTPCHECK_DNSSEC=off), "
-            "so the records cannot be trusted",
+def _addresses(
+    host: str, judge: _Judge, entry: dict[str, Any]
+) -> tuple[tuple[str, str] | None, str]:
+    """RFC 7672 2.2.2: the host's A and AAAA answers must be secure for
+    DANE to apply. Returns the problem (status, reason) or None, and the
+    name a CNAME chain leads to."""
+    verdicts: list[dnssec.Verdict] = []
+    final = host
+    for rdtype in ("A", "AAAA"):
+        response, verdict = judge.lookup(host, rdtype)
+        verdicts.append(verdict)
+        final = _cname_target(response, host) if response is not None else final
+    bogus = [v for v in verdicts if v.state == dnssec.BOGUS]
+    insecure = [v for v in verdicts if v.state == dnssec.INSECURE]
+    entry["address_security"] = (
+        dnssec.BOGUS if bogus else dnssec.INSECURE if insecure else dnssec.SECURE
+    )
+    if bogus:
+        return (
+            "lookup_failed",
+            f"the address records of {host} do not validate: {bogus[0].reason}",
+        ), final
+    if insecure:
+        return (
+            "not_applicable",
+            f"the address records of {host} are not DNSSEC-signed ({insecure[0].reason}), "
+            "so senders do not use DANE for it (RFC 7672 2.2.2)",
+        ), final
+    return None, final
+
+
+def _dane_finding(host: str, entry: Mapping[str, Any], findings: list[Finding]) -> None:
+    status, reason = entry["status"], entry["reason"]
+    if status == "valid":
+        winner = entry["records"][entry["matched"]]
+        findings.append(
+            _finding(
+                "pass", "dane_valid", f"DANE: {host}: {winner['reason']} (TLSA {winner['record']})"
+            )
         )
-    if settings.dnssec == "trust-ad":
-        if response.flags & dns.flags.AD:
-            return dnssec.Verdict(True, "the validating resolver set the AD bit")
-        return dnssec.Verdict(
-            False, "the answer is not DNSSEC-authenticated (the resolver did not set the AD bit)"
+    elif status == "mismatch":
+        findings.append(
+            _finding("fail", "dane_mismatch", f"DANE: {host}: no TLSA record matches: {reason}")
         )
-    assert validator is not None
-    try:
-        validator.answer(response)
-    except dnssec.Bogus as exc:
-        return dnssec.Verdict(False, f"the answer does not validate: {exc}")
-    except DNSError as exc:
-        return dnssec.Verdict(False, f"the chain of trust could not be fetched: {exc}")
-    return dnssec.Verdict(True, "validated from the trust anchor")
+    elif status == "unauthenticated":
+        findings.append(
+            _finding(
+                "warning", "dane_unauthenticated", f"DANE: {host} has TLSA records, but {reason}"
+            )
+        )
+    elif status == "lookup_failed" and "MX RRset" not in reason:  # the MX: said once above
+        findings.append(
+            _finding(
+                "fail",
+                "dane_lookup_failed",
+                f"DANE: {host}: {reason}; senders that use DANE do not deliver to it "
+                "for now (RFC 7672 2.2)",
+            )
+        )
+    elif status == "not_applicable" and entry["tlsa"]:
+        findings.append(
+            _finding(
+                "warning",
+                "dane_not_applicable",
+                f"DANE: {host} has TLSA records, but DANE does not apply: {reason}; "
+                "senders ignore the records",
+            )
+        )
 
 
 # -- what a policy implies of the MX ------------------------------------------
@@ -487,8 +647,10 @@ def _implied(
     findings: list[Finding],
 ) -> None:
     enforced = (sts.get("policy") or {}).get("mode") == "enforce"
-    dane_hosts = {
-        h["host"].lower().rstrip(".") for h in danes.get("hosts", []) if h.get("authenticated")
+    dane_hosts = {  # where DANE applies: senders that use it require TLS
+        h["host"].lower().rstrip(".")
+        for h in danes.get("hosts", [])
+        if h.get("status") in ("valid", "mismatch")
     }
     for key, result in by_host.items():
         if not (enforced or key in dane_hosts):

@@ -265,18 +265,21 @@ class Resolver:
             return []
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
-    def secure(self, name: str | dns.name.Name, rdtype: str) -> dns.message.Message | None:
+    def secure(
+        self, name: str | dns.name.Name, rdtype: str, *, denials: bool = False
+    ) -> dns.message.Message | None:
         """The whole response to a query with the DNSSEC OK bit (RRSIGs
-        included) and AD asked for; None for NXDOMAIN or NODATA, DNSError
-        for failures. What the signatures prove is :mod:`workers.dnssec`'s
-        to judge."""
+        included) and AD asked for; None for NXDOMAIN or NODATA (with
+        ``denials``, the response then too: its NSEC/NSEC3 records prove the
+        absence), DNSError for failures. What the signatures prove is
+        :mod:`workers.dnssec`'s to judge."""
         try:
             resolver = self._secure_resolver()
             answer = cancel.interruptible(lambda: resolver.resolve(name, rdtype, search=False))
-        except dns.resolver.NXDOMAIN:
-            return None
-        except dns.resolver.NoAnswer:
-            return None
+        except dns.resolver.NXDOMAIN as exc:
+            return next(iter(exc.responses().values()), None) if denials else None
+        except dns.resolver.NoAnswer as exc:
+            return exc.response() if denials else None
         except dns.resolver.NoNameservers:
             shown = str(name).rstrip(".")
             raise DNSError(

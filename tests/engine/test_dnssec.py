@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import dns.dnssec
 import dns.name
+import dns.rdata
 import dns.rdatatype
 import pytest
 
@@ -36,7 +38,7 @@ def _validator(
     settings = Settings(dns_servers=(("127.0.0.1", server.port),), dnssec="validate")
     resolver = Resolver(settings, time.monotonic() + 10)
     validator = dnssec.Validator(
-        lambda name, rdtype: resolver.secure(name, dns.rdatatype.to_text(rdtype)),
+        lambda name, rdtype: resolver.secure(name, dns.rdatatype.to_text(rdtype), denials=True),
         dnssec.Anchors.load(str(path)),
     )
     return validator, resolver
@@ -103,3 +105,103 @@ def test_anchors_that_are_not_records_are_refused() -> None:
 def test_the_root_anchors_are_built_in() -> None:
     anchors = dnssec.Anchors.load(None)
     assert dns.name.root in anchors
+
+
+# -- denial of existence: NSEC (RFC 4035 5.4) and NSEC3 (RFC 5155 8) ------------
+
+
+def _name(text: str) -> dns.name.Name:
+    return dns.name.from_text(text)
+
+
+def _nsec(owner: str, following: str, types: str) -> tuple[dns.name.Name, dns.rdata.Rdata]:
+    return _name(owner), dns.rdata.from_text("IN", "NSEC", f"{following} {types}")
+
+
+def test_nsec_proves_nodata_an_empty_non_terminal_and_nxdomain() -> None:
+    tlsa = dns.rdatatype.TLSA
+    chain = [
+        _nsec("example.", "_25._tcp.mx.example.", "SOA NS DNSKEY NSEC RRSIG"),
+        _nsec("_25._tcp.mx.example.", "mx.example.", "TLSA NSEC RRSIG"),
+        _nsec("mx.example.", "example.", "A NSEC RRSIG"),
+    ]
+    assert dnssec.nsec_denial(_name("mx.example."), tlsa, chain).kind == "nodata"
+    # _tcp.mx.example. lies between example. and _25._tcp.mx.example.: an empty non-terminal
+    assert dnssec.nsec_denial(_name("_tcp.mx.example."), tlsa, chain).kind == "nodata"
+    # _26._tcp.mx.example.: covered, and so is the wildcard *._tcp.mx.example.
+    assert dnssec.nsec_denial(_name("_26._tcp.mx.example."), tlsa, chain).kind == "nxdomain"
+
+
+def test_nsec_that_lists_the_type_or_misses_the_wildcard_proves_nothing() -> None:
+    tlsa = dns.rdatatype.TLSA
+    with pytest.raises(dnssec.Bogus, match="lists TLSA"):
+        dnssec.nsec_denial(
+            _name("_25._tcp.mx.example."), tlsa, [_nsec("_25._tcp.mx.example.", "x.", "TLSA")]
+        )
+    only_the_name = [_nsec("a.example.", "c.example.", "A NSEC RRSIG")]
+    with pytest.raises(dnssec.Bogus, match=r"no wildcard \*\.example\. answers"):
+        dnssec.nsec_denial(_name("b.example."), tlsa, only_the_name)
+    with pytest.raises(dnssec.Bogus, match="no NSEC record proves the absence"):
+        dnssec.nsec_denial(_name("d.example."), tlsa, only_the_name)
+
+
+def _nsec3_chain(
+    names: list[str], types: dict[str, str], opt_out: bool = False
+) -> list[tuple[dns.name.Name, dns.rdata.Rdata]]:
+    """An NSEC3 chain (SHA-1, no salt, no extra iteration) over ``names`` of zone example."""
+    hashed = sorted((dns.dnssec.nsec3_hash(n, None, 0, 1), n) for n in names)
+    chain = []
+    for index, (digest, name) in enumerate(hashed):
+        following = hashed[(index + 1) % len(hashed)][0]
+        flags = 1 if opt_out else 0
+        text = f"1 {flags} 0 - {following} {types.get(name, 'A RRSIG')}"
+        chain.append((_name(f"{digest}.example."), dns.rdata.from_text("IN", "NSEC3", text)))
+    return chain
+
+
+def test_nsec3_proves_nodata_and_nxdomain_with_a_closest_encloser() -> None:
+    tlsa = dns.rdatatype.TLSA
+    chain = _nsec3_chain(
+        ["example.", "mx.example.", "_tcp.mx.example."],
+        {"example.": "SOA NS DNSKEY NSEC3PARAM RRSIG", "_tcp.mx.example.": ""},
+    )
+    assert dnssec.nsec3_denial(_name("mx.example."), tlsa, chain).kind == "nodata"
+    denial = dnssec.nsec3_denial(_name("_25._tcp.mx.example."), tlsa, chain)
+    assert denial.kind == "nxdomain"  # closest encloser _tcp.mx.example., no wildcard under it
+
+
+def test_nsec3_opt_out_is_insecure_and_a_missing_encloser_is_bogus() -> None:
+    ds = dns.rdatatype.DS
+    chain = _nsec3_chain(["example.", "signed.example."], {}, opt_out=True)
+    assert dnssec.nsec3_denial(_name("unsigned.example."), ds, chain).kind == "optout"
+    lone = _nsec3_chain(["signed.example."], {})
+    with pytest.raises(dnssec.Bogus, match="closest encloser"):
+        dnssec.nsec3_denial(_name("a.b.example."), ds, lone)
+
+
+def test_a_denial_and_an_insecure_delegation_are_judged_from_the_anchor(
+    dns_server: Callable[..., DNSServer], tmp_path: Path
+) -> None:
+    """Through the DNS server: a signed NODATA is secure, an answer below a
+    delegation without DS insecure, and a stripped signature bogus."""
+    parent, child = ZoneKey("test."), ZoneKey("sec.test.")
+    zone = _zone(parent, child) | {
+        "plain.test.": {"NS": ["ns.test."]},
+        "mx.plain.test.": {"A": ["127.0.0.1"]},
+    }
+    server = dns_server(zone, signers=[parent, child], unsigned=["mx.sec.test. A"])
+    validator, resolver = _validator(server, f"test. IN DS {parent.ds_text}\n", tmp_path)
+
+    def judge(name: str, rdtype: str) -> dnssec.Verdict:
+        response = resolver.secure(name, rdtype, denials=True)
+        assert response is not None
+        return validator.judge(_name(name), dns.rdatatype.from_text(rdtype), response)
+
+    assert judge(TLSA, "TLSA").state == "secure"
+    assert judge("mx.sec.test.", "TLSA").state == "secure"  # NODATA, proven by NSEC
+    assert judge("nothing.sec.test.", "TLSA").state == "secure"  # NXDOMAIN, proven
+    insecure = judge("mx.plain.test.", "A")
+    assert insecure.state == "insecure", insecure
+    assert "plain.test. is delegated from test. without a DS record" in insecure.reason
+    bogus = judge("mx.sec.test.", "A")
+    assert bogus.state == "bogus" and "its zone is signed" in bogus.reason

@@ -97,10 +97,17 @@ class World:
     settings: Settings
     target: SMTPTarget
     dns: DNSServer
+    mx_host: str = MX
+
+    @property
+    def tlsa_name(self) -> str:
+        return f"_{self.target.port}._tcp.{self.mx_host}."
 
     def host_result(self) -> dict[str, Any]:
         return run_check(
-            check_request(self.settings, host=MX, port=self.target.port, stop_after="tls"),
+            check_request(
+                self.settings, host=self.mx_host, port=self.target.port, stop_after="tls"
+            ),
             self.settings,
             password=None,
             check_id="policy-test",
@@ -109,7 +116,7 @@ class World:
     def assess(self, mx_hosts: list[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
         policy, findings = assess(
             DOMAIN,
-            mx_hosts or [MX],
+            mx_hosts or [self.mx_host],
             [self.host_result()],
             self.settings,
             time.monotonic() + 20,
@@ -129,6 +136,12 @@ def world(
     policy_server: PolicyServer,
     tmp_path: Path,
 ) -> Callable[..., World]:
+    """The trust anchor is ``test.``; ``local.test.`` (the mail domain) is a
+    signed child zone, or with ``signed=False`` a delegation without DS.
+    Beside it, ``hosting.test.`` is always signed and ``plain.test.`` never
+    is: ``mx_host`` may name a host in either. The TLSA records go at the MX
+    host's name, or at ``tlsa_at``."""
+
     def make(
         *,
         tlsa: str | None = None,
@@ -138,32 +151,62 @@ def world(
         dnssec: str = "validate",
         tls: str = "starttls",
         ad: bool = False,
+        mx_host: str = MX,
+        cname: str | None = None,
+        tlsa_at: str | None = None,
+        servfail: tuple[str, ...] = (),
+        unsigned: tuple[str, ...] = (),
     ) -> World:
         target = smtp_target(tls=tls)
-        key = ZoneKey(f"{DOMAIN}.")
+        anchor, hosting = ZoneKey("test."), ZoneKey("hosting.test.")
+        keys = [anchor, hosting]
         zone: dict[str, dict[str, list[str]]] = {
-            f"{DOMAIN}.": {"MX": [f"10 {MX}."], "DNSKEY": [key.dnskey_text]},
-            f"{MX}.": {"A": ["127.0.0.1"]},
+            "test.": {"DNSKEY": [anchor.dnskey_text]},
+            "hosting.test.": {"DNSKEY": [hosting.dnskey_text], "DS": [hosting.ds_text]},
+            "plain.test.": {"NS": ["ns.test."]},
+            f"{DOMAIN}.": {"MX": [f"10 {mx_host}."]},
             f"mta-sts.{DOMAIN}.": {"A": ["127.0.0.1"]},
         }
+        if signed:
+            domain_key = ZoneKey(f"{DOMAIN}.")
+            keys.append(domain_key)
+            zone[f"{DOMAIN}."] |= {"DNSKEY": [domain_key.dnskey_text], "DS": [domain_key.ds_text]}
+        else:
+            zone[f"{DOMAIN}."]["NS"] = ["ns.test."]
+        if cname is not None:
+            zone[f"{mx_host}."] = {"CNAME": [f"{cname}."]}
+            zone[f"{cname}."] = {"A": ["127.0.0.1"]}
+        else:
+            zone[f"{mx_host}."] = {"A": ["127.0.0.1"]}
         if sts is not None:
             zone[f"_mta-sts.{DOMAIN}."] = {"TXT": [f'"{sts}"']}
         if rpt is not None:
             zone[f"_smtp._tls.{DOMAIN}."] = {"TXT": [f'"{rpt}"']}
         if tlsa is not None:
-            zone[f"_{target.port}._tcp.{MX}."] = {"TLSA": [tlsa]}
-        dns = dns_server(zone, signers=[key] if signed else [], ad=ad)
+            zone[f"_{target.port}._tcp.{tlsa_at or mx_host}."] = {"TLSA": [tlsa]}
+        port = target.port
+        dns = dns_server(
+            zone,
+            signers=keys,
+            ad=ad,
+            servfail=[entry.format(port=port) for entry in servfail],
+            unsigned=[entry.format(port=port) for entry in unsigned],
+        )
         anchors = tmp_path / "anchors"
-        anchors.write_text(f"{DOMAIN}. IN DS {key.ds_text}\n")
+        anchors.write_text(f"test. IN DS {anchor.ds_text}\n")
         world_settings = settings.replace(
             dns_servers=(("127.0.0.1", dns.port),),
             dnssec=dnssec,
             dnssec_anchors=str(anchors),
             mta_sts_port=policy_server.port,
         )
-        return World(world_settings, target, dns)
+        return World(world_settings, target, dns, mx_host)
 
     return make
+
+
+def _dane_codes(found: dict[str, str]) -> set[str]:
+    return {code for code in found if code.startswith("dane_")}
 
 
 def test_a_matching_tlsa_in_a_signed_zone_is_dane_valid(
@@ -171,9 +214,11 @@ def test_a_matching_tlsa_in_a_signed_zone_is_dane_valid(
 ) -> None:
     policy, found = world(tlsa=f"3 1 1 {_spki_sha256(certificates)}").assess()
     assert "dane_valid" in found, found
+    assert policy["dane"]["mx_security"] == "secure"
     host = policy["dane"]["hosts"][0]
-    assert host["authenticated"] is True and host["matched"] == 0
-    assert host["reason"] == "validated from the trust anchor"
+    assert host["status"] == "valid" and host["authenticated"] is True and host["matched"] == 0
+    assert host["address_security"] == host["tlsa_security"] == "secure"
+    assert host["reason"].startswith("validated from the trust anchor")
 
 
 def test_a_wrong_digest_is_dane_mismatch(world: Callable[..., World]) -> None:
@@ -181,29 +226,105 @@ def test_a_wrong_digest_is_dane_mismatch(world: Callable[..., World]) -> None:
     assert "dane_mismatch" in found
     assert "does not match" in found["dane_mismatch"]
     assert policy["dane"]["hosts"][0]["matched"] is None
+    assert policy["dane"]["hosts"][0]["status"] == "mismatch"
 
 
-def test_an_unsigned_zone_is_dane_unauthenticated(
+def test_an_unsigned_mx_rrset_means_dane_does_not_apply_even_to_a_signed_match(
     world: Callable[..., World], certificates: Certificates
 ) -> None:
-    policy, found = world(tlsa=f"3 1 1 {_spki_sha256(certificates)}", signed=False).assess()
-    assert policy["dane"]["hosts"][0]["authenticated"] is False
-    assert "dane_unauthenticated" in found
-    assert "not signed" in found["dane_unauthenticated"]
-    assert "dane_valid" not in found
+    """RFC 7672 2.2.1: MX hosts learnt insecurely are not used with DANE,
+    even where their own TLSA records are signed and match."""
+    made = world(
+        tlsa=f"3 1 1 {_spki_sha256(certificates)}", signed=False, mx_host="mail.hosting.test"
+    )
+    policy, found = made.assess()
+    assert _dane_codes(found) == {"dane_not_applicable"}, found
+    message = found["dane_not_applicable"]
+    assert "the MX RRset of local.test is not DNSSEC-signed" in message
+    assert "local.test. is delegated from test. without a DS record" in message
+    assert policy["dane"]["mx_security"] == "insecure"
+    host = policy["dane"]["hosts"][0]
+    assert host["status"] == "not_applicable" and host["records"] == []
+    assert host["authenticated"] is True  # the records themselves are signed; senders skip them
+
+
+def test_unsigned_address_records_mean_dane_does_not_apply(world: Callable[..., World]) -> None:
+    policy, found = world(tlsa="3 1 1 " + "00" * 32, mx_host="mail.plain.test").assess()
+    assert _dane_codes(found) == {"dane_not_applicable"}, found
+    assert (
+        "the address records of mail.plain.test are not DNSSEC-signed"
+        in (found["dane_not_applicable"])
+    )
+    host = policy["dane"]["hosts"][0]
+    assert (host["status"], host["address_security"]) == ("not_applicable", "insecure")
+    assert policy["dane"]["mx_security"] == "secure"
+
+
+def test_no_tlsa_records_give_no_dane_finding(world: Callable[..., World]) -> None:
+    made = world()
+    policy, found = made.assess()
+    assert not _dane_codes(found), found
+    host = policy["dane"]["hosts"][0]
+    assert host["status"] == "not_applicable" and host["tlsa_security"] == "secure"
+    assert host["reason"] == (
+        f"no TLSA records at {made.tlsa_name.rstrip('.')} "
+        "(the absence is proven from the trust anchor (NSEC/NSEC3))"
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("servfail", "SERVFAIL"),
+        ("stripped signature", "is not signed, but its zone is signed"),
+        ("stripped denial", "is not proven (no NSEC/NSEC3 record), but its zone is signed"),
+    ],
+)
+def test_a_failed_or_bogus_tlsa_answer_makes_the_host_unusable(
+    world: Callable[..., World], certificates: Certificates, case: str, says: str
+) -> None:
+    """RFC 7672 2.2: with a secure MX and address, a TLSA lookup that fails
+    or does not validate is no "no DANE": senders that use DANE defer."""
+    tlsa = None if case == "stripped denial" else f"3 1 1 {_spki_sha256(certificates)}"
+    name = f"_{{port}}._tcp.{MX}."
+    made = world(
+        tlsa=tlsa,
+        servfail=(f"{name} TLSA",) if case == "servfail" else (),
+        unsigned=(f"{name} TLSA",) if case != "servfail" else (),
+    )
+    policy, found = made.assess()
+    assert _dane_codes(found) == {"dane_lookup_failed"}, found
+    assert says in found["dane_lookup_failed"], found["dane_lookup_failed"]
+    assert "senders that use DANE do not deliver to it" in found["dane_lookup_failed"]
+    assert policy["dane"]["hosts"][0]["status"] == "lookup_failed"
+
+
+def test_a_bogus_mx_rrset_is_said_once_for_the_domain(world: Callable[..., World]) -> None:
+    policy, found = world(tlsa="3 1 1 " + "00" * 32, unsigned=(f"{DOMAIN}. MX",)).assess()
+    assert _dane_codes(found) == {"dane_lookup_failed"}, found
+    assert "the MX RRset of local.test does not validate" in found["dane_lookup_failed"]
+    assert policy["dane"]["mx_security"] == "bogus"
+    assert policy["dane"]["hosts"][0]["status"] == "lookup_failed"
+
+
+def test_an_mx_host_behind_a_cname_uses_the_tlsa_of_its_target(
+    world: Callable[..., World], certificates: Certificates
+) -> None:
+    """RFC 7672 2.2.2: with a secure CNAME, TLSA is looked up at the target first."""
+    target = "real.local.test"
+    made = world(tlsa=f"3 1 1 {_spki_sha256(certificates)}", cname=target, tlsa_at=target)
+    policy, found = made.assess()
+    assert "dane_valid" in found, found
+    assert policy["dane"]["hosts"][0]["name"] == f"_{made.target.port}._tcp.{target}"
 
 
 def test_with_dnssec_off_dane_is_unauthenticated_and_says_why(
     world: Callable[..., World], certificates: Certificates
 ) -> None:
-    _, found = world(tlsa=f"3 1 1 {_spki_sha256(certificates)}", dnssec="off").assess()
+    policy, found = world(tlsa=f"3 1 1 {_spki_sha256(certificates)}", dnssec="off").assess()
     assert "SMTPCHECK_DNSSEC=off" in found["dane_unauthenticated"]
-
-
-def test_no_tlsa_records_give_no_dane_finding(world: Callable[..., World]) -> None:
-    policy, found = world().assess()
-    assert not [code for code in found if code.startswith("dane_")]
-    assert policy["dane"]["hosts"] == []
+    assert policy["dane"]["mx_security"] is None
+    assert policy["dane"]["hosts"][0]["status"] == "unauthenticated"
 
 
 def test_an_enforced_policy_that_covers_the_mx_is_valid(
@@ -301,7 +422,7 @@ def test_a_domain_check_reports_the_policy_and_says_when_it_breaks_delivery(
     assert {"mta_sts_mx_not_covered", "dane_valid", "tls_rpt_valid"} <= codes
     notes = [e["text"] for e in result["transcript"] if e["dir"] == "note"]
     assert any(n.startswith("GET https://mta-sts.local.test:") for n in notes)
-    assert any("TLSA: 1 record(s), authenticated" in n for n in notes)
+    assert any(n.startswith(f"_{made.target.port}._tcp.{MX} TLSA: DANE valid") for n in notes)
     text = render_text(result)  # what /transcript and `smtpcheck check` print
     assert "MTA-STS  mode enforce, mx mx.elsewhere.test, max_age 86400" in text
     assert "TLS-RPT  mailto:tlsrpt@local.test" in text
@@ -328,10 +449,15 @@ def test_trust_ad_believes_the_resolvers_ad_bit(
     world: Callable[..., World], certificates: Certificates
 ) -> None:
     """With trust-ad, no signature is checked here: an unsigned answer with
-    the AD bit counts, and one without it does not."""
+    the AD bit counts, one without it is insecure (DANE does not apply), and
+    a SERVFAIL, what a validating resolver answers for a bogus one, fails."""
     tlsa = f"3 1 1 {_spki_sha256(certificates)}"
     policy, found = world(tlsa=tlsa, signed=False, dnssec="trust-ad", ad=True).assess()
     assert "dane_valid" in found
-    assert policy["dane"]["hosts"][0]["reason"] == "the validating resolver set the AD bit"
+    assert policy["dane"]["hosts"][0]["reason"].startswith("the validating resolver set the AD bit")
     _, found = world(tlsa=tlsa, dnssec="trust-ad").assess()
-    assert "did not set the AD bit" in found["dane_unauthenticated"]
+    assert "did not set the AD bit" in found["dane_not_applicable"]
+    assert "MX RRset of local.test is not DNSSEC-signed" in found["dane_not_applicable"]
+    servfail = (f"_{{port}}._tcp.{MX}. TLSA",)
+    _, found = world(tlsa=tlsa, dnssec="trust-ad", ad=True, servfail=servfail).assess()
+    assert _dane_codes(found) == {"dane_lookup_failed"}, found

@@ -960,12 +960,17 @@
     rows.push(["TLS-RPT", rpt.record ? (rpt.record.rua || []).join(", ") : rpt.error || "none published"]);
     const dane = policy.dane || {};
     const hosts = dane.hosts || [];
-    if (!hosts.length) rows.push(["DANE", `no TLSA records (DNSSEC ${dane.dnssec || "off"})`]);
+    if (!hosts.length) rows.push(["DANE", `${dane.error || "no MX host reached"} (DNSSEC ${dane.dnssec || "off"})`]);
     for (const host of hosts) {
+      const states = {
+        mismatch: "MISMATCH",
+        lookup_failed: "LOOKUP FAILED",
+        unauthenticated: "not authenticated",
+        not_applicable: "not applicable",
+      };
       let state;
-      if (!host.authenticated) state = `not authenticated: ${host.reason || "?"}`;
-      else if (host.matched !== null && host.matched !== undefined) state = `valid: TLSA ${((host.records || [])[host.matched] || {}).record || ""}`;
-      else state = `MISMATCH: ${host.reason || "?"}`;
+      if (host.status === "valid") state = `valid: TLSA ${((host.records || [])[host.matched] || {}).record || ""}`;
+      else state = `${states[host.status] || host.status}: ${host.reason || "?"}`;
       rows.push([`DANE ${host.host}`, state]);
     }
     return table("Mail transport security", null, rows);
