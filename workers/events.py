@@ -23,6 +23,15 @@ the worker stores the result (the API's ``/events`` relies on that order).
 Publishing never fails a check: when Redis is away, the lines are dropped
 with one warning per outage (they are still in the result), and ``finish``
 waits for them at most ``FINISH_WAIT`` seconds.
+
+The threaded worker goes one step further (:func:`holding`): a check's end
+is kept, not written, until the worker has its result, and then goes out
+with RQ's end transaction for the check (:meth:`HeldEnd.commit`): the last
+lines, the ``/metrics`` counters, the politeness slot's release and the
+result in one round trip, shared with whatever else of other checks the
+thread writes at that moment. A batch holding such a commit is one
+``MULTI``/``EXEC``, so the lines still come before the result, and nobody
+sees half of a check's end.
 """
 
 from __future__ import annotations
@@ -60,6 +69,19 @@ EXPIRE_REFRESH = 60.0
 MAX_TRACKED = 10_000
 
 Stage = Callable[[Pipeline], object]
+#: Commands staged on a redis-py pipeline (its ``command_stack``), to be run as they are.
+Commands = list[tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+@dataclass(eq=False)
+class Written:
+    """A caller's wait for one round trip: ``error`` says why its commit failed."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.event.wait(timeout)
 
 
 @dataclass(eq=False)
@@ -70,7 +92,8 @@ class _Batch:
     ttls: dict[str, int] = field(default_factory=dict)
     ends: dict[str, int] = field(default_factory=dict)  # streams of checks that ended: TTL
     stages: list[Stage] = field(default_factory=list)
-    done: list[threading.Event] = field(default_factory=list)
+    commits: list[tuple[Commands, Written]] = field(default_factory=list)
+    done: list[Written] = field(default_factory=list)
 
 
 class Publisher:
@@ -118,16 +141,21 @@ class Publisher:
         stage: Stage | None = None,
         key: str | None = None,
         ttl: int = 0,
-    ) -> threading.Event:
+        commit: Commands | None = None,
+    ) -> Written:
         """Write every line handed over so far, and ``stage``'s commands, now;
-        with ``key``, that stream's check has ended: it expires ``ttl`` from now."""
-        done = threading.Event()
+        with ``key``, that stream's check has ended: it expires ``ttl`` from now.
+        With ``commit``, those commands come last, and the whole round trip is
+        one transaction; the answer's ``error`` says whether they failed."""
+        done = Written()
         with self._cond:
             batch = self._batch(connection)
             if key is not None:
                 batch.ends[key] = ttl
             if stage is not None:
                 batch.stages.append(stage)
+            if commit is not None:
+                batch.commits.append((commit, done))
             batch.done.append(done)
             self._urgent = True
             self._cond.notify()
@@ -164,7 +192,8 @@ class Publisher:
 
     def _write(self, connection: redis.Redis, batch: _Batch) -> None:
         try:
-            with connection.pipeline(transaction=False) as pipe:
+            # A check's result among them: one transaction, lines first.
+            with connection.pipeline(transaction=bool(batch.commits)) as pipe:
                 for key, data in batch.lines:
                     pipe.xadd(
                         key,
@@ -175,24 +204,92 @@ class Publisher:
                 self._stage_expiries(pipe, batch)
                 for stage in batch.stages:
                     stage(pipe)
-                pipe.execute()
+                shared = len(pipe.command_stack)
+                spans = []
+                for commands, written in batch.commits:
+                    start = len(pipe.command_stack)
+                    pipe.command_stack.extend(commands)
+                    spans.append((start, len(pipe.command_stack), written))
+                replies = pipe.execute(raise_on_error=False)
             self.round_trips += 1
-            if self._failing:
+            for start, end, written in spans:
+                written.error = _first_error(replies[start:end])
+            failed = _first_error(replies[:shared])
+            if failed is not None:  # a stage's or a line's command: the checks go on
+                log.warning("publishing transcript lines: a command failed: %s", failed)
+            elif self._failing:
                 log.info("transcript lines are published again")
             self._failing = False
-        except redis.exceptions.RedisError as exc:
-            if not self._failing:  # one warning per outage; the checks go on
+        except Exception as exc:  # Redis away, or a stage's bug: the thread goes on
+            for _, written in batch.commits:
+                written.error = exc
+            if not isinstance(exc, redis.exceptions.RedisError):
+                log.exception("publishing transcript lines failed")
+            elif not self._failing:  # one warning per outage; the checks go on
                 log.warning("cannot publish %d transcript lines: %s", len(batch.lines), exc)
-            self._failing = True
-        except Exception:  # a stage's bug must not stop the thread
-            log.exception("publishing transcript lines failed")
+                self._failing = True
         finally:
             for done in batch.done:
-                done.set()
+                done.event.set()
+
+
+def _first_error(replies: list[Any]) -> BaseException | None:
+    return next((reply for reply in replies if isinstance(reply, BaseException)), None)
 
 
 _publisher = Publisher()
 _current: ContextVar[CheckEvents | None] = ContextVar("check_events", default=None)
+
+
+class HeldEnd:
+    """A check's end (its last lines and what its caller adds), kept by
+    :func:`holding` until the worker writes it with the check's result."""
+
+    def __init__(self) -> None:
+        self.events: CheckEvents | None = None
+        self.stage: Stage | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.events is not None
+
+    def writes_to(self, connection: redis.Redis) -> bool:
+        """Whether an end is held and goes to ``connection``'s Redis."""
+        return self.events is not None and self.events.connection is connection
+
+    def flush(self) -> bool:
+        """Write the end on its own (no result with it): a failure, a retry, a
+        check failed meanwhile. False when its lines took past ``FINISH_WAIT``."""
+        events, self.events = self.events, None
+        return events is None or events.write_end(self.stage)
+
+    def commit(self, commands: Commands) -> None:
+        """Write the end and ``commands`` (RQ's end of the check) in one
+        transaction, waiting for it; raises what made it fail. Either way the
+        end is no longer held."""
+        events, self.events = self.events, None
+        assert events is not None
+        written = events.publisher.finish(
+            events.connection, self.stage, events.key, events.ttl, commit=commands
+        )
+        written.wait()  # the thread's round trip is bounded by the socket's timeout
+        if written.error is not None:
+            raise written.error
+
+
+_held: ContextVar[HeldEnd | None] = ContextVar("held_end", default=None)
+
+
+@contextlib.contextmanager
+def holding() -> Iterator[HeldEnd]:
+    """Inside this block (in this thread), a published check's ``finish``
+    keeps its end in the :class:`HeldEnd` instead of writing it."""
+    held = HeldEnd()
+    token = _held.set(held)
+    try:
+        yield held
+    finally:
+        _held.reset(token)
 
 
 class CheckEvents:
@@ -217,8 +314,16 @@ class CheckEvents:
 
     def finish(self, stage: Stage | None = None) -> bool:
         """Write the rest of the check's lines (and ``stage``) now; True once
-        they are in Redis, False when that took longer than ``FINISH_WAIT``."""
+        they are in Redis, False when that took longer than ``FINISH_WAIT``.
+        Inside :func:`holding`, the end is kept there instead (True)."""
         self.finished = True
+        held = _held.get()
+        if held is not None and not held.pending:
+            held.events, held.stage = self, stage
+            return True
+        return self.write_end(stage)
+
+    def write_end(self, stage: Stage | None) -> bool:
         started = time.monotonic()
         done = self.publisher.finish(self.connection, stage, self.key, self.ttl)
         written = done.wait(FINISH_WAIT)

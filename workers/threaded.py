@@ -33,10 +33,16 @@ its work loop replaced:
   gone round the whole queue seeing only such checks (nobody else waits), they
   take the free slots beyond the share but ``RESERVE_SHARE`` of them (20 of
   200), kept for whoever comes next; then it waits for a check to end.
+* A plain success (no ``callback``: nothing depends on the check) ends in one
+  round trip: RQ's end transaction is staged in the check's thread and the
+  publisher (workers/events.py) writes it with the check's last lines, its
+  counters and its slot's release, and whatever other checks' lines and
+  ends go out at that moment, in one ``MULTI``/``EXEC``.
 * Results are never silently lost: storing one is retried while Redis is
   away (up to ``STORE_RETRY_SECONDS``), a check whose job hash Redis lost is
-  written again first, and a result that still cannot be stored is reported
-  in an ERROR line naming the check and its outcome.
+  written again whole (a plain success writes the whole job in any case;
+  other ends look first), and a result that still cannot be stored is
+  reported in an ERROR line naming the check and its outcome.
 * Signals (the pool sends SIGTERM): the first is a warm stop (take no new
   check, let every check in flight end by its own deadline, then exit); the
   next one is a cold stop: every check still in flight is failed at once,
@@ -65,7 +71,7 @@ from typing import Any
 import redis
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
-from rq.job import Job, JobStatus
+from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import release_slot
 from rq.registry import StartedJobRegistry
@@ -74,6 +80,7 @@ from rq.utils import now
 from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
 
 from smtpcheck.logs import log_context
+from workers import events
 from workers.pool import DEFAULT_CONCURRENCY, HEARTBEAT_TTL, _Reregistering
 
 log = logging.getLogger("smtpcheck.worker")
@@ -130,6 +137,7 @@ class Flight:
     deadline: float
     execution: Execution | None = None
     expired: bool = False  # failed by the watchdog; its thread may still run
+    held: events.HeldEnd | None = None  # its end, kept to go out with its result
     _settled: threading.Lock = field(default_factory=threading.Lock)
 
     def settle(self) -> bool:
@@ -459,19 +467,34 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         flight: Flight | None = getattr(self._local, "flight", None)
         exc_info: ExcInfo | None = None
         return_value: Any = None
-        try:
-            job.started_at = now()
-            return_value = job.perform()
-        except BaseException:
-            exc_info = sys.exc_info()
+        with events.holding() as held:
+            try:
+                job.started_at = now()
+                return_value = job.perform()
+            except BaseException:
+                exc_info = sys.exc_info()
+        if (
+            flight is not None
+            and exc_info is None
+            and not isinstance(return_value, Retry)
+            and _plain(job)
+            and held.writes_to(self.connection)
+        ):
+            flight.held = held  # a plain success's end goes out with its result
+        else:
+            held.flush()
         if flight is not None and not flight.settle():
+            held.flush()
             log.warning(
                 "check %s ended after it was failed (%s); this ending is not stored",
                 job.id,
                 "past its deadline" if flight.expired else "worker stopped",
             )
             return False
-        return self._store(job, queue, execution, return_value, exc_info)
+        try:
+            return self._store(job, queue, execution, return_value, exc_info)
+        finally:
+            held.flush()  # not written with a result (it could not be stored): on its own
 
     def handle_job_success(
         self,
@@ -488,12 +511,12 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         and only on a check whose request has a ``callback``; every other job
         (a check with a callback, a repeat, a job without a check request, such
         as a delivery) takes RQ's own path."""
-        kwargs = job.kwargs if isinstance(job.kwargs, dict) else {}
-        request = kwargs.get("request")
-        if not isinstance(request, dict) or request.get("callback") is not None or job.repeats_left:
+        if not _plain(job):
             super().handle_job_success(job, queue, started_job_registry, execution)
             return
         assert job.started_at is not None and job.ended_at is not None
+        flight: Flight | None = getattr(self._local, "flight", None)
+        held = flight.held if flight is not None and flight.job is job else None
         with self.connection.pipeline() as pipeline:  # MULTI ... EXEC, as RQ's
             self.increment_successful_job_count(pipeline=pipeline)
             self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
@@ -507,10 +530,21 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                     execution_started_at=execution.created_at,
                     execution_ended_at=job.ended_at,
                 )
-            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+                # RQ saves the job without its meta; with it, a job Redis lost
+                # while it ran comes back whole (no lost-job check before this).
+                pipeline.hset(job.key, "meta", job._serialize_meta())
+            if result_ttl > 0:  # RQ's job.cleanup, less the EXPIREs of the job's
+                # dependents and dependencies sets, which a plain check never has
+                pipeline.expire(job.key, result_ttl)
+            else:
+                job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
             job._status = JobStatus.FINISHED
             self.cleanup_execution(job, pipeline=pipeline, execution=execution)
-            pipeline.execute()
+            if held is not None and held.writes_to(self.connection):
+                # With the check's last lines, counters and slot, in the publisher's round trip.
+                held.commit(list(pipeline.command_stack))
+            else:
+                pipeline.execute()
         release_slot(job)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
@@ -532,9 +566,14 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         """RQ's success or failure path, retried while Redis cannot be reached."""
         give_up = time.monotonic() + STORE_RETRY_SECONDS
         pause = 0.25
+        flight: Flight | None = getattr(self._local, "flight", None)
+        held = flight.held if flight is not None and flight.job is job else None
         while True:
             try:
-                self._restore_if_lost(job, execution)
+                if held is None or not held.pending:
+                    # (A plain success's end, written with its lines, writes
+                    # the whole job, its meta too: no round trip to look first.)
+                    self._restore_if_lost(job, execution)
                 if exc_info is None:
                     self._finalize_success(job, queue, execution, return_value)
                 else:
@@ -702,6 +741,19 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             failed += 1
         if failed:
             log.warning("Worker %s: %d check(s) in flight marked failed", self.name, failed)
+
+
+def _plain(job: Job) -> bool:
+    """A check nothing can depend on (no ``callback``: a webhook delivery
+    depends on its check), with no repeats and no RQ callback of its own."""
+    kwargs = job.kwargs if isinstance(job.kwargs, dict) else {}
+    request = kwargs.get("request")
+    return (
+        isinstance(request, dict)
+        and request.get("callback") is None
+        and not job.repeats_left
+        and job._success_callback_name is None
+    )
 
 
 def _owner(job: Job) -> str:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from collections.abc import Callable
+from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -16,11 +19,16 @@ from rq.job import Job
 from rq.registry import FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
+import workers.job
+from service import create_app
 from service.jobstore import JobStore
+from smtpcheck.config import Settings
+from smtpcheck.contract import EVENTS_KEY_PREFIX
 from smtpcheck.embedded_redis import EmbeddedRedis
 from tests.service import jobs
-from tests.service.conftest import ALICE, BOB, submit
-from workers import threaded
+from tests.service.conftest import ALICE, API_KEYS, BOB, submit
+from tests.smtp_servers import SMTPTarget
+from workers import events, threaded
 from workers.threaded import ThreadedCheckWorker
 
 
@@ -204,3 +212,61 @@ def test_a_check_thread_takes_the_next_check_in_a_fresh_context(
             break
         time.sleep(0.01)
     assert not pool._spares
+
+
+def test_a_plain_success_goes_out_with_its_last_lines_and_writes_the_job_whole(
+    redis_url: str,
+    redis_client: redis.Redis,
+    smtp_target: Callable[..., SMTPTarget],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real job against a real server: RQ's end of a check without a
+    callback is written in the publisher's transaction with the check's last
+    lines, and writes the whole job hash, so a job Redis lost while it ran
+    comes back whole without a lost-job HEXISTS before the end."""
+    target = smtp_target()
+    settings = Settings(
+        redis_url=redis_url,
+        secret_key="test-secret",
+        api_keys=API_KEYS,
+        allow_networks=(ip_network("127.0.0.0/8"),),
+        allowed_ports=frozenset({target.port}),
+        helo_name="checker.test",
+    )
+    monkeypatch.setattr(workers.job, "_worker_settings", settings)
+    app = create_app(settings)
+    try:
+        body = {"host": "127.0.0.1", "port": target.port, "tls": "none", "stop_after": "ehlo"}
+        lost, kept = submit(app.test_client(), body), submit(app.test_client(), body)
+    finally:
+        app.extensions["smtpcheck"].close()
+    commit = events.HeldEnd.commit
+    batches: list[list[str]] = []
+
+    def losing(held: events.HeldEnd, commands: Any) -> None:
+        assert held.events is not None
+        batches.append([str(args[0]) for args, _ in commands])
+        if held.events.key.endswith(lost):  # Redis lost this one's job hash mid-check
+            redis_client.delete(f"rq:job:{lost}")
+        commit(held, commands)
+
+    monkeypatch.setattr(events.HeldEnd, "commit", losing)
+    redis_client.config_resetstat()
+    worker(redis_client, job_monitoring_interval=60).work(burst=True, logging_level="WARNING")
+
+    assert len(batches) == 2  # each check's end went out with its lines
+    assert redis_client.info("commandstats").get("cmdstat_hexists", {}).get("calls", 0) == 0
+    for check_id in (lost, kept):
+        job = Job.fetch(check_id, connection=redis_client, serializer=JSONSerializer)
+        assert job.get_status() == "finished"
+        result = job.return_value()
+        assert isinstance(result, dict) and result["outcome"] == "ok", result
+        assert job.meta["owner"] and job.kwargs["request"]["port"] == target.port  # whole
+        assert 0 < redis_client.ttl(job.key) <= settings.result_ttl
+        lines = redis_client.xrange(EVENTS_KEY_PREFIX + check_id)
+        assert len(lines) == len(result["transcript"]) > 0
+        assert 0 < redis_client.ttl(EVENTS_KEY_PREFIX + check_id) <= settings.result_ttl
+    assert redis_client.zcard("rq:wip:vantage:default") == 0
+    assert not redis_client.keys("rq:execution:*")
+    finished = FinishedJobRegistry("vantage:default", connection=redis_client).get_job_ids()
+    assert set(finished) == {lost, kept}
