@@ -121,13 +121,13 @@ def _list_limit() -> int:
 
 
 def _list_item(check_id: str, owner: str) -> dict[str, Any] | None:
-    spread = fanout.load(store(), check_id, owner)
-    if spread is not None:
-        return fanout.describe(store(), spread)
     try:
-        return dict(store().list_item(store().load(check_id, owner)))
+        found = fanout.find(store(), check_id, owner)
     except Problem:  # expired, or deleted meanwhile
         return None
+    if isinstance(found, fanout.FanOut):
+        return fanout.describe(store(), found)
+    return dict(store().list_item(found))
 
 
 @blueprint.get("/checks/<check_id>/events")
@@ -176,19 +176,21 @@ def get_events(check_id: str) -> Response:
 
 @blueprint.get("/checks/<check_id>")
 def get_check(check_id: str) -> Response:
-    spread = fanout.load(store(), check_id, current_owner())
-    if spread is not None:
+    found = fanout.find(store(), check_id, current_owner())
+    if isinstance(found, fanout.FanOut):
+        spread = found
         waited(lambda seconds, _: fanout.wait(store(), spread, seconds), None)
         return jsonify(fanout.describe(store(), spread))
-    job = store().load(check_id, current_owner())
+    job = found
     job = waited(lambda seconds, lease: store().wait(job, seconds, lease), job)
     return jsonify(store().describe(job))
 
 
 @blueprint.get("/checks/<check_id>/transcript")
 def get_transcript(check_id: str) -> Response:
-    spread = fanout.load(store(), check_id, current_owner())
-    if spread is not None:
+    found = fanout.find(store(), check_id, current_owner())
+    if isinstance(found, fanout.FanOut):
+        spread = found
         waited(lambda seconds, _: fanout.wait(store(), spread, seconds), None)
         text = fanout.transcript(store(), spread)
         if text is None:
@@ -199,7 +201,7 @@ def get_transcript(check_id: str) -> Response:
                 type=NOT_FINISHED,
             )
         return Response(text, mimetype="text/plain")
-    job = store().load(check_id, current_owner())
+    job = found
     job = waited(lambda seconds, lease: store().wait(job, seconds, lease), job)
     status = public_status(job)
     if status == "failed":
@@ -226,8 +228,9 @@ def get_transcript(check_id: str) -> Response:
 
 @blueprint.delete("/checks/<check_id>")
 def delete_check(check_id: str) -> Response:
-    spread = fanout.load(store(), check_id, current_owner())
-    if spread is not None:
+    found = fanout.find(store(), check_id, current_owner())
+    if isinstance(found, fanout.FanOut):
+        spread = found
         members = [job for _, job in fanout.jobs(store(), spread) if job is not None]
         if [job for job in members if store().cancel(job)]:
             response = jsonify(fanout.describe(store(), spread))
@@ -242,7 +245,7 @@ def delete_check(check_id: str) -> Response:
                 type=CHECK_RUNNING,
             )
         return Response(status=204)
-    job = store().load(check_id, current_owner())
+    job = found
     if store().cancel(job):  # a queued or running check: canceled, still readable
         response = jsonify(store().describe(store().refetch(job)))
         response.status_code = 202

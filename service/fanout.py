@@ -23,9 +23,10 @@ from smtpcheck.document import TERMINAL, isoformat, links, public_status
 from smtpcheck.report import render_text
 
 from . import listing
-from .jobstore import JobStore, Prepared, StoredJob, mask_secrets
+from .jobstore import JobStore, Prepared, StoredJob, mask_secrets, stage_fetch
 from .problems import Problem
 from .ratelimit import Command
+from .schemas import check_id_is_valid
 
 ALL = ALL_VANTAGES
 NO_WORKERS = "urn:smtpcheck:problem:no-live-vantage"
@@ -85,7 +86,25 @@ def writes(store: JobStore, fanout: FanOut, prepared: list[Prepared]) -> list[Co
 
 def load(store: JobStore, check_id: str, owner: str) -> FanOut | None:
     """The fan-out behind ``check_id`` if ``owner`` made it; None if it is no fan-out."""
-    raw = store.connection.get(FANOUT_PREFIX + check_id)
+    return _parsed(check_id, owner, store.connection.get(FANOUT_PREFIX + check_id))
+
+
+def find(store: JobStore, check_id: str, owner: str) -> FanOut | StoredJob:
+    """The fan-out or the check behind ``check_id``, if ``owner`` made it (else 404):
+    the fan-out's record and the check's job read in one round trip."""
+    if not check_id_is_valid(check_id):
+        return store.load(check_id, owner)  # 404
+
+    def stage(pipe: Pipeline) -> None:
+        pipe.get(FANOUT_PREFIX + check_id)
+        stage_fetch(pipe, check_id)
+
+    record, raw, latest = store.connection.read_pipeline(stage)
+    spread = _parsed(check_id, owner, record)
+    return spread if spread is not None else store.loaded(check_id, owner, raw, latest)
+
+
+def _parsed(check_id: str, owner: str, raw: bytes | str | None) -> FanOut | None:
     if raw is None:
         return None
     data = json.loads(raw)

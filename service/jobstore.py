@@ -83,7 +83,7 @@ class Prepared:
 
 class StoredJob(Job):
     """A check's RQ job as the API reads it: its hash and its latest result, read in
-    one round trip (:meth:`JobStore.fetch`), so its document needs no second read.
+    one round trip (:func:`stage_fetch`), so its document needs no second read.
 
     The two are read one after the other without a transaction, which is enough:
     a worker writes a job's end and its result in one transaction, so a hash read
@@ -234,8 +234,15 @@ class JobStore:
         """The job for ``check_id`` if ``owner`` made it; else 404."""
         if not check_id_is_valid(check_id):
             raise _not_found(check_id)
+        raw, latest = self.connection.read_pipeline(lambda pipe: stage_fetch(pipe, check_id))
+        return self.loaded(check_id, owner, raw, latest)
+
+    def loaded(
+        self, check_id: str, owner: str, raw: dict[bytes, bytes], latest: list[Any]
+    ) -> StoredJob:
+        """:meth:`load` of what :func:`stage_fetch` read (a caller may read more beside)."""
         try:
-            job = self.fetch(check_id)
+            job = self._stored(check_id, raw, latest)
         except NoSuchJobError:
             raise _not_found(check_id) from None
         meta = job.meta if isinstance(job.meta, dict) else {}
@@ -248,7 +255,7 @@ class JobStore:
     def fetch(self, check_id: str) -> StoredJob:
         """The job and its latest result, in one round trip (retried like a read);
         NoSuchJobError if there is no such job."""
-        raw, latest = self.connection.read_pipeline(lambda pipe: _stage_fetch(pipe, check_id))
+        raw, latest = self.connection.read_pipeline(lambda pipe: stage_fetch(pipe, check_id))
         return self._stored(check_id, raw, latest)
 
     def _stored(self, check_id: str, raw: dict[bytes, bytes], latest: list[Any]) -> StoredJob:
@@ -346,7 +353,7 @@ class JobStore:
         # Any result wakes it (the first is enough: the job is read again below).
         self.blocking.xread({Result.get_key(job.id): "0-0"}, count=1, block=seconds * 1000)
         with self.connection.pipeline(transaction=False) as pipe:
-            _stage_fetch(pipe, job.id)
+            stage_fetch(pipe, job.id)
             if lease is not None:
                 lease.release(pipeline=pipe)
             raw, latest, *_ = pipe.execute()
@@ -485,7 +492,7 @@ class JobStore:
         return {key.decode(): int(value) for key, value in raw.items()}
 
 
-def _stage_fetch(pipe: Pipeline, check_id: str) -> None:
+def stage_fetch(pipe: Pipeline, check_id: str) -> None:
     """Read a job's hash, then its latest result (see :class:`StoredJob`)."""
     pipe.hgetall(Job.key_for(check_id))
     pipe.xrevrange(Result.get_key(check_id), "+", "-", count=1)

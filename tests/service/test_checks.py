@@ -230,6 +230,52 @@ def test_wait_returns_as_soon_as_the_job_finishes(
     assert 0.4 < seen["elapsed"] < 5
 
 
+def test_reading_a_check_takes_one_round_trip_and_a_wait_one_after_its_end(
+    client: FlaskClient,
+    store: JobStore,
+    run_worker: Callable[..., bool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check is read with its result (and the fan-out record its id could name) in
+    one round trip; a held GET then takes its hold, blocks on the result stream, and
+    after the wake-up reads the check and gives the hold back in one more."""
+    store.job_function = jobs.FUNCTION
+    sent: dict[int, int] = {}
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent[threading.get_ident()] = sent.get(threading.get_ident(), 0) + 1
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+
+    def waited_for(check_id: str) -> tuple[dict[str, Any], int]:
+        seen: dict[str, Any] = {}
+
+        def poll() -> None:
+            response = client.get(f"/v1/checks/{check_id}?wait=20", headers=ALICE)
+            seen["body"] = response.get_json()
+            seen["round trips"] = sent.get(threading.get_ident())
+
+        waiter = threading.Thread(target=poll)
+        waiter.start()
+        time.sleep(0.5)
+        run_worker()  # in the main thread: RQ installs signal handlers
+        waiter.join(timeout=10)
+        return seen["body"], seen["round trips"]
+
+    waited_for(submit(client, {"host": "mx.example.com"}))  # connections made, scripts loaded
+    sent.clear()
+    body, round_trips = waited_for(submit(client, {"host": "mx.example.com"}))
+    sent.clear()
+    again = client.get(f"/v1/checks/{body['id']}", headers=ALICE).get_json()
+
+    assert body["status"] == "finished"
+    assert round_trips == 4  # read, take the hold, XREAD, read + give it back
+    assert again == body
+    assert sent == {threading.get_ident(): 1}
+
+
 def test_wait_times_out_on_a_queued_check(client: FlaskClient) -> None:
     check_id = submit(client, {"host": "mx.example.com"})
     started = time.monotonic()
