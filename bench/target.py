@@ -216,6 +216,9 @@ class _Session(asyncio.Protocol):
                 return NESTED
             if _path(argument, b"FROM:") is None:
                 return SYNTAX
+            declared = argument.upper().partition(b" SIZE=")[2].split(b" ", 1)[0]
+            if declared.isdigit() and int(declared) > MAX_SIZE:  # RFC 1870
+                return TOO_BIG
             self.state = _MAIL
             return SENDER_OK
         if verb == b"RCPT":

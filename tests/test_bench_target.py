@@ -80,6 +80,7 @@ def test_dialogue_in_sequence(client: Client) -> None:
     assert client.say(b"RCPT TO:<x@y.test>\r\n") == [b"503 5.5.1 Error: need MAIL command"]
     assert client.say(b"DATA\r\n") == [b"503 5.5.1 Error: need MAIL command"]
     assert client.say(b"MAIL FROM:a@b.test\r\n")[0].startswith(b"501 ")
+    assert client.say(b"MAIL FROM:<a@b.test> SIZE=99999999\r\n")[0].startswith(b"552 ")
     assert client.say(b"MAIL FROM:<>\r\n") == [b"250 2.1.0 OK"]
     assert client.say(b"MAIL FROM:<a@b.test>\r\n") == [b"503 5.5.1 Error: nested MAIL command"]
     assert client.say(b"DATA\r\n") == [b"503 5.5.1 Error: need RCPT command"]
