@@ -138,6 +138,8 @@ def test_dns_answers(lean: LeanTarget) -> None:
     ptr = query(lean, "1.0.0.127.IN-ADDR.arpa.", "PTR")
     assert ptr.rcode() == dns.rcode.NOERROR and ptr.flags & dns.flags.AA
     assert [(rr.ttl, [r.to_text() for r in rr]) for rr in ptr.answer] == [(0, ["mail.local.test."])]
+    edns = query(lean, "1.0.0.127.in-addr.arpa.", "PTR", use_edns=0, want_dnssec=True)
+    assert edns.answer == ptr.answer and edns.edns < 0  # answered without EDNS, as it may be
     forward = query(lean, "Mail.Local.Test.", "A")
     assert [r.to_text() for rr in forward.answer for r in rr] == ["127.0.0.1"]
     assert forward.question[0].name.to_text() == "Mail.Local.Test."  # the asker's case
