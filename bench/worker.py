@@ -67,11 +67,13 @@ from bench.service import (  # noqa: E402
     SMTPCHECK,
     TARGETS,
     Api,
+    RawApi,
     api_process,
     bench_env,
     check_request,
     cpu_seconds,
     e2e_rate,
+    post_request,
     process,
     registered_workers,
     rq_ceiling,
@@ -271,7 +273,8 @@ def paired_latency(
     port: int, target_port: int, runs: int, conn: redis.Redis
 ) -> tuple[list[float], list[float], list[dict[str, float]]]:
     """ms of one check in-process and through the service, one of each in turn
-    (so both see the same moment's load); the client's connection stays open.
+    (so both see the same moment's load); the client (:class:`RawApi`) keeps its
+    connection open.
     Also where each pair's added time went, from the job's own timestamps (one
     clock: everything runs on this machine): the parts of :data:`ADDED_PARTS`
     add up to that pair's service time less its in-process time."""
@@ -281,7 +284,9 @@ def paired_latency(
 
     settings = Settings.from_env()
     request = normalized(settings, **check_request(target_port))
-    client = Api(port, API_KEYS[0].partition(":")[2])
+    key = API_KEYS[0].partition(":")[2]
+    client = RawApi(port, key)
+    post = post_request(port, key, check_request(target_port))
     inprocess, service, parts = [], [], []
     try:
         for _ in range(runs):
@@ -291,11 +296,11 @@ def paired_latency(
             inprocess.append(alone)
             assert result["ok"], result["summary"]
             start, wall = time.perf_counter(), time.time()
-            status, payload = client.call("POST", "/v1/checks", check_request(target_port))
+            status, payload = client.send(post)
             posted = time.time()
             assert status == 202, payload
             check_id = json.loads(payload)["id"]
-            status, payload = client.call("GET", f"/v1/checks/{check_id}?wait=30")
+            status, payload = client.get(f"/v1/checks/{check_id}?wait=30")
             service.append((time.perf_counter() - start) * 1000)
             answered = time.time()
             body = json.loads(payload)
