@@ -421,9 +421,9 @@ def measure(
     processes: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Throughput and latency in ``args.rounds`` rounds, the ceilings and the
-    service taking turns, in the other order every other round (the machine's
-    load drifts: neither side always goes first); then head-of-line and
+    """Throughput and latency in ``args.rounds`` rounds, the two ceilings and
+    the service taking turns, in the reverse order every other round (the
+    machine's load drifts: none always goes first); then head-of-line and
     capacity once."""
     out: dict[str, Any] = {"processes": processes, "rounds": []}
     tarpit_keys, other_key = API_KEYS[:4], API_KEYS[4]
@@ -434,13 +434,16 @@ def measure(
     spans: list[dict[str, float]] = []
     where = f"--processes {processes}, round"
 
-    def ceilings(number: int, done: dict[str, Any]) -> None:
+    def rq_simple(number: int, done: dict[str, Any]) -> None:
         log(f"{where} {number}: RQ's trivial-job ceiling (RQ's own SimpleWorker)")
         with rq_simple_pool(env, tmp, conn, processes) as pids:
             cpu.pool_pids = pids
             before = cpu.sample()
             done["ceiling"] = rq_ceiling(conn, jobs)
             done["ceiling_cpu"] = spent(before, cpu.sample(), jobs)
+        cpu.pool_pids = []
+
+    def smtpcheck_simple(number: int, done: dict[str, Any]) -> None:
         log(f"{where} {number}: trivial jobs, smtpcheck's simple worker class")
         with pool(env, tmp, conn, processes, kind="simple") as proc:
             cpu.pool_pids = [proc.pid]
@@ -467,8 +470,8 @@ def measure(
 
     for number in range(1, args.rounds + 1):
         done: dict[str, Any] = {"load": os.getloadavg()[0]}
-        arms = (ceilings, through_service) if number % 2 else (through_service, ceilings)
-        for arm in arms:
+        arms = (rq_simple, smtpcheck_simple, through_service)
+        for arm in arms if number % 2 else reversed(arms):
             arm(number, done)
         done["load_end"] = os.getloadavg()[0]
         out["rounds"].append(done)
