@@ -99,22 +99,37 @@ class Config:
         does not do (TSIG, EDNS options, custom flags, DoH/DoT servers)."""
         if resolver.keyname is not None or resolver.flags is not None or resolver.ednsoptions:
             return None
-        servers = []
-        for server in resolver.nameservers:
-            if not isinstance(server, str) or "%" in server:
-                return None
-            try:
-                ipaddress.ip_address(server)
-            except ValueError:
-                return None
-            servers.append((server, int(resolver.nameserver_ports.get(server, resolver.port))))
-        if not servers:
+        servers = _servers(resolver.nameservers, resolver.nameserver_ports, resolver.port)
+        if servers is None:
             return None
         opt = b""
         if resolver.edns is not None and resolver.edns is not False and resolver.edns >= 0:
             flags = (int(resolver.ednsflags) & 0xFF00FFFF) | (int(resolver.edns) << 16)
             opt = b"\x00" + _RR.pack(OPT, int(resolver.payload), flags, 0)
-        return cls(tuple(servers), bool(resolver.rotate), opt)
+        return cls(servers, bool(resolver.rotate), opt)
+
+    @classmethod
+    def of_servers(cls, servers: tuple[tuple[str, int], ...]) -> Config | None:
+        """What ``of`` makes of a resolver on ``servers`` (SMTPCHECK_DNS_SERVERS:
+        the configuration workers.resolver gives dnspython), without one."""
+        found = _servers([ip for ip, _ in servers], dict(servers), 53)
+        return cls(found, False, b"") if found is not None else None
+
+
+def _servers(
+    nameservers: object, ports: dict[str, int], default_port: int
+) -> tuple[tuple[str, int], ...] | None:
+    """(address, port) of each server, or None unless all are plain addresses."""
+    found = []
+    for server in nameservers if isinstance(nameservers, list) else ():
+        if not isinstance(server, str) or "%" in server:
+            return None
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            return None
+        found.append((server, int(ports.get(server, default_port))))
+    return tuple(found) or None
 
 
 # -- names -------------------------------------------------------------------
@@ -166,7 +181,7 @@ def name_text(labels: Labels) -> str:
 
 
 def _wire(labels: Labels) -> bytes:
-    return b"".join(bytes((len(label),)) + label for label in labels)
+    return b"".join([bytes((len(label),)) + label for label in labels])
 
 
 def _key(labels: Labels) -> bytes:
@@ -177,11 +192,12 @@ def _key(labels: Labels) -> bytes:
 # -- the fast parser ------------------------------------------------------------
 
 
-def _name(wire: bytes, pos: int) -> tuple[Labels, int]:
-    """The name at ``pos`` and the offset after it; the same rules as
-    dnspython's from_wire_parser (pointers only backwards, a target never
-    overlapping the name), else Unsure."""
+def _name(wire: bytes, pos: int) -> tuple[Labels, bytes, int]:
+    """The name at ``pos``: its labels, its key (:func:`_key`) and the offset
+    after it; the same rules as dnspython's from_wire_parser (pointers only
+    backwards, a target never overlapping the name), else Unsure."""
     labels: list[bytes] = []
+    parts: list[bytes] = []
     end = len(wire)  # how far the current segment may read
     after = -1
     biggest = start = pos
@@ -197,6 +213,7 @@ def _name(wire: bytes, pos: int) -> tuple[Labels, int]:
         if count < 64:
             if pos + 1 + count > end:
                 raise Unsure
+            parts.append(wire[pos : pos + 1 + count])
             labels.append(wire[pos + 1 : pos + 1 + count])
             total += count + 1
             pos += 1 + count
@@ -217,7 +234,8 @@ def _name(wire: bytes, pos: int) -> tuple[Labels, int]:
     if total + 1 > 255:
         raise Unsure
     labels.append(b"")
-    return tuple(labels), (after if after >= 0 else pos)
+    parts.append(b"\x00")
+    return tuple(labels), b"".join(parts).lower(), (after if after >= 0 else pos)
 
 
 @dataclass(slots=True)
@@ -245,19 +263,19 @@ def parse(wire: bytes) -> Response:
     if qdcount > 1:
         raise Unsure
     if qdcount == 1:
-        labels, pos = _name(wire, pos)
+        _, key, pos = _name(wire, pos)
         if pos + 4 > len(wire):
             raise Unsure
         qtype, qclass = _QUESTION.unpack_from(wire, pos)
         pos += 4
-        questions = ((_key(labels), qtype, qclass),)
+        questions = ((key, qtype, qclass),)
     answer: dict[tuple[bytes, int, int], list[bytes | Labels]] = {}
     seen: dict[tuple[bytes, int, int], set[bytes]] = {}
     rcode_high = 0
     opt_seen = False
     for section, count in ((1, ancount), (2, nscount), (3, arcount)):
         for _ in range(count):
-            owner, pos = _name(wire, pos)
+            owner, owner_key, pos = _name(wire, pos)
             if pos + 10 > len(wire):
                 raise Unsure
             rtype, rclass, ttl, rdlength = _RR.unpack_from(wire, pos)
@@ -280,13 +298,12 @@ def parse(wire: bytes) -> Response:
                 value = wire[pos:rdata_end]
                 canonical = value
             elif rtype in (CNAME, PTR, NS):
-                value, after = _name(wire, pos)
+                value, canonical, after = _name(wire, pos)
                 if after != rdata_end:
                     raise Unsure
-                canonical = _key(value)
             elif rtype == SOA:
-                _, after = _name(wire, pos)  # MNAME, then RNAME
-                _, after = _name(wire, after)
+                _, _, after = _name(wire, pos)  # MNAME, then RNAME
+                _, _, after = _name(wire, after)
                 if after + 20 != rdata_end:
                     raise Unsure
                 pos = rdata_end
@@ -296,7 +313,7 @@ def parse(wire: bytes) -> Response:
             pos = rdata_end
             if section != 1:
                 continue
-            rrset = (_key(owner), rtype, rclass)
+            rrset = (owner_key, rtype, rclass)
             canonicals = seen.setdefault(rrset, set())
             if canonical not in canonicals:
                 canonicals.add(canonical)
@@ -366,9 +383,10 @@ def chain(response: Response, question: tuple[bytes, int, int]) -> list[bytes | 
 # -- the exchange ------------------------------------------------------------------
 
 
-def _query_wire(ident: int, labels: Labels, qtype: int, opt: bytes) -> bytes:
+def _query_wire(ident: int, qname: bytes, qtype: int, opt: bytes) -> bytes:
+    """The query, ``qname`` in wire form."""
     header = _HEADER.pack(ident, _RD, 1, 0, 0, 1 if opt else 0)
-    return header + _wire(labels) + _QUESTION.pack(qtype, IN) + opt
+    return header + qname + _QUESTION.pack(qtype, IN) + opt
 
 
 def _new_id() -> int:
@@ -430,10 +448,14 @@ def _dnspython_read(data: bytes, wire: bytes) -> Response:
 
 
 def _udp(
-    server: tuple[str, int], ident: int, labels: Labels, qtype: int, config: Config, timeout: float
+    server: tuple[str, int],
+    ident: int,
+    qname: bytes,
+    question: tuple[bytes, int, int],
+    config: Config,
+    timeout: float,
 ) -> Response:
-    wire = _query_wire(ident, labels, qtype, config.opt)
-    question = (_key(labels), qtype, IN)
+    wire = _query_wire(ident, qname, question[1], config.opt)
     expires = time.monotonic() + timeout
     with socket.socket(_family(server[0]), socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
@@ -442,10 +464,15 @@ def _udp(
 
 
 def _tcp(
-    server: tuple[str, int], ident: int, labels: Labels, qtype: int, config: Config, timeout: float
+    server: tuple[str, int],
+    ident: int,
+    qname: bytes,
+    question: tuple[bytes, int, int],
+    config: Config,
+    timeout: float,
 ) -> Response:
     """The TCP retry of a truncated answer, by dnspython as before."""
-    query = dns.message.from_wire(_query_wire(ident, labels, qtype, config.opt))
+    query = dns.message.from_wire(_query_wire(ident, qname, question[1], config.opt))
     response = dns.query.tcp(query, server[0], timeout=timeout, port=server[1])
     return from_dnspython(response)
 
@@ -460,8 +487,8 @@ def lookup(
     """The records of type ``rdtype`` at ``labels`` (addresses as bytes,
     names as labels), each try bounded by ``try_timeout`` and all of them by
     ``lifetime``; dnspython's exceptions for every other outcome."""
-    qtype = QTYPES[rdtype]
-    question = (_key(labels), qtype, IN)
+    qname = _wire(labels)
+    question = (qname.lower(), QTYPES[rdtype], IN)
     servers = list(config.servers)
     if config.rotate:
         random.shuffle(servers)
@@ -491,9 +518,9 @@ def lookup(
         ident = _new_id()
         try:
             if tcp:
-                response = _tcp(server, ident, labels, qtype, config, timeout)
+                response = _tcp(server, ident, qname, question, config, timeout)
             else:
-                response = _udp(server, ident, labels, qtype, config, timeout)
+                response = _udp(server, ident, qname, question, config, timeout)
         except _Truncated:
             retry_tcp = True
             continue

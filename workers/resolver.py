@@ -131,7 +131,11 @@ class Resolver:
     def _stub_config(self) -> dnsstub.Config | None:
         """The lean lookups' configuration (None: this one needs dnspython)."""
         if not self._stub_known:
-            self._stub = dnsstub.Config.of(self._dnspython(self._timeout()))
+            servers = self.settings.dns_servers
+            if servers:
+                self._stub = dnsstub.Config.of_servers(tuple(servers))
+            else:
+                self._stub = dnsstub.Config.of(self._dnspython(self._timeout()))
             self._stub_known = True
         return self._stub
 

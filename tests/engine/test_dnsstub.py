@@ -92,8 +92,23 @@ def test_query_is_dnspythons(name, rdtype, edns):
     assert config is not None
     labels = dnsstub.plain_name(name)
     assert labels is not None
-    wire = dnsstub._query_wire(4321, labels, dnsstub.QTYPES[rdtype], config.opt)
+    wire = dnsstub._query_wire(4321, dnsstub._wire(labels), dnsstub.QTYPES[rdtype], config.opt)
     assert wire == _dnspython_query(name, rdtype, 4321, edns)
+
+
+@pytest.mark.parametrize(
+    "servers",
+    [
+        (("127.0.0.1", 5353),),
+        (("192.0.2.1", 53), ("2001:db8::1", 5300)),
+        (("192.0.2.1", 53), ("192.0.2.1", 54)),  # one address twice: dnspython keeps one port
+    ],
+)
+def test_dns_servers_configure_it_as_they_configure_dnspython(servers):
+    resolver = dns.resolver.Resolver(configure=False)  # as workers.resolver configures it
+    resolver.nameservers = [ip for ip, _ in servers]
+    resolver.nameserver_ports = dict(servers)
+    assert dnsstub.Config.of_servers(servers) == dnsstub.Config.of(resolver)
 
 
 def test_configurations_it_does_not_do_are_left_to_dnspython():
