@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 from smtpcheck.config import Settings
 from smtpcheck.contract import CheckRequest
 from smtpcheck.message import build_message
-from workers import cancel
 from workers.connection import Connection, endpoint
 from workers.dialogue import Dialogue, Script
 from workers.driver import pump
@@ -25,7 +23,7 @@ from workers.errors import CheckAborted
 from workers.findings import findings
 from workers.plan import Plan
 from workers.probes import run_probes
-from workers.resolver import Resolver
+from workers.resolver import Resolver, ReverseLookup
 from workers.result import reply_of, summarize, utc_timestamp
 from workers.target import IPAddress, Target, permitted
 from workers.tls import client_context, session_facts
@@ -59,7 +57,7 @@ class Check:
         self.dialogue = Dialogue(self._script())
         self.timings: dict[str, float] = {}
         self.address: IPAddress | None = None
-        self._reverse: threading.Thread | None = None
+        self._reverse: ReverseLookup | None = None
         self._reverse_facts: dict[str, Any] = {}
         self.result: dict[str, Any] = {
             "check_id": plan.check_id,
@@ -250,20 +248,18 @@ class Check:
                 "ptr_skipped": "not a public address, and no SMTPCHECK_DNS_SERVERS to ask",
             }
             return
-        resolver = Resolver(self.settings, self.deadline)
-
-        def lookup() -> None:
-            self._reverse_facts = resolver.reverse(address)
-
-        self._reverse = threading.Thread(target=lookup, daemon=True, name="smtpcheck-ptr")
-        self._reverse.start()
+        self._reverse = ReverseLookup(Resolver(self.settings, self.deadline), address)
+        self.conn.sidecar = self._reverse  # carried on while the dialogue waits
 
     def _dns_facts(self) -> dict[str, Any] | None:
         if self.address is None:
             return None
-        if self._reverse is not None:
+        reverse = self._reverse
+        if reverse is not None:
             left = min(self.deadline - time.monotonic(), self.settings.dns_timeout)
-            cancel.join(self._reverse, max(left, 0))  # not past a DELETE
+            reverse.finish(time.monotonic() + max(left, 0))  # not past a DELETE
+            reverse.close()
+            self._reverse_facts = reverse.facts or {}
         facts = dict(self._reverse_facts) or {
             "address": str(self.address),
             "ptr": [],

@@ -8,12 +8,15 @@ and ``workers.dialogue``.
 from __future__ import annotations
 
 import ipaddress
+import select
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from workers import cancel, protocol
 from workers.errors import (
+    Canceled,
     CheckAborted,
     ConnectionClosed,
     ConnectRefused,
@@ -31,6 +34,22 @@ MAX_MESSAGE_LINES_SHOWN = 200
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: Connect failures after which the next address is tried (RFC 5321 s5).
 TRY_NEXT = (ConnectRefused, ConnectTimeout, NetworkUnreachable)
+
+
+class Sidecar(Protocol):
+    """Work the check's own thread carries on while it waits for the server
+    (workers.resolver.ReverseLookup): while ``waiting``, wait for ``fileno()``
+    (None: nothing to read) or until ``wake_at``, then call ``step()``."""
+
+    @property
+    def waiting(self) -> bool: ...
+
+    @property
+    def wake_at(self) -> float: ...
+
+    def fileno(self) -> int | None: ...
+
+    def step(self) -> None: ...
 
 
 def endpoint(address: IPAddress, port: int) -> str:
@@ -53,6 +72,8 @@ class Connection:
         self.deadline = deadline  # the whole check's, on the monotonic clock
         self.reader = ReplyReader()
         self.stream: Stream | None = None
+        #: Served while a read waits for the server, until it waits no more.
+        self.sidecar: Sidecar | None = None
         #: The worker's own address on the path of the last connect, also a failed one.
         self.source: str | None = None
 
@@ -147,6 +168,8 @@ class Connection:
         while True:
             event = self.reader.next_line()
             if event is NEED_DATA:
+                if self.sidecar is not None:
+                    self._serve_sidecar(self.sidecar, deadline)
                 try:
                     data = cancel.read(self.stream.read, deadline)  # in slices: DELETE
                 except ReadTimeout as exc:
@@ -162,6 +185,34 @@ class Connection:
             self.transcript.record(SERVER, printable(event.raw, 1000), tls=self.is_tls)
             if event.reply is not None:
                 return event.reply
+
+    def _serve_sidecar(self, sidecar: Sidecar, deadline: float) -> None:
+        """Wait for the server's bytes and the sidecar's at once, stepping the
+        sidecar, until the server's have come (or the reply's deadline passed,
+        or the check was canceled): the read that follows takes it from there
+        as it would have without a sidecar."""
+        assert self.stream is not None
+        if self.stream.pending():
+            return
+        ours = self.stream.fileno()
+        while sidecar.waiting:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            try:
+                cancel.stop_if_canceled()
+            except Canceled:
+                return
+            other = sidecar.fileno()
+            wait = min(deadline, sidecar.wake_at, now + cancel.SLICE) - now
+            ready, _, _ = select.select(
+                [ours] if other is None else [ours, other], [], [], max(wait, 0.0)
+            )
+            if ours not in ready or other in ready or time.monotonic() >= sidecar.wake_at:
+                sidecar.step()
+            if ours in ready:
+                return
+        self.sidecar = None
 
     # -- commands ----------------------------------------------------------
 

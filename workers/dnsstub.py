@@ -39,6 +39,7 @@ import ipaddress
 import os
 import random
 import re
+import select
 import socket
 import struct
 import time
@@ -393,34 +394,6 @@ def _new_id() -> int:
     return int.from_bytes(os.urandom(2), "big")
 
 
-def _read_udp(
-    sock: socket.socket,
-    server: tuple[str, int],
-    ident: int,
-    question: tuple[bytes, int, int],
-    wire: bytes,
-    expires: float,
-) -> Response:
-    """Wait for the answer to the query just sent; _Truncated, or
-    dns.exception.Timeout when none came before ``expires``."""
-    packed = socket.inet_pton(_family(server[0]), server[0])
-    while True:
-        left = expires - time.monotonic()
-        if left <= 0:
-            raise dns.exception.Timeout
-        sock.settimeout(left)
-        try:
-            data, source = sock.recvfrom(65535)
-        except TimeoutError:
-            raise dns.exception.Timeout from None
-        if source[1] != server[1] or socket.inet_pton(sock.family, source[0]) != packed:
-            continue
-        try:
-            return _read(data, ident, question, wire)
-        except _Ignored:
-            continue
-
-
 def _read(data: bytes, ident: int, question: tuple[bytes, int, int], wire: bytes) -> Response:
     """One datagram as receive_udp(ignore_errors=True, raise_on_truncation=True) reads it."""
     try:
@@ -447,32 +420,16 @@ def _dnspython_read(data: bytes, wire: bytes) -> Response:
     return from_dnspython(message)
 
 
-def _udp(
-    server: tuple[str, int],
-    ident: int,
-    qname: bytes,
-    question: tuple[bytes, int, int],
-    config: Config,
-    timeout: float,
-) -> Response:
-    wire = _query_wire(ident, qname, question[1], config.opt)
-    expires = time.monotonic() + timeout
-    with socket.socket(_family(server[0]), socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        sock.sendto(wire, server)
-        return _read_udp(sock, server, ident, question, wire, expires)
-
-
 def _tcp(
     server: tuple[str, int],
     ident: int,
     qname: bytes,
     question: tuple[bytes, int, int],
-    config: Config,
+    opt: bytes,
     timeout: float,
 ) -> Response:
     """The TCP retry of a truncated answer, by dnspython as before."""
-    query = dns.message.from_wire(_query_wire(ident, qname, question[1], config.opt))
+    query = dns.message.from_wire(_query_wire(ident, qname, question[1], opt))
     response = dns.query.tcp(query, server[0], timeout=timeout, port=server[1])
     return from_dnspython(response)
 
@@ -487,68 +444,205 @@ def lookup(
     """The records of type ``rdtype`` at ``labels`` (addresses as bytes,
     names as labels), each try bounded by ``try_timeout`` and all of them by
     ``lifetime``; dnspython's exceptions for every other outcome."""
-    qname = _wire(labels)
-    question = (qname.lower(), QTYPES[rdtype], IN)
-    servers = list(config.servers)
-    if config.rotate:
-        random.shuffle(servers)
-    current = servers[:]
-    backoff = 0.10
-    started = time.monotonic()
-    server: tuple[str, int] | None = None
-    retry_tcp = False
-    while True:
-        if retry_tcp:
-            assert server is not None
-            tcp, retry_tcp, pause = True, False, 0.0
+    exchange = Exchange(config, labels, rdtype, lifetime, try_timeout)
+    while not exchange.done:
+        exchange.wait(exchange.wake_at)
+        exchange.step()
+    return exchange.result()
+
+
+class Exchange:
+    """One lookup as steps, for a thread that waits on other sockets too.
+
+    The first query goes out at once. ``fileno()`` (None while pausing
+    between two rounds) and ``wake_at`` (the monotonic time the current try
+    or pause ends) say what to wait for; ``step()`` reads whatever came and
+    acts on the time that passed; once ``done``, ``result()`` returns the
+    records or raises. The rare TCP retry of a truncated answer is made
+    within one ``step()``, blocking, by dnspython.
+    """
+
+    def __init__(
+        self, config: Config, labels: Labels, rdtype: str, lifetime: float, try_timeout: float
+    ) -> None:
+        self._opt = config.opt
+        self._qname = _wire(labels)
+        self._question = (self._qname.lower(), QTYPES[rdtype], IN)
+        self._lifetime, self._try_timeout = lifetime, try_timeout
+        servers = list(config.servers)
+        if config.rotate:
+            random.shuffle(servers)
+        self._servers = servers
+        self._current = servers[:]
+        self._backoff = 0.10
+        self._started = time.monotonic()
+        self._server: tuple[str, int] | None = None
+        self._sock: socket.socket | None = None
+        self._ident = 0
+        self._wire = b""
+        self._pausing = False
+        self.wake_at = self._started
+        self.done = False
+        self._found: list[bytes | Labels] = []
+        self._error: Exception | None = None
+        self._next()
+
+    def fileno(self) -> int | None:
+        return self._sock.fileno() if self._sock is not None else None
+
+    def result(self) -> list[bytes | Labels]:
+        assert self.done
+        if self._error is not None:
+            raise self._error
+        return self._found
+
+    def wait(self, until: float) -> None:
+        """Sleep until the answer may have come or ``until``, whichever is first."""
+        left = max(0.0, min(until, self.wake_at) - time.monotonic())
+        if self._sock is None:
+            time.sleep(left)
         else:
-            pause = 0.0
-            if not current:
-                if not servers:
-                    raise dns.resolver.NoNameservers
-                current = servers[:]
-                pause, backoff = backoff, min(backoff * 2, 2)
-            server, tcp = current.pop(0), False
-        if pause:
-            time.sleep(pause)
-        elapsed = time.monotonic() - started
-        if elapsed >= lifetime:
-            raise dns.resolver.LifetimeTimeout(timeout=elapsed, errors=[])
-        timeout = min(lifetime - elapsed, try_timeout)
+            select.select([self._sock], [], [], left)
+
+    def close(self) -> None:
+        """Give the lookup up (its socket closed); ``done`` stays as it was."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # -- the tries ---------------------------------------------------------
+
+    def _end(
+        self, found: list[bytes | Labels] | None = None, error: Exception | None = None
+    ) -> None:
+        self.close()
+        self.done = True
+        self._found = found or []
+        self._error = error
+
+    def _drop_server(self) -> None:
+        """This server is no good for this lookup (dnspython's query_result)."""
+        assert self._server is not None
+        self._servers.remove(self._server)
+
+    def _next(self) -> None:
+        """The next server's try; a pause first when a round of them is over."""
+        self.close()
+        if not self._current:
+            if not self._servers:
+                self._end(error=dns.resolver.NoNameservers())
+                return
+            self._current = self._servers[:]
+            self._server = self._current.pop(0)
+            pause, self._backoff = self._backoff, min(self._backoff * 2, 2)
+            self._pausing = True
+            self.wake_at = time.monotonic() + pause
+            return
+        self._server = self._current.pop(0)
+        self._try(tcp=False)
+
+    def _try(self, *, tcp: bool) -> None:
+        assert self._server is not None
+        elapsed = time.monotonic() - self._started
+        if elapsed >= self._lifetime:
+            self._end(error=dns.resolver.LifetimeTimeout(timeout=elapsed, errors=[]))
+            return
+        timeout = min(self._lifetime - elapsed, self._try_timeout)
         ident = _new_id()
+        if tcp:
+            try:
+                response = _tcp(
+                    self._server, ident, self._qname, self._question, self._opt, timeout
+                )
+            except (dns.message.Truncated, *_BROKEN):  # truncated over TCP too, or broken
+                self._drop_server()
+                self._next()
+                return
+            except Exception:  # a timeout, or anything else: the next server; this one stays
+                self._next()
+                return
+            self._answered(response)
+            return
+        wire = _query_wire(ident, self._qname, self._question[1], self._opt)
         try:
-            if tcp:
-                response = _tcp(server, ident, qname, question, config, timeout)
-            else:
-                response = _udp(server, ident, qname, question, config, timeout)
-        except _Truncated:
-            retry_tcp = True
-            continue
-        except dns.message.Truncated:  # truncated over TCP too
-            servers.remove(server)
-            continue
-        except _BROKEN:
-            servers.remove(server)
-            continue
-        except Exception:  # noqa: S112 (a timeout, or anything else: the next server; this one stays)
-            continue
+            sock = socket.socket(_family(self._server[0]), socket.SOCK_DGRAM)
+        except OSError:
+            self._drop_server()
+            self._next()
+            return
+        try:
+            sock.setblocking(False)
+            sock.sendto(wire, self._server)
+        except OSError:
+            sock.close()
+            self._drop_server()
+            self._next()
+            return
+        self._sock, self._ident, self._wire = sock, ident, wire
+        self.wake_at = time.monotonic() + timeout
+
+    def step(self) -> None:
+        """Read what came (before looking at the clock, as dnspython does),
+        then act on the time: the next try when this one is over."""
+        if self.done:
+            return
+        if self._pausing:
+            if time.monotonic() >= self.wake_at:
+                self._pausing = False
+                self._try(tcp=False)
+            return
+        sock, server = self._sock, self._server
+        assert sock is not None and server is not None
+        packed = socket.inet_pton(sock.family, server[0])
+        while True:
+            try:
+                data, source = sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._drop_server()
+                self._next()
+                return
+            if source[1] != server[1] or socket.inet_pton(sock.family, source[0]) != packed:
+                continue
+            try:
+                response = _read(data, self._ident, self._question, self._wire)
+            except _Ignored:
+                continue
+            except _Truncated:
+                self.close()
+                self._try(tcp=True)
+                return
+            self.close()
+            self._answered(response)
+            return
+        if time.monotonic() >= self.wake_at:  # no answer in this try: the next server
+            self._next()
+
+    def _answered(self, response: Response) -> None:
         rcode = response.rcode
         if rcode in (NOERROR, NXDOMAIN):
             try:
                 if len(response.questions) != 1:  # resolve_chaining's FormError
                     raise _ChainTooLong
-                found = chain(response, question)
+                found = chain(response, self._question)
             except _ChainTooLong:
-                servers.remove(server)
-                continue
+                self._drop_server()
+                self._next()
+                return
             if rcode == NXDOMAIN:
                 if found is not None:  # an answer with NXDOMAIN: this server is no good
-                    servers.remove(server)
-                    continue
-                raise dns.resolver.NXDOMAIN
-            if found is None:
-                raise dns.resolver.NoAnswer
-            return found
+                    self._drop_server()
+                    self._next()
+                    return
+                self._end(error=dns.resolver.NXDOMAIN())
+            elif found is None:
+                self._end(error=dns.resolver.NoAnswer())
+            else:
+                self._end(found)
+            return
         if rcode == YXDOMAIN:
-            raise dns.resolver.YXDOMAIN
-        servers.remove(server)
+            self._end(error=dns.resolver.YXDOMAIN())
+            return
+        self._drop_server()
+        self._next()

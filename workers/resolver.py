@@ -28,7 +28,7 @@ import dns.reversename
 from smtpcheck.config import Settings
 from smtpcheck.targetpolicy import IPAddress
 from workers import cancel, dnsstub
-from workers.errors import DNSError
+from workers.errors import Canceled, DNSError
 
 #: Said of a SERVFAIL or a timeout: the name may well resolve a minute later.
 TEMPORARY = "a temporary DNS failure, try again later"
@@ -357,3 +357,175 @@ class Resolver:
                 break
         facts["forward_confirmed"] = confirmed if names else None
         return facts
+
+
+class ReverseLookup:
+    """:meth:`Resolver.reverse` without a thread of its own, for the check's
+    thread to carry on while it waits for the server (workers.connection's
+    ``sidecar``): ``waiting``, ``fileno()``, ``wake_at`` and ``step()`` as a
+    :class:`workers.dnsstub.Exchange`'s; ``finish(until)`` after the
+    dialogue; ``facts`` (the same dict ``reverse`` returns) once done.
+
+    What dnsstub does not do (a configuration it leaves to dnspython, a PTR
+    name that is not a plain host name, and the forward confirmation through
+    the system resolver, which is getaddrinfo) goes on in a thread, as the
+    whole lookup did before.
+    """
+
+    def __init__(self, resolver: Resolver, address: IPAddress) -> None:
+        self.resolver = resolver
+        self.address = address
+        self.facts: dict[str, object] | None = None
+        self._partial: dict[str, object] = {
+            "address": str(address),
+            "ptr": [],
+            "ptr_error": None,
+            "forward_confirmed": None,
+        }
+        self._names: list[str] = []
+        self._tried = 0
+        self._exchange: dnsstub.Exchange | None = None
+        self._rdtype = "PTR"
+        self._shown = ""
+        self._thread: threading.Thread | None = None
+        try:
+            config = resolver._stub_config()
+        except DNSError as exc:
+            self._ptr_failed(exc)
+            return
+        if config is None:
+            self._in_thread(lambda: resolver.reverse(address))
+            return
+        self._config = config
+        labels = dnsstub.reverse_name(address)
+        try:
+            self._start(labels, "PTR", dnsstub.name_text(labels))
+        except DNSError as exc:
+            self._ptr_failed(exc)
+
+    # -- the sidecar's side --------------------------------------------------
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a lookup is under way that ``step()`` carries on."""
+        return self._exchange is not None
+
+    @property
+    def wake_at(self) -> float:
+        return self._exchange.wake_at if self._exchange is not None else 0.0
+
+    def fileno(self) -> int | None:
+        return self._exchange.fileno() if self._exchange is not None else None
+
+    def step(self) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            return
+        exchange.step()
+        if not exchange.done:
+            return
+        self._exchange = None
+        shown = self._shown.rstrip(".")
+        try:
+            found = self.resolver._guarded(shown, self._rdtype, exchange.result)
+        except DNSError as exc:
+            if self._rdtype == "PTR":
+                self._ptr_failed(exc)
+            else:
+                self._forward_next()
+            return
+        if self._rdtype == "PTR":
+            names = [dnsstub.name_text(v).rstrip(".") for v in found or () if isinstance(v, tuple)]
+            self._partial["ptr"] = self._names = names
+            self._forward_next()
+            return
+        found_addresses = [ipaddress.ip_address(v) for v in found or () if isinstance(v, bytes)]
+        if self.address in found_addresses:
+            self._done(confirmed=True)
+        else:
+            self._forward_next()
+
+    def finish(self, until: float) -> None:
+        """Carry the lookup on until it is done, ``until`` (monotonic) or a
+        cancel of the check, whichever comes first; ``facts`` stays None
+        when it did not end."""
+        while self.facts is None:
+            thread = self._thread
+            if thread is not None:
+                cancel.join(thread, max(0.0, until - time.monotonic()))
+                return
+            exchange = self._exchange
+            if exchange is None or time.monotonic() >= until:
+                return
+            try:
+                cancel.stop_if_canceled()
+            except Canceled:
+                return  # not past a DELETE
+            exchange.wait(min(until, time.monotonic() + cancel.LOOKUP_SLICE))
+            self.step()
+
+    def close(self) -> None:
+        if self._exchange is not None:
+            self._exchange.close()
+
+    # -- the lookups -----------------------------------------------------------
+
+    def _start(self, labels: dnsstub.Labels, rdtype: str, shown: str) -> None:
+        lifetime = self.resolver._timeout()
+        try_timeout = min(lifetime, TRY_TIMEOUT)
+        self._rdtype, self._shown = rdtype, shown
+        self._exchange = dnsstub.Exchange(self._config, labels, rdtype, lifetime, try_timeout)
+
+    def _ptr_failed(self, exc: DNSError) -> None:
+        if "NXDOMAIN" not in str(exc):
+            self._partial["ptr_error"] = str(exc)
+        self.facts = self._partial
+
+    def _done(self, *, confirmed: bool) -> None:
+        self._partial["forward_confirmed"] = confirmed if self._names else None
+        self.facts = self._partial
+
+    def _forward_next(self) -> None:
+        """The forward lookup of the next of the first three PTR names, as
+        ``reverse`` makes them; done when one confirms or none is left."""
+        address, names = self.address, self._names
+        while self._tried < min(3, len(names)):
+            name = names[self._tried]
+            self._tried += 1
+            literal = ip_literal(name)
+            if literal is not None:
+                if literal == address:
+                    self._done(confirmed=True)
+                    return
+                continue
+            labels = dnsstub.plain_name(name)
+            if labels is None or not self.resolver.settings.dns_servers:
+                self._in_thread(functools.partial(self._confirmed_by, names[self._tried - 1 : 3]))
+                return
+            rdtype = "A" if address.version == 4 else "AAAA"
+            try:
+                self._start(labels, rdtype, name)
+            except DNSError:
+                continue
+            return
+        self._done(confirmed=False)
+
+    def _confirmed_by(self, names: list[str]) -> dict[str, object]:
+        """``reverse``'s forward confirmation of ``names``, blocking."""
+        confirmed = False
+        for name in names:
+            try:
+                confirmed = self.address in self.resolver.addresses(name, self.address.version)
+            except DNSError:
+                continue
+            if confirmed:
+                break
+        self._partial["forward_confirmed"] = confirmed  # names is never empty here
+        return self._partial
+
+    def _in_thread(self, work: Callable[[], dict[str, object]]) -> None:
+        def run() -> None:
+            self.facts = work()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="smtpcheck-ptr")
+        self._thread.start()

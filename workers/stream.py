@@ -116,6 +116,13 @@ class Stream:
     def is_tls(self) -> bool:
         return isinstance(self._sock, ssl.SSLSocket)
 
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def pending(self) -> int:
+        """Bytes already decrypted and waiting (TLS); the socket's readiness does not show them."""
+        return self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
+
     def read(self, deadline: float, max_bytes: int = READ_CHUNK) -> bytes:
         """At most ``max_bytes``; ``b""`` when the peer closed."""
         try:

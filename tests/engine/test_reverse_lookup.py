@@ -1,0 +1,132 @@
+"""ReverseLookup (the check's PTR lookup, carried on by the check's own
+thread) ends with exactly the facts Resolver.reverse gives, key order
+included, whatever the DNS says; and a check serves it while it waits."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import pytest
+
+from smtpcheck.contract import check_request
+from workers.engine import run_check
+from workers.resolver import Resolver, ReverseLookup
+
+ZONE = {
+    # confirmed
+    "1.0.0.127.in-addr.arpa.": {"PTR": ["mail.local.test."]},
+    "mail.local.test.": {"A": ["127.0.0.1"]},
+    # not confirmed: the name has another address, or none
+    "2.0.0.127.in-addr.arpa.": {"PTR": ["elsewhere.local.test."]},
+    "elsewhere.local.test.": {"A": ["192.0.2.1"]},
+    "3.0.0.127.in-addr.arpa.": {"PTR": ["nowhere.local.test."]},
+    # the second name confirms; only the first three names are tried
+    "4.0.0.127.in-addr.arpa.": {"PTR": ["nowhere.local.test.", "four.local.test."]},
+    "four.local.test.": {"A": ["192.0.2.9", "127.0.0.4"]},
+    "5.0.0.127.in-addr.arpa.": {
+        "PTR": ["n1.local.test.", "n2.local.test.", "n3.local.test.", "five.local.test."]
+    },
+    "five.local.test.": {"A": ["127.0.0.5"]},
+    # classless delegation (RFC 2317): the PTR behind a CNAME
+    "6.0.0.127.in-addr.arpa.": {"CNAME": ["6.0-25.0.0.127.in-addr.arpa."]},
+    "6.0-25.0.0.127.in-addr.arpa.": {"PTR": ["six.local.test."]},
+    "six.local.test.": {"A": ["127.0.0.6"]},
+    # a PTR name dnsstub leaves to dnspython, and one that is an address
+    "7.0.0.127.in-addr.arpa.": {"PTR": ["we\\.ird.local.test."]},
+    "8.0.0.127.in-addr.arpa.": {"PTR": ["127.0.0.8."]},
+    # NODATA
+    "9.0.0.127.in-addr.arpa.": {"TXT": ["no PTR here"]},
+    # IPv6
+    "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.": {
+        "PTR": ["mail.local.test."]
+    },
+    "mail6.local.test.": {"AAAA": ["::1"]},
+}
+
+ADDRESSES = [
+    "127.0.0.1",
+    "127.0.0.2",
+    "127.0.0.3",
+    "127.0.0.4",
+    "127.0.0.5",
+    "127.0.0.6",
+    "127.0.0.7",
+    "127.0.0.8",
+    "127.0.0.9",
+    "127.0.0.10",  # NXDOMAIN
+    "127.0.0.11",  # SERVFAIL
+    "127.0.0.12",  # no answer at all
+    "::1",
+]
+
+
+@pytest.fixture
+def dns_settings(settings, dns_server):
+    server = dns_server(
+        ZONE, servfail=["11.0.0.127.in-addr.arpa."], silent=["12.0.0.127.in-addr.arpa."]
+    )
+    return settings.replace(dns_servers=(("127.0.0.1", server.port),), dns_timeout=0.5)
+
+
+@pytest.mark.parametrize("text", ADDRESSES)
+def test_the_facts_are_those_of_resolver_reverse(dns_settings, text):
+    address = ipaddress.ip_address(text)
+    expected = Resolver(dns_settings, time.monotonic() + 5).reverse(address)
+    lookup = ReverseLookup(Resolver(dns_settings, time.monotonic() + 5), address)
+    lookup.finish(time.monotonic() + 5)
+    lookup.close()
+    assert lookup.facts is not None
+    assert list(lookup.facts.items()) == list(expected.items())
+
+
+def test_stepping_while_waiting_elsewhere_gets_the_same_facts(dns_settings):
+    """The way a check drives it: step() whenever its socket may have an answer."""
+    address = ipaddress.ip_address("127.0.0.4")
+    lookup = ReverseLookup(Resolver(dns_settings, time.monotonic() + 5), address)
+    ends = time.monotonic() + 5
+    steps = 0
+    while lookup.waiting and time.monotonic() < ends:
+        time.sleep(0.001)
+        lookup.step()
+        steps += 1
+    assert lookup.facts is not None and steps >= 2  # the PTR, then the forward lookups
+    assert lookup.facts["forward_confirmed"] is True
+
+
+def test_a_lookup_with_no_time_left_says_so(dns_settings):
+    address = ipaddress.ip_address("127.0.0.1")
+    lookup = ReverseLookup(Resolver(dns_settings, time.monotonic() - 1), address)
+    lookup.finish(time.monotonic() + 1)
+    assert lookup.facts == Resolver(dns_settings, time.monotonic() - 1).reverse(address)
+    assert "no time left" in str(lookup.facts["ptr_error"])
+
+
+def test_a_check_carries_the_lookup_on_while_the_server_is_slow(
+    scripted_server, dns_settings, monkeypatch
+):
+    """The banner comes 0.3 s after the connect: the PTR and its forward
+    lookup end during that wait, on the check's thread (no thread started)."""
+
+    def no_thread(self, work):
+        raise AssertionError("a thread was started for the lookup")
+
+    monkeypatch.setattr(ReverseLookup, "_in_thread", no_thread)
+
+    def slow(sock):
+        time.sleep(0.3)
+        sock.sendall(b"220 mail.local.test ESMTP\r\n")
+        sock.recv(100)  # QUIT
+        sock.sendall(b"221 bye\r\n")
+
+    server = scripted_server(slow)
+    result = run_check(
+        check_request(
+            dns_settings, host="127.0.0.1", port=server.port, tls="none", stop_after="banner"
+        ),
+        dns_settings,
+    )
+    assert result["dns"]["ptr"] == ["mail.local.test"]
+    assert result["dns"]["forward_confirmed"] is True
+    assert result["dns"]["banner_matches_ptr"] is True
+    assert result["timings"]["banner"] >= 250
