@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-
-from flask import Flask
+from typing import TYPE_CHECKING
 
 from smtpcheck.config import ConfigError, Settings
 
-from . import problems
-from .apikeys import VARIABLE as API_KEYS_VARIABLE
-from .apikeys import ApiKeys
-from .jobstore import JobStore
-from .schemas import build_schemas
+if TYPE_CHECKING:
+    from flask import Flask
 
 __all__ = ["create_app"]
 
@@ -33,6 +29,16 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     ``Settings.from_env()``. Raises ConfigError when API keys are required
     but none are configured.
     """
+    # Imported here, not above: `import service.schemas` (the request schema
+    # `smtpcheck check` validates with) then loads neither Flask nor Redis.
+    from flask import Flask
+
+    from . import problems
+    from .apikeys import VARIABLE as API_KEYS_VARIABLE
+    from .apikeys import ApiKeys
+    from .jobstore import JobStore
+    from .schemas import build_schemas
+
     if config is None:
         settings = Settings.from_env()
     elif isinstance(config, Settings):

@@ -20,40 +20,24 @@ from marshmallow import ValidationError
 from redis.sentinel import MasterNotFoundError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-PROBLEM_JSON = "application/problem+json"
-TYPE_PREFIX = "urn:smtpcheck:problem:"
-
-#: ``type`` of each problem the service raises on purpose; others are about:blank.
-VALIDATION_ERROR = TYPE_PREFIX + "validation-error"
-UNAUTHORIZED = TYPE_PREFIX + "unauthorized"
-NOT_FOUND = TYPE_PREFIX + "check-not-found"
-NOT_FINISHED = TYPE_PREFIX + "check-not-finished"
-CHECK_RUNNING = TYPE_PREFIX + "check-running"
-NO_TRANSCRIPT = TYPE_PREFIX + "check-failed"
-STORE_UNAVAILABLE = TYPE_PREFIX + "store-unavailable"
-MISCONFIGURED = TYPE_PREFIX + "misconfigured"
-RATE_LIMITED = TYPE_PREFIX + "rate-limited"
-TOO_MANY_CHECKS = TYPE_PREFIX + "too-many-checks"
-TOO_MANY_HELD = TYPE_PREFIX + "too-many-held"
-SERVER_BUSY = TYPE_PREFIX + "busy"
-INTERNAL_ERROR = TYPE_PREFIX + "internal-error"
-
-#: Every type above, for the spec's enum.
-ALL_TYPES = (
-    "about:blank",
-    VALIDATION_ERROR,
-    UNAUTHORIZED,
-    NOT_FOUND,
-    NOT_FINISHED,
+# The problem types are the contract's (smtpcheck.contract), so that the
+# request schema loads without Flask; they are re-exported here.
+from smtpcheck.contract import (  # noqa: F401
     CHECK_RUNNING,
-    NO_TRANSCRIPT,
-    STORE_UNAVAILABLE,
+    INTERNAL_ERROR,
     MISCONFIGURED,
+    NO_TRANSCRIPT,
+    NOT_FINISHED,
+    NOT_FOUND,
+    PROBLEM_JSON,
     RATE_LIMITED,
+    SERVER_BUSY,
+    STORE_UNAVAILABLE,
     TOO_MANY_CHECKS,
     TOO_MANY_HELD,
-    SERVER_BUSY,
-    INTERNAL_ERROR,
+    TYPE_PREFIX,
+    UNAUTHORIZED,
+    VALIDATION_ERROR,
 )
 
 log = logging.getLogger("smtpcheck.service")

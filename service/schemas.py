@@ -19,8 +19,6 @@ from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from smtpcheck import signature
@@ -30,6 +28,7 @@ from smtpcheck.contract import (
     CHECK_ID_PATTERN,
     MESSAGE_DEFAULTS,
     PROBES,
+    PROBLEM_TYPES,
     REQUEST_DEFAULTS,
     SECRET_MASK,
     STAGES,
@@ -48,7 +47,6 @@ from smtpcheck.targetpolicy import (
 )
 
 from . import names
-from .problems import ALL_TYPES
 
 TLS_MODES = ("none", "starttls", "implicit", "auto")
 MECHANISMS = ("auto", "PLAIN", "LOGIN", "CRAM-MD5")
@@ -230,6 +228,9 @@ class CertificatesPEM(fields.String):
             raise ValidationError(f"at most {MAX_TLS_CA_CERTIFICATES} certificates")
         if text.count("-----BEGIN CERTIFICATE-----") != blocks:
             raise ValidationError("only CERTIFICATE blocks are accepted (never a private key)")
+        from cryptography import x509  # here: the CLI validates requests without it
+        from cryptography.hazmat.primitives import serialization
+
         try:
             certificates = x509.load_pem_x509_certificates(text.encode("ascii"))
         except ValueError:
@@ -735,7 +736,7 @@ class HealthSchema(StrictSchema):
 class ProblemSchema(StrictSchema):
     """RFC 9457 problem details."""
 
-    type = fields.String(required=True, validate=validate.OneOf(ALL_TYPES))
+    type = fields.String(required=True, validate=validate.OneOf(PROBLEM_TYPES))
     title = fields.String(required=True)
     status = fields.Integer(required=True)
     detail = fields.String(required=True)

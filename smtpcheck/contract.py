@@ -108,6 +108,45 @@ ALL_VANTAGES = "all"
 # Redis: the queue of each vantage and the keys besides RQ's own
 # ---------------------------------------------------------------------------
 
+#: RFC 9457 problem details: the media type and the ``type`` of each problem
+#: the API raises on purpose (others are about:blank); service/problems.py
+#: renders them.
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:smtpcheck:problem:"
+
+#: ``type`` of each problem the service raises on purpose; others are about:blank.
+VALIDATION_ERROR = TYPE_PREFIX + "validation-error"
+UNAUTHORIZED = TYPE_PREFIX + "unauthorized"
+NOT_FOUND = TYPE_PREFIX + "check-not-found"
+NOT_FINISHED = TYPE_PREFIX + "check-not-finished"
+CHECK_RUNNING = TYPE_PREFIX + "check-running"
+NO_TRANSCRIPT = TYPE_PREFIX + "check-failed"
+STORE_UNAVAILABLE = TYPE_PREFIX + "store-unavailable"
+MISCONFIGURED = TYPE_PREFIX + "misconfigured"
+RATE_LIMITED = TYPE_PREFIX + "rate-limited"
+TOO_MANY_CHECKS = TYPE_PREFIX + "too-many-checks"
+TOO_MANY_HELD = TYPE_PREFIX + "too-many-held"
+SERVER_BUSY = TYPE_PREFIX + "busy"
+INTERNAL_ERROR = TYPE_PREFIX + "internal-error"
+
+#: Every type above, for the spec's enum.
+PROBLEM_TYPES = (
+    "about:blank",
+    VALIDATION_ERROR,
+    UNAUTHORIZED,
+    NOT_FOUND,
+    NOT_FINISHED,
+    CHECK_RUNNING,
+    NO_TRANSCRIPT,
+    STORE_UNAVAILABLE,
+    MISCONFIGURED,
+    RATE_LIMITED,
+    TOO_MANY_CHECKS,
+    TOO_MANY_HELD,
+    SERVER_BUSY,
+    INTERNAL_ERROR,
+)
+
 #: RQ queue of a vantage: ``vantage:<name>`` (docs/architecture.md).
 QUEUE_PREFIX = "vantage:"
 #: The RQ job function, enqueued by dotted path (the API never imports it).
