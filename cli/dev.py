@@ -21,9 +21,9 @@ from typing import Any
 from cli.client import http_ready
 from cli.devlock import SUPERVISED, DevLock, leftovers, pid_alive, process_mentions
 from cli.errors import EXIT_NOT_OK, EXIT_OK, EXIT_USAGE, err
+from cli.parser import DEV_WORKER_PROCESSES
 from smtpcheck.config import Settings
 
-DEV_WORKER_PROCESSES = 2
 READY_TIMEOUT = 60.0
 LEFTOVER_GRACE = 10.0  # seconds leftovers get to exit on SIGTERM before SIGKILL
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from cli.api import cmd_api
-from cli.cancel import cmd_cancel
-from cli.check import cmd_check
-from cli.dev import DEV_WORKER_PROCESSES, cmd_dev
 from cli.errors import PROG
-from cli.listing import cmd_list
-from cli.worker import cmd_worker
+from smtpcheck.config import Settings
 from smtpcheck.contract import PROBES
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+#: Started by ``smtpcheck dev`` (cli/dev.py); said in its help.
+DEV_WORKER_PROCESSES = 2
 
 MAIN_EXAMPLES = f"""\
 examples:
@@ -54,10 +57,34 @@ examples:
 
 
 def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # ~40 ms: only for --version
+
     try:
         return version("smtpcheck")
     except PackageNotFoundError:
         return "unknown"
+
+
+def command(module: str, name: str) -> Command:
+    """``module.name``, imported when the command runs: ``smtpcheck check``
+    loads neither the process supervisor nor gunicorn's launcher."""
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        func: Command = getattr(importlib.import_module(module), name)
+        return func(args, settings)
+
+    return run
+
+
+class VersionAction(argparse.Action):
+    """``--version``, with the installed version read only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"{PROG} {package_version()}", file=sys.stdout, flush=True)
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=MAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
+    parser.add_argument(
+        "--version", action=VersionAction, help="show program's version number and exit"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     dev = commands.add_parser(
@@ -76,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run Redis (embedded unless REDIS_URL is set), the API and "
         f"{DEV_WORKER_PROCESSES} workers; Ctrl-C stops them all.",
     )
-    dev.set_defaults(func=cmd_dev)
+    dev.set_defaults(func=command("cli.dev", "cmd_dev"))
 
     api = commands.add_parser("api", help="run the API under gunicorn")
     api.add_argument("--workers", type=positive_int, help="gunicorn worker processes")
@@ -87,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="connections each gunicorn process serves at once (gevent)",
     )
     api.add_argument("--bind", help="listen address (default: SMTPCHECK_BIND or 127.0.0.1:8025)")
-    api.set_defaults(func=cmd_api)
+    api.set_defaults(func=command("cli.api", "cmd_api"))
 
     worker = commands.add_parser("worker", help="run RQ workers for one vantage point")
     worker.add_argument("--vantage", help="vantage point name (default: SMTPCHECK_VANTAGE)")
@@ -105,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads: many checks at once per process, a thread each (default); "
         "simple: one check at a time in the worker process; fork: one process per check",
     )
-    worker.set_defaults(func=cmd_worker)
+    worker.set_defaults(func=command("cli.worker", "cmd_worker"))
 
     check = commands.add_parser(
         "check",
@@ -232,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.add_argument("--local", action="store_true", help="run here, with no service")
     add_service_options(check)
-    check.set_defaults(func=cmd_check)
+    check.set_defaults(func=command("cli.check", "cmd_check"))
 
     listing = commands.add_parser(
         "list",
@@ -253,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--cursor", help="start after this point (printed below a full page)")
     listing.add_argument("--json", action="store_true", help="print the page as JSON")
     add_service_options(listing)
-    listing.set_defaults(func=cmd_list)
+    listing.set_defaults(func=command("cli.listing", "cmd_list"))
 
     cancel = commands.add_parser(
         "cancel",
@@ -266,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cancel.add_argument("check_id", metavar="ID", help="the check id (smtpcheck check prints it)")
     add_service_options(cancel)
-    cancel.set_defaults(func=cmd_cancel)
+    cancel.set_defaults(func=command("cli.cancel", "cmd_cancel"))
     return parser
 
 

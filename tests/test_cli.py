@@ -371,3 +371,47 @@ def test_message_headers_retry_and_callback_options_build_the_request(
     ):
         assert main(["check", "mx.example.com", *options]) == 2, options
         assert says in capsys.readouterr().err, options
+
+
+#: What the client commands never load: the API's web stack, Redis and RQ,
+#: gunicorn, the SMTP engine and its DNS library, and the crypto the
+#: service's schema needs only for a ``tls_ca``.
+NOT_FOR_A_CLIENT = ("flask", "werkzeug", "redis", "rq", "limits", "gunicorn", "gevent",
+                    "workers", "dns", "cryptography")  # fmt: skip
+
+
+def test_the_client_commands_load_only_what_a_client_needs() -> None:
+    """``check``, ``list`` and ``cancel`` against a service: in a fresh
+    interpreter, none of the API's or the worker's stack is imported (it
+    cost about 0.4 s of CPU at every start). The request is still
+    validated here, by the service's own schema, before anything is sent."""
+    import subprocess
+    import sys
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    script = f"""
+import sys
+from cli.main import main
+codes = [
+    main(["check", "mx.example.com", "--url", "{url}", "--stop-after", "banner"]),
+    main(["check", "mx.example.com", "--url", "{url}", "--port", "0"]),
+    main(["list", "--url", "{url}"]),
+    main(["cancel", "some-id", "--url", "{url}"]),
+]
+print(codes, " ".join(sorted(sys.modules)))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPCHECK_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    modules = done.stdout.partition("] ")[2]
+    assert done.stdout.startswith("[3, 2, 3, 3] "), done.stdout + done.stderr
+    assert "invalid --port (port)" in done.stderr  # refused here, before any connection
+    loaded = {name.split(".")[0] for name in modules.split()}
+    assert not loaded & set(NOT_FOR_A_CLIENT), sorted(loaded & set(NOT_FOR_A_CLIENT))
+    assert "cli.dev" not in modules.split() and "cli.api" not in modules.split()
