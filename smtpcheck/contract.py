@@ -715,8 +715,12 @@ class DaneHost(TypedDict):
     host: str
     name: Annotated[str | None, "the TLSA name looked up, _port._tcp.<host> (or its CNAME target)"]
     status: Annotated[
-        Literal["valid", "mismatch", "not_applicable", "lookup_failed", "unauthenticated"],
-        "valid or mismatch: DANE applies (RFC 7672 2.2); not_applicable: it does not "
+        Literal[
+            "valid", "mismatch", "unusable", "not_applicable", "lookup_failed", "unauthenticated"
+        ],
+        "valid or mismatch: DANE applies (RFC 7672 2.2); unusable: it applies but no record "
+        "is usable for SMTP, so senders require TLS without authenticating it; "
+        "not_applicable: it does not "
         "(an insecure MX, address or TLSA answer, or no TLSA records), reason says why; "
         "lookup_failed: a bogus answer or a failed lookup, senders that use DANE defer "
         "mail to the host; unauthenticated: SMTPCHECK_DNSSEC=off, not judged",

@@ -14,7 +14,9 @@ exact as comparing the bytes.
   matches, every certificate below it is signed by the next, and the leaf
   carries the MX host's name and is within its dates (RFC 7672 3.1.2, 3.2).
 - PKIX-TA and PKIX-EE (usages 0 and 1) are unusable for SMTP (RFC 7672
-  3.1.3): listed, never matched.
+  3.1.3): listed, never matched. When no record is :func:`usable`, a
+  sender that uses DANE still requires TLS but does not authenticate
+  (RFC 7672 2.2, 3.1).
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ def _digest_key(selector: int, matching_type: int, data: bytes) -> tuple[str, st
     if matching_type == 2:
         return f"{part}_sha512", data.hex()
     return None
+
+
+def usable(record: TLSARecord) -> bool:
+    """Whether an SMTP client can use ``record`` at all (RFC 7672 3.1): a
+    DANE usage with a known selector and matching type."""
+    return (
+        record.usage in (2, 3) and record.selector in SELECTORS and record.matching_type in MATCHING
+    )
 
 
 def _matches(record: TLSARecord, cert: Mapping[str, Any]) -> bool:

@@ -555,6 +555,15 @@ def _dane_host(
             for r in records
         ]
         return entry
+    if not any(dane.usable(r) for r in records):
+        entry["status"] = "unusable"
+        entry["reason"] = (
+            f"none of the TLSA records at {entry['name']} is usable for SMTP (only DANE-TA "
+            "and DANE-EE with known parameters are, RFC 7672 3.1), so senders that use DANE "
+            "require TLS but do not authenticate the certificate"
+        )
+        entry.update(dane.match(records, [], None, [host]))
+        return entry
     reference = list(dict.fromkeys([host, *(n for n in names if n != host)]))
     judged = dane.match(records, tls.get("chain") or [], tls.get("certificate"), reference)
     entry.update(judged)
@@ -611,6 +620,8 @@ def _dane_finding(host: str, entry: Mapping[str, Any], findings: list[Finding]) 
         findings.append(
             _finding("fail", "dane_mismatch", f"DANE: {host}: no TLSA record matches: {reason}")
         )
+    elif status == "unusable":
+        findings.append(_finding("warning", "dane_unusable", f"DANE: {host}: {reason}"))
     elif status == "unauthenticated":
         findings.append(
             _finding(
@@ -650,7 +661,7 @@ def _implied(
     dane_hosts = {  # where DANE applies: senders that use it require TLS
         h["host"].lower().rstrip(".")
         for h in danes.get("hosts", [])
-        if h.get("status") in ("valid", "mismatch")
+        if h.get("status") in ("valid", "mismatch", "unusable")
     }
     for key, result in by_host.items():
         if not (enforced or key in dane_hosts):

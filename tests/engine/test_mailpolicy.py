@@ -156,6 +156,7 @@ def world(
         tlsa_at: str | None = None,
         servfail: tuple[str, ...] = (),
         unsigned: tuple[str, ...] = (),
+        implicit: bool = False,
     ) -> World:
         target = smtp_target(tls=tls)
         anchor, hosting = ZoneKey("test."), ZoneKey("hosting.test.")
@@ -177,7 +178,9 @@ def world(
             zone[f"{mx_host}."] = {"CNAME": [f"{cname}."]}
             zone[f"{cname}."] = {"A": ["127.0.0.1"]}
         else:
-            zone[f"{mx_host}."] = {"A": ["127.0.0.1"]}
+            zone[f"{mx_host}."] = zone.get(f"{mx_host}.", {}) | {"A": ["127.0.0.1"]}
+        if implicit:  # no MX record: the domain is its own mail host (RFC 5321 5.1)
+            del zone[f"{DOMAIN}."]["MX"]
         if sts is not None:
             zone[f"_mta-sts.{DOMAIN}."] = {"TXT": [f'"{sts}"']}
         if rpt is not None:
@@ -227,6 +230,19 @@ def test_a_wrong_digest_is_dane_mismatch(world: Callable[..., World]) -> None:
     assert "does not match" in found["dane_mismatch"]
     assert policy["dane"]["hosts"][0]["matched"] is None
     assert policy["dane"]["hosts"][0]["status"] == "mismatch"
+
+
+def test_only_pkix_records_are_unusable_not_a_mismatch(
+    world: Callable[..., World], certificates: Certificates
+) -> None:
+    """RFC 7672 3.1.3: PKIX-EE/PKIX-TA are not used for SMTP; with nothing
+    else, senders require TLS but do not authenticate: no failure."""
+    policy, found = world(tlsa=f"1 1 1 {_spki_sha256(certificates)}").assess()
+    assert _dane_codes(found) == {"dane_unusable"}, found
+    assert "require TLS but do not authenticate" in found["dane_unusable"]
+    host = policy["dane"]["hosts"][0]
+    assert host["status"] == "unusable" and host["matched"] is None
+    assert "is not used for SMTP (RFC 7672 3.1.3)" in host["records"][0]["reason"]
 
 
 def test_an_unsigned_mx_rrset_means_dane_does_not_apply_even_to_a_signed_match(
@@ -316,6 +332,17 @@ def test_an_mx_host_behind_a_cname_uses_the_tlsa_of_its_target(
     policy, found = made.assess()
     assert "dane_valid" in found, found
     assert policy["dane"]["hosts"][0]["name"] == f"_{made.target.port}._tcp.{target}"
+
+
+def test_a_domain_without_mx_records_is_judged_as_its_own_host(
+    world: Callable[..., World], certificates: Certificates
+) -> None:
+    """RFC 7672 2.2.2: no MX RRset to judge; the domain's own addresses and TLSA records are."""
+    made = world(tlsa=f"3 1 1 {_spki_sha256(certificates)}", mx_host=DOMAIN, implicit=True)
+    policy, found = made.assess()
+    assert "dane_valid" in found, found
+    assert policy["dane"]["mx_security"] is None
+    assert policy["dane"]["hosts"][0]["address_security"] == "secure"
 
 
 def test_with_dnssec_off_dane_is_unauthenticated_and_says_why(

@@ -964,6 +964,7 @@
     for (const host of hosts) {
       const states = {
         mismatch: "MISMATCH",
+        unusable: "no usable record",
         lookup_failed: "LOOKUP FAILED",
         unauthenticated: "not authenticated",
         not_applicable: "not applicable",
