@@ -223,7 +223,11 @@ class Validator:
         if not proof:
             return None
         for rrset in proof:
-            self.rrset(rrset, response.authority, depth=0)
+            self.rrset(rrset, response.authority, depth=0)  # Bogus unless signed and valid
+            sigs = _signatures(response.authority, rrset)
+            signer = sigs[0].signer if sigs is not None else dns.name.root
+            if not qname.is_subdomain(signer):  # another zone's NSEC proves nothing here
+                raise Bogus(f"the denial of {qname} is signed by {signer}, which is not its zone")
         if all(r.rdtype == dns.rdatatype.NSEC for r in proof):
             return nsec_denial(qname, rdtype, [(r.name, rd) for r in proof for rd in r])
         nsec3 = [r for r in proof if r.rdtype == dns.rdatatype.NSEC3]
@@ -419,6 +423,8 @@ def nsec3_denial(
     if iterations > MAX_NSEC3_ITERATIONS:
         raise _Insecure(f"its NSEC3 records use {iterations} iterations (RFC 9276: insecure)")
     zone = records[0][0].parent()
+    if not qname.is_subdomain(zone) or any(owner.parent() != zone for owner, _ in records):
+        raise Bogus(f"the NSEC3 records for {shown} are not all of its zone")
     hashed = [(base64.b32hexdecode(owner.labels[0].upper()), rdata) for owner, rdata in records]
 
     def digest(name: dns.name.Name) -> bytes:

@@ -179,6 +179,13 @@ def test_nsec3_opt_out_is_insecure_and_a_missing_encloser_is_bogus() -> None:
         dnssec.nsec3_denial(_name("a.b.example."), ds, lone)
 
 
+def test_nsec3_of_another_zone_proves_nothing() -> None:
+    """An attacker's zone can hash any name with its own parameters."""
+    theirs = _nsec3_chain(["example.", "mx.victim.test."], {})
+    with pytest.raises(dnssec.Bogus, match="not all of its zone"):
+        dnssec.nsec3_denial(_name("mx.victim.test."), dns.rdatatype.TLSA, theirs)
+
+
 def test_a_denial_and_an_insecure_delegation_are_judged_from_the_anchor(
     dns_server: Callable[..., DNSServer], tmp_path: Path
 ) -> None:
