@@ -8,9 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dns.dnssec
+import dns.message
 import dns.name
 import dns.rdata
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 from smtpcheck.config import Settings
@@ -146,16 +148,16 @@ def test_nsec_that_lists_the_type_or_misses_the_wildcard_proves_nothing() -> Non
 
 
 def _nsec3_chain(
-    names: list[str], types: dict[str, str], opt_out: bool = False
+    names: list[str], types: dict[str, str], opt_out: bool = False, zone: str = "example."
 ) -> list[tuple[dns.name.Name, dns.rdata.Rdata]]:
-    """An NSEC3 chain (SHA-1, no salt, no extra iteration) over ``names`` of zone example."""
+    """An NSEC3 chain (SHA-1, no salt, no extra iteration) over ``names`` of ``zone``."""
     hashed = sorted((dns.dnssec.nsec3_hash(n, None, 0, 1), n) for n in names)
     chain = []
     for index, (digest, name) in enumerate(hashed):
         following = hashed[(index + 1) % len(hashed)][0]
         flags = 1 if opt_out else 0
         text = f"1 {flags} 0 - {following} {types.get(name, 'A RRSIG')}"
-        chain.append((_name(f"{digest}.example."), dns.rdata.from_text("IN", "NSEC3", text)))
+        chain.append((_name(f"{digest}.{zone}"), dns.rdata.from_text("IN", "NSEC3", text)))
     return chain
 
 
@@ -212,3 +214,30 @@ def test_a_denial_and_an_insecure_delegation_are_judged_from_the_anchor(
     assert "plain.test. is delegated from test. without a DS record" in insecure.reason
     bogus = judge("mx.sec.test.", "A")
     assert bogus.state == "bogus" and "its zone is signed" in bogus.reason
+
+
+def test_an_nsec3_opt_out_delegation_is_insecure_through_the_validator() -> None:
+    """What most unsigned domains look like under a signed TLD: the parent
+    proves the DS away with a signed NSEC3 opt-out span. An in-process
+    fetch answers like a validating path would (the anchor is the TLD's key)."""
+    tld = ZoneKey("test.")
+    dnskey = dns.rrset.from_text("test.", 60, "IN", "DNSKEY", tld.dnskey_text)
+    chain = _nsec3_chain(["test.", "signed.test."], {}, opt_out=True, zone="test.")
+
+    def fetch(name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+        response = dns.message.make_response(dns.message.make_query(name, rdtype))
+        if rdtype == dns.rdatatype.DNSKEY and name == tld.apex:
+            response.answer += [dnskey, tld.sign(dnskey)]
+        else:  # NODATA / NXDOMAIN: the NSEC3 span, signed
+            for owner, rdata in chain:
+                rrset = dns.rrset.from_rdata(owner, 60, rdata)
+                response.authority += [rrset, tld.sign(rrset)]
+        return response
+
+    anchors = dnssec.Anchors(f"test. IN DNSKEY {tld.dnskey_text}\n")
+    validator = dnssec.Validator(fetch, anchors)
+    unsigned = dns.message.make_response(dns.message.make_query("mx.plain.test.", "MX"))
+    unsigned.answer.append(dns.rrset.from_text("mx.plain.test.", 60, "IN", "MX", "10 mx.test."))
+    verdict = validator.judge(_name("mx.plain.test."), dns.rdatatype.MX, unsigned)
+    assert verdict.state == "insecure", verdict
+    assert verdict.reason == "plain.test. is unsigned (an NSEC3 opt-out span of test. covers it)"
