@@ -31,7 +31,8 @@ lines, the ``/metrics`` counters, the politeness slot's release and the
 result in one round trip, shared with whatever else of other checks the
 thread writes at that moment. A batch holding such a commit is one
 ``MULTI``/``EXEC``, so the lines still come before the result, and nobody
-sees half of a check's end.
+sees half of a check's end. The thread sends its batches as they are, on a
+connection of its own (:mod:`workers.wire`), not through redis-py's pipeline.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import redis
 from redis.client import Pipeline
 
 from smtpcheck.contract import EVENTS_KEY_PREFIX, EVENTS_MAXLEN
+from workers import wire
 from workers.daemon_thread import DaemonThread
 from workers.transcript import listening
 
@@ -69,8 +71,8 @@ EXPIRE_REFRESH = 60.0
 MAX_TRACKED = 10_000
 
 Stage = Callable[[Pipeline], object]
-#: Commands staged on a redis-py pipeline (its ``command_stack``), to be run as they are.
-Commands = list[tuple[tuple[Any, ...], dict[str, Any]]]
+Commands = list[wire.Command]
+_MAXLEN = str(EVENTS_MAXLEN)
 
 
 @dataclass(eq=False)
@@ -174,43 +176,44 @@ class Publisher:
             for connection, batch in batches:
                 self._write(connection, batch)
 
-    def _stage_expiries(self, pipe: Pipeline, batch: _Batch) -> None:
+    def _expiries(self, batch: _Batch) -> list[wire.Command]:
         """An ``EXPIRE`` for each stream that is new, due again, or ended."""
         moment = time.monotonic()
         refresh_at = self._refresh_at
         if len(refresh_at) > MAX_TRACKED:
             refresh_at.clear()
+        commands: list[wire.Command] = []
         for key, ttl in batch.ttls.items():
             if key not in batch.ends and refresh_at.get(key, moment) > moment:
                 continue
-            pipe.expire(key, ttl)
+            commands.append(("EXPIRE", key, ttl))
             refresh_at[key] = moment + min(EXPIRE_REFRESH, ttl / 2)
         for key, ttl in batch.ends.items():
             if key not in batch.ttls:  # its lines went out before
-                pipe.expire(key, ttl)
+                commands.append(("EXPIRE", key, ttl))
             refresh_at.pop(key, None)
+        return commands
 
     def _write(self, connection: redis.Redis, batch: _Batch) -> None:
         try:
-            # A check's result among them: one transaction, lines first.
-            with connection.pipeline(transaction=bool(batch.commits)) as pipe:
-                for key, data in batch.lines:
-                    pipe.xadd(
-                        key,
-                        {"event": "line", "data": data},
-                        maxlen=EVENTS_MAXLEN,
-                        approximate=False,
-                    )
-                self._stage_expiries(pipe, batch)
+            # The same XADD as redis-py's xadd(maxlen=EVENTS_MAXLEN, approximate=False).
+            commands: list[wire.Command] = [
+                ("XADD", key, "MAXLEN", _MAXLEN, "*", "event", "line", "data", data)
+                for key, data in batch.lines
+            ]
+            commands += self._expiries(batch)
+            if batch.stages:
+                staging = connection.pipeline(transaction=False)
                 for stage in batch.stages:
-                    stage(pipe)
-                shared = len(pipe.command_stack)
-                spans = []
-                for commands, written in batch.commits:
-                    start = len(pipe.command_stack)
-                    pipe.command_stack.extend(commands)
-                    spans.append((start, len(pipe.command_stack), written))
-                replies = pipe.execute(raise_on_error=False)
+                    stage(staging)
+                commands += wire.staged(staging)
+            shared = len(commands)
+            spans = []
+            for staged, written in batch.commits:
+                spans.append((len(commands), len(commands) + len(staged), written))
+                commands += staged
+            # A check's result among them: one transaction, lines first.
+            replies = wire.of(connection).execute(commands, transaction=bool(batch.commits))
             self.round_trips += 1
             for start, end, written in spans:
                 written.error = _first_error(replies[start:end])

@@ -42,7 +42,7 @@ import redis
 
 from smtpcheck.contract import TARGET_SLOTS_PREFIX
 from smtpcheck.targetpolicy import IPAddress
-from workers import cancel, events
+from workers import cancel, events, wire
 from workers.daemon_thread import DaemonThread
 from workers.errors import CheckAborted
 
@@ -80,6 +80,9 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
 return {1, held, mine}
 """
+
+#: What Redis names the script by (EVALSHA), not a security use.
+_ACQUIRE_SHA = hashlib.sha1(_ACQUIRE.encode(), usedforsecurity=False).hexdigest()
 
 # KEYS[1] the address's set; ARGV: member, lease seconds. 1 if still held.
 _RENEW = """
@@ -132,7 +135,6 @@ class TargetGate:
             self.prefix = hashlib.sha256(owner.encode()).hexdigest()[:16] + ":"
         self.lease = lease
         self.renew_every = renew_every
-        self._acquire = connection.register_script(_ACQUIRE)
         self._renew = connection.register_script(_RENEW)
 
     @contextlib.contextmanager
@@ -175,9 +177,8 @@ class TargetGate:
         waiting = False
         args: list[str | int | float] = [self.limit, member, self.lease, self.prefix, self.share]
         while True:
-            taken, held, mine = (
-                int(n) for n in cast(list[int], self._acquire(keys=[key], args=args))
-            )
+            reply = wire.pooled(self.connection).script(_ACQUIRE, _ACQUIRE_SHA, [key], args)
+            taken, held, mine = (int(n) for n in cast(list[int], reply))
             if taken:
                 break
             share_used = held < self.limit

@@ -80,7 +80,7 @@ from rq.utils import now
 from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
 
 from smtpcheck.logs import log_context
-from workers import events
+from workers import events, wire
 from workers.pool import DEFAULT_CONCURRENCY, HEARTBEAT_TTL, _Reregistering
 
 log = logging.getLogger("smtpcheck.worker")
@@ -448,7 +448,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             pipe.persist(job.key)
             if len(self.queues) == 1:
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            pipe.execute()
+            wire.pooled(self.connection).run(pipe, transaction=True)
         return execution
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -542,7 +542,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             self.cleanup_execution(job, pipeline=pipeline, execution=execution)
             if held is not None and held.writes_to(self.connection):
                 # With the check's last lines, counters and slot, in the publisher's round trip.
-                held.commit(list(pipeline.command_stack))
+                held.commit(wire.staged(pipeline))
             else:
                 pipeline.execute()
         release_slot(job)

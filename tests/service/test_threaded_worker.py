@@ -245,7 +245,7 @@ def test_a_plain_success_goes_out_with_its_last_lines_and_writes_the_job_whole(
 
     def losing(held: events.HeldEnd, commands: Any) -> None:
         assert held.events is not None
-        batches.append([str(args[0]) for args, _ in commands])
+        batches.append([str(args[0]) for args in commands])
         if held.events.key.endswith(lost):  # Redis lost this one's job hash mid-check
             redis_client.delete(f"rq:job:{lost}")
         commit(held, commands)

@@ -1,0 +1,60 @@
+"""workers.wire: batches of commands sent as they are, against the session's Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from workers import wire
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_replies_come_back_raw_with_a_failed_command_in_its_place(
+    client: redis.Redis, own: bool
+) -> None:
+    client.set("text", "a")
+    batch = wire.of(client) if own else wire.pooled(client)
+    commands = [("HSET", "h", "f", 1), ("HINCRBY", "text", "f", 1), ("HGET", "h", "f")]
+    replies = batch.execute(commands)
+    assert replies[0] == 1 and replies[2] == b"1"
+    assert isinstance(replies[1], redis.exceptions.ResponseError)  # WRONGTYPE, the rest ran
+    replies = batch.execute([("INCR", "n"), ("HINCRBY", "text", "f", 1)], transaction=True)
+    assert replies[0] == 1 and isinstance(replies[1], redis.exceptions.ResponseError)
+    with pytest.raises(redis.exceptions.ResponseError):  # refused whole: nothing ran
+        batch.execute([("INCR", "n"), ("INCR",)], transaction=True)
+    assert client.get("n") == b"1"
+
+
+def test_a_threads_own_connection_comes_back_after_redis_closed_it(client: redis.Redis) -> None:
+    own = wire.of(client)
+    assert own is wire.of(client)  # one per thread and client
+    own.execute([("CLIENT", "SETNAME", "wire-test")])
+    for line in client.client_list():
+        if line.get("name") == "wire-test":
+            client.client_kill_filter(_id=line["id"])
+    assert own.execute([("ECHO", "again")]) == [b"again"]  # reconnected, not failed
+
+
+def test_a_pipeline_runs_as_staged_and_a_script_is_loaded_once_missing(
+    client: redis.Redis,
+) -> None:
+    pipe = client.pipeline()
+    pipe.hset("job", mapping={"a": "1", "b": "2"})
+    pipe.expire("job", 30)
+    batch = wire.pooled(client)
+    assert batch.run(pipe, transaction=True) == [2, 1]
+    assert not pipe.command_stack
+    script = "return redis.call('HGET', KEYS[1], ARGV[1])"
+    client.script_flush()
+    sha = client.script_load(script)
+    client.script_flush()  # as after a restart: EVALSHA fails, EVAL runs it
+    assert batch.script(script, sha, ["job"], ["b"]) == b"2"

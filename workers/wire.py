@@ -1,0 +1,137 @@
+"""Batches of Redis commands sent as they are, on a connection one thread keeps.
+
+redis-py spends about 100 Python calls on every pipeline it runs (a pool
+checkout, retries, observability hooks) and about 19 more on every command
+in it (options, parsing, reply callbacks): a third of a worker's Python work
+per check. The worker's per-process threads (the transcript publisher) and
+each check's thread send the same few kinds of batches again and again, so
+they go through a :class:`Wire` instead: the commands, as staged on a
+redis-py pipeline or built here, packed in one go and written on a
+connection of the client's pool that the thread keeps to itself (one
+checkout per thread, again after a fork), and the replies read raw, only
+looked at for errors. What reaches Redis is the same commands; nothing reads
+these replies but :meth:`Wire.execute`'s caller.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+from redis.connection import ConnectionInterface
+
+Command = tuple[Any, ...]
+
+
+class Wire:
+    """One client's Redis: on a connection of its own (``own``, for one
+    long-lived thread) or on one taken from the client's pool per batch."""
+
+    def __init__(self, client: redis.Redis, *, own: bool = False) -> None:
+        self.client = client
+        self.own = own
+        self._connection: ConnectionInterface | None = None
+        self._pid = 0
+
+    def _for_this_process(self) -> ConnectionInterface:
+        connection = self._connection
+        if connection is None or self._pid != os.getpid():
+            # The pool's kind of connection (Sentinel's included), kept out of the pool.
+            connection = self._connection = self.client.connection_pool.make_connection()
+            self._pid = os.getpid()
+        return connection
+
+    def execute(self, commands: list[Command], *, transaction: bool = False) -> list[Any]:
+        """Send ``commands`` (in one ``MULTI``/``EXEC`` with ``transaction``)
+        and return their replies, a failed command's as its ``ResponseError``.
+
+        Redis unreachable: raises redis-py's ``ConnectionError`` or
+        ``TimeoutError`` (the next call connects again). A transaction Redis
+        refused whole (``EXECABORT``) raises the first command's error."""
+        if self.own:
+            connection = self._for_this_process()
+            try:  # as the pool does at a checkout: Redis closed it (a restart)? A new one.
+                if connection.can_read():
+                    connection.disconnect()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                connection.disconnect()
+            return _send(connection, commands, transaction)
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        try:
+            return _send(connection, commands, transaction)
+        finally:
+            pool.release(connection)
+
+    def run(self, pipe: Pipeline, *, transaction: bool) -> list[Any]:
+        """What ``pipe.execute()`` does, raising the first failed command's
+        error; the replies are raw."""
+        replies = self.execute(staged(pipe), transaction=transaction)
+        pipe.reset()
+        failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return replies
+
+    def script(self, script: str, sha: str, keys: list[Any], args: list[Any]) -> Any:
+        """``EVALSHA``, and ``EVAL`` once when Redis does not have the script
+        (a restart, a failover), as redis-py's registered scripts do."""
+        command = (len(keys), *keys, *args)
+        (reply,) = self.execute([("EVALSHA", sha, *command)])
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            (reply,) = self.execute([("EVAL", script, *command)])
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+
+def _send(connection: ConnectionInterface, commands: list[Command], transaction: bool) -> list[Any]:
+    sent = [("MULTI",), *commands, ("EXEC",)] if transaction else commands
+    replies: list[Any] = []
+    try:
+        connection.send_packed_command(connection.pack_commands(sent))
+        for _ in sent:
+            try:
+                replies.append(connection.read_response())
+            except redis.exceptions.ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        connection.disconnect()  # unread replies must not reach the next batch
+        raise
+    if not transaction:
+        return replies
+    executed = replies[-1]
+    if isinstance(executed, BaseException):
+        refused = [reply for reply in replies[1:-1] if isinstance(reply, BaseException)]
+        raise refused[0] if refused else executed
+    return list(executed)
+
+
+_wires: threading.local = threading.local()
+
+
+def of(client: redis.Redis) -> Wire:
+    """A :class:`Wire` to ``client``'s Redis on a connection of the calling
+    thread's own (a per-process daemon thread's: made on first use)."""
+    wires: weakref.WeakKeyDictionary[redis.Redis, Wire] | None = getattr(_wires, "by", None)
+    if wires is None:
+        wires = _wires.by = weakref.WeakKeyDictionary()
+    wire = wires.get(client)
+    if wire is None:
+        wire = wires[client] = Wire(client, own=True)
+    return wire
+
+
+def pooled(client: redis.Redis) -> Wire:
+    """A :class:`Wire` to ``client``'s Redis on a connection of its pool per
+    batch (for the many short-lived callers: a check's thread)."""
+    return Wire(client)
+
+
+def staged(pipe: Pipeline) -> list[Command]:
+    """The commands staged on ``pipe`` (never executed itself), as sent."""
+    return [args for args, _ in pipe.command_stack]
