@@ -149,6 +149,7 @@ class Validator:
                     what = f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
                     return self._unsigned(rrset.name, f"{what} is not signed")
                 self.rrset(rrset, response.answer, depth=0)
+                self._expansion(rrset, response)
             if any(r.rdtype == rdtype for r in chain):
                 return Verdict(SECURE, "validated from the trust anchor")
             target = qname
@@ -206,6 +207,34 @@ class Validator:
                 return f"{child} is delegated from {zone} without a DS record: it is unsigned"
         return None
 
+    def _expansion(self, rrset: dns.rrset.RRset, response: dns.message.Message) -> None:
+        """An RRset a wildcard answered (its RRSIG has fewer labels than its
+        name) holds only with proof that the name itself does not exist."""
+        sigs = _signatures(response.answer, rrset)
+        labels = sigs[0].labels if sigs is not None else len(rrset.name) - 1
+        if rrset.name.is_wild() or labels >= len(rrset.name) - 1:
+            return
+        encloser = rrset.name.split(labels + 1)[1]
+        proof = self._proof(response, rrset.name)
+        if not no_closer_match(rrset.name, encloser, [(r.name, rd) for r in proof for rd in r]):
+            raise Bogus(
+                f"{rrset.name} was answered by the wildcard *.{encloser}, but nothing proves "
+                f"that {rrset.name} itself does not exist"
+            )
+
+    def _proof(self, response: dns.message.Message, qname: dns.name.Name) -> list[dns.rrset.RRset]:
+        """The response's NSEC/NSEC3 RRsets, each validated and of ``qname``'s zone."""
+        proof = [
+            r for r in response.authority if r.rdtype in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)
+        ]
+        for rrset in proof:
+            self.rrset(rrset, response.authority, depth=0)  # Bogus unless signed and valid
+            sigs = _signatures(response.authority, rrset)
+            signer = sigs[0].signer if sigs is not None else dns.name.root
+            if not qname.is_subdomain(signer):  # another zone's NSEC proves nothing here
+                raise Bogus(f"the denial of {qname} is signed by {signer}, which is not its zone")
+        return proof
+
     def denial(
         self,
         response: dns.message.Message | None,
@@ -217,17 +246,9 @@ class Validator:
         not validate or do not prove the absence."""
         if response is None:
             return None
-        proof = [
-            r for r in response.authority if r.rdtype in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)
-        ]
+        proof = self._proof(response, qname)
         if not proof:
             return None
-        for rrset in proof:
-            self.rrset(rrset, response.authority, depth=0)  # Bogus unless signed and valid
-            sigs = _signatures(response.authority, rrset)
-            signer = sigs[0].signer if sigs is not None else dns.name.root
-            if not qname.is_subdomain(signer):  # another zone's NSEC proves nothing here
-                raise Bogus(f"the denial of {qname} is signed by {signer}, which is not its zone")
         if all(r.rdtype == dns.rdatatype.NSEC for r in proof):
             return nsec_denial(qname, rdtype, [(r.name, rd) for r in proof for rd in r])
         nsec3 = [r for r in proof if r.rdtype == dns.rdatatype.NSEC3]
@@ -410,6 +431,42 @@ def nsec_denial(
     raise Bogus(f"no NSEC record proves the absence of {shown}")
 
 
+class _NSEC3Set:
+    """NSEC3 records of one zone, by hashed owner (RFC 5155)."""
+
+    def __init__(
+        self, records: Sequence[tuple[dns.name.Name, dns.rdata.Rdata]], shown: str
+    ) -> None:
+        params: Any = records[0][1]  # dnspython's NSEC3 rdata: algorithm, salt, iterations
+        self.params = params
+        iterations = int(params.iterations)
+        if iterations > MAX_NSEC3_ITERATIONS:
+            raise _Insecure(f"its NSEC3 records use {iterations} iterations (RFC 9276: insecure)")
+        self.zone = records[0][0].parent()
+        if any(owner.parent() != self.zone for owner, _ in records):
+            raise Bogus(f"the NSEC3 records for {shown} are not all of one zone")
+        self.hashed = [
+            (base64.b32hexdecode(owner.labels[0].upper()), rdata) for owner, rdata in records
+        ]
+
+    def _digest(self, name: dns.name.Name) -> bytes:
+        params = self.params
+        return base64.b32hexdecode(
+            dns.dnssec.nsec3_hash(name, params.salt, params.iterations, params.algorithm)
+        )
+
+    def matching(self, name: dns.name.Name) -> Any:
+        value = self._digest(name)
+        return next((rdata for owner, rdata in self.hashed if owner == value), None)
+
+    def covering(self, name: dns.name.Name) -> Any:
+        value = self._digest(name)
+        return next(
+            (rdata for owner, rdata in self.hashed if _between(owner, value, rdata.next)),  # type: ignore[attr-defined]
+            None,
+        )
+
+
 def nsec3_denial(
     qname: dns.name.Name,
     rdtype: dns.rdatatype.RdataType,
@@ -418,48 +475,44 @@ def nsec3_denial(
     """RFC 5155 8.4-8.7: what NSEC3 records prove, or Bogus; an opt-out
     span over the next closer name is ``optout``."""
     shown = f"{qname} {dns.rdatatype.to_text(rdtype)}"
-    params: Any = records[0][1]  # dnspython's NSEC3 rdata: algorithm, salt, iterations
-    iterations = int(params.iterations)
-    if iterations > MAX_NSEC3_ITERATIONS:
-        raise _Insecure(f"its NSEC3 records use {iterations} iterations (RFC 9276: insecure)")
-    zone = records[0][0].parent()
-    if not qname.is_subdomain(zone) or any(owner.parent() != zone for owner, _ in records):
+    spans = _NSEC3Set(records, shown)
+    if not qname.is_subdomain(spans.zone):
         raise Bogus(f"the NSEC3 records for {shown} are not all of its zone")
-    hashed = [(base64.b32hexdecode(owner.labels[0].upper()), rdata) for owner, rdata in records]
-
-    def digest(name: dns.name.Name) -> bytes:
-        text = dns.dnssec.nsec3_hash(name, params.salt, iterations, params.algorithm)
-        return base64.b32hexdecode(text)
-
-    def matching(name: dns.name.Name) -> dns.rdata.Rdata | None:
-        value = digest(name)
-        return next((rdata for owner, rdata in hashed if owner == value), None)
-
-    def covering(name: dns.name.Name) -> dns.rdata.Rdata | None:
-        value = digest(name)
-        return next(
-            (rdata for owner, rdata in hashed if _between(owner, value, rdata.next)),  # type: ignore[attr-defined]
-            None,
-        )
-
-    found = matching(qname)
+    found = spans.matching(qname)
     if found is not None:
         return Denial("nodata", _no_type(str(qname), rdtype, _types(found)))
     encloser = qname.parent()
-    while matching(encloser) is None:
-        if encloser == zone or encloser == dns.name.root:
+    while spans.matching(encloser) is None:
+        if encloser == spans.zone or encloser == dns.name.root:
             raise Bogus(f"no NSEC3 record names a closest encloser of {shown}")
         encloser = encloser.parent()
     next_closer = qname.split(len(encloser) + 1)[1]
-    span = covering(next_closer)
+    span = spans.covering(next_closer)
     if span is None:
         raise Bogus(f"no NSEC3 record covers {next_closer}, as the absence of {shown} needs")
-    if span.flags & 1:  # type: ignore[attr-defined]
+    if span.flags & 1:
         return Denial("optout")
     wildcard = dns.name.Name((b"*", *encloser.labels))
-    found = matching(wildcard)
+    found = spans.matching(wildcard)
     if found is not None:
         return Denial("nodata", _no_type(str(wildcard), rdtype, _types(found)))
-    if covering(wildcard) is None:
+    if spans.covering(wildcard) is None:
         raise Bogus(f"no NSEC3 record proves that no wildcard {wildcard} answers {shown}")
     return Denial("nxdomain")
+
+
+def no_closer_match(
+    name: dns.name.Name,
+    encloser: dns.name.Name,
+    records: Sequence[tuple[dns.name.Name, dns.rdata.Rdata]],
+) -> bool:
+    """RFC 4035 5.3.4, RFC 5155 8.8: do NSEC or NSEC3 ``records`` prove that
+    ``name``, answered from the wildcard ``*.<encloser>``, does not exist?"""
+    nsec = [(o, r) for o, r in records if r.rdtype == dns.rdatatype.NSEC]
+    if any(_between(o, name, r.next) for o, r in nsec):  # type: ignore[attr-defined]
+        return True
+    nsec3 = [(o, r) for o, r in records if r.rdtype == dns.rdatatype.NSEC3]
+    if not nsec3:
+        return False
+    spans = _NSEC3Set(nsec3, str(name))
+    return spans.covering(name.split(len(encloser) + 1)[1]) is not None

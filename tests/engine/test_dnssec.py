@@ -241,3 +241,35 @@ def test_an_nsec3_opt_out_delegation_is_insecure_through_the_validator() -> None
     verdict = validator.judge(_name("mx.plain.test."), dns.rdatatype.MX, unsigned)
     assert verdict.state == "insecure", verdict
     assert verdict.reason == "plain.test. is unsigned (an NSEC3 opt-out span of test. covers it)"
+
+
+def test_a_wildcard_answer_needs_proof_that_the_name_itself_does_not_exist() -> None:
+    """RFC 4035 5.3.4: a TLSA RRset made from ``*._tcp.mx.test.`` is secure
+    only beside an NSEC that covers the name asked for; without it, the
+    signed wildcard could stand in for the name's own records."""
+    zone = ZoneKey("test.")
+    dnskey = dns.rrset.from_text("test.", 60, "IN", "DNSKEY", zone.dnskey_text)
+
+    def fetch(name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+        response = dns.message.make_response(dns.message.make_query(name, rdtype))
+        response.answer += [dnskey, zone.sign(dnskey)]
+        return response
+
+    validator = dnssec.Validator(fetch, dnssec.Anchors(f"test. IN DNSKEY {zone.dnskey_text}\n"))
+    qname = _name("_25._tcp.mx.test.")
+    wildcard = dns.rrset.from_text("*._tcp.mx.test.", 60, "IN", "TLSA", "3 1 1 " + "ab" * 32)
+    signature = zone.sign(wildcard)
+    expanded = dns.rrset.from_rdata_list(qname, 60, list(wildcard))
+    sigs = dns.rrset.from_rdata_list(qname, 60, list(signature))
+
+    def answer(*authority: dns.rrset.RRset) -> dns.message.Message:
+        response = dns.message.make_response(dns.message.make_query(qname, "TLSA"))
+        response.answer += [expanded, sigs]
+        response.authority += list(authority)
+        return response
+
+    bare = validator.judge(qname, dns.rdatatype.TLSA, answer())
+    assert bare.state == "bogus" and "answered by the wildcard *._tcp.mx.test." in bare.reason
+    covering = dns.rrset.from_text("*._tcp.mx.test.", 60, "IN", "NSEC", "a._tcp.mx.test. TLSA")
+    proven = validator.judge(qname, dns.rdatatype.TLSA, answer(covering, zone.sign(covering)))
+    assert proven.state == "secure", proven
