@@ -205,9 +205,11 @@ class Connection:
                 return
             other = sidecar.fileno()
             wait = min(deadline, sidecar.wake_at, now + cancel.SLICE) - now
-            ready, _, _ = select.select(
-                [ours] if other is None else [ours, other], [], [], max(wait, 0.0)
-            )
+            poller = select.poll()
+            poller.register(ours, select.POLLIN)
+            if other is not None:
+                poller.register(other, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll(max(wait, 0.0) * 1000)}
             if ours not in ready or other in ready or time.monotonic() >= sidecar.wake_at:
                 sidecar.step()
             if ours in ready:

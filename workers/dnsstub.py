@@ -502,7 +502,9 @@ class Exchange:
         if self._sock is None:
             time.sleep(left)
         else:
-            select.select([self._sock], [], [], left)
+            poller = select.poll()
+            poller.register(self._sock, select.POLLIN)
+            poller.poll(left * 1000)
 
     def close(self) -> None:
         """Give the lookup up (its socket closed); ``done`` stays as it was."""
@@ -593,7 +595,8 @@ class Exchange:
             return
         sock, server = self._sock, self._server
         assert sock is not None and server is not None
-        packed = socket.inet_pton(sock.family, server[0])
+        family = _family(server[0])
+        packed = socket.inet_pton(family, server[0])
         while True:
             try:
                 data, source = sock.recvfrom(65535)
@@ -603,7 +606,7 @@ class Exchange:
                 self._drop_server()
                 self._next()
                 return
-            if source[1] != server[1] or socket.inet_pton(sock.family, source[0]) != packed:
+            if source[1] != server[1] or socket.inet_pton(family, source[0]) != packed:
                 continue
             try:
                 response = _read(data, self._ident, self._question, self._wire)

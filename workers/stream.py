@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import select
 import socket
 import ssl
 import time
@@ -85,11 +86,28 @@ def _bound_address(sock: socket.socket) -> str | None:
     return None if ipaddress.ip_address(host).is_unspecified else host
 
 
+def wait_for(sock: socket.socket | int, events: int, seconds: float) -> bool:
+    """Whether ``sock`` is ready for ``events`` (select.POLLIN, POLLOUT) within
+    ``seconds``; poll, which has no limit on descriptor numbers."""
+    poller = select.poll()
+    poller.register(sock, events)
+    return bool(poller.poll(max(0.0, seconds) * 1000))
+
+
 class Stream:
-    """One connected socket, plain or TLS."""
+    """One connected socket, plain or TLS.
+
+    A plain socket is non-blocking: a read or write tries at once and waits
+    (poll) only when it has to, instead of setting the socket's timeout
+    before every call (an ioctl, and a poll before each try). A TLS socket
+    keeps the timeout per call, which the ssl module needs.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self._plain = not isinstance(sock, ssl.SSLSocket)
+        if self._plain:
+            sock.setblocking(False)
 
     @classmethod
     def connect(
@@ -125,16 +143,43 @@ class Stream:
 
     def read(self, deadline: float, max_bytes: int = READ_CHUNK) -> bytes:
         """At most ``max_bytes``; ``b""`` when the peer closed."""
+        sock = self._sock
         try:
-            self._sock.settimeout(remaining(deadline))
-            return self._sock.recv(max_bytes)
+            left = remaining(deadline)
+            if not self._plain:
+                sock.settimeout(left)
+                return sock.recv(max_bytes)
+            waited = False
+            while True:
+                try:
+                    return sock.recv(max_bytes)
+                except BlockingIOError:
+                    pass  # nothing yet: wait for it
+                if waited:  # ready, and then not after all: wait again, what is left
+                    left = remaining(deadline)
+                if not wait_for(sock, select.POLLIN, left):
+                    raise TimeoutError
+                waited = True
         except OSError as exc:
             raise translated(exc, "read") from exc
 
     def write(self, data: bytes, deadline: float) -> None:
+        sock = self._sock
         try:
-            self._sock.settimeout(remaining(deadline))
-            self._sock.sendall(data)
+            if not self._plain:
+                sock.settimeout(remaining(deadline))
+                sock.sendall(data)
+                return
+            view = memoryview(data)
+            while view:
+                left = remaining(deadline)
+                try:
+                    sent = sock.send(view)
+                except BlockingIOError:  # the send buffer is full: wait for room
+                    if not wait_for(sock, select.POLLOUT, left):
+                        raise TimeoutError from None
+                    continue
+                view = view[sent:]
         except OSError as exc:
             raise translated(exc, "write") from exc
 
