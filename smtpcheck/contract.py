@@ -716,10 +716,18 @@ class DaneHost(TypedDict):
     name: Annotated[str | None, "the TLSA name looked up, _port._tcp.<host> (or its CNAME target)"]
     status: Annotated[
         Literal[
-            "valid", "mismatch", "unusable", "not_applicable", "lookup_failed", "unauthenticated"
+            "valid",
+            "mismatch",
+            "unusable",
+            "unverified",
+            "not_applicable",
+            "lookup_failed",
+            "unauthenticated",
         ],
         "valid or mismatch: DANE applies (RFC 7672 2.2); unusable: it applies but no record "
-        "is usable for SMTP, so senders require TLS without authenticating it; "
+        "is usable for SMTP, so senders require TLS without authenticating it; unverified: "
+        "it applies, but the check ended before TLS (stop_after, or the host did not "
+        "answer), so the certificate was not judged; "
         "not_applicable: it does not "
         "(an insecure MX, address or TLSA answer, or no TLSA records), reason says why; "
         "lookup_failed: a bogus answer or a failed lookup, senders that use DANE defer "

@@ -124,6 +124,8 @@ def policy_lines(result: Mapping[str, Any]) -> list[str]:
             state = f"valid: TLSA {host['records'][host['matched']]['record']}"
         elif status == "mismatch":
             state = f"MISMATCH: {reason}"
+        elif status == "unverified":
+            state = f"not verified: {reason}"
         elif status == "unusable":
             state = f"no usable record: {reason}"
         elif status == "lookup_failed":

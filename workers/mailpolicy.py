@@ -157,7 +157,7 @@ def _mta_sts(
             )
         )
         return facts
-    failures = 0
+    failures = unseen = 0
     severity = "fail" if policy.mode == "enforce" else "warning"
     for host in mx_hosts:
         key = host.lower().rstrip(".")
@@ -181,7 +181,11 @@ def _mta_sts(
                 )
             )
         result = by_host.get(key)
-        if result is not None:
+        unjudged = _no_certificate(result) if result is not None else None
+        if unjudged is not None:
+            entry["reason"] = entry["reason"] or unjudged
+            unseen += 1
+        elif result is not None:
             ok, reason = _sts_certificate(result)
             entry["certificate_ok"], entry["reason"] = ok, entry["reason"] or reason
             if not ok:
@@ -195,12 +199,17 @@ def _mta_sts(
                 )
         facts["hosts"].append(entry)
     if not failures and policy.mode == "enforce":
+        seen = (
+            "the ones checked present valid certificates"
+            if unseen < len(by_host)
+            else "no certificate was judged (the check ended before TLS)"
+        )
         add(
             _finding(
                 "pass",
                 "mta_sts_valid",
                 f"MTA-STS: an enforced policy (max_age {policy.max_age} s) covers every MX "
-                "host, and the ones checked present valid certificates",
+                f"host, and {seen}",
             )
         )
     return facts
@@ -282,6 +291,25 @@ def _sts_certificate(result: Mapping[str, Any]) -> tuple[bool, str | None]:
     if blocking:
         return False, "; ".join(blocking)
     return True, None
+
+
+def _no_certificate(result: Mapping[str, Any]) -> str | None:
+    """Why the check holds no certificate of this host where that is the
+    check's own doing (it ended, or was asked to stop, before TLS); None
+    when the server itself offered no TLS, or its TLS failed."""
+    tls = result.get("tls") or {}
+    if tls.get("established"):
+        return None
+    ehlo = result.get("ehlo") or {}
+    plain = (ehlo.get("before_tls") or ehlo).get("extensions") or {}
+    where = f"the check ended at stage {result.get('stage')} ({result.get('outcome')})"
+    if tls.get("offered") or plain.get("STARTTLS") or tls.get("mode") == "implicit":
+        if result.get("outcome") in ("tls_error", "starttls_unavailable"):
+            return None  # TLS was tried and the server failed it
+        return f"{where} without TLS, so its certificate was not judged"
+    if not ehlo:
+        return f"{where} before EHLO, so its TLS and certificate were not judged"
+    return None
 
 
 # -- TLS-RPT -------------------------------------------------------------------
@@ -543,14 +571,19 @@ def _dane_host(
         return entry
     tls = result.get("tls") or {}
     if not tls.get("established"):
-        entry["status"] = "mismatch"
-        entry["reason"] = "the server offered no TLS, which DANE requires"
+        unjudged = _no_certificate(result)
+        entry["status"] = "mismatch" if unjudged is None else "unverified"
+        entry["reason"] = (
+            f"DANE applies, but {unjudged}"
+            if unjudged
+            else "the server offered no working TLS, which DANE requires"
+        )
         entry["records"] = [
             {
                 "record": r.text(),
                 "usage": dane.USAGES.get(r.usage),
                 "matched": False,
-                "reason": "no TLS session",
+                "reason": "no TLS session" if unjudged is None else "not judged",
             }
             for r in records
         ]
@@ -620,6 +653,8 @@ def _dane_finding(host: str, entry: Mapping[str, Any], findings: list[Finding]) 
         findings.append(
             _finding("fail", "dane_mismatch", f"DANE: {host}: no TLSA record matches: {reason}")
         )
+    elif status == "unverified":
+        findings.append(_finding("info", "dane_unverified", f"DANE: {host}: {reason}"))
     elif status == "unusable":
         findings.append(_finding("warning", "dane_unusable", f"DANE: {host}: {reason}"))
     elif status == "unauthenticated":
@@ -661,7 +696,7 @@ def _implied(
     dane_hosts = {  # where DANE applies: senders that use it require TLS
         h["host"].lower().rstrip(".")
         for h in danes.get("hosts", [])
-        if h.get("status") in ("valid", "mismatch", "unusable")
+        if h.get("status") in ("valid", "mismatch", "unusable", "unverified")
     }
     for key, result in by_host.items():
         if not (enforced or key in dane_hosts):
@@ -673,7 +708,8 @@ def _implied(
         host = result["target"]["host"]
         tls = result.get("tls") or {}
         if (
-            tls.get("mode") != "implicit"
+            ehlo  # without an EHLO reply, nothing is known of STARTTLS
+            and tls.get("mode") != "implicit"
             and not plain.get("STARTTLS")
             and not tls.get("established")
         ):

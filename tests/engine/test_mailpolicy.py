@@ -98,6 +98,7 @@ class World:
     target: SMTPTarget
     dns: DNSServer
     mx_host: str = MX
+    stop_after: str = "tls"
 
     @property
     def tlsa_name(self) -> str:
@@ -106,7 +107,7 @@ class World:
     def host_result(self) -> dict[str, Any]:
         return run_check(
             check_request(
-                self.settings, host=self.mx_host, port=self.target.port, stop_after="tls"
+                self.settings, host=self.mx_host, port=self.target.port, stop_after=self.stop_after
             ),
             self.settings,
             password=None,
@@ -230,6 +231,22 @@ def test_a_wrong_digest_is_dane_mismatch(world: Callable[..., World]) -> None:
     assert "does not match" in found["dane_mismatch"]
     assert policy["dane"]["hosts"][0]["matched"] is None
     assert policy["dane"]["hosts"][0]["status"] == "mismatch"
+
+
+def test_a_check_that_stops_before_tls_fails_neither_dane_nor_mta_sts(
+    world: Callable[..., World], certificates: Certificates
+) -> None:
+    """With ``stop_after: ehlo`` no certificate was seen: that is the
+    check's scope, not the server's fault (it offers STARTTLS)."""
+    made = world(tlsa=f"3 1 1 {_spki_sha256(certificates)}")
+    made.stop_after = "ehlo"
+    policy, found = made.assess()
+    assert _dane_codes(found) == {"dane_unverified"}, found
+    assert "the check ended at stage ehlo (ok) without TLS" in found["dane_unverified"]
+    assert policy["dane"]["hosts"][0]["status"] == "unverified"
+    assert "mta_sts_certificate_invalid" not in found and "policy_mx_no_starttls" not in found
+    assert "no certificate was judged" in found["mta_sts_valid"]
+    assert policy["mta_sts"]["hosts"][0]["certificate_ok"] is None
 
 
 def test_only_pkix_records_are_unusable_not_a_mismatch(

@@ -965,6 +965,7 @@
       const states = {
         mismatch: "MISMATCH",
         unusable: "no usable record",
+        unverified: "not verified",
         lookup_failed: "LOOKUP FAILED",
         unauthenticated: "not authenticated",
         not_applicable: "not applicable",
