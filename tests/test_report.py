@@ -66,3 +66,30 @@ def test_an_ipv6_target_is_bracketed_in_the_verdict_line():
         "transcript": [],
     }
     assert "([::1]:25)" in render_text(result)
+
+
+def test_each_dane_status_reads_as_what_a_sender_would_do():
+    from smtpcheck.report import policy_lines
+
+    def host(name, status, reason):
+        return {"host": name, "status": status, "reason": reason, "matched": None, "records": []}
+
+    policy = {
+        "mta_sts": {"record": None, "record_error": None, "policy": None},
+        "tls_rpt": {"record": None, "error": None},
+        "dane": {
+            "dnssec": "validate",
+            "mx_security": "insecure",
+            "hosts": [
+                host("a.example", "not_applicable", "the MX RRset of example is not signed"),
+                host("b.example", "lookup_failed", "the TLSA answer does not validate"),
+                host("c.example", "unverified", "DANE applies, but the check ended early"),
+                host("d.example", "unusable", "none of the TLSA records is usable"),
+            ],
+        },
+    }
+    lines = policy_lines({"policy": policy})
+    assert "DANE     a.example: not applicable: the MX RRset of example is not signed" in lines
+    assert "DANE     b.example: LOOKUP FAILED: the TLSA answer does not validate" in lines
+    assert "DANE     c.example: not verified: DANE applies, but the check ended early" in lines
+    assert "DANE     d.example: no usable record: none of the TLSA records is usable" in lines
