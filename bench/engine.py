@@ -25,6 +25,16 @@ does. With ``--baseline`` both trees run in turns, and the script prints
 new/old of each figure and the load beside them.
 
     .venv/bin/python -m bench.engine --cpu [--checks N] [--rounds R] [--threads T] [--baseline REV]
+
+With ``--worker`` the same fast checks go through the API (in-process,
+Flask's test client) to a fresh embedded Redis, and one tree's threaded
+worker class runs them all in burst mode in a child process, as many in
+flight as it takes: the figure is that process's CPU per check over the
+worker's run (getrusage; the POSTs not counted). ``--baseline`` takes a
+revision or the path of a tree (say, today's main with only the engine's
+commits reverted, to see what the engine alone changed in the worker).
+
+    .venv/bin/python -m bench.engine --worker [--checks N] [--rounds R] [--baseline REV|PATH]
 """
 
 from __future__ import annotations
@@ -199,11 +209,46 @@ print(json.dumps(figures))
 """
 
 
-def cpu_of(tree: Path, port: int, dns_port: int, n: int, threads: int) -> dict[str, float]:
-    """The --cpu figures of the engine in ``tree``, from a child process."""
+#: The --worker child: POSTs in-process, then one threaded worker's burst.
+WORKER_CHILD = """
+import json, os, resource, sys
+import workers.job
+from service import create_app
+from smtpcheck.config import Settings
+from smtpcheck.redis_client import connect
+from workers.pool import build_worker
+redis_url, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+keys = [key.partition(":")[2] for key in os.environ["SMTPCHECK_API_KEYS"].split(",")]
+settings = Settings.from_env()
+client = create_app(settings).test_client()
+body = {"host": "127.0.0.1", "port": port, "tls": "none", "stop_after": "ehlo"}
+def post(count):
+    for i in range(count):
+        headers = {"Authorization": "Bearer " + keys[i % len(keys)]}
+        answer = client.post("/v1/checks", json=body, headers=headers)
+        assert answer.status_code == 202, answer.get_data()
+def burst(name):
+    build_worker(settings, connect(redis_url), vantage="default", name=name).work(
+        burst=True, logging_level="WARNING"
+    )
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+workers.job.use_settings(settings)
+post(50)
+burst("warm-%d" % os.getpid())
+post(n)
+started = cpu()
+burst("measured-%d" % os.getpid())
+print(json.dumps({"worker_cpu_ms": (cpu() - started) / n * 1e3}))
+"""
+
+
+def child_figures(tree: Path, code: str, argv: list[str], env: dict[str, str]) -> dict[str, float]:
+    """The JSON figures a child process running ``code`` on ``tree`` prints."""
     done = subprocess.run(
-        [sys.executable, "-c", CPU_CHILD, str(port), str(dns_port), str(n), str(threads)],
-        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-c", code, *argv],
+        env={**env, "PYTHONPATH": str(tree)},
         cwd=tree,
         capture_output=True,
         text=True,
@@ -213,22 +258,46 @@ def cpu_of(tree: Path, port: int, dns_port: int, n: int, threads: int) -> dict[s
     return figures
 
 
+def cpu_of(tree: Path, port: int, dns_port: int, n: int, threads: int) -> dict[str, float]:
+    """The --cpu figures of the engine in ``tree``, from a child process."""
+    argv = [str(port), str(dns_port), str(n), str(threads)]
+    return child_figures(tree, CPU_CHILD, argv, {"PATH": "/usr/bin:/bin"})
+
+
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def cpu_rounds(args: argparse.Namespace, port: int, dns_port: int) -> None:
-    """--cpu: the trees in turns, each figure's median and new/old."""
+    """--cpu and --worker: the trees in turns (the other order every other
+    round), each figure's median and new/old."""
     print(f"start: {load()}")
     with contextlib.ExitStack() as stack:
         trees = {"engine": ROOT}
         if args.baseline:
-            trees[args.baseline] = stack.enter_context(checkout(args.baseline))
+            given = Path(args.baseline)
+            if given.is_dir():
+                trees[args.baseline] = given.resolve()
+            else:
+                trees[args.baseline] = stack.enter_context(checkout(args.baseline))
+        if args.worker:
+            from bench.service import bench_env
+            from smtpcheck.embedded_redis import EmbeddedRedis
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            server = EmbeddedRedis(tmp / "redis", persist=False).start()
+            stack.callback(server.stop)
+            env = bench_env(server.url, [port], dns_port)
+            argv = [server.url, str(port), str(args.checks)]
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
         for turn in range(args.rounds):
-            for name, tree in trees.items():
-                figures = cpu_of(tree, port, dns_port, args.checks, args.threads)
+            order = list(trees.items())
+            for name, tree in order if turn % 2 == 0 else order[::-1]:
+                if args.worker:
+                    figures = child_figures(tree, WORKER_CHILD, argv, env)
+                else:
+                    figures = cpu_of(tree, port, dns_port, args.checks, args.threads)
                 runs[name].append(figures)
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in figures.items())
                 print(f"round {turn + 1} {name:>12}: {shown}  ({load()})")
@@ -262,13 +331,14 @@ def main() -> None:
     parser.add_argument("--baseline", help="a git revision whose engine to compare with")
     parser.add_argument("--cpu", action="store_true", help="calls and CPU per fast check")
     parser.add_argument("--threads", type=int, default=4, help="--cpu: checks side by side")
+    parser.add_argument("--worker", action="store_true", help="CPU per check in the worker")
     args = parser.parse_args()
 
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.get_context("spawn").Process(target=serve, args=(child,))
     server.start()
     port, dns_port = parent.recv()
-    if args.cpu:
+    if args.cpu or args.worker:
         try:
             cpu_rounds(args, port, dns_port)
         finally:
