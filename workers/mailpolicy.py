@@ -481,7 +481,8 @@ def _dane(
         entry = _dane_host(host, result, judge, settings, port, mx_problem)
         facts["hosts"].append(entry)
         note(f"{entry['name'] or host} TLSA: DANE {entry['status']}: {entry['reason']}")
-        _dane_finding(host, entry, findings)
+        if mx_problem is None or mx_problem[0] != "lookup_failed":  # a bogus MX: said once
+            _dane_finding(host, entry, findings)
     return facts
 
 
@@ -663,7 +664,7 @@ def _dane_finding(host: str, entry: Mapping[str, Any], findings: list[Finding]) 
                 "warning", "dane_unauthenticated", f"DANE: {host} has TLSA records, but {reason}"
             )
         )
-    elif status == "lookup_failed" and "MX RRset" not in reason:  # the MX: said once above
+    elif status == "lookup_failed":
         findings.append(
             _finding(
                 "fail",
