@@ -319,6 +319,12 @@ class Validator:
         response = self.fetch(zone, dns.rdatatype.DS)
         ds = _find(response, zone, dns.rdatatype.DS)
         if ds is None:
+            # A signed zone whose parent proves it has no DS is an island:
+            # insecure, as validating resolvers take it; unproven, bogus.
+            self._ds.setdefault(zone, response)
+            insecure = self.insecure_cut(zone)
+            if insecure is not None:
+                raise _Insecure(insecure)
             raise Bogus(f"{zone} has no DS record in its parent: it is not signed from above")
         self.rrset(ds, response.answer if response else (), depth + 1)
         trusted = [key for key in keys if _matches_ds(zone, key, list(ds))]
@@ -371,7 +377,8 @@ def _rrset(zone: dns.name.Name, keys: list[dns.rdata.Rdata]) -> dns.rrset.RRset:
 
 
 class _Insecure(Exception):
-    """The answer is provably unsigned (an NSEC3 span too costly to check)."""
+    """The answer is provably unsigned: below a delegation without DS, or
+    an NSEC3 span too costly to check."""
 
 
 def _types(rdata: dns.rdata.Rdata) -> frozenset[int]:

@@ -76,7 +76,6 @@ def test_an_anchor_given_as_dnskey_works_too(
         ("wrong anchor", "no DNSKEY of test. matches its trust anchor"),
         ("wrong DS", "no DNSKEY of sec.test. matches its DS records"),
         ("unsigned", "is not signed"),
-        ("not anchored", "test. has no DS record in its parent"),
     ],
 )
 def test_a_broken_chain_says_where(
@@ -91,8 +90,6 @@ def test_a_broken_chain_says_where(
         zone = _zone(parent, child, ds_of=stranger)
     elif case == "unsigned":
         signers = []
-    elif case == "not anchored":
-        anchor = f"other. IN DS {ZoneKey('other.').ds_text}\n"
     server = dns_server(zone, signers=signers)
     validator, resolver = _validator(server, anchor, tmp_path)
     with pytest.raises(dnssec.Bogus, match=reason):
@@ -273,3 +270,32 @@ def test_a_wildcard_answer_needs_proof_that_the_name_itself_does_not_exist() -> 
     covering = dns.rrset.from_text("*._tcp.mx.test.", 60, "IN", "NSEC", "a._tcp.mx.test. TLSA")
     proven = validator.judge(qname, dns.rdatatype.TLSA, answer(covering, zone.sign(covering)))
     assert proven.state == "secure", proven
+
+
+@pytest.mark.parametrize(
+    ("case", "state", "reason"),
+    [
+        ("island", "insecure", "sec.test. is delegated from test. without a DS record"),
+        ("not anchored", "insecure", "no trust anchor covers sec.test."),
+        ("DS stripped", "bogus", "test. is signed, but the absence of a DS record at sec.test."),
+    ],
+)
+def test_a_signed_zone_not_signed_from_above_is_an_island(
+    dns_server: Callable[..., DNSServer], tmp_path: Path, case: str, state: str, reason: str
+) -> None:
+    """Signed, but its parent proves it has no DS (a DS not yet published):
+    validating resolvers take it as insecure, not bogus."""
+    parent, child = ZoneKey("test."), ZoneKey("sec.test.")
+    zone = _zone(parent, child)
+    del zone["sec.test."]["DS"]
+    zone["sec.test."]["NS"] = ["ns.test."]
+    unsigned = ["sec.test. DS"] if case == "DS stripped" else []
+    server = dns_server(zone, signers=[parent, child], unsigned=unsigned)
+    anchor = f"test. IN DS {parent.ds_text}\n"
+    if case == "not anchored":
+        anchor = f"other. IN DS {ZoneKey('other.').ds_text}\n"
+    validator, resolver = _validator(server, anchor, tmp_path)
+    response = resolver.secure(TLSA, "TLSA", denials=True)
+    assert response is not None
+    verdict = validator.judge(_name(TLSA), dns.rdatatype.TLSA, response)
+    assert (verdict.state, reason in verdict.reason) == (state, True), verdict
