@@ -6,9 +6,13 @@ a thread of its own (the measured memory per check is in the README and in
 bench/README.md). :class:`ThreadedCheckWorker` is RQ's ``SimpleWorker`` with
 its work loop replaced:
 
-* The main thread dequeues (RQ's own ``dequeue_any``: ``BLMOVE`` into the
-  queue's intermediate list) only while a slot is free, and starts a daemon
-  thread for the check. Everything else of RQ's is kept per check: the
+* The main thread dequeues only while a slot is free, and starts a daemon
+  thread for the check. With one queue it takes up to ``TAKE_AT_ONCE``
+  checks (no more than the free slots) with their job hashes in one round
+  trip (a script doing RQ's ``LMOVE`` into the queue's intermediate list for
+  each); with none there it waits in RQ's own ``dequeue_any`` (``BLMOVE``).
+  Checks taken but not started when it stops go back to the queue's front.
+  Everything else of RQ's is kept per check: the
   thread creates the check's own ``Execution`` (its entry in the started
   registry and in the worker's execution set), runs the job through
   ``perform_job`` and finishes it through RQ's own success, failure and retry
@@ -57,13 +61,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import logging
 import math
 import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any
@@ -93,6 +98,8 @@ RESERVE_SHARE = 0.1
 #: Seconds the main thread blocks in one BLMOVE (and so at most between a
 #: stop signal and the loop noticing it).
 DEQUEUE_BLOCK = 1
+#: Checks taken from the queue at most in one round trip while slots are free.
+TAKE_AT_ONCE = 16
 #: How long a finished check keeps trying to store its result while Redis is away.
 STORE_RETRY_SECONDS = 60.0
 #: Watchdog margin when a job carries no timeout of its own.
@@ -109,6 +116,25 @@ SPARE_IDLE = 10.0
 STUCK_SHARE = 0.25
 
 _ENDED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+# Up to ARGV[1] checks from the queue KEYS[1] into its intermediate list
+# KEYS[2], each as RQ's LMOVE does, with its job hash (ARGV[2]: the job key
+# prefix): {id, {field, value, ...}, ...}; an id whose hash is gone comes with
+# none and stays in the intermediate list, as with RQ's dequeue.
+_TAKE = """
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not id then
+    break
+  end
+  taken[#taken + 1] = id
+  taken[#taken + 1] = redis.call('HGETALL', ARGV[2] .. id)
+end
+return taken
+"""
+#: What Redis names the script by (EVALSHA), not a security use.
+_TAKE_SHA = hashlib.sha1(_TAKE.encode(), usedforsecurity=False).hexdigest()
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 
@@ -185,6 +211,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         self._beat_stop = threading.Event()
         self._redis_ok = True
         self._worker_beat_at = -math.inf  # monotonic time of the last worker heartbeat
+        self._taken: deque[tuple[Job, Queue]] = deque()  # dequeued, not yet started
         self._spares: list[_Spare] = []  # idle check threads (guarded by _spare_lock)
         self._spare_lock = threading.Lock()
 
@@ -233,7 +260,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                     continue
                 job, queue = result
                 if self._stop_requested:  # a stop came while we waited: keep its place
-                    self._put_back(job, queue, front=True)
+                    self._taken.appendleft((job, queue))
                     break
                 if self._over_share(job):
                     if rotation == job.id:  # round the whole queue: nobody else waits here
@@ -254,6 +281,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 if max_jobs is not None and started >= max_jobs:
                     log.info("Worker %s: started %d checks, retiring", self.name, started)
                     break
+            self._give_back_taken()
             self._drain()
         finally:
             self._beat_stop.set()
@@ -281,7 +309,15 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             )
 
     def _dequeue(self, timeout: int | None) -> tuple[Job, Queue] | None:
+        if self._taken:
+            return self._taken.popleft()
         try:
+            if len(self._ordered_queues) == 1:  # several checks at once while slots are free
+                with self._changed:
+                    free = self.concurrency - len(self._flights) - self._stuck
+                self._take(self._ordered_queues[0], min(free, TAKE_AT_ONCE))
+                if self._taken:
+                    return self._taken.popleft()
             result = self.queue_class.dequeue_any(
                 self._ordered_queues,
                 timeout,
@@ -302,6 +338,31 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             log.info("Worker %s: Redis reachable again", self.name)
             self._redis_ok = True
         return result
+
+    def _take(self, queue: Queue, most: int) -> None:
+        """Up to ``most`` checks and their job hashes in one round trip (each
+        moved to the intermediate list as RQ's dequeue moves it), restored as
+        RQ's ``Job.fetch`` restores them, into ``_taken``; none if the queue is empty."""
+        reply = wire.pooled(self.connection).script(
+            _TAKE,
+            _TAKE_SHA,
+            [queue.key, queue.intermediate_queue_key],
+            [most, self.job_class.redis_job_namespace_prefix],
+        )
+        for job_id, fields in zip(reply[::2], reply[1::2], strict=True):
+            if not fields:  # the job is gone (RQ's dequeue passes over it too)
+                continue
+            job = self.job_class(
+                job_id.decode(), connection=self.connection, serializer=self.serializer
+            )
+            job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+            self._taken.append((job, queue))
+
+    def _give_back_taken(self) -> None:
+        """Checks dequeued but not started go back to the front of their queue, in order."""
+        while self._taken:
+            job, queue = self._taken.pop()
+            self._put_back(job, queue, front=True)
 
     def _over_share(self, job: Job) -> bool:
         with self._changed:

@@ -270,3 +270,34 @@ def test_a_plain_success_goes_out_with_its_last_lines_and_writes_the_job_whole(
     assert not redis_client.keys("rq:execution:*")
     finished = FinishedJobRegistry("vantage:default", connection=redis_client).get_job_ids()
     assert set(finished) == {lost, kept}
+
+
+def test_free_slots_take_several_checks_in_one_round_trip_and_a_stop_gives_them_back(
+    redis_client: redis.Redis,
+) -> None:
+    """While slots are free the main thread takes up to TAKE_AT_ONCE checks
+    with their job hashes in one round trip (each moved to RQ's intermediate
+    list, as RQ's dequeue moves it); those not started go back in order."""
+    queue = Queue("vantage:default", connection=redis_client, serializer=JSONSerializer)
+    ids = [queue.enqueue(jobs.NAP, kwargs={"request": {}}).id for _ in range(5)]
+    redis_client.delete(f"rq:job:{ids[1]}")  # gone meanwhile: passed over, as RQ does
+    pool = worker(redis_client, concurrency=3)
+    pool._ordered_queues = pool.queues
+    redis_client.script_flush()  # as on a fresh Redis: the first EVALSHA loads it (EVAL)
+    redis_client.config_resetstat()
+
+    first = pool._dequeue(None)
+
+    assert first is not None and first[0].id == ids[0]
+    assert first[0].kwargs == {"request": {}} and first[0].func_name == jobs.NAP
+    assert [job.id for job, _ in pool._taken] == [ids[2]]  # three slots free: three taken
+    stats = redis_client.info("commandstats")
+    sent = {name: entry["calls"] for name, entry in stats.items() if name != "cmdstat_config"}
+    # The script's own commands are counted too.
+    assert sent == {"cmdstat_evalsha": 1, "cmdstat_eval": 1, "cmdstat_lmove": 3,
+                    "cmdstat_hgetall": 3}, sent  # fmt: skip
+    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [i.encode() for i in ids[:3]]
+    pool._taken.appendleft(first)
+    pool._give_back_taken()
+    assert redis_client.lrange(queue.key, 0, -1) == [ids[i].encode() for i in (0, 2, 3, 4)]
+    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [ids[1].encode()]
