@@ -497,7 +497,8 @@ class Dialogue:
             "size": caps.size,
             "auth": list(caps.auth_mechanisms),
             "starttls": "STARTTLS" in caps,
-            "extensions": {name: name in caps for name in EHLO_EXTENSIONS},
+            # the names are upper case, as Capabilities keeps its keywords
+            "extensions": {name: name in caps.keywords for name in EHLO_EXTENSIONS},
         }
         if self.session.tls and before is not None and "before_tls" not in before:
             self.facts["ehlo"]["before_tls"] = before

@@ -151,9 +151,9 @@ def reverse_name(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Labe
         mapped = address.ipv4_mapped
         if mapped is None:
             nibbles = address.packed.hex()
-            return (*(n.encode() for n in reversed(nibbles)), b"ip6", b"arpa", b"")
+            return (*[n.encode() for n in reversed(nibbles)], b"ip6", b"arpa", b"")
         address = mapped
-    return (*(b"%d" % byte for byte in reversed(address.packed)), b"in-addr", b"arpa", b"")
+    return (*[b"%d" % byte for byte in reversed(address.packed)], b"in-addr", b"arpa", b"")
 
 
 _ESCAPED = frozenset(b'"().;\\@$')
@@ -174,11 +174,17 @@ def _label_text(label: bytes) -> str:
     return "".join(text)
 
 
+_SAFE_OR_DOT = _SAFE + b"."
+
+
 def name_text(labels: Labels) -> str:
     """``dns.name.Name(labels).to_text()`` of an absolute name."""
     if labels == (b"",):
         return "."
-    return ".".join(_label_text(label) for label in labels)
+    joined = b".".join(labels)
+    if not joined.translate(None, _SAFE_OR_DOT) and joined.count(b".") == len(labels) - 1:
+        return joined.decode("ascii")  # nothing to escape, no dot inside a label
+    return ".".join([_label_text(label) for label in labels])
 
 
 def _wire(labels: Labels) -> bytes:

@@ -165,7 +165,7 @@ class ReplyReader:
             if len(self._pending) >= self.max_lines:
                 raise RemoteProtocolError(f"reply of more than {self.max_lines} lines")
             return reply_line
-        reply = Reply(code=code, lines=tuple(item.text for item in self._pending))
+        reply = Reply(code=code, lines=tuple([item.text for item in self._pending]))
         self._pending = []
         return ReplyLine(code=code, last=True, text=text, raw=decoded, reply=reply)
 
@@ -276,7 +276,9 @@ def parse_ehlo(reply: Reply) -> Capabilities:
         if keyword == "AUTH":
             params = [p.upper() for p in params if p]
         current = keywords.setdefault(keyword, [])
-        current.extend(p for p in params if p not in current)
+        for param in params:  # each once, also when a line repeats one
+            if param not in current:
+                current.append(param)
     return Capabilities(greeting, {k: tuple(v) for k, v in keywords.items()})
 
 

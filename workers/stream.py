@@ -106,6 +106,8 @@ class Stream:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._plain = not isinstance(sock, ssl.SSLSocket)
+        #: Whether this stream is the TLS one (start_tls returns a new Stream).
+        self.is_tls = not self._plain
         if self._plain:
             sock.setblocking(False)
 
@@ -129,10 +131,6 @@ class Stream:
             sock.close()
             raise
         return cls(sock)
-
-    @property
-    def is_tls(self) -> bool:
-        return isinstance(self._sock, ssl.SSLSocket)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -195,6 +193,7 @@ class Stream:
                 self._sock, server_hostname=server_hostname, do_handshake_on_connect=False
             )
             self._sock = tls_sock
+            self._plain, self.is_tls = False, True
             tls_sock.do_handshake()
         return Stream(tls_sock)
 

@@ -673,6 +673,12 @@ def test_parse_ehlo_merges_auth_lines_without_duplicates() -> None:
     assert caps.auth_mechanisms == ("LOGIN", "PLAIN", "CRAM-MD5")
 
 
+def test_parse_ehlo_drops_a_parameter_repeated_on_one_line() -> None:
+    caps = parse_ehlo(ehlo("AUTH PLAIN PLAIN login LOGIN", "X-THING a a b"))
+    assert caps.auth_mechanisms == ("PLAIN", "LOGIN")
+    assert caps.keywords["X-THING"] == ("a", "b")
+
+
 def test_parse_ehlo_old_auth_form_alone() -> None:
     assert parse_ehlo(ehlo("AUTH=LOGIN")).auth_mechanisms == ("LOGIN",)
     assert parse_ehlo(ehlo("auth=login plain")).auth_mechanisms == ("LOGIN", "PLAIN")
