@@ -59,6 +59,11 @@ class Bogus(Exception):
 
 
 SECURE, INSECURE, BOGUS = "secure", "insecure", "bogus"
+#: The DNSKEY algorithms and DS digest types validated here (dnspython's,
+#: less those its default policy refuses); a zone whose DS records use none
+#: of them is insecure (RFC 6840 5.2, RFC 4035 5.2).
+ALGORITHMS = frozenset({5, 7, 8, 10, 13, 14, 15, 16})
+DIGEST_TYPES = frozenset({1, 2, 4})
 #: RFC 9276 3.2: NSEC3 with more iterations than this may be taken as insecure.
 MAX_NSEC3_ITERATIONS = 150
 
@@ -195,6 +200,8 @@ class Validator:
             ds = _find(response, child, dns.rdatatype.DS)
             if ds is not None and response is not None:
                 self.rrset(ds, response.answer, depth=0)
+                if not _supported(ds):
+                    return _unsupported_reason(child)
                 zone = child  # a signed delegation
                 continue
             denial = self.denial(response, child, dns.rdatatype.DS) if response else None
@@ -327,10 +334,23 @@ class Validator:
                 raise _Insecure(insecure)
             raise Bogus(f"{zone} has no DS record in its parent: it is not signed from above")
         self.rrset(ds, response.answer if response else (), depth + 1)
+        if not _supported(ds):
+            raise _Insecure(_unsupported_reason(zone))
         trusted = [key for key in keys if _matches_ds(zone, key, list(ds))]
         if not trusted:
             raise Bogus(f"no DNSKEY of {zone} matches its DS records")
         return trusted
+
+
+def _supported(ds: dns.rrset.RRset) -> bool:
+    return any(r.algorithm in ALGORITHMS and r.digest_type in DIGEST_TYPES for r in ds)
+
+
+def _unsupported_reason(zone: dns.name.Name) -> str:
+    return (
+        f"the DS records of {zone} use only algorithms or digests this validator does not "
+        "support, so it is taken as unsigned (RFC 6840 5.2)"
+    )
 
 
 def _find(

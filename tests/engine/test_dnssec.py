@@ -278,6 +278,7 @@ def test_a_wildcard_answer_needs_proof_that_the_name_itself_does_not_exist() -> 
         ("island", "insecure", "sec.test. is delegated from test. without a DS record"),
         ("not anchored", "insecure", "no trust anchor covers sec.test."),
         ("DS stripped", "bogus", "test. is signed, but the absence of a DS record at sec.test."),
+        ("unknown algorithm", "insecure", "sec.test. use only algorithms or digests"),
     ],
 )
 def test_a_signed_zone_not_signed_from_above_is_an_island(
@@ -289,6 +290,8 @@ def test_a_signed_zone_not_signed_from_above_is_an_island(
     zone = _zone(parent, child)
     del zone["sec.test."]["DS"]
     zone["sec.test."]["NS"] = ["ns.test."]
+    if case == "unknown algorithm":  # a DS there, of an algorithm nobody implements
+        zone["sec.test."]["DS"] = ["12345 253 2 " + "ab" * 32]
     unsigned = ["sec.test. DS"] if case == "DS stripped" else []
     server = dns_server(zone, signers=[parent, child], unsigned=unsigned)
     anchor = f"test. IN DS {parent.ds_text}\n"
