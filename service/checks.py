@@ -108,7 +108,7 @@ def list_checks() -> Response:
         limit=limit,
         cursor=cursor,
         status=status,
-        describe=lambda check_id: _list_item(check_id, owner),
+        describe=lambda check_ids: _list_items(check_ids, owner),
     )
     return jsonify(items=items, next=next_cursor)
 
@@ -120,14 +120,16 @@ def _list_limit() -> int:
     return int(raw)
 
 
-def _list_item(check_id: str, owner: str) -> dict[str, Any] | None:
-    try:
-        found = fanout.find(store(), check_id, owner)
-    except Problem:  # expired, or deleted meanwhile
-        return None
-    if isinstance(found, fanout.FanOut):
-        return fanout.describe(store(), found)
-    return dict(store().list_item(found))
+def _list_items(check_ids: list[str], owner: str) -> list[dict[str, Any] | None]:
+    """The list items of ``check_ids`` (None for one expired or deleted meanwhile)."""
+    return [
+        None
+        if found is None
+        else fanout.describe(store(), found)
+        if isinstance(found, fanout.FanOut)
+        else dict(store().list_item(found))
+        for found in fanout.find_many(store(), check_ids, owner)
+    ]
 
 
 @blueprint.get("/checks/<check_id>/events")

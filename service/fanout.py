@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -94,12 +94,40 @@ def find(store: JobStore, check_id: str, owner: str) -> FanOut | StoredJob:
     the fan-out's record and the check's job read in one round trip."""
     if not check_id_is_valid(check_id):
         return store.load(check_id, owner)  # 404
+    return _found(store, check_id, owner, *store.connection.read_pipeline(_stage(check_id)))
 
+
+def find_many(store: JobStore, check_ids: list[str], owner: str) -> list[FanOut | StoredJob | None]:
+    """:func:`find` of each of ``check_ids`` (None for one that is gone or not the
+    owner's), all read in one round trip."""
+    valid = [check_id for check_id in check_ids if check_id_is_valid(check_id)]
+
+    def stage(pipe: Pipeline) -> None:
+        for check_id in valid:
+            _stage(check_id)(pipe)
+
+    replies = iter(store.connection.read_pipeline(stage) if valid else [])
+    read = {check_id: (next(replies), next(replies), next(replies)) for check_id in valid}
+    found: list[FanOut | StoredJob | None] = []
+    for check_id in check_ids:
+        try:
+            found.append(_found(store, check_id, owner, *read[check_id]))
+        except (KeyError, Problem):  # not an id, gone, or another key's
+            found.append(None)
+    return found
+
+
+def _stage(check_id: str) -> Callable[[Pipeline], None]:
     def stage(pipe: Pipeline) -> None:
         pipe.get(FANOUT_PREFIX + check_id)
         stage_fetch(pipe, check_id)
 
-    record, raw, latest = store.connection.read_pipeline(stage)
+    return stage
+
+
+def _found(
+    store: JobStore, check_id: str, owner: str, record: Any, raw: Any, latest: Any
+) -> FanOut | StoredJob:
     spread = _parsed(check_id, owner, record)
     return spread if spread is not None else store.loaded(check_id, owner, raw, latest)
 

@@ -22,6 +22,7 @@ import redis
 from redis.client import Pipeline
 
 from smtpcheck.contract import CHECKS_INDEX_PREFIX
+from smtpcheck.redis_client import FailoverRedis
 
 INDEX_PREFIX = CHECKS_INDEX_PREFIX
 MAX_SCANNED = 1000  # ids looked at for one page (a ?status= filter skips some)
@@ -70,7 +71,7 @@ def decode_cursor(text: str) -> Cursor | None:
     return int(score), check_id
 
 
-def after(connection: redis.Redis, owner: str, cursor: Cursor | None, count: int) -> list[Cursor]:
+def after(connection: FailoverRedis, owner: str, cursor: Cursor | None, count: int) -> list[Cursor]:
     """Up to ``count`` (score, id) pairs after ``cursor``, newest first."""
     key = index_key(owner)
     found: list[Cursor] = []
@@ -79,43 +80,46 @@ def after(connection: redis.Redis, owner: str, cursor: Cursor | None, count: int
             connection.zrevrangebyscore(key, "+inf", "-inf", start=0, num=count, withscores=True)
         )
     score, last = cursor
-    # Same score: ZREVRANGEBYSCORE orders them by id, descending.
-    same: Any = connection.zrangebyscore(key, score, score)
+
+    # Same score: ZREVRANGEBYSCORE orders them by id, descending. Both in one round
+    # trip, the older ones read as if no tie came first.
+    def stage(pipe: Pipeline) -> None:
+        pipe.zrangebyscore(key, score, score)
+        pipe.zrevrangebyscore(key, f"({score}", "-inf", start=0, num=count, withscores=True)
+
+    same, older = connection.read_pipeline(stage)
     ties = sorted((_text(member) for member in same), reverse=True)
     found = [(score, member) for member in ties if member < last][:count]
-    if len(found) < count:
-        found += _scored(
-            connection.zrevrangebyscore(
-                key, f"({score}", "-inf", start=0, num=count - len(found), withscores=True
-            )
-        )
-    return found
+    return found + _scored(older)[: count - len(found)]
 
 
 def page(
-    connection: redis.Redis,
+    connection: FailoverRedis,
     owner: str,
     *,
     limit: int,
     cursor: Cursor | None,
-    describe: Callable[[str], dict[str, Any] | None],
+    describe: Callable[[list[str]], list[dict[str, Any] | None]],
     status: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of ``owner``'s checks and the cursor of the next (None: the last page).
 
-    ``describe(id)`` gives a check's list item, or None once it is gone.
+    ``describe(ids)`` gives each check's list item, or None for one that is gone
+    (all of a batch at once, so they can be read in one round trip).
     """
     items: list[dict[str, Any]] = []
     position = cursor
     scanned = 0
     while len(items) < limit and scanned < MAX_SCANNED:
-        batch = after(connection, owner, position, min(100, max(limit - len(items), 20)))
+        wanted = limit - len(items)
+        if status is not None:  # some of them will not match: read more at once
+            wanted = min(100, max(wanted, 20))
+        batch = after(connection, owner, position, wanted)
         if not batch:
             return items, None
-        for entry in batch:
+        for entry, item in zip(batch, describe([check_id for _, check_id in batch]), strict=True):
             position = entry
             scanned += 1
-            item = describe(entry[1])
             if item is None:
                 continue
             if status is None or item.get("status") == status:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -72,6 +73,26 @@ def test_items_are_checks_without_their_transcript(
     assert items[1]["result"]["outcome"] == "ok"
     assert "transcript" not in items[1]["result"]
     assert items[0] == client.get(f"/v1/checks/{queued}", headers=ALICE).get_json()
+
+
+def test_a_page_reads_its_checks_in_one_round_trip(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [submit(client, {"host": "mx.example.com"}) for _ in range(6)]
+    client.get("/v1/checks?limit=5", headers=ALICE)  # connections made
+    sent: list[bytes] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    body = client.get("/v1/checks?limit=5", headers=ALICE).get_json()
+
+    assert [item["id"] for item in body["items"]] == ids[:0:-1]
+    assert body["next"] is not None
+    assert len(sent) == 3  # the page's ids, their checks, whether a next page exists
 
 
 def test_status_filter_and_deleted_checks(client: FlaskClient) -> None:
