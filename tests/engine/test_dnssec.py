@@ -59,6 +59,29 @@ def test_a_signed_chain_validates_from_the_anchor(
     assert ("sec.test.", "DS") in asked and ("test.", "DNSKEY") in asked
 
 
+def test_a_sha1_ds_beside_a_sha256_one_is_skipped_not_fatal(
+    dns_server: Callable[..., DNSServer], tmp_path: Path
+) -> None:
+    """Many parents still publish a SHA-1 DS next to the SHA-256 one;
+    dnspython's policy refuses SHA-1, which must not end the validation."""
+    parent, child = ZoneKey("test."), ZoneKey("sec.test.")
+    zone = _zone(parent, child)
+    sha1 = dns.dnssec.make_ds(child.apex, child.dnskey, 1, policy=dns.dnssec.allow_all_policy)
+    zone["sec.test."]["DS"].insert(0, sha1.to_text())
+    server = dns_server(zone, signers=[parent, child])
+    validator, resolver = _validator(server, f"test. IN DS {parent.ds_text}\n", tmp_path)
+    response = resolver.secure(TLSA, "TLSA", denials=True)
+    assert response is not None
+    assert validator.judge(_name(TLSA), dns.rdatatype.TLSA, response).state == "secure"
+    zone["sec.test."]["DS"] = [sha1.to_text()]  # SHA-1 alone: not checkable here, so insecure
+    server = dns_server(zone, signers=[parent, child])
+    validator, resolver = _validator(server, f"test. IN DS {parent.ds_text}\n", tmp_path)
+    response = resolver.secure(TLSA, "TLSA", denials=True)
+    assert response is not None
+    verdict = validator.judge(_name(TLSA), dns.rdatatype.TLSA, response)
+    assert verdict.state == "insecure" and "RFC 6840 5.2" in verdict.reason, verdict
+
+
 def test_an_anchor_given_as_dnskey_works_too(
     dns_server: Callable[..., DNSServer], tmp_path: Path
 ) -> None:
