@@ -64,6 +64,12 @@ SECURE, INSECURE, BOGUS = "secure", "insecure", "bogus"
 #: of them is insecure (RFC 6840 5.2, RFC 4035 5.2).
 ALGORITHMS = frozenset({5, 7, 8, 10, 13, 14, 15, 16})
 DIGEST_TYPES = frozenset({2, 4})  # SHA-256, SHA-384 (SHA-1: refused by the policy)
+#: What dnspython raises for a signature it cannot accept.
+_FAILURES = (
+    dns.dnssec.ValidationFailure,
+    dns.dnssec.UnsupportedAlgorithm,
+    dns.exception.DeniedByPolicy,
+)
 #: RFC 9276 3.2: NSEC3 with more iterations than this may be taken as insecure.
 MAX_NSEC3_ITERATIONS = 150
 
@@ -279,7 +285,7 @@ class Validator:
         keys = self.zone_keys(signer, depth)
         try:
             dns.dnssec.validate(rrset, sigs, {signer: keys}, now=self.now)
-        except dns.dnssec.ValidationFailure as exc:
+        except _FAILURES as exc:
             name = dns.rdatatype.to_text(rrset.rdtype)
             raise Bogus(f"the signature on {rrset.name} {name} does not verify ({exc})") from None
 
@@ -307,7 +313,7 @@ class Validator:
             trusted = self._delegated(zone, keys, depth)
         try:
             dns.dnssec.validate(keys, sigs, {zone: _rrset(zone, trusted)}, now=self.now)
-        except dns.dnssec.ValidationFailure as exc:
+        except _FAILURES as exc:
             raise Bogus(
                 f"the DNSKEY set of {zone} is not signed by a trusted key ({exc})"
             ) from None

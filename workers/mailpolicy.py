@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -395,6 +396,8 @@ class _Judge:
             )
         except DNSError as exc:
             return dnssec.Verdict(dnssec.BOGUS, f"the chain of trust could not be fetched: {exc}")
+        except dns.exception.DNSException as exc:  # a record dnspython cannot take
+            return dnssec.Verdict(dnssec.BOGUS, f"the answer cannot be validated: {exc}")
 
 
 def _absolute(name: str) -> str:
