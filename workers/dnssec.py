@@ -174,7 +174,7 @@ class Validator:
             if denial.kind == "optout":
                 return Verdict(INSECURE, f"an NSEC3 opt-out span covers {target}: it is unsigned")
             return Verdict(SECURE, "the absence is proven from the trust anchor (NSEC/NSEC3)")
-        except _Insecure as exc:
+        except Insecure as exc:
             return Verdict(INSECURE, str(exc))
         except Bogus as exc:
             return Verdict(BOGUS, str(exc))
@@ -337,11 +337,11 @@ class Validator:
             self._ds.setdefault(zone, response)
             insecure = self.insecure_cut(zone)
             if insecure is not None:
-                raise _Insecure(insecure)
+                raise Insecure(insecure)
             raise Bogus(f"{zone} has no DS record in its parent: it is not signed from above")
         self.rrset(ds, response.answer if response else (), depth + 1)
         if not _supported(ds):
-            raise _Insecure(_unsupported_reason(zone))
+            raise Insecure(_unsupported_reason(zone))
         trusted = [key for key in keys if _matches_ds(zone, key, list(ds))]
         if not trusted:
             raise Bogus(f"no DNSKEY of {zone} matches its DS records")
@@ -402,7 +402,7 @@ def _rrset(zone: dns.name.Name, keys: list[dns.rdata.Rdata]) -> dns.rrset.RRset:
     return rrset
 
 
-class _Insecure(Exception):
+class Insecure(Exception):
     """The answer is provably unsigned: below a delegation without DS, or
     an NSEC3 span too costly to check."""
 
@@ -472,15 +472,20 @@ class _NSEC3Set:
     ) -> None:
         params: Any = records[0][1]  # dnspython's NSEC3 rdata: algorithm, salt, iterations
         self.params = params
+        if params.algorithm != 1:  # RFC 5155 8.1: only SHA-1 is defined
+            raise Insecure(f"its NSEC3 records use hash algorithm {params.algorithm}, unknown")
         iterations = int(params.iterations)
         if iterations > MAX_NSEC3_ITERATIONS:
-            raise _Insecure(f"its NSEC3 records use {iterations} iterations (RFC 9276: insecure)")
+            raise Insecure(f"its NSEC3 records use {iterations} iterations (RFC 9276: insecure)")
         self.zone = records[0][0].parent()
         if any(owner.parent() != self.zone for owner, _ in records):
             raise Bogus(f"the NSEC3 records for {shown} are not all of one zone")
-        self.hashed = [
-            (base64.b32hexdecode(owner.labels[0].upper()), rdata) for owner, rdata in records
-        ]
+        try:
+            self.hashed = [
+                (base64.b32hexdecode(owner.labels[0].upper()), rdata) for owner, rdata in records
+            ]
+        except ValueError:  # binascii.Error
+            raise Bogus(f"an NSEC3 owner name for {shown} is not a hash") from None
 
     def _digest(self, name: dns.name.Name) -> bytes:
         params = self.params

@@ -201,6 +201,17 @@ def test_nsec3_opt_out_is_insecure_and_a_missing_encloser_is_bogus() -> None:
         dnssec.nsec3_denial(_name("a.b.example."), ds, lone)
 
 
+def test_nsec3_with_a_malformed_owner_or_an_unknown_hash_is_judged_not_raised() -> None:
+    chain = _nsec3_chain(["example.", "mx.example."], {})
+    broken = [(_name("not-a-hash!.example."), chain[0][1])]
+    with pytest.raises(dnssec.Bogus, match="is not a hash"):
+        dnssec.nsec3_denial(_name("mx.example."), dns.rdatatype.TLSA, broken)
+    owner, rdata = chain[0]
+    unknown = dns.rdata.from_text("IN", "NSEC3", rdata.to_text().replace("1 ", "7 ", 1))
+    with pytest.raises(dnssec.Insecure, match="hash algorithm 7"):
+        dnssec.nsec3_denial(_name("mx.example."), dns.rdatatype.TLSA, [(owner, unknown)])
+
+
 def test_nsec3_of_another_zone_proves_nothing() -> None:
     """An attacker's zone can hash any name with its own parameters."""
     theirs = _nsec3_chain(["example.", "mx.victim.test."], {})
