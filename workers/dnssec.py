@@ -186,15 +186,19 @@ class Validator:
             raise Bogus(f"{why}, but its zone is signed")
         return Verdict(INSECURE, reason)
 
-    def insecure_cut(self, name: dns.name.Name) -> str | None:
-        """Why ``name`` is not signed (a delegation above it proven to have no
-        DS record, or no trust anchor over it); None when its zone is signed
-        all the way down. Asks for DS label by label below the anchor."""
-        anchor = max(
+    def anchor_for(self, name: dns.name.Name) -> dns.name.Name | None:
+        """The closest zone above ``name`` that has a trust anchor."""
+        return max(
             (zone for zone in {*self.anchors.ds, *self.anchors.keys} if name.is_subdomain(zone)),
             key=len,
             default=None,
         )
+
+    def insecure_cut(self, name: dns.name.Name) -> str | None:
+        """Why ``name`` is not signed (a delegation above it proven to have no
+        DS record, or no trust anchor over it); None when its zone is signed
+        all the way down. Asks for DS label by label below the anchor."""
+        anchor = self.anchor_for(name)
         if anchor is None:
             return f"no trust anchor covers {name}"
         zone = anchor

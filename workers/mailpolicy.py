@@ -449,8 +449,14 @@ def _dane(
             lambda name, rdtype: resolver.secure(name, dns.rdatatype.to_text(rdtype), denials=True),
             anchors,
         )
-    judge = _Judge(settings, resolver, validator)
     reached = [h for h in mx_hosts if h.lower().rstrip(".") in by_host]
+    if validator is not None and reached:
+        trouble = _anchor_trouble(validator, domain)
+        if trouble is not None:  # the checker's fault, never the domain's
+            facts["error"] = trouble
+            findings.append(_finding("warning", "dane_unauthenticated", f"DANE: {trouble}"))
+            return facts
+    judge = _Judge(settings, resolver, validator)
     mx_problem: tuple[str, str] | None = None  # (status, reason) for every host
     if settings.dnssec != "off" and reached:
         response, mx = judge.lookup(domain, "MX")
@@ -487,6 +493,23 @@ def _dane(
         if mx_problem is None or mx_problem[0] != "lookup_failed":  # a bogus MX: said once
             _dane_finding(host, entry, findings)
     return facts
+
+
+def _anchor_trouble(validator: dnssec.Validator, domain: str) -> str | None:
+    """Why this worker cannot validate anything under its trust anchor (a
+    wrong anchor, or resolvers that strip DNSSEC records); None when it can."""
+    anchor = validator.anchor_for(dns.name.from_text(_absolute(domain)))
+    if anchor is None:
+        return None
+    try:
+        validator.zone_keys(anchor, depth=0)
+    except (dnssec.Bogus, DNSError) as exc:
+        return (
+            f"this worker cannot validate DNSSEC: the keys of its trust anchor {anchor} do not "
+            f"verify ({exc}); check SMTPCHECK_DNSSEC_ANCHORS and that SMTPCHECK_DNS_SERVERS "
+            "return DNSSEC records"
+        )
+    return None
 
 
 def _dane_host(

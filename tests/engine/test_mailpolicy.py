@@ -158,6 +158,7 @@ def world(
         servfail: tuple[str, ...] = (),
         unsigned: tuple[str, ...] = (),
         implicit: bool = False,
+        anchor_ok: bool = True,
     ) -> World:
         target = smtp_target(tls=tls)
         anchor, hosting = ZoneKey("test."), ZoneKey("hosting.test.")
@@ -197,7 +198,8 @@ def world(
             unsigned=[entry.format(port=port) for entry in unsigned],
         )
         anchors = tmp_path / "anchors"
-        anchors.write_text(f"test. IN DS {anchor.ds_text}\n")
+        trusted = anchor if anchor_ok else ZoneKey("test.")  # another key: the anchor fails
+        anchors.write_text(f"test. IN DS {trusted.ds_text}\n")
         world_settings = settings.replace(
             dns_servers=(("127.0.0.1", dns.port),),
             dnssec=dnssec,
@@ -360,6 +362,19 @@ def test_a_domain_without_mx_records_is_judged_as_its_own_host(
     assert "dane_valid" in found, found
     assert policy["dane"]["mx_security"] is None
     assert policy["dane"]["hosts"][0]["address_security"] == "secure"
+
+
+def test_a_trust_anchor_that_does_not_verify_is_the_checkers_fault(
+    world: Callable[..., World], certificates: Certificates
+) -> None:
+    """A wrong anchor (or resolvers that strip RRSIGs) would make every
+    answer bogus; that is said once as this worker's problem, not blamed on
+    the domain as a DANE failure."""
+    policy, found = world(tlsa=f"3 1 1 {_spki_sha256(certificates)}", anchor_ok=False).assess()
+    assert _dane_codes(found) == {"dane_unauthenticated"}, found
+    assert "this worker cannot validate DNSSEC" in found["dane_unauthenticated"]
+    assert "no DNSKEY of test. matches its trust anchor" in policy["dane"]["error"]
+    assert policy["dane"]["hosts"] == []
 
 
 def test_with_dnssec_off_dane_is_unauthenticated_and_says_why(
