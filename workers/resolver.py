@@ -114,11 +114,20 @@ class Resolver:
         asked = labels
 
         def lookup() -> list[bytes | dnsstub.Labels]:
+            """dnsstub's lookup in this thread, given up with Canceled as soon
+            as the check is canceled (as cancel.interruptible does, without a
+            thread for the lookup)."""
             lifetime = self._timeout()
-            try_timeout = min(lifetime, TRY_TIMEOUT)
-            return cancel.interruptible(
-                lambda: dnsstub.lookup(config, asked, rdtype, lifetime, try_timeout)
-            )
+            cancel.stop_if_canceled()
+            exchange = dnsstub.Exchange(config, asked, rdtype, lifetime, min(lifetime, TRY_TIMEOUT))
+            try:
+                while not exchange.done:
+                    exchange.wait(time.monotonic() + cancel.LOOKUP_SLICE)
+                    cancel.stop_if_canceled()
+                    exchange.step()
+            finally:
+                exchange.close()
+            return exchange.result()
 
         found = self._guarded(name.rstrip("."), rdtype, lookup)
         if found is None:

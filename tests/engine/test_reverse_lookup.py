@@ -130,3 +130,36 @@ def test_a_check_carries_the_lookup_on_while_the_server_is_slow(
     assert result["dns"]["forward_confirmed"] is True
     assert result["dns"]["banner_matches_ptr"] is True
     assert result["timings"]["banner"] >= 250
+
+
+class _NoWatcher:
+    """Stands in for the process's cancel watcher: the test marks the watch itself."""
+
+    def add(self, watch: object) -> None:
+        pass
+
+    def discard(self, watch: object) -> None:
+        pass
+
+
+def test_a_cancel_ends_a_name_lookup_at_once_without_a_thread(dns_settings, monkeypatch):
+    """A host name's A lookup to a server that never answers ends with
+    Canceled within a slice of the DELETE, not at its timeout, and runs in
+    the check's thread (cancel.interruptible's thread is not used)."""
+    import threading
+
+    from workers import cancel
+    from workers.errors import Canceled
+
+    def no_thread(*args, **kwargs):
+        raise AssertionError("interruptible was used")
+
+    monkeypatch.setattr(cancel, "interruptible", no_thread)
+    settings = dns_settings.replace(dns_timeout=5.0)
+    resolver = Resolver(settings, time.monotonic() + 10)
+    with cancel.watching(None, "check-1", watcher=_NoWatcher()) as watch:  # type: ignore[arg-type]
+        threading.Timer(0.2, watch.mark).start()
+        started = time.monotonic()
+        with pytest.raises(Canceled):
+            resolver.addresses("12.0.0.127.in-addr.arpa", 4)  # silent: never answered
+    assert time.monotonic() - started < 1.5
