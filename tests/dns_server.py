@@ -18,7 +18,8 @@ It answers UDP queries on 127.0.0.1 from a zone given as a dict::
   zone, made on the fly (the zone's DNSKEY record goes in ``zone`` like any
   other), and a NODATA or NXDOMAIN answer gets the zone's NSEC records that
   prove it (RFC 4035 3.1.3), signed; ``ad=True`` sets the AD bit on every
-  answer, as a validating resolver would.
+  answer, as a validating resolver would, except for a name in ``no_ad``
+  (``"name. TYPE"``: for that type only), as for an insecure answer.
 - a zone cut is a signer's apex or a name with NS records: below an NS cut
   without a signer the zone is unsigned, and its parent's NSEC at the cut
   proves it has no DS (an insecure delegation);
@@ -96,6 +97,7 @@ class DNSServer:
         signers: Iterable[ZoneKey] = (),
         ad: bool = False,
         unsigned: Iterable[str] = (),
+        no_ad: Iterable[str] = (),
     ) -> None:
         self.zone: dict[dns.name.Name, dict[dns.rdatatype.RdataType, list[str]]] = {
             dns.name.from_text(name): {
@@ -111,6 +113,7 @@ class DNSServer:
         self.signers = sorted(signers, key=lambda k: len(k.apex), reverse=True)
         self.ad = ad
         self.unsigned = {_name_and_type(entry) for entry in unsigned}
+        self.no_ad = {_name_and_type(entry) for entry in no_ad}
         self.cuts = {k.apex for k in self.signers} | {
             name for name, records in self.zone.items() if dns.rdatatype.NS in records
         }
@@ -205,7 +208,7 @@ class DNSServer:
             response.set_rcode(dns.rcode.SERVFAIL)
             return response.to_wire()
         response.set_rcode(self._fill(response, qname, qtype))
-        if self.ad:
+        if self.ad and not ({(qname, None), (qname, qtype)} & self.no_ad):
             response.flags |= dns.flags.AD
         if query.ednsflags & dns.flags.DO:
             response.use_edns(0, dns.flags.DO, 1232)

@@ -450,8 +450,12 @@ def _dane(
             anchors,
         )
     reached = [h for h in mx_hosts if h.lower().rstrip(".") in by_host]
-    if validator is not None and reached:
-        trouble = _anchor_trouble(validator, domain)
+    if settings.dnssec != "off" and reached:
+        trouble = (
+            _anchor_trouble(validator, domain)
+            if validator is not None
+            else _resolver_trouble(resolver)
+        )
         if trouble is not None:  # the checker's fault, never the domain's
             facts["error"] = trouble
             findings.append(_finding("warning", "dane_unauthenticated", f"DANE: {trouble}"))
@@ -493,6 +497,24 @@ def _dane(
         if mx_problem is None or mx_problem[0] != "lookup_failed":  # a bogus MX: said once
             _dane_finding(host, entry, findings)
     return facts
+
+
+def _resolver_trouble(resolver: Resolver) -> str | None:
+    """With trust-ad: why the resolvers cannot be believed to validate (the
+    root zone's keys, signed, come back without the AD bit); None when they do."""
+    try:
+        response = resolver.secure(".", "DNSKEY", denials=True)
+    except DNSError as exc:
+        return (
+            f"this worker cannot judge DNSSEC: its resolvers failed on the root zone's keys ({exc})"
+        )
+    if response is not None and response.flags & dns.flags.AD:
+        return None
+    return (
+        "this worker cannot judge DNSSEC: the resolvers in SMTPCHECK_DNS_SERVERS do not "
+        "validate (the root zone's keys came without the AD bit), so SMTPCHECK_DNSSEC=trust-ad "
+        "has nothing to trust"
+    )
 
 
 def _anchor_trouble(validator: dnssec.Validator, domain: str) -> str | None:

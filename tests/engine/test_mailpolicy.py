@@ -159,6 +159,7 @@ def world(
         unsigned: tuple[str, ...] = (),
         implicit: bool = False,
         anchor_ok: bool = True,
+        no_ad: tuple[str, ...] = (),
     ) -> World:
         target = smtp_target(tls=tls)
         anchor, hosting = ZoneKey("test."), ZoneKey("hosting.test.")
@@ -196,6 +197,7 @@ def world(
             ad=ad,
             servfail=[entry.format(port=port) for entry in servfail],
             unsigned=[entry.format(port=port) for entry in unsigned],
+            no_ad=no_ad,
         )
         anchors = tmp_path / "anchors"
         trusted = anchor if anchor_ok else ZoneKey("test.")  # another key: the anchor fails
@@ -514,9 +516,12 @@ def test_trust_ad_believes_the_resolvers_ad_bit(
     policy, found = world(tlsa=tlsa, signed=False, dnssec="trust-ad", ad=True).assess()
     assert "dane_valid" in found
     assert policy["dane"]["hosts"][0]["reason"].startswith("the validating resolver set the AD bit")
-    _, found = world(tlsa=tlsa, dnssec="trust-ad").assess()
+    _, found = world(tlsa=tlsa, dnssec="trust-ad", ad=True, no_ad=(f"{DOMAIN}. MX",)).assess()
     assert "did not set the AD bit" in found["dane_not_applicable"]
     assert "MX RRset of local.test is not DNSSEC-signed" in found["dane_not_applicable"]
+    policy, found = world(tlsa=tlsa, dnssec="trust-ad").assess()  # a resolver that never sets AD
+    assert _dane_codes(found) == {"dane_unauthenticated"}, found
+    assert "SMTPCHECK_DNS_SERVERS do not validate" in policy["dane"]["error"]
     servfail = (f"_{{port}}._tcp.{MX}. TLSA",)
     _, found = world(tlsa=tlsa, dnssec="trust-ad", ad=True, servfail=servfail).assess()
     assert _dane_codes(found) == {"dane_lookup_failed"}, found
