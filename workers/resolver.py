@@ -23,7 +23,6 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.resolver
-import dns.reversename
 
 from smtpcheck.config import Settings
 from smtpcheck.targetpolicy import IPAddress
