@@ -125,17 +125,21 @@ class Publisher:
         with self._cond:
             if self._pending >= MAX_PENDING:
                 return  # Redis far behind: the line is still in the result
+            first = not self._batches
             batch = self._batch(connection)
             batch.lines.append((key, data))
             batch.ttls[key] = ttl
             self._pending += 1
-            self._cond.notify()
+            if first:  # the thread waits for a first line; later ones it takes with it
+                self._cond.notify()
 
     def stage(self, connection: redis.Redis, stage: Stage) -> None:
         """Add ``stage``'s commands to the next round trip (within ``LINGER``)."""
         with self._cond:
+            first = not self._batches
             self._batch(connection).stages.append(stage)
-            self._cond.notify()
+            if first:
+                self._cond.notify()
 
     def finish(
         self,
