@@ -73,6 +73,8 @@ MAX_TRACKED = 10_000
 Stage = Callable[[Pipeline], object]
 Commands = list[wire.Command]
 _MAXLEN = str(EVENTS_MAXLEN)
+#: ``json.dumps(entry, ensure_ascii=False)``, without a new encoder per line.
+_encode = json.JSONEncoder(ensure_ascii=False).encode
 
 
 @dataclass(eq=False)
@@ -316,7 +318,7 @@ class CheckEvents:
         self.finished = False
 
     def line(self, entry: dict[str, Any]) -> None:
-        data = json.dumps(entry, ensure_ascii=False)
+        data = _encode(entry)
         self.publisher.line(self.connection, self.key, self.ttl, data)
 
     def finish(self, stage: Stage | None = None) -> bool:

@@ -18,11 +18,18 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 from redis.connection import ConnectionInterface
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # redis-py packs in Python then
+    _hiredis_pack = None
 
 Command = tuple[Any, ...]
 
@@ -93,7 +100,7 @@ def _send(connection: ConnectionInterface, commands: list[Command], transaction:
     sent = [("MULTI",), *commands, ("EXEC",)] if transaction else commands
     replies: list[Any] = []
     try:
-        connection.send_packed_command(connection.pack_commands(sent))
+        connection.send_packed_command(_pack(connection, sent))
         for _ in sent:
             try:
                 replies.append(connection.read_response())
@@ -109,6 +116,26 @@ def _send(connection: ConnectionInterface, commands: list[Command], transaction:
         refused = [reply for reply in replies[1:-1] if isinstance(reply, BaseException)]
         raise refused[0] if refused else executed
     return list(executed)
+
+
+def _pack(connection: ConnectionInterface, commands: list[Command]) -> list[bytes]:
+    """The bytes redis-py's packer makes (with hiredis it calls the same
+    ``pack_command``), without its Python work per argument (~4 times the
+    time of hiredis's own)."""
+    encoder = getattr(connection, "encoder", None)
+    encoding = str(getattr(encoder, "encoding", "")).lower().replace("-", "")
+    if _hiredis_pack is None or encoding != "utf8":
+        return list(connection.pack_commands(commands))
+    packed = []
+    for args in commands:
+        name = args[0]
+        try:
+            if isinstance(name, str) and " " in name:
+                raise TypeError("a command name of several words")  # redis-py splits it
+            packed.append(_hiredis_pack(args))
+        except TypeError:  # what redis-py converts first (a bytearray, a memoryview)
+            packed.extend(connection.pack_command(*args))
+    return [b"".join(packed)]
 
 
 _wires: threading.local = threading.local()

@@ -58,3 +58,18 @@ def test_a_pipeline_runs_as_staged_and_a_script_is_loaded_once_missing(
     sha = client.script_load(script)
     client.script_flush()  # as after a restart: EVALSHA fails, EVAL runs it
     assert batch.script(script, sha, ["job"], ["b"]) == b"2"
+
+
+def test_commands_are_packed_to_the_bytes_redis_py_sends(client: redis.Redis) -> None:
+    connection = client.connection_pool.make_connection()
+    commands: list[wire.Command] = [
+        ("XADD", "smtpcheck:events:x", "MAXLEN", "1000", "*", "data", '{"text": "ü 250"}'),
+        ("ZADD", "z", 1.0, b"\x00\xff", 0.1 + 0.2, "m"),
+        ("HINCRBY", "h", "n", -5),
+        ("CLIENT SETNAME", "two-words"),  # redis-py splits the name
+        ("SET", "k", memoryview(b"view")),  # redis-py converts it first
+    ]
+    assert b"".join(wire._pack(connection, commands)) == b"".join(
+        connection.pack_commands(commands)
+    )
+    connection.disconnect()
