@@ -18,7 +18,7 @@ A view that holds uses the context manager, and holds no longer than it said::
 
     with held.hold(current_owner(), seconds) as lease:
         ...  # block on Redis for at most `seconds`; lease.release(pipeline) may
-             # give the room back in the round trip that follows the wait
+             # stage the member's removal behind the blocking read
 
 A streaming response (Server-Sent Events) takes its lease in the view, so
 the 429/503 comes before the response starts, and hands the lease its
@@ -76,18 +76,25 @@ class Lease:
     key: str
     member: str
     released: bool = False
+    staged: bool = False  # its ZREM is on a caller's pipeline
 
     def release(self, pipeline: Pipeline | None = None) -> None:
-        """Give the room back now, or with ``pipeline`` when the caller sends it (so
-        the round trip that reads what was waited for takes it back too; if that
-        round trip fails, the member lapses at its stated end)."""
+        """Give the room back. With ``pipeline``, only its member in Redis, when the
+        caller sends the pipeline (after a blocking read in it; if that fails, the
+        member lapses at its stated end); this process's count of held responses
+        is given back by the call without one, which :meth:`Holds.hold` makes as
+        the response ends."""
+        if pipeline is not None:
+            if not self.released:  # each pipeline sent again stages it again
+                pipeline.zrem(self.key, self.member)
+                self.staged = True
+            return
         if self.released:
             return
         self.released = True
         try:
-            (pipeline if pipeline is not None else self.holds.connection).zrem(
-                self.key, self.member
-            )
+            if not self.staged:
+                self.holds.connection.zrem(self.key, self.member)
         finally:
             self.holds.leave()
 

@@ -345,18 +345,25 @@ class JobStore:
     def wait(self, job: StoredJob, seconds: int, lease: Lease | None = None) -> StoredJob:
         """Hold until the job has a result or ``seconds`` pass (a blocking XREAD).
 
-        ``lease``, the room this held response takes (service/held.py), is given
-        back in the round trip that reads the job again, once the wait is over.
+        The job is read again, and ``lease`` (the room this held response takes,
+        service/held.py) given back, by commands sent behind the XREAD in the same
+        pipeline: Redis runs them as soon as the XREAD returns, so the wake-up
+        costs no round trip of its own.
         """
         if seconds <= 0 or public_status(job) in TERMINAL:
             return job
-        # Any result wakes it (the first is enough: the job is read again below).
-        self.blocking.xread({Result.get_key(job.id): "0-0"}, count=1, block=seconds * 1000)
-        with self.connection.pipeline(transaction=False) as pipe:
-            stage_fetch(pipe, job.id)
-            if lease is not None:
-                lease.release(pipeline=pipe)
-            raw, latest, *_ = pipe.execute()
+
+        def send() -> list[Any]:
+            with self.blocking.pipeline(transaction=False) as pipe:
+                # Any result wakes it (the first is enough: the job is read again).
+                pipe.xread({Result.get_key(job.id): "0-0"}, count=1, block=seconds * 1000)
+                stage_fetch(pipe, job.id)
+                if lease is not None:
+                    lease.release(pipeline=pipe)
+                return pipe.execute()
+
+        # Safe to send again, like a read: the ZREM only removes this hold's own member.
+        _, raw, latest, *_ = self.blocking.read_retry.call_with_retry(send, lambda _error: None)
         try:
             job = self._stored(job.id, raw, latest)
         except NoSuchJobError:  # deleted meanwhile
