@@ -160,6 +160,7 @@ def world(
         implicit: bool = False,
         anchor_ok: bool = True,
         no_ad: tuple[str, ...] = (),
+        extra: dict[str, dict[str, list[str]]] | None = None,
     ) -> World:
         target = smtp_target(tls=tls)
         anchor, hosting = ZoneKey("test."), ZoneKey("hosting.test.")
@@ -191,6 +192,8 @@ def world(
         if tlsa is not None:
             zone[f"_{target.port}._tcp.{tlsa_at or mx_host}."] = {"TLSA": [tlsa]}
         port = target.port
+        for name, records in (extra or {}).items():
+            zone[name.format(port=port)] = records
         dns = dns_server(
             zone,
             signers=keys,
@@ -377,6 +380,23 @@ def test_a_trust_anchor_that_does_not_verify_is_the_checkers_fault(
     assert "this worker cannot validate DNSSEC" in found["dane_unauthenticated"]
     assert "no DNSKEY of test. matches its trust anchor" in policy["dane"]["error"]
     assert policy["dane"]["hosts"] == []
+
+
+def test_a_tlsa_name_that_is_a_cname_is_followed_and_validated(
+    world: Callable[..., World], certificates: Certificates
+) -> None:
+    """RFC 7671 7: TLSA records shared through a CNAME, here into another
+    signed zone; every link of the chain must validate."""
+    shared = "_dane.hosting.test."
+    made = world(
+        extra={
+            f"_{{port}}._tcp.{MX}.": {"CNAME": [shared]},
+            shared: {"TLSA": [f"3 1 1 {_spki_sha256(certificates)}"]},
+        }
+    )
+    policy, found = made.assess()
+    assert "dane_valid" in found, found
+    assert policy["dane"]["hosts"][0]["tlsa_security"] == "secure"
 
 
 def test_with_dnssec_off_dane_is_unauthenticated_and_says_why(
