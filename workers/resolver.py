@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -35,6 +36,8 @@ TEMPORARY = "a temporary DNS failure, try again later"
 TRY_TIMEOUT = 2.0
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -397,19 +400,33 @@ class ReverseLookup:
         self._shown = ""
         self._thread: threading.Thread | None = None
         try:
-            config = resolver._stub_config()
+            self._begin()
+        except Exception:  # a fault of ours: no facts, as when the lookup's thread died
+            self._broke()
+
+    def _begin(self) -> None:
+        try:
+            config = self.resolver._stub_config()
         except DNSError as exc:
             self._ptr_failed(exc)
             return
         if config is None:
+            resolver, address = self.resolver, self.address
             self._in_thread(lambda: resolver.reverse(address))
             return
         self._config = config
-        labels = dnsstub.reverse_name(address)
+        labels = dnsstub.reverse_name(self.address)
         try:
             self._start(labels, "PTR", dnsstub.name_text(labels))
         except DNSError as exc:
             self._ptr_failed(exc)
+
+    def _broke(self) -> None:
+        """A fault in the lookup's own code: it ends without facts (the result
+        says it did not finish), the check goes on."""
+        log.exception("the reverse DNS lookup of %s failed in smtpcheck itself", self.address)
+        self.close()
+        self._exchange = None
 
     # -- the sidecar's side --------------------------------------------------
 
@@ -426,6 +443,12 @@ class ReverseLookup:
         return self._exchange.fileno() if self._exchange is not None else None
 
     def step(self) -> None:
+        try:
+            self._step()
+        except Exception:  # a fault of ours: no facts, the check goes on
+            self._broke()
+
+    def _step(self) -> None:
         exchange = self._exchange
         if exchange is None:
             return

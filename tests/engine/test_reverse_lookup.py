@@ -163,3 +163,21 @@ def test_a_cancel_ends_a_name_lookup_at_once_without_a_thread(dns_settings, monk
         with pytest.raises(Canceled):
             resolver.addresses("12.0.0.127.in-addr.arpa", 4)  # silent: never answered
     assert time.monotonic() - started < 1.5
+
+
+def test_a_fault_in_the_lookup_leaves_the_check_whole(smtp_target, dns_settings, monkeypatch):
+    """A bug in the lookup's own code costs the DNS facts (as when the
+    lookup's thread died), never the check."""
+    from workers import dnsstub
+
+    def broken(self):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(dnsstub.Exchange, "step", broken)
+    target = smtp_target(tls="none")
+    result = run_check(
+        check_request(dns_settings, host="127.0.0.1", port=target.port, tls="none"),
+        dns_settings,
+    )
+    assert result["ok"] is True, result["summary"]
+    assert result["dns"]["ptr_error"] == "the PTR lookup did not finish before the check's deadline"
