@@ -7,6 +7,7 @@ and ``workers.dialogue``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import select
 import ssl
@@ -52,6 +53,7 @@ class Sidecar(Protocol):
     def step(self) -> None: ...
 
 
+@functools.lru_cache(maxsize=1024)  # said twice or more a check, of the same address
 def endpoint(address: IPAddress, port: int) -> str:
     """``192.0.2.1:25``, ``[2001:db8::1]:25``."""
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"

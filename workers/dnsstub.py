@@ -35,6 +35,7 @@ asks the servers.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import random
@@ -112,9 +113,15 @@ class Config:
     @classmethod
     def of_servers(cls, servers: tuple[tuple[str, int], ...]) -> Config | None:
         """What ``of`` makes of a resolver on ``servers`` (SMTPCHECK_DNS_SERVERS:
-        the configuration workers.resolver gives dnspython), without one."""
-        found = _servers([ip for ip, _ in servers], dict(servers), 53)
-        return cls(found, False, b"") if found is not None else None
+        the configuration workers.resolver gives dnspython), without one;
+        worked out once per process for each setting (it holds no answers)."""
+        return _config_of_servers(servers)
+
+
+@functools.lru_cache(maxsize=16)
+def _config_of_servers(servers: tuple[tuple[str, int], ...]) -> Config | None:
+    found = _servers([ip for ip, _ in servers], dict(servers), 53)
+    return Config(found, False, b"") if found is not None else None
 
 
 def _servers(
