@@ -33,6 +33,7 @@ from typing import TypeVar
 import redis
 
 from smtpcheck.contract import CANCEL_KEY_PREFIX
+from workers import wire
 from workers.daemon_thread import DaemonThread
 from workers.errors import Canceled, ReadTimeout
 
@@ -76,7 +77,8 @@ class CancelWatch:
 
 class Watcher:
     """One thread per process: every ``poll`` seconds, one ``MGET`` of the
-    cancel flags of every check watched (per Redis client), marking those up."""
+    cancel flags of every check watched (per Redis client, on a connection
+    of the thread's own: :mod:`workers.wire`), marking those up."""
 
     def __init__(self, poll: float = POLL) -> None:
         self.poll = poll
@@ -111,7 +113,11 @@ class Watcher:
 
     def _look(self, watches: list[CancelWatch]) -> None:
         try:
-            flags = watches[0].connection.mget([watch.key for watch in watches])
+            (flags,) = wire.of(watches[0].connection).execute(
+                [("MGET", *(watch.key for watch in watches))]
+            )
+            if isinstance(flags, redis.exceptions.RedisError):
+                raise flags
             self.round_trips += 1
         except redis.exceptions.RedisError as exc:
             if not self._failing:  # Redis away: the checks run on to their own deadlines
