@@ -585,16 +585,29 @@ class Exchange:
             self._drop_server()
             self._next()
             return
+        expires = time.monotonic() + timeout
         try:
             sock.setblocking(False)
-            sock.sendto(wire, self._server)
+            while True:
+                try:
+                    sock.sendto(wire, self._server)
+                    break
+                except BlockingIOError:  # no room to send yet: wait, as dnspython does
+                    poller = select.poll()
+                    poller.register(sock, select.POLLOUT)
+                    if not poller.poll(max(0.0, expires - time.monotonic()) * 1000):
+                        raise dns.exception.Timeout from None
+        except dns.exception.Timeout:  # this try is over; the server stays
+            sock.close()
+            self._next()
+            return
         except OSError:
             sock.close()
             self._drop_server()
             self._next()
             return
         self._sock, self._ident, self._wire = sock, ident, wire
-        self.wake_at = time.monotonic() + timeout
+        self.wake_at = expires
 
     def step(self) -> None:
         """Read what came (before looking at the clock, as dnspython does),
