@@ -96,6 +96,7 @@ class _Batch:
     ttls: dict[str, int] = field(default_factory=dict)
     ends: dict[str, int] = field(default_factory=dict)  # streams of checks that ended: TTL
     stages: list[Stage] = field(default_factory=list)
+    starts: list[tuple[Commands, str]] = field(default_factory=list)  # (commands, check id)
     commits: list[tuple[Commands, Written]] = field(default_factory=list)
     done: list[Written] = field(default_factory=list)
 
@@ -140,6 +141,16 @@ class Publisher:
         with self._cond:
             first = not self._batches
             self._batch(connection).stages.append(stage)
+            if first:
+                self._cond.notify()
+
+    def start(self, connection: redis.Redis, commands: Commands, check_id: str) -> None:
+        """Send a check's start (RQ's start transaction) with the next round
+        trip (within ``LINGER``, before anything later of the same check);
+        nobody waits for it: a failure is logged and the check runs on."""
+        with self._cond:
+            first = not self._batches
+            self._batch(connection).starts.append((commands, check_id))
             if first:
                 self._cond.notify()
 
@@ -201,9 +212,14 @@ class Publisher:
         return commands
 
     def _write(self, connection: redis.Redis, batch: _Batch) -> None:
+        starts = []
+        commands: list[wire.Command] = []
+        for staged, check_id in batch.starts:  # first: before any of their checks' ends
+            starts.append((len(commands), len(commands) + len(staged), check_id))
+            commands += staged
         try:
             # The same XADD as redis-py's xadd(maxlen=EVENTS_MAXLEN, approximate=False).
-            commands: list[wire.Command] = [
+            commands += [
                 ("XADD", key, "MAXLEN", _MAXLEN, "*", "event", "line", "data", data)
                 for key, data in batch.lines
             ]
@@ -218,12 +234,21 @@ class Publisher:
             for staged, written in batch.commits:
                 spans.append((len(commands), len(commands) + len(staged), written))
                 commands += staged
-            # A check's result among them: one transaction, lines first.
-            replies = wire.of(connection).execute(commands, transaction=bool(batch.commits))
+            if not commands:  # a wait for what was handed over before: all written
+                return
+            # A check's start or result among them: one transaction, in order.
+            replies = wire.of(connection).execute(
+                commands, transaction=bool(batch.commits or batch.starts)
+            )
             self.round_trips += 1
             for start, end, written in spans:
                 written.error = _first_error(replies[start:end])
-            failed = _first_error(replies[:shared])
+            for start, end, check_id in starts:
+                error = _first_error(replies[start:end])
+                if error is not None:
+                    log.warning("check %s: its start was not written: %s", check_id, error)
+            first = starts[-1][1] if starts else 0
+            failed = _first_error(replies[first:shared])
             if failed is not None:  # a stage's or a line's command: the checks go on
                 log.warning("publishing transcript lines: a command failed: %s", failed)
             elif self._failing:
@@ -232,6 +257,8 @@ class Publisher:
         except Exception as exc:  # Redis away, or a stage's bug: the thread goes on
             for _, written in batch.commits:
                 written.error = exc
+            for _, _, check_id in starts:
+                log.warning("check %s: its start was not written: %s", check_id, exc)
             if not isinstance(exc, redis.exceptions.RedisError):
                 log.exception("publishing transcript lines failed")
             elif not self._failing:  # one warning per outage; the checks go on
@@ -247,6 +274,13 @@ def _first_error(replies: list[Any]) -> BaseException | None:
 
 
 _publisher = Publisher()
+
+
+def publisher() -> Publisher:
+    """This process's publisher."""
+    return _publisher
+
+
 _current: ContextVar[CheckEvents | None] = ContextVar("check_events", default=None)
 
 
@@ -362,6 +396,13 @@ def publishing(
         _current.reset(token)
         if not events.finished:
             events.finish()
+
+
+def written_so_far(connection: redis.Redis, publisher: Publisher | None = None) -> bool:
+    """Wait until what was handed to the publisher for ``connection`` (a
+    check's start) is in Redis, at most ``FINISH_WAIT``: before a write that
+    must come after it but does not go through the publisher."""
+    return (publisher or _publisher).finish(connection).wait(FINISH_WAIT)
 
 
 def defer(connection: redis.Redis, stage: Stage) -> bool:

@@ -490,10 +490,12 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
 
     def _begin(self, job: Job, queue: Queue) -> Execution:
         """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one
-        transaction (they were two): the check's execution and its entry in
+        transaction (they were two), sent with the publisher's next round trip
+        (the check's first lines, or its end; nobody waits for it, so the
+        engine starts at once): the check's execution and its entry in
         the started registry, the worker BUSY (written only when it was not),
-        the heartbeats (the worker's own only when not written for
-        ``WORKER_BEAT_EVERY``), the job ``started``, out of the intermediate list."""
+        the worker's heartbeat (only when not written for ``WORKER_BEAT_EVERY``),
+        the job ``started`` (with its first heartbeat), out of the intermediate list."""
         ttl = self.get_heartbeat_ttl(job)
         moment = time.monotonic()
         with self.connection.pipeline() as pipe:
@@ -504,12 +506,15 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             if moment - self._worker_beat_at >= WORKER_BEAT_EVERY:
                 self.heartbeat(ttl, pipeline=pipe)
                 self._worker_beat_at = moment
-            job.heartbeat(now(), ttl, pipeline=pipe)
+            # (RQ's job.heartbeat here only wrote last_heartbeat, which this writes too.)
             job.prepare_for_execution(self.name, pipeline=pipe)
             pipe.persist(job.key)
             if len(self.queues) == 1:
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            wire.pooled(self.connection).run(pipe, transaction=True)
+            # With the publisher's next round trip (the check's first lines, or
+            # its end), ahead of everything later of this check that goes there.
+            events.publisher().start(self.connection, wire.staged(pipe), job.id)
+            pipe.reset()
         return execution
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -629,6 +634,8 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         pause = 0.25
         flight: Flight | None = getattr(self._local, "flight", None)
         held = flight.held if flight is not None and flight.job is job else None
+        if held is None or not held.pending:  # this end goes straight to Redis:
+            events.written_so_far(self.connection)  # after the check's start
         while True:
             try:
                 if held is None or not held.pending:
@@ -758,6 +765,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
     def _fail(self, flight: Flight, reason: str) -> None:
         job = flight.job
         job.ended_at = now()
+        events.written_so_far(self.connection)  # its start first (it went to the publisher)
         try:
             self.handle_job_failure(
                 job, flight.queue, exc_string=reason, execution=flight.execution

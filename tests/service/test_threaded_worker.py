@@ -301,3 +301,19 @@ def test_free_slots_take_several_checks_in_one_round_trip_and_a_stop_gives_them_
     pool._give_back_taken()
     assert redis_client.lrange(queue.key, 0, -1) == [ids[i].encode() for i in (0, 2, 3, 4)]
     assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [ids[1].encode()]
+
+
+def test_a_check_failing_at_once_is_stored_after_its_start_not_before(
+    redis_client: redis.Redis,
+) -> None:
+    """A check's start goes out with the publisher's next round trip; an end
+    written straight to Redis (a failure) waits for it, so the start never
+    lands after the end and leaves the check 'started'."""
+    queue = Queue("vantage:default", connection=redis_client, serializer=JSONSerializer)
+    ids = [queue.enqueue(jobs.CRASH, kwargs={"request": {}}).id for _ in range(5)]
+    worker(redis_client, concurrency=5).work(burst=True, logging_level="WARNING")
+    for check_id in ids:
+        job = Job.fetch(check_id, connection=redis_client, serializer=JSONSerializer)
+        assert job.get_status() == "failed"
+    assert redis_client.zcard("rq:wip:vantage:default") == 0
+    assert not redis_client.keys("rq:execution:*")
