@@ -165,6 +165,10 @@ class Flight:
     expired: bool = False  # failed by the watchdog; its thread may still run
     held: events.HeldEnd | None = None  # its end, kept to go out with its result
     _settled: threading.Lock = field(default_factory=threading.Lock)
+    #: Held while its thread hands its start to the publisher, and by whoever
+    #: fails it from outside (the watchdog, a cold stop) before that failure
+    #: is written: a start is then either in Redis first or never sent.
+    beginning: threading.Lock = field(default_factory=threading.Lock)
 
     def settle(self) -> bool:
         """True for exactly one caller: the one that stores how the check ended."""
@@ -211,6 +215,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         self._beat_stop = threading.Event()
         self._redis_ok = True
         self._worker_beat_at = -math.inf  # monotonic time of the last worker heartbeat
+        self._failing = 0  # checks the watchdog is failing right now (out of _flights)
         self._taken: deque[tuple[Job, Queue]] = deque()  # dequeued, not yet started
         self._spares: list[_Spare] = []  # idle check threads (guarded by _spare_lock)
         self._spare_lock = threading.Lock()
@@ -451,7 +456,9 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 self._stop_cold()
                 return
             with self._changed:
-                if not self._flights:
+                # Nor one the watchdog is failing: a worker gone before that
+                # failure is written leaves its check 'started' (then "abandoned").
+                if not self._flights and not self._failing:
                     return
                 self._changed.wait(0.5)
 
@@ -468,8 +475,11 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         )
         self._local.flight = flight
         try:
-            execution = self._begin(job, flight.queue)
-            flight.execution = execution
+            with flight.beginning:
+                if flight.settled:  # failed before its thread got to it: nothing to start
+                    return
+                execution = self._begin(job, flight.queue)
+                flight.execution = execution
             self.perform_job(job, flight.queue, execution)
         except Exception:
             log.exception("check %s: the worker could not run it", job.id)
@@ -739,6 +749,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 flight.expired = True
                 self._stuck += 1
                 stuck = self._stuck
+                self._failing += 1  # a stop waits for it: see _drain
                 self._changed.notify_all()
             waited = moment - flight.started
             log.error(
@@ -748,11 +759,16 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 waited,
                 extra={"check_id": flight.job.id, "vantage": _vantage(flight.queue)},
             )
-            self._fail(
-                flight,
-                f"rq.timeouts.JobTimeoutException: the check was still running {waited:.0f} s "
-                "after it started, past its deadline",
-            )
+            try:
+                self._fail(
+                    flight,
+                    f"rq.timeouts.JobTimeoutException: the check was still running {waited:.0f} s "
+                    "after it started, past its deadline",
+                )
+            finally:
+                with self._changed:
+                    self._failing -= 1
+                    self._changed.notify_all()
             if stuck >= max(1, math.ceil(self.concurrency * STUCK_SHARE)) and not self._retiring:
                 self._retiring = True
                 self._stop_requested = True
@@ -765,11 +781,16 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
     def _fail(self, flight: Flight, reason: str) -> None:
         job = flight.job
         job.ended_at = now()
-        events.written_so_far(self.connection)  # its start first (it went to the publisher)
+        with flight.beginning:  # its thread either handed its start over or never will
+            begun = flight.execution is not None
+        if begun:
+            events.written_so_far(self.connection)  # its start first (it went to the publisher)
         try:
             self.handle_job_failure(
                 job, flight.queue, exc_string=reason, execution=flight.execution
             )
+            if not begun:  # still in the list RQ dequeued it into; RQ's cleanup would fail it again
+                self.connection.lrem(flight.queue.intermediate_queue_key, 1, job.id)
         except redis.exceptions.RedisError as exc:
             log.error("check %s: could not mark it failed (%s): %s", job.id, reason, exc)
 

@@ -137,6 +137,38 @@ def test_the_watchdog_fails_a_check_past_its_deadline(
     assert body["status"] == "failed", body
 
 
+def test_a_check_failed_before_its_thread_starts_it_stays_failed(
+    client: FlaskClient, store: JobStore, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog fails a check whose thread has not sent its start yet (a
+    loaded machine): the start is never sent after the failure, so the check
+    does not read 'started' again and then 'abandoned'."""
+    store.job_function = jobs.NAP
+    check_id = submit(client, {"host": "mx.example.com", "timeouts": {"connect": 0.2}})
+    job = Job.fetch(check_id, connection=redis_client, serializer=JSONSerializer)
+    job.timeout = 1
+    job.save()
+    run_flight = ThreadedCheckWorker._run_flight
+
+    def late_start(self: ThreadedCheckWorker, flight: threaded.Flight) -> None:
+        deadline = time.monotonic() + 5
+        while not flight.settled and time.monotonic() < deadline:
+            time.sleep(0.02)  # the thread is slow to start; the watchdog gets there first
+        run_flight(self, flight)
+
+    monkeypatch.setattr(ThreadedCheckWorker, "_run_flight", late_start)
+    pool = worker(redis_client, job_monitoring_interval=1)
+    pool.work(burst=True, logging_level="WARNING")
+
+    body = client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()
+    assert body["status"] == "failed", body
+    assert body["error"] == "the check ran past its time limit and was stopped"
+    assert redis_client.zcard("rq:wip:vantage:default") == 0  # never in the started registry
+    queue = Queue("vantage:default", connection=redis_client)
+    assert redis_client.llen(queue.intermediate_queue_key) == 0  # not failed again by RQ's cleanup
+    assert not redis_client.keys("rq:execution:*")
+
+
 def test_a_result_that_ends_while_redis_is_away_is_stored_once_it_is_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
