@@ -291,7 +291,12 @@ def test_no_password_in_redis_or_logs_after_checks_of_every_fate(
 
         # running, mid-AUTH: the seal is already gone from the job (its last attempt)
         assert stall.stalled.wait(20), deployed.logs()
-        assert connection.hget(f"rq:job:{killed}", "status") == b"started"
+        # A check's start goes out with its worker's next batch of writes, a
+        # few milliseconds after the check began talking to the server.
+        deadline = time.monotonic() + 5
+        while connection.hget(f"rq:job:{killed}", "status") != b"started":
+            assert time.monotonic() < deadline, connection.hget(f"rq:job:{killed}", "status")
+            time.sleep(0.01)
         assert stored_kwargs(connection, killed)["sealed_password"] is None
         assert_no_secret(connection, wanted, "running")
         # A worker process runs many checks at once: let the others end before
