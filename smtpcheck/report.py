@@ -26,6 +26,17 @@ _MARKERS = {
 }
 
 
+#: How each ``policy.dane.hosts[].status`` but ``valid`` reads, before its reason.
+DANE_STATES = {
+    "mismatch": "MISMATCH",
+    "unverified": "not verified",
+    "unusable": "no usable record",
+    "lookup_failed": "LOOKUP FAILED",
+    "unauthenticated": "not authenticated",
+    "not_applicable": "not applicable",
+}
+
+
 def transcript_lines(entries: list[Mapping[str, Any]]) -> list[str]:
     lines = []
     for entry in entries:
@@ -122,18 +133,8 @@ def policy_lines(result: Mapping[str, Any]) -> list[str]:
         status, reason = host.get("status"), host.get("reason")
         if status == "valid":
             state = f"valid: TLSA {host['records'][host['matched']]['record']}"
-        elif status == "mismatch":
-            state = f"MISMATCH: {reason}"
-        elif status == "unverified":
-            state = f"not verified: {reason}"
-        elif status == "unusable":
-            state = f"no usable record: {reason}"
-        elif status == "lookup_failed":
-            state = f"LOOKUP FAILED: {reason}"
-        elif status == "unauthenticated":
-            state = f"not authenticated: {reason}"
         else:
-            state = f"not applicable: {reason}"
+            state = f"{DANE_STATES.get(status, 'not applicable')}: {reason}"
         lines.append(f"DANE     {host['host']}: {state}")
     return lines
 
