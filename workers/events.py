@@ -242,13 +242,13 @@ class Publisher:
             )
             self.round_trips += 1
             for start, end, written in spans:
-                written.error = _first_error(replies[start:end])
+                written.error = wire.first_error(replies[start:end])
             for start, end, check_id in starts:
-                error = _first_error(replies[start:end])
+                error = wire.first_error(replies[start:end])
                 if error is not None:
                     log.warning("check %s: its start was not written: %s", check_id, error)
             first = starts[-1][1] if starts else 0
-            failed = _first_error(replies[first:shared])
+            failed = wire.first_error(replies[first:shared])
             if failed is not None:  # a stage's or a line's command: the checks go on
                 log.warning("publishing transcript lines: a command failed: %s", failed)
             elif self._failing:
@@ -267,10 +267,6 @@ class Publisher:
         finally:
             for done in batch.done:
                 done.event.set()
-
-
-def _first_error(replies: list[Any]) -> BaseException | None:
-    return next((reply for reply in replies if isinstance(reply, BaseException)), None)
 
 
 _publisher = Publisher()

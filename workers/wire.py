@@ -79,7 +79,7 @@ class Wire:
         error; the replies are raw."""
         replies = self.execute(staged(pipe), transaction=transaction)
         pipe.reset()
-        failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
+        failed = first_error(replies)
         if failed is not None:
             raise failed
         return replies
@@ -113,9 +113,13 @@ def _send(connection: ConnectionInterface, commands: list[Command], transaction:
         return replies
     executed = replies[-1]
     if isinstance(executed, BaseException):
-        refused = [reply for reply in replies[1:-1] if isinstance(reply, BaseException)]
-        raise refused[0] if refused else executed
+        raise first_error(replies[1:-1]) or executed
     return list(executed)
+
+
+def first_error(replies: list[Any]) -> BaseException | None:
+    """The first failed command's error among ``replies`` (as :meth:`Wire.execute` gives them)."""
+    return next((reply for reply in replies if isinstance(reply, BaseException)), None)
 
 
 def _pack(connection: ConnectionInterface, commands: list[Command]) -> list[bytes]:
