@@ -345,18 +345,11 @@ class Resolver:
 
     def reverse(self, address: IPAddress) -> dict[str, object]:
         """PTR names of ``address`` and whether one resolves back to it (FCrDNS)."""
-        facts: dict[str, object] = {
-            "address": str(address),
-            "ptr": [],
-            "ptr_error": None,
-            "forward_confirmed": None,
-        }
+        facts = _reverse_facts(address)
         try:
             names = self.ptr(address)
         except DNSError as exc:
-            if "NXDOMAIN" not in str(exc):
-                facts["ptr_error"] = str(exc)
-            return facts
+            return _ptr_failed(facts, exc)
         facts["ptr"] = names
         confirmed = False
         for name in names[:3]:
@@ -368,6 +361,18 @@ class Resolver:
                 break
         facts["forward_confirmed"] = confirmed if names else None
         return facts
+
+
+def _reverse_facts(address: IPAddress) -> dict[str, object]:
+    """The facts of a reverse lookup (:meth:`Resolver.reverse`) before any answer."""
+    return {"address": str(address), "ptr": [], "ptr_error": None, "forward_confirmed": None}
+
+
+def _ptr_failed(facts: dict[str, object], exc: DNSError) -> dict[str, object]:
+    """``facts`` once the PTR lookup failed: no name is no error, the rest is said."""
+    if "NXDOMAIN" not in str(exc):
+        facts["ptr_error"] = str(exc)
+    return facts
 
 
 class ReverseLookup:
@@ -387,12 +392,7 @@ class ReverseLookup:
         self.resolver = resolver
         self.address = address
         self.facts: dict[str, object] | None = None
-        self._partial: dict[str, object] = {
-            "address": str(address),
-            "ptr": [],
-            "ptr_error": None,
-            "forward_confirmed": None,
-        }
+        self._partial = _reverse_facts(address)
         self._names: list[str] = []
         self._tried = 0
         self._exchange: dnsstub.Exchange | None = None
@@ -508,9 +508,7 @@ class ReverseLookup:
         self._exchange = dnsstub.Exchange(self._config, labels, rdtype, lifetime, try_timeout)
 
     def _ptr_failed(self, exc: DNSError) -> None:
-        if "NXDOMAIN" not in str(exc):
-            self._partial["ptr_error"] = str(exc)
-        self.facts = self._partial
+        self.facts = _ptr_failed(self._partial, exc)
 
     def _done(self, *, confirmed: bool) -> None:
         self._partial["forward_confirmed"] = confirmed if self._names else None
