@@ -20,7 +20,7 @@ from smtpcheck.report import render_text, transcript_lines
 
 from . import events, fanout, held, listing, metrics, ratelimit
 from .apikeys import authenticate, current_owner
-from .jobstore import JobStore
+from .jobstore import JobStore, StoredJob
 from .problems import CHECK_RUNNING, NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
 
 blueprint = Blueprint("checks", __name__, url_prefix="/v1")
@@ -178,23 +178,17 @@ def get_events(check_id: str) -> Response:
 
 @blueprint.get("/checks/<check_id>")
 def get_check(check_id: str) -> Response:
-    found = fanout.find(store(), check_id, current_owner())
+    found = found_after_wait(check_id)
     if isinstance(found, fanout.FanOut):
-        spread = found
-        waited(lambda seconds, _: fanout.wait(store(), spread, seconds), None)
-        return jsonify(fanout.describe(store(), spread))
-    job = found
-    job = waited(lambda seconds, lease: store().wait(job, seconds, lease), job)
-    return jsonify(store().describe(job))
+        return jsonify(fanout.describe(store(), found))
+    return jsonify(store().describe(found))
 
 
 @blueprint.get("/checks/<check_id>/transcript")
 def get_transcript(check_id: str) -> Response:
-    found = fanout.find(store(), check_id, current_owner())
+    found = found_after_wait(check_id)
     if isinstance(found, fanout.FanOut):
-        spread = found
-        waited(lambda seconds, _: fanout.wait(store(), spread, seconds), None)
-        text = fanout.transcript(store(), spread)
+        text = fanout.transcript(store(), found)
         if text is None:
             raise Problem(
                 409,
@@ -204,7 +198,6 @@ def get_transcript(check_id: str) -> Response:
             )
         return Response(text, mimetype="text/plain")
     job = found
-    job = waited(lambda seconds, lease: store().wait(job, seconds, lease), job)
     status = public_status(job)
     if status == "failed":
         reason = failure_reason(job, job.latest)
@@ -279,6 +272,18 @@ def json_body() -> Any:
             400, "Bad Request", f"the body is not valid JSON: {_first_line(exc)}"
         ) from None
     return body
+
+
+def found_after_wait(check_id: str) -> fanout.FanOut | StoredJob:
+    """The fan-out or check behind ``check_id`` (404 unless the caller's), once
+    ``?wait=N`` has held the response until it ended or the wait ran out."""
+    found = fanout.find(store(), check_id, current_owner())
+    if isinstance(found, fanout.FanOut):
+        spread = found
+        waited(lambda seconds, _: fanout.wait(store(), spread, seconds), None)
+        return spread
+    job = found
+    return waited(lambda seconds, lease: store().wait(job, seconds, lease), job)
 
 
 def waited(wait: Callable[[int, held.Lease | None], T], unheld: T) -> T:
