@@ -1,6 +1,8 @@
-"""ReverseLookup (the check's PTR lookup, carried on by the check's own
-thread) ends with exactly the facts Resolver.reverse gives, key order
-included, whatever the DNS says; and a check serves it while it waits."""
+"""The reverse DNS facts of an address (the PTR lookup and its forward
+confirmation), blocking (Resolver.reverse) and carried on by the check's own
+thread (ReverseLookup), are the same, key order included, whatever the DNS
+says, also where dnspython or getaddrinfo make a lookup in a thread; and a
+check serves the lookup while it waits."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ ZONE = {
     "six.local.test.": {"A": ["127.0.0.6"]},
     # a PTR name dnsstub leaves to dnspython, and one that is an address
     "7.0.0.127.in-addr.arpa.": {"PTR": ["we\\.ird.local.test."]},
+    "we\\.ird.local.test.": {"A": ["127.0.0.7"]},
     "8.0.0.127.in-addr.arpa.": {"PTR": ["127.0.0.8."]},
     # NODATA
     "9.0.0.127.in-addr.arpa.": {"TXT": ["no PTR here"]},
@@ -44,21 +47,53 @@ ZONE = {
     "mail6.local.test.": {"AAAA": ["::1"]},
 }
 
-ADDRESSES = [
-    "127.0.0.1",
-    "127.0.0.2",
-    "127.0.0.3",
-    "127.0.0.4",
-    "127.0.0.5",
-    "127.0.0.6",
-    "127.0.0.7",
-    "127.0.0.8",
-    "127.0.0.9",
-    "127.0.0.10",  # NXDOMAIN
-    "127.0.0.11",  # SERVFAIL
-    "127.0.0.12",  # no answer at all
-    "::1",
-]
+TEMPORARY = "a temporary DNS failure, try again later"
+#: The facts of each address, from ZONE.
+EXPECTED: dict[str, tuple[list[str], str | None, bool | None]] = {
+    "127.0.0.1": (["mail.local.test"], None, True),
+    "127.0.0.2": (["elsewhere.local.test"], None, False),
+    "127.0.0.3": (["nowhere.local.test"], None, False),
+    "127.0.0.4": (["nowhere.local.test", "four.local.test"], None, True),
+    "127.0.0.5": (
+        ["n1.local.test", "n2.local.test", "n3.local.test", "five.local.test"],
+        None,
+        False,
+    ),
+    "127.0.0.6": (["six.local.test"], None, True),
+    "127.0.0.7": (["we\\.ird.local.test"], None, True),  # confirmed by dnspython
+    "127.0.0.8": (["127.0.0.8"], None, True),
+    "127.0.0.9": ([], None, None),  # NODATA
+    "127.0.0.10": ([], None, None),  # NXDOMAIN is no error
+    "127.0.0.11": (
+        [],
+        f"DNS servers failed on PTR for 11.0.0.127.in-addr.arpa (SERVFAIL); {TEMPORARY}",
+        None,
+    ),
+    "127.0.0.12": (
+        [],
+        f"DNS lookup of PTR for 12.0.0.127.in-addr.arpa timed out; {TEMPORARY}",
+        None,
+    ),
+    "::1": (["mail.local.test"], None, False),
+}
+ADDRESSES = list(EXPECTED)
+
+
+def facts(text: str) -> list[tuple[str, object]]:
+    ptr, error, confirmed = EXPECTED[text]
+    return [("address", text), ("ptr", ptr), ("ptr_error", error), ("forward_confirmed", confirmed)]
+
+
+def stepped(resolver: Resolver, address) -> dict[str, object] | None:
+    """The lookup as a check drives it: begun, then finished after the dialogue."""
+    lookup = ReverseLookup(resolver, address)
+    lookup.finish(time.monotonic() + 5)
+    lookup.close()
+    return lookup.facts
+
+
+def blocking(resolver: Resolver, address) -> dict[str, object] | None:
+    return resolver.reverse(address)
 
 
 @pytest.fixture
@@ -69,15 +104,45 @@ def dns_settings(settings, dns_server):
     return settings.replace(dns_servers=(("127.0.0.1", server.port),), dns_timeout=0.5)
 
 
+@pytest.mark.parametrize("drive", [stepped, blocking])
 @pytest.mark.parametrize("text", ADDRESSES)
-def test_the_facts_are_those_of_resolver_reverse(dns_settings, text):
-    address = ipaddress.ip_address(text)
-    expected = Resolver(dns_settings, time.monotonic() + 5).reverse(address)
-    lookup = ReverseLookup(Resolver(dns_settings, time.monotonic() + 5), address)
-    lookup.finish(time.monotonic() + 5)
-    lookup.close()
-    assert lookup.facts is not None
-    assert list(lookup.facts.items()) == list(expected.items())
+def test_the_facts_are_what_the_dns_says(dns_settings, text, drive):
+    found = drive(Resolver(dns_settings, time.monotonic() + 5), ipaddress.ip_address(text))
+    assert found is not None
+    assert list(found.items()) == facts(text)
+
+
+@pytest.mark.parametrize("drive", [stepped, blocking])
+@pytest.mark.parametrize("text", ["127.0.0.1", "127.0.0.5", "127.0.0.7", "127.0.0.10", "::1"])
+def test_a_configuration_dnsstub_leaves_to_dnspython_gets_the_same_facts(
+    dns_settings, monkeypatch, text, drive
+):
+    from workers import dnsstub
+
+    monkeypatch.setattr(dnsstub.Config, "of_servers", classmethod(lambda cls, servers: None))
+    found = drive(Resolver(dns_settings, time.monotonic() + 5), ipaddress.ip_address(text))
+    assert found is not None
+    assert list(found.items()) == facts(text)
+
+
+@pytest.mark.parametrize("drive", [stepped, blocking])
+def test_without_dns_servers_the_forward_lookup_is_the_system_resolvers(
+    settings, dns_server, monkeypatch, drive
+):
+    """No SMTPCHECK_DNS_SERVERS: the PTR goes to resolv.conf's servers (here
+    the test's), the forward confirmation to getaddrinfo (/etc/hosts)."""
+    from workers import dnsstub
+
+    server = dns_server({"1.0.0.127.in-addr.arpa.": {"PTR": ["localhost.", "elsewhere.test."]}})
+    config = dnsstub.Config.of_servers((("127.0.0.1", server.port),))
+    monkeypatch.setattr(dnsstub.Config, "of", classmethod(lambda cls, resolver: config))
+    found = drive(Resolver(settings, time.monotonic() + 5), ipaddress.ip_address("127.0.0.1"))
+    assert found == {
+        "address": "127.0.0.1",
+        "ptr": ["localhost", "elsewhere.test"],
+        "ptr_error": None,
+        "forward_confirmed": True,
+    }
 
 
 def test_stepping_while_waiting_elsewhere_gets_the_same_facts(dns_settings):
@@ -98,8 +163,14 @@ def test_a_lookup_with_no_time_left_says_so(dns_settings):
     address = ipaddress.ip_address("127.0.0.1")
     lookup = ReverseLookup(Resolver(dns_settings, time.monotonic() - 1), address)
     lookup.finish(time.monotonic() + 1)
-    assert lookup.facts == Resolver(dns_settings, time.monotonic() - 1).reverse(address)
-    assert "no time left" in str(lookup.facts["ptr_error"])
+    expected = {
+        "address": "127.0.0.1",
+        "ptr": [],
+        "ptr_error": "no time left for DNS before the check's deadline",
+        "forward_confirmed": None,
+    }
+    assert lookup.facts == expected
+    assert Resolver(dns_settings, time.monotonic() - 1).reverse(address) == expected
 
 
 def test_a_check_carries_the_lookup_on_while_the_server_is_slow(
