@@ -248,8 +248,9 @@ class Check:
                 "ptr_skipped": "not a public address, and no SMTPCHECK_DNS_SERVERS to ask",
             }
             return
-        self._reverse = ReverseLookup(Resolver(self.settings, self.deadline), address)
-        self.conn.sidecar = self._reverse  # carried on while the dialogue waits
+        self._reverse = lookup = ReverseLookup(Resolver(self.settings, self.deadline), address)
+        lookup.start()
+        self.conn.sidecar = lookup  # carried on while the dialogue waits
 
     def _dns_facts(self) -> dict[str, Any] | None:
         if self.address is None:

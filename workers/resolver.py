@@ -116,19 +116,10 @@ class Resolver:
         asked = labels
 
         def lookup() -> list[bytes | dnsstub.Labels]:
-            """dnsstub's lookup in this thread, given up with Canceled as soon
-            as the check is canceled (as cancel.interruptible does, without a
-            thread for the lookup)."""
             lifetime = self._timeout()
             cancel.stop_if_canceled()
             exchange = dnsstub.Exchange(config, asked, rdtype, lifetime, min(lifetime, TRY_TIMEOUT))
-            try:
-                while not exchange.done:
-                    exchange.wait(time.monotonic() + cancel.LOOKUP_SLICE)
-                    cancel.stop_if_canceled()
-                    exchange.step()
-            finally:
-                exchange.close()
+            _carry_out(exchange)
             return exchange.result()
 
         found = self._guarded(name.rstrip("."), rdtype, lookup)
@@ -344,96 +335,101 @@ class Resolver:
     # -- reverse DNS facts --------------------------------------------------
 
     def reverse(self, address: IPAddress) -> dict[str, object]:
-        """PTR names of ``address`` and whether one resolves back to it (FCrDNS)."""
-        facts = _reverse_facts(address)
-        try:
-            names = self.ptr(address)
-        except DNSError as exc:
-            return _ptr_failed(facts, exc)
-        facts["ptr"] = names
-        confirmed = False
-        for name in names[:3]:
-            try:
-                confirmed = address in self.addresses(name, address.version)
-            except DNSError:
-                continue
-            if confirmed:
-                break
-        facts["forward_confirmed"] = confirmed if names else None
-        return facts
+        """PTR names of ``address`` and whether one resolves back to it
+        (FCrDNS), on this thread (:class:`ReverseLookup`'s ``run``)."""
+        return ReverseLookup(self, address).run()
 
 
-def _reverse_facts(address: IPAddress) -> dict[str, object]:
-    """The facts of a reverse lookup (:meth:`Resolver.reverse`) before any answer."""
-    return {"address": str(address), "ptr": [], "ptr_error": None, "forward_confirmed": None}
-
-
-def _ptr_failed(facts: dict[str, object], exc: DNSError) -> dict[str, object]:
-    """``facts`` once the PTR lookup failed: no name is no error, the rest is said."""
-    if "NXDOMAIN" not in str(exc):
-        facts["ptr_error"] = str(exc)
-    return facts
+def _carry_out(exchange: dnsstub.Exchange) -> None:
+    """Wait ``exchange`` out on this thread, given up with Canceled as soon
+    as the check is canceled (as cancel.interruptible does, without a
+    thread for the lookup)."""
+    try:
+        while not exchange.done:
+            exchange.wait(time.monotonic() + cancel.LOOKUP_SLICE)
+            cancel.stop_if_canceled()
+            exchange.step()
+    finally:
+        exchange.close()
 
 
 class ReverseLookup:
-    """:meth:`Resolver.reverse` without a thread of its own, for the check's
-    thread to carry on while it waits for the server (workers.connection's
-    ``sidecar``): ``waiting``, ``fileno()``, ``wake_at`` and ``step()`` as a
-    :class:`workers.dnsstub.Exchange`'s; ``finish(until)`` after the
-    dialogue; ``facts`` (the same dict ``reverse`` returns) once done.
+    """The reverse DNS facts of an address: its PTR names, then the forward
+    lookups of the first three of them until one gives the address back
+    (FCrDNS). ``facts`` once done: the address, ``ptr`` (the names),
+    ``ptr_error`` (a failed PTR lookup; NXDOMAIN is no error) and
+    ``forward_confirmed`` (None without a name).
 
-    What dnsstub does not do (a configuration it leaves to dnspython, a PTR
-    name that is not a plain host name, and the forward confirmation through
-    the system resolver, which is getaddrinfo) goes on in a thread, as the
-    whole lookup did before.
+    Two ways to drive it:
+
+    - ``run()`` makes every lookup on the calling thread (Resolver.reverse);
+    - ``start()`` begins it for the check's thread to carry on while it
+      waits for the server (workers.connection's ``sidecar``: ``waiting``,
+      ``fileno()``, ``wake_at`` and ``step()`` as a
+      :class:`workers.dnsstub.Exchange`'s), ``finish(until)`` after the
+      dialogue.
+
+    A lookup dnsstub makes is an exchange, stepped. The others (a
+    configuration dnsstub leaves to dnspython, a PTR name that is not a
+    plain host name, and the forward confirmation through the system
+    resolver, which is getaddrinfo) are the Resolver's blocking calls: a
+    started lookup hands itself over to a thread at the first of them, and
+    that thread runs the rest.
     """
 
     def __init__(self, resolver: Resolver, address: IPAddress) -> None:
         self.resolver = resolver
         self.address = address
         self.facts: dict[str, object] | None = None
-        self._partial = _reverse_facts(address)
+        self._partial: dict[str, object] = {
+            "address": str(address),
+            "ptr": [],
+            "ptr_error": None,
+            "forward_confirmed": None,
+        }
         self._names: list[str] = []
         self._tried = 0
+        self._config: dnsstub.Config | None = None
         self._exchange: dnsstub.Exchange | None = None
         self._rdtype = "PTR"
         self._shown = ""
+        #: The next lookup when it is a blocking call, not an exchange.
+        self._blocking: Callable[[], None] | None = None
         self._thread: threading.Thread | None = None
+
+    def run(self) -> dict[str, object]:
+        """The whole lookup on this thread; Canceled when the check is canceled."""
+        cancel.stop_if_canceled()
+        self._begin()
+        self._complete()
+        assert self.facts is not None
+        return self.facts
+
+    def _complete(self) -> None:
+        """Every lookup left, on this thread."""
+        while self.facts is None:
+            blocking, self._blocking = self._blocking, None
+            if blocking is not None:
+                blocking()
+                continue
+            assert self._exchange is not None
+            _carry_out(self._exchange)
+            self._step()
+
+    # -- the sidecar's side --------------------------------------------------
+
+    def start(self) -> None:
+        """Begin: the PTR query goes out (or a thread takes the lookup over)."""
         try:
             self._begin()
         except Exception:  # a fault of ours: no facts, as when the lookup's thread died
             self._broke()
-
-    def _begin(self) -> None:
-        try:
-            config = self.resolver._stub_config()
-        except DNSError as exc:
-            self._ptr_failed(exc)
-            return
-        if config is None:
-            resolver, address = self.resolver, self.address
-            self._in_thread(lambda: resolver.reverse(address))
-            return
-        self._config = config
-        labels = dnsstub.reverse_name(self.address)
-        try:
-            self._start(labels, "PTR", dnsstub.name_text(labels))
-        except DNSError as exc:
-            self._ptr_failed(exc)
-
-    def _broke(self) -> None:
-        """A fault in the lookup's own code: it ends without facts (the result
-        says it did not finish), the check goes on."""
-        log.exception("the reverse DNS lookup of %s failed in smtpcheck itself", self.address)
-        self.close()
-        self._exchange = None
-
-    # -- the sidecar's side --------------------------------------------------
+        self._hand_over()
 
     @property
     def waiting(self) -> bool:
         """Whether a lookup is under way that ``step()`` carries on."""
-        return self._exchange is not None
+        return self._exchange is not None and self._thread is None
 
     @property
     def wake_at(self) -> float:
@@ -447,34 +443,7 @@ class ReverseLookup:
             self._step()
         except Exception:  # a fault of ours: no facts, the check goes on
             self._broke()
-
-    def _step(self) -> None:
-        exchange = self._exchange
-        if exchange is None:
-            return
-        exchange.step()
-        if not exchange.done:
-            return
-        self._exchange = None
-        shown = self._shown.rstrip(".")
-        try:
-            found = self.resolver._guarded(shown, self._rdtype, exchange.result)
-        except DNSError as exc:
-            if self._rdtype == "PTR":
-                self._ptr_failed(exc)
-            else:
-                self._forward_next()
-            return
-        if self._rdtype == "PTR":
-            names = [dnsstub.name_text(v).rstrip(".") for v in found or () if isinstance(v, tuple)]
-            self._partial["ptr"] = self._names = names
-            self._forward_next()
-            return
-        found_addresses = [ipaddress.ip_address(v) for v in found or () if isinstance(v, bytes)]
-        if self.address in found_addresses:
-            self._done(confirmed=True)
-        else:
-            self._forward_next()
+        self._hand_over()
 
     def finish(self, until: float) -> None:
         """Carry the lookup on until it is done, ``until`` (monotonic) or a
@@ -496,27 +465,98 @@ class ReverseLookup:
             self.step()
 
     def close(self) -> None:
+        """Give the stepped lookup up (a thread's ends by its own deadline)."""
+        if self._thread is None and self._exchange is not None:
+            self._exchange.close()
+
+    def _hand_over(self) -> None:
+        """A thread of its own for the rest, once the next lookup blocks."""
+        if self._blocking is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._in_thread, daemon=True, name="smtpcheck-ptr")
+        self._thread.start()
+
+    def _in_thread(self) -> None:
+        try:
+            self._complete()
+        except Exception:  # a fault of ours: no facts
+            self._broke()
+
+    def _broke(self) -> None:
+        """A fault in the lookup's own code: it ends without facts (the result
+        says it did not finish), the check goes on."""
+        log.exception("the reverse DNS lookup of %s failed in smtpcheck itself", self.address)
+        self._blocking = None
         if self._exchange is not None:
             self._exchange.close()
+            self._exchange = None
 
     # -- the lookups -----------------------------------------------------------
 
+    def _begin(self) -> None:
+        """The PTR lookup: an exchange, or dnspython's."""
+        try:
+            self._config = self.resolver._stub_config()
+            if self._config is None:
+                self._blocking = self._ptr_by_resolver
+                return
+            labels = dnsstub.reverse_name(self.address)
+            self._start(labels, "PTR", dnsstub.name_text(labels))
+        except DNSError as exc:
+            self._ptr_failed(exc)
+
     def _start(self, labels: dnsstub.Labels, rdtype: str, shown: str) -> None:
+        assert self._config is not None
         lifetime = self.resolver._timeout()
         try_timeout = min(lifetime, TRY_TIMEOUT)
         self._rdtype, self._shown = rdtype, shown
         self._exchange = dnsstub.Exchange(self._config, labels, rdtype, lifetime, try_timeout)
 
-    def _ptr_failed(self, exc: DNSError) -> None:
-        self.facts = _ptr_failed(self._partial, exc)
+    def _step(self) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            return
+        exchange.step()
+        if not exchange.done:
+            return
+        self._exchange = None
+        shown = self._shown.rstrip(".")
+        try:
+            found = self.resolver._guarded(shown, self._rdtype, exchange.result)
+        except DNSError as exc:
+            if self._rdtype == "PTR":
+                self._ptr_failed(exc)
+            else:
+                self._forward_next()
+            return
+        if self._rdtype == "PTR":
+            names = [dnsstub.name_text(v).rstrip(".") for v in found or () if isinstance(v, tuple)]
+            self._ptr_found(names)
+        else:
+            self._forward_found(
+                [ipaddress.ip_address(v) for v in found or () if isinstance(v, bytes)]
+            )
 
-    def _done(self, *, confirmed: bool) -> None:
-        self._partial["forward_confirmed"] = confirmed if self._names else None
+    def _ptr_by_resolver(self) -> None:
+        try:
+            names = self.resolver.ptr(self.address)
+        except DNSError as exc:
+            self._ptr_failed(exc)
+            return
+        self._ptr_found(names)
+
+    def _ptr_failed(self, exc: DNSError) -> None:
+        if "NXDOMAIN" not in str(exc):
+            self._partial["ptr_error"] = str(exc)
         self.facts = self._partial
 
+    def _ptr_found(self, names: list[str]) -> None:
+        self._partial["ptr"] = self._names = names
+        self._forward_next()
+
     def _forward_next(self) -> None:
-        """The forward lookup of the next of the first three PTR names, as
-        ``reverse`` makes them; done when one confirms or none is left."""
+        """The forward lookup of the next of the first three PTR names (an
+        address name is its own answer); done when one confirms or none is left."""
         address, names = self.address, self._names
         while self._tried < min(3, len(names)):
             name = names[self._tried]
@@ -528,33 +568,29 @@ class ReverseLookup:
                     return
                 continue
             labels = dnsstub.plain_name(name)
-            if labels is None or not self.resolver.settings.dns_servers:
-                self._in_thread(functools.partial(self._confirmed_by, names[self._tried - 1 : 3]))
+            if self._config is None or labels is None or not self.resolver.settings.dns_servers:
+                self._blocking = functools.partial(self._forward_by_resolver, name)
                 return
-            rdtype = "A" if address.version == 4 else "AAAA"
             try:
-                self._start(labels, rdtype, name)
+                self._start(labels, "A" if address.version == 4 else "AAAA", name)
             except DNSError:
                 continue
             return
         self._done(confirmed=False)
 
-    def _confirmed_by(self, names: list[str]) -> dict[str, object]:
-        """``reverse``'s forward confirmation of ``names``, blocking."""
-        confirmed = False
-        for name in names:
-            try:
-                confirmed = self.address in self.resolver.addresses(name, self.address.version)
-            except DNSError:
-                continue
-            if confirmed:
-                break
-        self._partial["forward_confirmed"] = confirmed  # names is never empty here
-        return self._partial
+    def _forward_by_resolver(self, name: str) -> None:
+        try:
+            found = self.resolver.addresses(name, self.address.version)
+        except DNSError:
+            found = []
+        self._forward_found(found)
 
-    def _in_thread(self, work: Callable[[], dict[str, object]]) -> None:
-        def run() -> None:
-            self.facts = work()
+    def _forward_found(self, addresses: list[IPAddress]) -> None:
+        if self.address in addresses:
+            self._done(confirmed=True)
+        else:
+            self._forward_next()
 
-        self._thread = threading.Thread(target=run, daemon=True, name="smtpcheck-ptr")
-        self._thread.start()
+    def _done(self, *, confirmed: bool) -> None:
+        self._partial["forward_confirmed"] = confirmed if self._names else None
+        self.facts = self._partial

@@ -87,6 +87,7 @@ def facts(text: str) -> list[tuple[str, object]]:
 def stepped(resolver: Resolver, address) -> dict[str, object] | None:
     """The lookup as a check drives it: begun, then finished after the dialogue."""
     lookup = ReverseLookup(resolver, address)
+    lookup.start()
     lookup.finish(time.monotonic() + 5)
     lookup.close()
     return lookup.facts
@@ -149,6 +150,7 @@ def test_stepping_while_waiting_elsewhere_gets_the_same_facts(dns_settings):
     """The way a check drives it: step() whenever its socket may have an answer."""
     address = ipaddress.ip_address("127.0.0.4")
     lookup = ReverseLookup(Resolver(dns_settings, time.monotonic() + 5), address)
+    lookup.start()
     ends = time.monotonic() + 5
     steps = 0
     while lookup.waiting and time.monotonic() < ends:
@@ -162,6 +164,7 @@ def test_stepping_while_waiting_elsewhere_gets_the_same_facts(dns_settings):
 def test_a_lookup_with_no_time_left_says_so(dns_settings):
     address = ipaddress.ip_address("127.0.0.1")
     lookup = ReverseLookup(Resolver(dns_settings, time.monotonic() - 1), address)
+    lookup.start()
     lookup.finish(time.monotonic() + 1)
     expected = {
         "address": "127.0.0.1",
@@ -179,7 +182,7 @@ def test_a_check_carries_the_lookup_on_while_the_server_is_slow(
     """The banner comes 0.3 s after the connect: the PTR and its forward
     lookup end during that wait, on the check's thread (no thread started)."""
 
-    def no_thread(self, work):
+    def no_thread(self):
         raise AssertionError("a thread was started for the lookup")
 
     monkeypatch.setattr(ReverseLookup, "_in_thread", no_thread)
