@@ -84,3 +84,17 @@ def test_every_option_the_documents_name_exists() -> None:
     for path in DOCUMENTS:
         named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", path.read_text(encoding="utf-8")))
         assert named <= known, (path.name, sorted(named - known))
+
+
+def test_architecture_names_every_module() -> None:
+    """docs/architecture.md is the map a maintainer checks against the tree."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    unnamed = [
+        f"{module.parent.name}/{module.name}"
+        for package in ("cli", "smtpcheck", "service", "workers")
+        for module in sorted((ROOT / package).glob("*.py"))
+        if module.name != "__init__.py"
+        and f"`{module.name}`" not in page
+        and f"{package}/{module.name}" not in page
+    ]
+    assert not unnamed
