@@ -15,7 +15,7 @@ from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from smtpcheck.contract import STATUSES
-from smtpcheck.document import failure_reason, isoformat, links, public_status
+from smtpcheck.document import TERMINAL, failure_reason, isoformat, links, public_status
 from smtpcheck.report import render_text, transcript_lines
 
 from . import events, fanout, held, listing, metrics, ratelimit
@@ -283,15 +283,17 @@ def found_after_wait(check_id: str) -> fanout.FanOut | StoredJob:
         waited(lambda seconds, _: fanout.wait(store(), spread, seconds), None)
         return spread
     job = found
-    return waited(lambda seconds, lease: store().wait(job, seconds, lease), job)
+    ended = public_status(job) in TERMINAL
+    return waited(lambda seconds, lease: store().wait(job, seconds, lease), job, ended=ended)
 
 
-def waited(wait: Callable[[int, held.Lease | None], T], unheld: T) -> T:
+def waited(wait: Callable[[int, held.Lease | None], T], unheld: T, *, ended: bool = False) -> T:
     """Run ``wait(seconds, lease)`` for ``?wait=N``, holding the response within the
     bounds of ``held`` (429/503 past them; ``wait`` may give the lease back early);
-    with no ``?wait``, ``unheld`` at once."""
+    with no ``?wait``, or when what it would wait for has ``ended``, ``unheld`` at
+    once: nothing is held, so no room is taken (nor a round trip spent on it)."""
     seconds = wait_seconds()
-    if seconds <= 0:
+    if seconds <= 0 or ended:
         return unheld
     with held.hold(current_owner(), seconds) as lease:
         return wait(seconds, lease)

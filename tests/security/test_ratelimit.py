@@ -345,6 +345,27 @@ def test_held_waits_are_capped_per_key(
     assert redis_client.zcard("smtpcheck:held:alice") == 0
 
 
+def test_a_wait_on_an_ended_check_holds_nothing(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    """An ended check's answer needs no holding: ``?wait`` takes no room (nor a
+    round trip for it), so a key at its cap of held requests still reads it."""
+    app = make_app(max_held_per_key=1)
+    app.extensions["smtpcheck"].job_function = jobs.FUNCTION
+    client = app.test_client()
+    ended = client.post("/v1/checks", json=CHECK, headers=ALICE).headers["Location"]
+    run_worker(redis_client)
+    with holding(client, redis_client, 1) as waiting:
+        answer = client.get(f"{ended}?wait=5", headers=ALICE)
+
+        assert answer.status_code == 200
+        assert answer.get_json()["status"] == "finished"
+        assert redis_client.zcard("smtpcheck:held:alice") == 1  # only the other one
+        assert_429(client.get(f"{waiting}?wait=1", headers=ALICE), "too-many-held")
+        assert client.get(f"{ended}/transcript?wait=5", headers=ALICE).status_code == 200
+        assert client.get(f"{ended}?wait=61", headers=ALICE).status_code == 422
+
+
 def test_held_waits_are_capped_per_process(
     make_app: Callable[..., Flask], redis_client: redis.Redis
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -275,6 +276,61 @@ def test_reading_a_check_takes_one_round_trip_and_its_wake_up_none(
     assert round_trips == 3  # read, take the hold, XREAD + read + give it back
     assert again == body
     assert sent == {threading.get_ident(): 1}
+
+
+def test_a_held_answer_is_the_stored_check_as_compact_json(
+    client: FlaskClient,
+    store: JobStore,
+    redis_client: redis.Redis,
+    run_worker: Callable[..., bool],
+) -> None:
+    """The bytes of a GET ?wait's answer: the check's document built from what is in
+    Redis (the job hash and its latest result), in its key order, as compact JSON;
+    the same bytes as a plain GET's afterwards."""
+    store.job_function = jobs.FUNCTION
+    check_id = submit(client, {"host": "mx.example.com"})
+    seen: dict[str, Any] = {}
+
+    def poll() -> None:
+        seen["response"] = client.get(f"/v1/checks/{check_id}?wait=20", headers=ALICE)
+
+    waiter = threading.Thread(target=poll)
+    waiter.start()
+    time.sleep(0.3)
+    run_worker()  # in the main thread: RQ installs signal handlers
+    waiter.join(timeout=10)
+    held = seen["response"]
+
+    raw = redis_client.hgetall(f"rq:job:{check_id}")
+    _func, _instance, _args, kwargs = json.loads(zlib.decompress(raw[b"data"]))
+    ((_, latest),) = redis_client.xrevrange(f"rq:results:{check_id}", count=1)
+
+    def moment(field: bytes) -> str:  # RQ's microseconds, to the millisecond
+        return raw[field].decode()[:23] + "Z"
+
+    document = {
+        "id": check_id,
+        "status": "finished",
+        "vantage": "default",
+        "created_at": moment(b"created_at"),
+        "started_at": moment(b"started_at"),
+        "ended_at": moment(b"ended_at"),
+        "request": kwargs["request"],
+        "result": json.loads(base64.b64decode(latest[b"return_value"])),
+        "error": None,
+        "links": {
+            "self": f"/v1/checks/{check_id}",
+            "transcript": f"/v1/checks/{check_id}/transcript",
+        },
+    }
+    body = json.dumps(document, separators=(",", ":")).encode() + b"\n"  # as Flask ends it
+    assert held.status_code == 200
+    assert held.get_data() == body
+    assert held.headers["Content-Type"] == "application/json"
+    assert held.headers["Content-Length"] == str(len(body))
+    plain = client.get(f"/v1/checks/{check_id}", headers=ALICE)
+    assert plain.get_data() == body
+    assert dict(plain.headers.items()).keys() == dict(held.headers.items()).keys()
 
 
 def test_wait_times_out_on_a_queued_check(client: FlaskClient) -> None:
