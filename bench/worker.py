@@ -365,12 +365,11 @@ def round_trips(redis_url: str, target_port: int, n: int) -> tuple[float, list[t
     send = redis.connection.AbstractConnection.send_packed_command
 
     def counted(self: Any, command: Any, check_health: bool = True) -> None:
-        # Named by who asked, not by the plumbing that sent it (workers/wire.py).
+        # Named by who asked, not by the plumbing that sent it (smtpcheck/wire.py).
         frames = [
             f"{Path(frame.filename).stem}.{frame.name}"
             for frame in traceback.extract_stack(limit=24)
-            if ("/workers/" in frame.filename or "/rq/" in frame.filename)
-            and not frame.filename.endswith("/workers/wire.py")
+            if "/workers/" in frame.filename or "/rq/" in frame.filename
         ]
         by_caller[" > ".join(frames[-2:]) or "?"] += 1
         send(self, command, check_health)

@@ -44,6 +44,7 @@ from limits import parse_many
 from redis.typing import EncodableT
 from rq.job import Job, JobStatus
 
+from smtpcheck import wire
 from smtpcheck.config import Settings
 from smtpcheck.contract import ACTIVE_PREFIX, RATELIMIT_PREFIX
 
@@ -139,7 +140,11 @@ class Admission:
             Window(item.amount, item.get_expiry(), str(item))
             for item in parse_many(settings.rate_limit)
         ]
-        self._admit = connection.register_script(_ADMIT)
+        self._admit_sha = connection.register_script(_ADMIT).sha
+        # One EVALSHA per POST, its arguments the check's whole job hash: packed in
+        # one go on a connection of the pool, past redis-py's per-command machinery.
+        # A write, so never sent twice (smtpcheck/redis_client.py).
+        self._wire = wire.pooled(connection)
 
     def active_key(self, owner: str) -> str:
         return ACTIVE_PREFIX + owner
@@ -190,7 +195,8 @@ class Admission:
         for command in writes:
             args += [len(command), *command]
         keys = [self.active_key(owner)] + [self.window_key(owner, w) for w in self.windows]
-        return [int(x) for x in cast(list[int], self._admit(keys=keys, args=args))]
+        verdict = self._wire.script(_ADMIT, self._admit_sha, keys, args)
+        return [int(x) for x in cast(list[int], verdict)]
 
     def _rate_limited(self, verdict: list[int], created: int) -> Problem:
         window = self.windows[verdict[1] - 1]

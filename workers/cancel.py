@@ -32,8 +32,8 @@ from typing import TypeVar
 
 import redis
 
+from smtpcheck import wire
 from smtpcheck.contract import CANCEL_KEY_PREFIX
-from workers import wire
 from workers.daemon_thread import DaemonThread
 from workers.errors import Canceled, ReadTimeout
 
@@ -78,7 +78,7 @@ class CancelWatch:
 class Watcher:
     """One thread per process: every ``poll`` seconds, one ``MGET`` of the
     cancel flags of every check watched (per Redis client, on a connection
-    of the thread's own: :mod:`workers.wire`), marking those up."""
+    of the thread's own: :mod:`smtpcheck.wire`), marking those up."""
 
     def __init__(self, poll: float = POLL) -> None:
         self.poll = poll

@@ -32,7 +32,7 @@ result in one round trip, shared with whatever else of other checks the
 thread writes at that moment. A batch holding such a commit is one
 ``MULTI``/``EXEC``, so the lines still come before the result, and nobody
 sees half of a check's end. The thread sends its batches as they are, on a
-connection of its own (:mod:`workers.wire`), not through redis-py's pipeline.
+connection of its own (:mod:`smtpcheck.wire`), not through redis-py's pipeline.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from smtpcheck import wire
 from smtpcheck.contract import EVENTS_KEY_PREFIX, EVENTS_MAXLEN
-from workers import wire
 from workers.daemon_thread import DaemonThread
 from workers.transcript import listening
 

@@ -40,9 +40,10 @@ from typing import cast
 
 import redis
 
+from smtpcheck import wire
 from smtpcheck.contract import TARGET_SLOTS_PREFIX
 from smtpcheck.targetpolicy import IPAddress
-from workers import cancel, events, wire
+from workers import cancel, events
 from workers.daemon_thread import DaemonThread
 from workers.errors import CheckAborted
 

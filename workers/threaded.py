@@ -84,8 +84,9 @@ from rq.timeouts import BaseDeathPenalty
 from rq.utils import now
 from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
 
+from smtpcheck import wire
 from smtpcheck.logs import log_context
-from workers import events, wire
+from workers import events
 from workers.pool import DEFAULT_CONCURRENCY, HEARTBEAT_TTL, _Reregistering
 
 log = logging.getLogger("smtpcheck.worker")

@@ -1,4 +1,4 @@
-"""workers.wire: batches of commands sent as they are, against the session's Redis."""
+"""smtpcheck.wire: batches of commands sent as they are, against the session's Redis."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from rq.job import JobStatus
 
-from workers import wire
+from smtpcheck import wire
 
 
 @pytest.fixture
@@ -66,6 +67,7 @@ def test_commands_are_packed_to_the_bytes_redis_py_sends(client: redis.Redis) ->
         ("XADD", "smtpcheck:events:x", "MAXLEN", "1000", "*", "data", '{"text": "ü 250"}'),
         ("ZADD", "z", 1.0, b"\x00\xff", 0.1 + 0.2, "m"),
         ("HINCRBY", "h", "n", -5),
+        ("HSET", "rq:job:x", "status", JobStatus.QUEUED),  # a str enum, as RQ stages it
         ("CLIENT SETNAME", "two-words"),  # redis-py splits the name
         ("SET", "k", memoryview(b"view")),  # redis-py converts it first
     ]

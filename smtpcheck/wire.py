@@ -1,16 +1,20 @@
-"""Batches of Redis commands sent as they are, on a connection one thread keeps.
+"""Batches of Redis commands sent as they are, on a connection one thread keeps
+or on one of the client's pool.
 
 redis-py spends about 100 Python calls on every pipeline it runs (a pool
 checkout, retries, observability hooks) and about 19 more on every command
 in it (options, parsing, reply callbacks): a third of a worker's Python work
 per check. The worker's per-process threads (the transcript publisher) and
-each check's thread send the same few kinds of batches again and again, so
-they go through a :class:`Wire` instead: the commands, as staged on a
-redis-py pipeline or built here, packed in one go and written on a
-connection of the client's pool that the thread keeps to itself (one
-checkout per thread, again after a fork), and the replies read raw, only
-looked at for errors. What reaches Redis is the same commands; nothing reads
-these replies but :meth:`Wire.execute`'s caller.
+each check's thread send the same few kinds of batches again and again, and
+the API sends one script per POST (the admission script, service/ratelimit.py,
+with the check's writes as its arguments), so they go through a :class:`Wire`
+instead: the commands, as staged on a redis-py pipeline or built here, packed
+in one go and written on a connection of the client's pool that the thread
+keeps to itself (one checkout per thread, again after a fork) or takes for
+the batch, and the replies read raw, only looked at for errors. What reaches
+Redis is the same commands; nothing reads these replies but
+:meth:`Wire.execute`'s caller. It sits below ``service`` and ``workers``,
+which both use it.
 """
 
 from __future__ import annotations
