@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import Schema, ValidationError
@@ -31,7 +31,6 @@ _WAIT = re.compile(r"[0-9]{1,6}")
 #: one of these or from non-ASCII bytes (json.loads passes surrogates through in
 #: UTF-8, and decodes UTF-16 and -32): only such bodies are encoded again to find one.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-T = TypeVar("T")
 
 
 def store() -> JobStore:
@@ -276,27 +275,32 @@ def json_body() -> Any:
 
 def found_after_wait(check_id: str) -> fanout.FanOut | StoredJob:
     """The fan-out or check behind ``check_id`` (404 unless the caller's), once
-    ``?wait=N`` has held the response until it ended or the wait ran out."""
-    found = fanout.find(store(), check_id, current_owner())
-    if isinstance(found, fanout.FanOut):
-        spread = found
-        waited(lambda seconds, _: fanout.wait(store(), spread, seconds), None)
-        return spread
-    job = found
-    ended = public_status(job) in TERMINAL
-    return waited(lambda seconds, lease: store().wait(job, seconds, lease), job, ended=ended)
+    ``?wait=N`` has held the response until it ended or the wait ran out.
 
-
-def waited(wait: Callable[[int, held.Lease | None], T], unheld: T, *, ended: bool = False) -> T:
-    """Run ``wait(seconds, lease)`` for ``?wait=N``, holding the response within the
-    bounds of ``held`` (429/503 past them; ``wait`` may give the lease back early);
-    with no ``?wait``, or when what it would wait for has ``ended``, ``unheld`` at
-    once: nothing is held, so no room is taken (nor a round trip spent on it)."""
-    seconds = wait_seconds()
-    if seconds <= 0 or ended:
-        return unheld
-    with held.hold(current_owner(), seconds) as lease:
-        return wait(seconds, lease)
+    The hold (429/503 past the bounds of ``held``) is taken in the round trip that
+    reads the check, and only for a check that has not ended: an ended one is
+    answered at once, holding nothing."""
+    owner = current_owner()
+    try:
+        seconds = wait_seconds()
+    except Problem:  # a check not there (or not the caller's) is 404 before a bad ?wait is 422
+        fanout.find(store(), check_id, owner)
+        raise
+    if seconds <= 0:
+        return fanout.find(store(), check_id, owner)
+    with held.asking(owner, seconds) as ask:
+        found = fanout.find(store(), check_id, owner, ask)
+        if isinstance(found, fanout.FanOut):
+            ask.lease()
+            fanout.wait(store(), found, seconds)
+            return found
+        job = found
+        if public_status(job) in TERMINAL:
+            return job
+        lease = ask.lease()
+        if lease is None:  # it ended between the reads (the take saw it): read it again
+            return store().refetch(job)
+        return store().wait(job, seconds, lease)
 
 
 def wait_seconds() -> int:

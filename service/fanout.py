@@ -17,12 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.client import Pipeline
+from rq.job import Job
 
 from smtpcheck.contract import ALL_VANTAGES, FANOUT_PREFIX
-from smtpcheck.document import TERMINAL, isoformat, links, public_status
+from smtpcheck.document import ENDED_STATUSES, TERMINAL, isoformat, links, public_status
 from smtpcheck.report import render_text
 
-from . import listing
+from . import held, listing
 from .jobstore import JobStore, Prepared, StoredJob, mask_secrets, stage_fetch
 from .problems import Problem
 from .ratelimit import Command
@@ -89,12 +90,25 @@ def load(store: JobStore, check_id: str, owner: str) -> FanOut | None:
     return _parsed(check_id, owner, store.connection.get(FANOUT_PREFIX + check_id))
 
 
-def find(store: JobStore, check_id: str, owner: str) -> FanOut | StoredJob:
+def find(
+    store: JobStore, check_id: str, owner: str, ask: held.Ask | None = None
+) -> FanOut | StoredJob:
     """The fan-out or the check behind ``check_id``, if ``owner`` made it (else 404):
-    the fan-out's record and the check's job read in one round trip."""
+    the fan-out's record and the check's job read in one round trip, with ``ask``'s
+    take of a hold for its answer, if any."""
     if not check_id_is_valid(check_id):
         return store.load(check_id, owner)  # 404
-    return _found(store, check_id, owner, *store.connection.read_pipeline(_stage(check_id)))
+    read = _stage(check_id)
+
+    def stage(pipe: Pipeline) -> None:
+        read(pipe)
+        if ask is not None:
+            ask.stage(pipe, Job.key_for(check_id), FANOUT_PREFIX + check_id, ENDED_STATUSES)
+
+    record, raw, latest, *taken = store.connection.read_pipeline(stage)
+    if ask is not None and taken:
+        ask.answer(taken[0])
+    return _found(store, check_id, owner, record, raw, latest)
 
 
 def find_many(store: JobStore, check_ids: list[str], owner: str) -> list[FanOut | StoredJob | None]:

@@ -14,9 +14,12 @@ stalls ``/healthz`` or a submission. What it does cost is bounded here:
   connections they take). Over it: 503 (``urn:smtpcheck:problem:busy``)
   with ``Retry-After``.
 
-A view that holds uses the context manager, and holds no longer than it said::
+A view that holds a check's answer asks for its room in the round trip that
+reads the check, and holds no longer than it said::
 
-    with held.hold(current_owner(), seconds) as lease:
+    with held.asking(current_owner(), seconds) as ask:
+        ...  # read the check with ask.stage(pipeline, ...) beside, ask.answer(reply)
+        lease = ask.lease()  # 429/503 here; None: the check had ended, nothing held
         ...  # block on Redis for at most `seconds`; lease.release(pipeline) may
              # stage the member's removal behind the blocking read
 
@@ -55,8 +58,22 @@ MARGIN_SECONDS = 10
 
 # Drop lapsed members, then add ARGV[3] (lapsing at ARGV[4]) if fewer than
 # ARGV[2] remain. Returns -1 when added, else the seconds until the
-# earliest held one lapses at the latest.
+# earliest held one lapses at the latest. Given a check's job hash (KEYS[2])
+# and the fan-out record its id could name (KEYS[3]), it takes nothing and
+# returns -2 (ENDED) when there is no fan-out and the job is gone or its
+# status is one of ARGV[5], ARGV[6], ... (it has ended: nothing to wait for).
 _TAKE = """
+if #KEYS > 1 and redis.call('EXISTS', KEYS[3]) == 0 then
+  local status = redis.call('HGET', KEYS[2], 'status')
+  if not status then
+    return -2
+  end
+  for i = 5, #ARGV do
+    if status == ARGV[i] then
+      return -2
+    end
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -66,6 +83,8 @@ redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4]) - tonumber(ARGV[1])) + 1)
 return -1
 """
+TAKEN = -1
+ENDED = -2
 
 
 @dataclass
@@ -82,8 +101,8 @@ class Lease:
         """Give the room back. With ``pipeline``, only its member in Redis, when the
         caller sends the pipeline (after a blocking read in it; if that fails, the
         member lapses at its stated end); this process's count of held responses
-        is given back by the call without one, which :meth:`Holds.hold` makes as
-        the response ends."""
+        is given back by the call without one, which its holder makes as the
+        response ends (:func:`asking`, :meth:`around`)."""
         if pipeline is not None:
             if not self.released:  # each pipeline sent again stages it again
                 pipeline.zrem(self.key, self.member)
@@ -119,50 +138,110 @@ class Holds:
 
     def acquire(self, owner: str, seconds: float) -> Lease:
         """Room to hold one response of ``owner`` open for up to ``seconds``, or 429/503."""
-        with self._lock:
-            if self.held >= self.total:
-                raise Problem(
-                    503,
-                    "Service Unavailable",
-                    f"this API process already holds {self.total} waiting requests, the most "
-                    "it holds at once; ask again without ?wait, or shortly",
-                    type=SERVER_BUSY,
-                    headers={"Retry-After": "1"},
-                )
-            self.held += 1
+        self.enter()
         try:
-            key = KEY_PREFIX + owner
-            member = uuid.uuid4().hex
-            now = time.time()
-            lapse = now + seconds + MARGIN_SECONDS
-            retry = int(cast(int, self._take(keys=[key], args=[now, self.per_key, member, lapse])))
+            key, member, args = _take_args(owner, seconds, self.per_key)
+            reply = int(cast(int, self._take(keys=[key], args=args)))
         except BaseException:
             self.leave()
             raise
-        if retry >= 0:
+        if reply != TAKEN:
             self.leave()
-            raise Problem(
-                429,
-                "Too Many Requests",
-                f"this API key already has {self.per_key} requests waiting (?wait or an "
-                "event stream), the most it may hold at once; ask without ?wait, or when "
-                "one has ended",
-                type=TOO_MANY_HELD,
-                headers={"Retry-After": str(max(1, min(retry, math.ceil(seconds))))},
-            )
+            raise self.refused(reply, seconds)
         return Lease(self, key, member)
+
+    def enter(self) -> None:
+        """Count one more response this process holds, or 503 past its bound."""
+        if not self.enter_if_room():
+            raise Problem(
+                503,
+                "Service Unavailable",
+                f"this API process already holds {self.total} waiting requests, the most "
+                "it holds at once; ask again without ?wait, or shortly",
+                type=SERVER_BUSY,
+                headers={"Retry-After": "1"},
+            )
+
+    def enter_if_room(self) -> bool:
+        with self._lock:
+            if self.held >= self.total:
+                return False
+            self.held += 1
+            return True
 
     def leave(self) -> None:
         with self._lock:
             self.held -= 1
 
-    @contextmanager
-    def hold(self, owner: str, seconds: float) -> Iterator[Lease]:
-        lease = self.acquire(owner, seconds)
-        try:
-            yield lease
-        finally:
-            lease.release()
+    def refused(self, retry: int, seconds: float) -> Problem:
+        """The 429 of a key at its bound, ``retry`` seconds before a hold of it lapses."""
+        return Problem(
+            429,
+            "Too Many Requests",
+            f"this API key already has {self.per_key} requests waiting (?wait or an "
+            "event stream), the most it may hold at once; ask without ?wait, or when "
+            "one has ended",
+            type=TOO_MANY_HELD,
+            headers={"Retry-After": str(max(1, min(retry, math.ceil(seconds))))},
+        )
+
+
+class Ask:
+    """Room asked for one held answer of a check, in the round trip that reads the
+    check (:func:`asking`): :meth:`stage` the take beside the reads, hand
+    :meth:`answer` its reply, then :meth:`lease`. The take is written only for a
+    check that has not ended, so an ended one costs nothing to ask for."""
+
+    def __init__(self, holds: Holds, owner: str, seconds: float) -> None:
+        self.holds = holds
+        self.owner = owner
+        self.seconds = seconds
+        self.key, self.member, self.args = _take_args(owner, seconds, holds.per_key)
+        self.entered = False  # counted in this process: the take is on its way
+        self.reply: int | None = None
+        self.held: Lease | None = None
+
+    def stage(self, pipe: Pipeline, job_key: str, fanout_key: str, ended: Iterable[str]) -> None:
+        """The take, on ``pipe`` after the check's reads: for the job ``job_key`` unless
+        its status is one of ``ended``, or for the fan-out ``fanout_key``. Nothing when
+        this process holds its most (:meth:`lease` then answers 503). Safe to send again
+        with the reads (a retried read): it only adds this answer's own member."""
+        if not self.entered:
+            self.entered = self.holds.enter_if_room()
+        if self.entered:
+            keys = (self.key, job_key, fanout_key)
+            pipe.eval(_TAKE, len(keys), *keys, *self.args, *ended)
+
+    def answer(self, reply: object) -> None:
+        """The staged take's reply (a lease taken is given back when :func:`asking`
+        ends, whatever happens before :meth:`lease`)."""
+        self.reply = int(cast(int, reply))
+        if self.reply == TAKEN:
+            self.held = Lease(self.holds, self.key, self.member)
+        else:  # nothing held: the check had ended, or the key holds its most
+            self.holds.leave()
+
+    def lease(self) -> Lease | None:
+        """The room held for the answer, or 429/503; None when the check had ended
+        (or was gone) as the take read it: nothing is held."""
+        if self.reply is None:  # not asked beside the reads (the process held its most)
+            self.held = self.holds.acquire(self.owner, self.seconds)
+        elif self.reply != ENDED and self.reply != TAKEN:
+            raise self.holds.refused(self.reply, self.seconds)
+        return self.held
+
+    def close(self) -> None:
+        if self.held is not None:
+            self.held.release()
+        elif self.entered and self.reply is None:
+            self.holds.leave()  # staged, never answered (the read failed)
+
+
+def _take_args(owner: str, seconds: float, per_key: int) -> tuple[str, str, list[str | float]]:
+    """The held set's key, a new member and the take script's first four arguments."""
+    member = uuid.uuid4().hex
+    now = time.time()
+    return KEY_PREFIX + owner, member, [now, per_key, member, now + seconds + MARGIN_SECONDS]
 
 
 def holds() -> Holds:
@@ -177,14 +256,13 @@ def holds() -> Holds:
 
 
 @contextmanager
-def hold(owner: str, seconds: float) -> Iterator[Lease | None]:
-    """:meth:`Holds.hold` of the current app; nothing to bound (no lease) when
-    ``seconds`` is 0."""
-    if seconds <= 0:
-        yield None
-        return
-    with holds().hold(owner, seconds) as lease:
-        yield lease
+def asking(owner: str, seconds: float) -> Iterator[Ask]:
+    """An :class:`Ask` of the current app, its room given back when the block ends."""
+    ask = Ask(holds(), owner, seconds)
+    try:
+        yield ask
+    finally:
+        ask.close()
 
 
 def acquire(owner: str, seconds: float) -> Lease:

@@ -33,6 +33,10 @@ PUBLIC_STATUS: dict[JobStatus, str] = {
 #: A running check canceled by DELETE finishes with outcome ``canceled``:
 #: its document says ``canceled`` too (see check_document).
 TERMINAL = frozenset({"finished", "failed", "canceled"})
+#: The RQ statuses of a check that has ended (its public status is in TERMINAL).
+ENDED_STATUSES = tuple(
+    status.value for status, public in PUBLIC_STATUS.items() if public in TERMINAL
+)
 
 
 def isoformat(moment: datetime | None) -> str | None:

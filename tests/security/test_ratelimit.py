@@ -366,6 +366,28 @@ def test_a_wait_on_an_ended_check_holds_nothing(
         assert client.get(f"{ended}?wait=61", headers=ALICE).status_code == 422
 
 
+def test_a_wait_answered_without_holding_leaves_no_hold_behind(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    """404s (no such check, another key's check), a 429 and a 422 with ``?wait``:
+    no member left in Redis, nothing counted in the process."""
+    app = make_app(max_held_per_key=1)
+    client = app.test_client()
+    bob = client.post("/v1/checks", json=CHECK, headers=BOB).headers["Location"]
+    unknown = "/v1/checks/00000000-0000-4000-8000-000000000000"
+
+    assert client.get(f"{unknown}?wait=5", headers=ALICE).status_code == 404
+    assert client.get(f"{bob}?wait=5", headers=ALICE).status_code == 404
+    assert client.get(f"{unknown}?wait=61", headers=ALICE).status_code == 404  # 404 first
+    assert client.get(f"{bob}?wait=x", headers=BOB).status_code == 422
+    with holding(client, redis_client, 1) as location:
+        assert_429(client.get(f"{location}?wait=5", headers=ALICE), "too-many-held")
+        assert redis_client.zcard("smtpcheck:held:alice") == 1
+    assert redis_client.zcard("smtpcheck:held:alice") == 0
+    assert redis_client.zcard("smtpcheck:held:bob") == 0
+    assert app.extensions["smtpcheck.holds"].held == 0
+
+
 def test_held_waits_are_capped_per_process(
     make_app: Callable[..., Flask], redis_client: redis.Redis
 ) -> None:

@@ -238,9 +238,9 @@ def test_reading_a_check_takes_one_round_trip_and_its_wake_up_none(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The check is read with its result (and the fan-out record its id could name) in
-    one round trip; a held GET then takes its hold, and blocks on the result stream
-    with the commands that read the check again and give the hold back behind the
-    XREAD, in one more."""
+    one round trip, a held GET's hold taken in the same; it then blocks on the result
+    stream with the commands that read the check again and give the hold back behind
+    the XREAD, in one more."""
     store.job_function = jobs.FUNCTION
     sent: dict[int, int] = {}
     send = redis.connection.AbstractConnection.send_packed_command
@@ -273,7 +273,7 @@ def test_reading_a_check_takes_one_round_trip_and_its_wake_up_none(
     again = client.get(f"/v1/checks/{body['id']}", headers=ALICE).get_json()
 
     assert body["status"] == "finished"
-    assert round_trips == 3  # read, take the hold, XREAD + read + give it back
+    assert round_trips == 2  # read + take the hold, XREAD + read + give it back
     assert again == body
     assert sent == {threading.get_ident(): 1}
 
