@@ -19,6 +19,7 @@ import hmac
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from workers.errors import LocalProtocolError, RemoteProtocolError
 
@@ -80,8 +81,7 @@ class Reply:
         return f"{self.code} {self.text}".rstrip()
 
 
-@dataclass(frozen=True)
-class ReplyLine:
+class ReplyLine(NamedTuple):
     """One received line; ``reply`` is set on the line that completes a reply."""
 
     code: int
@@ -159,13 +159,13 @@ class ReplyReader:
             text = decoded[4:]
         else:
             text = rest.decode("utf-8", errors="backslashreplace")
-        reply_line = ReplyLine(code=code, last=last, text=text, raw=decoded)
-        self._pending.append(reply_line)
         if not last:
+            reply_line = ReplyLine(code=code, last=False, text=text, raw=decoded)
+            self._pending.append(reply_line)
             if len(self._pending) >= self.max_lines:
                 raise RemoteProtocolError(f"reply of more than {self.max_lines} lines")
             return reply_line
-        reply = Reply(code=code, lines=tuple([item.text for item in self._pending]))
+        reply = Reply(code=code, lines=(*[item.text for item in self._pending], text))
         self._pending = []
         return ReplyLine(code=code, last=True, text=text, raw=decoded, reply=reply)
 
