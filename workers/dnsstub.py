@@ -211,26 +211,25 @@ def _name(wire: bytes, pos: int) -> tuple[Labels, bytes, int]:
     after it; the same rules as dnspython's from_wire_parser (pointers only
     backwards, a target never overlapping the name), else Unsure."""
     labels: list[bytes] = []
-    parts: list[bytes] = []
+    segments: list[bytes] = []  # the name's wire form, a run of labels per pointer followed
     end = len(wire)  # how far the current segment may read
     after = -1
     biggest = start = pos
     hops = 0
-    total = 0
     while True:
         if pos >= end:
             raise Unsure
         count = wire[pos]
         if count == 0:
+            segments.append(wire[start : pos + 1])
             pos += 1
             break
         if count < 64:
-            if pos + 1 + count > end:
+            label_end = pos + 1 + count
+            if label_end > end:
                 raise Unsure
-            parts.append(wire[pos : pos + 1 + count])
-            labels.append(wire[pos + 1 : pos + 1 + count])
-            total += count + 1
-            pos += 1 + count
+            labels.append(wire[pos + 1 : label_end])
+            pos = label_end
         elif count >= 192:
             if pos + 2 > end:
                 raise Unsure
@@ -239,17 +238,18 @@ def _name(wire: bytes, pos: int) -> tuple[Labels, bytes, int]:
                 raise Unsure
             if after < 0:
                 after = pos + 2
+            segments.append(wire[start:pos])
             biggest = target
             hops += 1
             end = start
             pos = start = target
         else:
             raise Unsure
-    if total + 1 > 255:
+    key = b"".join(segments).lower()
+    if len(key) > 255:
         raise Unsure
     labels.append(b"")
-    parts.append(b"\x00")
-    return tuple(labels), b"".join(parts).lower(), (after if after >= 0 else pos)
+    return tuple(labels), key, (after if after >= 0 else pos)
 
 
 @dataclass(slots=True)
