@@ -165,7 +165,8 @@ class Connection:
     # -- replies -----------------------------------------------------------
 
     def read_reply(self) -> Reply:
-        assert self.stream is not None
+        stream = self.stream
+        assert stream is not None
         deadline = self.reply_deadline()
         while True:
             event = self.reader.next_line()
@@ -173,7 +174,7 @@ class Connection:
                 if self.sidecar is not None:
                     self._serve_sidecar(self.sidecar, deadline)
                 try:
-                    data = cancel.read(self.stream.read, deadline)  # in slices: DELETE
+                    data = cancel.read(stream.read, deadline)  # in slices: DELETE
                 except ReadTimeout as exc:
                     exc.total = self.total_expired
                     raise
@@ -184,7 +185,7 @@ class Connection:
                 self.reader.receive_data(data)
                 continue
             assert not isinstance(event, protocol.NeedData)
-            self.transcript.record(SERVER, printable(event.raw, 1000), tls=self.is_tls)
+            self.transcript.record(SERVER, printable(event.raw, 1000), tls=stream.is_tls)
             if event.reply is not None:
                 return event.reply
 
@@ -222,9 +223,10 @@ class Connection:
 
     def send_line(self, line: bytes, shown: str) -> None:
         """Write one line; ``shown`` is what the transcript keeps (redacted)."""
-        assert self.stream is not None
-        self.transcript.record(CLIENT, shown, tls=self.is_tls)
-        self.stream.write(line, self.reply_deadline())
+        stream = self.stream
+        assert stream is not None
+        self.transcript.record(CLIENT, shown, tls=stream.is_tls)
+        stream.write(line, self.reply_deadline())
 
     def send_raw(self, payload: bytes, shown: Sequence[str]) -> None:
         """Write ``payload`` as it is; the transcript keeps each of ``shown``."""

@@ -57,7 +57,8 @@ class Transcript:
             return
         if len(text) > MAX_TEXT:
             text = f"{text[:MAX_TEXT]}... ({len(text) - MAX_TEXT} more characters)"
-        entry: dict[str, Any] = {"t_ms": self.elapsed_ms(), "dir": direction, "text": text}
+        elapsed = round((time.monotonic() - self.started) * 1000, 1)  # elapsed_ms(), inline
+        entry: dict[str, Any] = {"t_ms": elapsed, "dir": direction, "text": text}
         if tls:
             entry["tls"] = True
         self.entries.append(entry)
