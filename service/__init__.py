@@ -73,8 +73,7 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     problems.register(app)
     from . import checks, health, metrics, requestlog, spec, web  # here: `python -m service.spec`
 
-    requestlog.install(app)
-    metrics.install(app)
+    requestlog.install(app)  # every answer's log line and its count in the metrics
 
     for module in (checks, health, metrics, spec, web):
         app.register_blueprint(module.blueprint)

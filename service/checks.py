@@ -48,6 +48,7 @@ def create_check() -> Response:
     """Validate, then admit and write every check the request creates in one script:
     one Redis round trip for a check at the default vantage."""
     owner = current_owner()
+    jobstore = store()
     admission = ratelimit.admission()
     try:
         body = json_body()
@@ -56,17 +57,17 @@ def create_check() -> Response:
         checked = request_schema().load(body)
         spread = None
         if checked["vantage"] == fanout.ALL:
-            spread, prepared = fanout.prepare(store(), checked, owner)
-            writes = fanout.writes(store(), spread, prepared)
+            spread, prepared = fanout.prepare(jobstore, checked, owner)
+            writes = fanout.writes(jobstore, spread, prepared)
         else:
-            prepared = [store().prepare(checked, owner)]
-            writes = store().writes(prepared, owner)
+            prepared = [jobstore.prepare(checked, owner)]
+            writes = jobstore.writes(prepared, owner)
     except (Problem, ValidationError, RequestEntityTooLarge):
         admission.charge(owner)  # probing costs the same as submitting: 429 once over
         raise
     check_ids = [item.id for item in prepared]
     admission.admit(owner, check_ids, writes)  # 429 rate-limited or too-many-checks
-    store().after_written(prepared)
+    jobstore.after_written(prepared)
     created: dict[str, str | None]
     if spread is not None:
         created = {"id": spread.id, "created_at": spread.created_at}

@@ -15,11 +15,10 @@ Two sources, one scrape:
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Response, current_app
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -68,22 +67,13 @@ def labels_of(rule: str | None, method: str, status: int) -> tuple[str, str, str
     return route, method, str(status) if 100 <= status <= 599 else "other"
 
 
-def install(app: Flask) -> None:
-    """Count every request the app answers, errors included."""
-
-    @app.before_request
-    def _start_timer() -> None:
-        g.metrics_started = time.perf_counter()
-
-    @app.after_request
-    def _count(response: Response) -> Response:
-        rule = request.url_rule.rule if request.url_rule is not None else None
-        route, method, status = labels_of(rule, request.method, response.status_code)
-        HTTP_REQUESTS.labels(route, method, status).inc()
-        started = g.get("metrics_started")
-        if started is not None:
-            HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
-        return response
+def count(rule: str | None, method: str, status: int, seconds: float | None) -> None:
+    """Count one answered request (errors included) and, when it was timed from its
+    start, its latency: service/requestlog.py calls this for every answer."""
+    route, method, status_label = labels_of(rule, method, status)
+    HTTP_REQUESTS.labels(route, method, status_label).inc()
+    if seconds is not None:
+        HTTP_LATENCY.labels(route).observe(seconds)
 
 
 @blueprint.get("/metrics")

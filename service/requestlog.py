@@ -1,4 +1,5 @@
-"""The request log: a request id on every request and one JSON line per answer.
+"""The request log: a request id on every request, and one JSON line per answer
+and its count in the HTTP metrics (service/metrics.py), both from one hook.
 
 An incoming ``X-Request-ID`` is honoured when it is a sane token (so a
 caller's id follows its request through our logs and the worker's), else
@@ -17,10 +18,14 @@ from flask import Flask, Response, g, request
 
 from smtpcheck.logs import log_context
 
+from . import metrics
+
 log = logging.getLogger("smtpcheck.access")
 
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: Routes answered without a log line (probes and scrapes); they are still counted.
+UNLOGGED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def request_id() -> str:
@@ -32,25 +37,29 @@ def install(app: Flask) -> None:
     @app.before_request
     def _begin() -> None:
         given = request.headers.get(HEADER, "")
-        g.request_id = given if _SANE.fullmatch(given) else uuid.uuid4().hex
+        made = given if _SANE.fullmatch(given) else uuid.uuid4().hex
+        g.request_id = made
         g.request_started = time.perf_counter()
-        log_context.set({"request_id": g.request_id})
+        log_context.set({"request_id": made})
 
     @app.after_request
     def _end(response: Response) -> Response:
         response.headers[HEADER] = request_id()
         started = g.get("request_started")
-        duration = (time.perf_counter() - started) * 1000 if started is not None else None
-        route = request.url_rule.rule if request.url_rule is not None else None
-        if route not in ("/healthz", "/readyz", "/metrics"):
+        seconds = time.perf_counter() - started if started is not None else None
+        rule = request.url_rule
+        route = rule.rule if rule is not None else None
+        status = response.status_code
+        metrics.count(route, request.method, status, seconds)
+        if route not in UNLOGGED:
             log.info(
                 "%s %s %s",
                 request.method,
                 route or request.path[:200],
-                response.status_code,
+                status,
                 extra={
-                    "status": response.status_code,
-                    "duration_ms": round(duration, 2) if duration is not None else None,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2) if seconds is not None else None,
                     "api_key": g.get("owner"),
                 },
             )
