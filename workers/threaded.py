@@ -7,11 +7,12 @@ bench/README.md). :class:`ThreadedCheckWorker` is RQ's ``SimpleWorker`` with
 its work loop replaced:
 
 * The main thread dequeues only while a slot is free, and starts a daemon
-  thread for the check. With one queue it takes up to ``TAKE_AT_ONCE``
-  checks (no more than the free slots) with their job hashes in one round
-  trip (a script doing RQ's ``LMOVE`` into the queue's intermediate list for
-  each); with none there it waits in RQ's own ``dequeue_any`` (``BLMOVE``).
-  Checks taken but not started when it stops go back to the queue's front.
+  thread for the check. With one queue it waits in RQ's ``BLMOVE`` into the
+  queue's intermediate list with a script right behind it, so that the check
+  comes with its job hash and up to ``TAKE_AT_ONCE`` checks in all (no more
+  than the free slots) come in one round trip (the script doing RQ's
+  ``LMOVE`` for each of the others). Checks taken but not started when it
+  stops go back to the queue's front.
   Everything else of RQ's is kept per check: the
   thread creates the check's own ``Execution`` (its entry in the started
   registry and in the worker's execution set), runs the job through
@@ -74,7 +75,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import redis
-from rq.exceptions import DequeueTimeout
+from rq.exceptions import DequeueTimeout, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
@@ -121,9 +122,22 @@ _ENDED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # Up to ARGV[1] checks from the queue KEYS[1] into its intermediate list
 # KEYS[2], each as RQ's LMOVE does, with its job hash (ARGV[2]: the job key
 # prefix): {id, {field, value, ...}, ...}; an id whose hash is gone comes with
-# none and stays in the intermediate list, as with RQ's dequeue.
+# none and stays in the intermediate list, as with RQ's dequeue. With ARGV[3]
+# '1' (sent right behind a BLMOVE into KEYS[2], which Redis runs first), the
+# reply starts with the last id in KEYS[2] and its hash: the BLMOVE's check,
+# unless another worker's move came between them ('' when KEYS[2] is empty).
 _TAKE = """
 local taken = {}
+if ARGV[3] == '1' then
+  local id = redis.call('LINDEX', KEYS[2], -1)
+  if id then
+    taken[1] = id
+    taken[2] = redis.call('HGETALL', ARGV[2] .. id)
+  else
+    taken[1] = ''
+    taken[2] = {}
+  end
+end
 for _ = 1, tonumber(ARGV[1]) do
   local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
   if not id then
@@ -321,17 +335,22 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             if len(self._ordered_queues) == 1:  # several checks at once while slots are free
                 with self._changed:
                     free = self.concurrency - len(self._flights) - self._stuck
-                self._take(self._ordered_queues[0], min(free, TAKE_AT_ONCE))
-                if self._taken:
-                    return self._taken.popleft()
-            result = self.queue_class.dequeue_any(
-                self._ordered_queues,
-                timeout,
-                connection=self.connection,
-                job_class=self.job_class,
-                serializer=self.serializer,
-                death_penalty_class=self.death_penalty_class,
-            )
+                most = min(free, TAKE_AT_ONCE)
+                queue = self._ordered_queues[0]
+                if timeout is None:
+                    self._take(queue, most)
+                else:
+                    self._wait_and_take(queue, timeout, most)
+                result = self._taken.popleft() if self._taken else None
+            else:
+                result = self.queue_class.dequeue_any(
+                    self._ordered_queues,
+                    timeout,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
         except DequeueTimeout:
             return None
         except _ENDED as exc:
@@ -353,10 +372,56 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             _TAKE,
             _TAKE_SHA,
             [queue.key, queue.intermediate_queue_key],
-            [most, self.job_class.redis_job_namespace_prefix],
+            [most, self.job_class.redis_job_namespace_prefix, 0],
         )
+        self._restore_taken(queue, reply)
+
+    def _wait_and_take(self, queue: Queue, timeout: int, most: int) -> None:
+        """RQ's blocking dequeue (``BLMOVE`` into the intermediate list, up to
+        ``timeout`` seconds) and, in the same round trip, the check's job hash
+        and up to ``most - 1`` more checks with theirs, into ``_taken``.
+
+        The take script goes right behind the ``BLMOVE`` (Redis runs it once
+        the ``BLMOVE`` returns): it reads the last id in the intermediate list,
+        which is the ``BLMOVE``'s check unless another worker's move came in
+        between; then its hash is fetched apart, as RQ's dequeue does."""
+        inter = queue.intermediate_queue_key
+        moved, reply = wire.pooled(self.connection).execute(
+            [
+                ("BLMOVE", queue.key, inter, "LEFT", "RIGHT", timeout),
+                (
+                    "EVAL",
+                    _TAKE,
+                    2,
+                    queue.key,
+                    inter,
+                    most - 1,
+                    self.job_class.redis_job_namespace_prefix,
+                    1,
+                ),
+            ]
+        )
+        failed = wire.first_error([moved, reply])
+        if failed is not None:
+            raise failed
+        last, fields = reply[:2]
+        if moved is not None:
+            if last == moved:
+                self._restore_taken(queue, [moved, fields])
+            else:
+                with contextlib.suppress(NoSuchJobError):  # gone meanwhile: RQ passes over it too
+                    job = self.job_class.fetch(
+                        moved.decode(), connection=self.connection, serializer=self.serializer
+                    )
+                    self._taken.append((job, queue))
+        self._restore_taken(queue, reply[2:])
+
+    def _restore_taken(self, queue: Queue, reply: list[Any]) -> None:
+        """``{id, {field, value, ...}, ...}`` restored as RQ's ``Job.fetch``
+        restores a job, into ``_taken``; an id with no hash (the job is gone)
+        is passed over, as RQ's dequeue passes over it."""
         for job_id, fields in zip(reply[::2], reply[1::2], strict=True):
-            if not fields:  # the job is gone (RQ's dequeue passes over it too)
+            if not fields:
                 continue
             job = self.job_class(
                 job_id.decode(), connection=self.connection, serializer=self.serializer

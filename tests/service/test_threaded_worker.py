@@ -335,6 +335,75 @@ def test_free_slots_take_several_checks_in_one_round_trip_and_a_stop_gives_them_
     assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [ids[1].encode()]
 
 
+def test_a_wait_on_the_queue_brings_the_check_and_its_job_hash_in_one_round_trip(
+    redis_client: redis.Redis,
+) -> None:
+    """The blocking dequeue is RQ's BLMOVE into the intermediate list with the
+    take script right behind it: the check comes with its job hash, and with
+    up to the free slots' worth of more checks, in one round trip; a wait
+    that times out takes nothing."""
+    queue = Queue("vantage:default", connection=redis_client, serializer=JSONSerializer)
+    pool = worker(redis_client, concurrency=3)
+    pool._ordered_queues = pool.queues
+
+    def sent() -> dict[str, int]:
+        stats = redis_client.info("commandstats")
+        redis_client.config_resetstat()
+        return {name: entry["calls"] for name, entry in stats.items() if name != "cmdstat_config"}
+
+    redis_client.config_resetstat()
+    assert pool._dequeue(1) is None  # an empty queue: the wait times out, nothing taken
+    assert sent() == {"cmdstat_blmove": 1, "cmdstat_eval": 1, "cmdstat_lindex": 1,
+                      "cmdstat_lmove": 1}  # fmt: skip
+    ids = [queue.enqueue(jobs.NAP, kwargs={"request": {}}).id for _ in range(4)]
+    redis_client.config_resetstat()
+    first = pool._dequeue(1)
+
+    assert first is not None and first[0].id == ids[0]
+    assert first[0].kwargs == {"request": {}} and first[0].func_name == jobs.NAP
+    assert [job.id for job, _ in pool._taken] == ids[1:3]  # three slots free: three taken
+    # One BLMOVE and one script (its own commands are counted too), nothing else.
+    assert sent() == {"cmdstat_blmove": 1, "cmdstat_eval": 1, "cmdstat_lindex": 1,
+                      "cmdstat_lmove": 2, "cmdstat_hgetall": 3}  # fmt: skip
+    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [i.encode() for i in ids[:3]]
+    assert redis_client.lrange(queue.key, 0, -1) == [ids[3].encode()]
+
+
+def test_a_move_between_the_wait_and_its_script_still_brings_the_waited_for_check(
+    redis_client: redis.Redis,
+) -> None:
+    """Another worker's move into the intermediate list can land between the
+    BLMOVE and the script behind it; the worker then fetches its check's hash
+    apart (as RQ's dequeue does) and leaves the other worker's check alone."""
+    queue = Queue("vantage:default", connection=redis_client, serializer=JSONSerializer)
+    pool = worker(redis_client, concurrency=1)
+    pool._ordered_queues = pool.queues
+    job = queue.enqueue(jobs.NAP, kwargs={"request": {}})
+    redis_client.lrem(queue.key, 1, job.id)  # pushed again below, while the worker waits
+    got: list[tuple[Job, Queue] | None] = []
+    waiting = threading.Thread(target=lambda: got.append(pool._dequeue(5)))
+    waiting.start()
+    deadline = time.monotonic() + 5
+    while int(redis_client.info("clients")["blocked_clients"]) < 1:
+        assert time.monotonic() < deadline, "the worker never waited on the queue"
+        time.sleep(0.005)
+    with redis_client.pipeline(transaction=False) as pipe:
+        # Redis serves the waiting BLMOVE right after the push and runs the
+        # script behind it later: this client's next command comes between.
+        pipe.rpush(queue.key, job.id)
+        pipe.rpush(queue.intermediate_queue_key, "another-workers-check")
+        pipe.execute()
+    waiting.join(10)
+
+    assert got and got[0] is not None
+    assert got[0][0].id == job.id and got[0][0].kwargs == {"request": {}}
+    assert not pool._taken
+    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [
+        job.id.encode(),
+        b"another-workers-check",
+    ]
+
+
 def test_a_check_failing_at_once_is_stored_after_its_start_not_before(
     redis_client: redis.Redis,
 ) -> None:
