@@ -229,32 +229,36 @@ class _Lease:
 
 class _Renewer:
     """One thread per process renews every lease its checks hold (a thread per
-    check would double the threads of a worker with many checks in flight)."""
+    check would double the threads of a worker with many checks in flight).
 
-    TICK = 0.05
+    It sleeps until the soonest lease is due, and with none held until one is
+    taken, so a process holding no lease never wakes for it; when it wakes it
+    renews every lease due within ``BATCH`` seconds, so leases taken at
+    different moments cost it a wake-up per ``BATCH`` at most, not one each."""
+
+    BATCH = 0.5
 
     def __init__(self) -> None:
         self._leases: set[_Lease] = set()
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._wake_at = math.inf  # when the thread wakes next (-inf: it is renewing)
         self._thread = DaemonThread(self._run, "smtpcheck-slots")
 
     def hold(self, lease: _Lease) -> None:
-        with self._lock:
+        with self._changed:
             self._leases.add(lease)
             self._thread.ensure()
+            if lease.due < self._wake_at:
+                self._changed.notify()
 
     def release(self, lease: _Lease) -> None:
-        with self._lock:
+        with self._changed:
             self._leases.discard(lease)
 
     def _run(self) -> None:
         while True:
-            time.sleep(self.TICK)
-            now = time.monotonic()
-            with self._lock:
-                due = [lease for lease in self._leases if lease.due <= now]
-            for lease in due:
-                lease.due = now + lease.gate.renew_every
+            for lease in self._due():
+                lease.due = time.monotonic() + lease.gate.renew_every
                 try:
                     if not lease.gate.renew(lease.key, lease.member):
                         log.warning(
@@ -263,6 +267,19 @@ class _Renewer:
                         self.release(lease)
                 except redis.exceptions.RedisError as exc:
                     log.warning("politeness slot %s not renewed: %s", lease.key, exc)
+
+    def _due(self) -> list[_Lease]:
+        """Wait for the soonest lease to be due; the leases due by then."""
+        with self._changed:
+            while True:
+                moment = time.monotonic()
+                soonest = min((lease.due for lease in self._leases), default=math.inf)
+                if soonest <= moment:
+                    break
+                self._wake_at = soonest
+                self._changed.wait(None if soonest == math.inf else soonest - moment)
+            self._wake_at = -math.inf
+            return [lease for lease in self._leases if lease.due <= moment + self.BATCH]
 
 
 _renewer = _Renewer()

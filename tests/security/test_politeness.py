@@ -28,6 +28,7 @@ from smtpcheck.config import Settings, Timeouts
 from smtpcheck.contract import TARGET_SLOTS_PREFIX, check_request
 from tests.security.conftest import ALICE
 from tests.smtp_servers import ScriptedServer, read_line
+from workers import politeness
 from workers.engine import run_check
 from workers.politeness import TargetBusy, TargetGate
 
@@ -179,6 +180,34 @@ def test_a_lease_is_renewed_while_the_check_talks(connection: redis.Redis) -> No
             other(LOOPBACK, time.monotonic() + 0.3, lambda _: None),
         ):
             pass
+
+
+def _switches(thread: threading.Thread) -> int:
+    """How often ``thread`` has gone to sleep and woken (Linux's count)."""
+    status = f"/proc/self/task/{thread.native_id}/status"
+    with open(status) as lines:
+        return sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_renewer_sleeps_while_no_lease_is_due(connection: redis.Redis) -> None:
+    """The renewer thread wakes when a lease is due, not on a clock: with no
+    lease held (or none due for a while) it does not wake at all."""
+    renewer = politeness._Renewer()
+    gate = TargetGate(connection, 1, lease=30, renew_every=10)
+    lease = politeness._Lease(gate, KEY, "a-check", time.monotonic() + 10)
+    renewer.hold(lease)  # starts the thread, which waits for the lease to be due
+    thread = renewer._thread._thread
+    assert thread is not None
+    time.sleep(0.1)
+    held = _switches(thread)
+    time.sleep(0.3)
+    renewer.release(lease)
+    time.sleep(0.1)
+    released = _switches(thread)
+    time.sleep(0.3)
+
+    assert _switches(thread) == released == held  # it never woke, lease or none
 
 
 HOLDER = """
