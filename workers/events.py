@@ -38,7 +38,6 @@ connection of its own (:mod:`smtpcheck.wire`), not through redis-py's pipeline.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -53,7 +52,7 @@ from redis.client import Pipeline
 from smtpcheck import wire
 from smtpcheck.contract import EVENTS_KEY_PREFIX, EVENTS_MAXLEN
 from workers.daemon_thread import DaemonThread
-from workers.transcript import listening
+from workers.transcript import entry_json, listening
 
 log = logging.getLogger("smtpcheck.worker")
 
@@ -73,8 +72,6 @@ MAX_TRACKED = 10_000
 Stage = Callable[[Pipeline], object]
 Commands = list[wire.Command]
 _MAXLEN = str(EVENTS_MAXLEN)
-#: ``json.dumps(entry, ensure_ascii=False)``, without a new encoder per line.
-_encode = json.JSONEncoder(ensure_ascii=False).encode
 
 
 @dataclass(eq=False)
@@ -348,7 +345,7 @@ class CheckEvents:
         self.finished = False
 
     def line(self, entry: dict[str, Any]) -> None:
-        data = _encode(entry)
+        data = entry_json(entry)
         self.publisher.line(self.connection, self.key, self.ttl, data)
 
     def finish(self, stage: Stage | None = None) -> bool:

