@@ -277,6 +277,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 if result is None:
                     if burst:
                         break
+                    self._idle_if_no_flights()
                     continue
                 job, queue = result
                 if self._stop_requested:  # a stop came while we waited: keep its place
@@ -315,6 +316,19 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             self.run_maintenance_tasks()
         except _ENDED as exc:
             log.warning("Worker %s: registry maintenance skipped: %s", self.name, exc)
+
+    def _idle_if_no_flights(self) -> None:
+        """RQ's worker state IDLE once a wait on the queue found nothing and no
+        check runs (a check's start writes BUSY when it is not): a worker
+        running checks one after the other stays BUSY, instead of two writes
+        a check, and reads BUSY for up to ``DEQUEUE_BLOCK`` after its last one."""
+        if self.get_state() == WorkerStatus.IDLE:
+            return
+        with self._changed:
+            if self._flights:
+                return
+        with contextlib.suppress(redis.exceptions.RedisError):
+            self.set_state(WorkerStatus.IDLE)
 
     def _wait_for_slot(self, timeout: float) -> bool:
         with self._changed:
@@ -558,11 +572,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 self._by_owner[flight.owner] -= 1
                 if self._by_owner[flight.owner] <= 0:
                     del self._by_owner[flight.owner]
-                idle = not self._flights
                 self._changed.notify_all()
-            if idle:
-                with contextlib.suppress(redis.exceptions.RedisError):
-                    self.set_state(WorkerStatus.IDLE)
 
     def _begin(self, job: Job, queue: Queue) -> Execution:
         """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one
