@@ -19,15 +19,23 @@ class DaemonThread:
     def __init__(self, target: Callable[[], None], name: str) -> None:
         self._target = target
         self._name = name
+        self._pid = 0  # the process whose thread runs ``target`` now (0: none)
         self._thread: threading.Thread | None = None
-        self._pid = 0
 
     def ensure(self) -> None:
         """Start the thread unless this process already runs it (none yet, it
         ended, or this is a fork of the process that started it). Call it
-        holding the lock that guards the work the thread serves."""
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+        holding the lock that guards the work the thread serves: the
+        publisher calls it for every line, so while the thread runs it is one
+        ``os.getpid()`` and a comparison."""
+        if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._target, name=self._name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._target()
+        finally:  # (it ran into a bug): the next ensure() starts another
+            self._pid = 0

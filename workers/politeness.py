@@ -96,6 +96,7 @@ redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
 return 1
 """
+_RENEW_SHA = hashlib.sha1(_RENEW.encode(), usedforsecurity=False).hexdigest()
 
 
 class TargetBusy(CheckAborted):
@@ -136,7 +137,6 @@ class TargetGate:
             self.prefix = hashlib.sha256(owner.encode()).hexdigest()[:16] + ":"
         self.lease = lease
         self.renew_every = renew_every
-        self._renew = connection.register_script(_RENEW)
 
     @contextlib.contextmanager
     def __call__(
@@ -215,8 +215,11 @@ class TargetGate:
             note(f"slot to {address} free after {(time.monotonic() - started) * 1000:.0f} ms")
 
     def renew(self, key: str, member: str) -> bool:
-        """Extend one lease; False when it was lost (expired, or Redis lost it)."""
-        return bool(self._renew(keys=[key], args=[member, self.lease]))
+        """Extend one lease; False when it was lost (expired, or Redis lost it).
+        Called by the renewer thread, on a connection of its own."""
+        return bool(
+            wire.of(self.connection).script(_RENEW, _RENEW_SHA, [key], [member, self.lease])
+        )
 
 
 @dataclass(eq=False)
