@@ -381,8 +381,10 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
     def _take(self, queue: Queue, most: int) -> None:
         """Up to ``most`` checks and their job hashes in one round trip (each
         moved to the intermediate list as RQ's dequeue moves it), restored as
-        RQ's ``Job.fetch`` restores them, into ``_taken``; none if the queue is empty."""
-        reply = wire.pooled(self.connection).script(
+        RQ's ``Job.fetch`` restores them, into ``_taken``; none if the queue is empty.
+        (The main thread's batches go on a connection of its own, as the
+        publisher's do: no pool checkout per batch.)"""
+        reply = wire.of(self.connection).script(
             _TAKE,
             _TAKE_SHA,
             [queue.key, queue.intermediate_queue_key],
@@ -400,7 +402,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         which is the ``BLMOVE``'s check unless another worker's move came in
         between; then its hash is fetched apart, as RQ's dequeue does."""
         inter = queue.intermediate_queue_key
-        moved, reply = wire.pooled(self.connection).execute(
+        moved, reply = wire.of(self.connection).execute(
             [
                 ("BLMOVE", queue.key, inter, "LEFT", "RIGHT", timeout),
                 (
