@@ -88,16 +88,21 @@ class Wire:
             raise failed
         return replies
 
+    def command(self, *args: Any) -> Any:
+        """One command's raw reply, raising its error as redis-py would."""
+        (reply,) = self.execute([args])
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
     def script(self, script: str, sha: str, keys: list[Any], args: list[Any]) -> Any:
         """``EVALSHA``, and ``EVAL`` once when Redis does not have the script
         (a restart, a failover), as redis-py's registered scripts do."""
         command = (len(keys), *keys, *args)
-        (reply,) = self.execute([("EVALSHA", sha, *command)])
-        if isinstance(reply, redis.exceptions.NoScriptError):
-            (reply,) = self.execute([("EVAL", script, *command)])
-        if isinstance(reply, BaseException):
-            raise reply
-        return reply
+        try:
+            return self.command("EVALSHA", sha, *command)
+        except redis.exceptions.NoScriptError:
+            return self.command("EVAL", script, *command)
 
 
 def _send(connection: ConnectionInterface, commands: list[Command], transaction: bool) -> list[Any]:

@@ -113,11 +113,9 @@ class Watcher:
 
     def _look(self, watches: list[CancelWatch]) -> None:
         try:
-            (flags,) = wire.of(watches[0].connection).execute(
-                [("MGET", *(watch.key for watch in watches))]
+            flags = wire.of(watches[0].connection).command(
+                "MGET", *(watch.key for watch in watches)
             )
-            if isinstance(flags, redis.exceptions.RedisError):
-                raise flags
             self.round_trips += 1
         except redis.exceptions.RedisError as exc:
             if not self._failing:  # Redis away: the checks run on to their own deadlines

@@ -61,6 +61,16 @@ def test_a_pipeline_runs_as_staged_and_a_script_is_loaded_once_missing(
     assert batch.script(script, sha, ["job"], ["b"]) == b"2"
 
 
+def test_one_command_gives_its_raw_reply_or_raises_its_error(client: redis.Redis) -> None:
+    own = wire.of(client)
+    client.set("flag", "up")
+    assert own.command("MGET", "flag", "none") == [b"up", None]
+    client.rpush("list", "x")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        own.command("GET", "list")
+    assert own.command("ECHO", "after") == b"after"  # the connection is still good
+
+
 def test_commands_are_packed_to_the_bytes_redis_py_sends(client: redis.Redis) -> None:
     connection = client.connection_pool.make_connection()
     commands: list[wire.Command] = [
