@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cli.parser import build_parser
+from smtpcheck import contract
 from smtpcheck.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +99,15 @@ def test_architecture_names_every_module() -> None:
         and f"{package}/{module.name}" not in page
     ]
     assert not unnamed
+
+
+def test_architecture_lists_every_redis_key_of_ours() -> None:
+    """Each key name the contract defines is in the table of Redis keys besides RQ's."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = page.split("\n## Redis keys besides RQ's\n", 1)[1].split("\n## ", 1)[0]
+    names = {
+        value
+        for name, value in vars(contract).items()
+        if name.isupper() and isinstance(value, str) and value.startswith(contract.KEY_PREFIX)
+    }
+    assert names and not [name for name in sorted(names) if f"`{name}" not in table]
