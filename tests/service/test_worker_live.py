@@ -232,3 +232,52 @@ def test_finish_adds_the_callers_commands_to_the_last_round_trip(
     assert connection.get("counted") == b"1"
     assert connection.xlen(EVENTS_KEY_PREFIX + "live-last") == 1
     assert publisher.round_trips == trips  # leaving the block wrote nothing more
+
+
+def test_ends_committed_at_once_go_out_whole_after_their_lines(connection: redis.Redis) -> None:
+    """Checks ending together each commit their held end (last lines, then the
+    result) from their own thread: each one whole in one transaction, never a result
+    without all its lines; a failed command of one raises in that check's thread."""
+    publisher = events.Publisher()
+    lines_each, checks = 5, 12
+    start = threading.Barrier(checks + 1)
+    raised: dict[int, BaseException | None] = {}
+    connection.set("live-end-not-a-number", "x")
+
+    def one(n: int) -> None:
+        key = f"live-end-{n}"
+        with events.holding() as held, events.publishing(connection, key, 60, publisher) as out:
+            for i in range(lines_each):
+                out.line({"t_ms": float(i), "dir": "note", "text": f"line {i}"})
+            out.finish()
+            start.wait()
+            failing = [("INCR", "live-end-not-a-number")] if n == 0 else []
+            try:
+                held.commit([*failing, ("SET", f"{key}-result", "1")])
+                raised[n] = None
+            except redis.exceptions.ResponseError as exc:
+                raised[n] = exc
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(checks)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    seen_early = []
+    while any(thread.is_alive() for thread in threads):
+        for n in range(checks):  # a result in Redis has every line of its check beside it
+            with connection.pipeline(transaction=True) as pipe:
+                pipe.exists(f"live-end-{n}-result")
+                pipe.xlen(EVENTS_KEY_PREFIX + f"live-end-{n}")
+                result, lines = pipe.execute()
+            if result and lines != lines_each:
+                seen_early.append(n)
+    for thread in threads:
+        thread.join(10)
+
+    assert seen_early == []
+    assert isinstance(raised.pop(0), redis.exceptions.ResponseError)
+    assert raised == dict.fromkeys(range(1, checks))
+    for n in range(checks):
+        assert connection.xlen(EVENTS_KEY_PREFIX + f"live-end-{n}") == lines_each
+        assert connection.exists(f"live-end-{n}-result")
+        assert 0 < connection.ttl(EVENTS_KEY_PREFIX + f"live-end-{n}") <= 60
