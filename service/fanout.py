@@ -169,7 +169,7 @@ def wait(store: JobStore, fanout: FanOut, seconds: int) -> None:
     """Hold until every member has ended or ``seconds`` pass."""
     deadline = time.monotonic() + seconds
     for _, job in jobs(store, fanout):
-        left = int(deadline - time.monotonic())
+        left = deadline - time.monotonic()  # not whole seconds: ?wait=1 waits too
         if job is not None and left > 0:
             store.wait(job, left)
 

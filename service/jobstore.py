@@ -342,7 +342,7 @@ class JobStore:
         except NoSuchJobError:
             raise _not_found(job.id) from None
 
-    def wait(self, job: StoredJob, seconds: int, lease: Lease | None = None) -> StoredJob:
+    def wait(self, job: StoredJob, seconds: float, lease: Lease | None = None) -> StoredJob:
         """Hold until the job has a result or ``seconds`` pass (a blocking XREAD).
 
         The job is read again, and ``lease`` (the room this held response takes,
@@ -353,10 +353,12 @@ class JobStore:
         if seconds <= 0 or public_status(job) in TERMINAL:
             return job
 
+        block = max(1, round(seconds * 1000))  # ms; 0 would block for ever
+
         def send() -> list[Any]:
             with self.blocking.pipeline(transaction=False) as pipe:
                 # Any result wakes it (the first is enough: the job is read again).
-                pipe.xread({Result.get_key(job.id): "0-0"}, count=1, block=seconds * 1000)
+                pipe.xread({Result.get_key(job.id): "0-0"}, count=1, block=block)
                 stage_fetch(pipe, job.id)
                 if lease is not None:
                     lease.release(pipeline=pipe)

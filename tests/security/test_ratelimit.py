@@ -245,6 +245,28 @@ def test_a_fan_out_counts_each_vantage_against_the_cap(
     assert client.post("/v1/checks", json=CHECK, headers=ALICE).status_code == 202  # the 4th
 
 
+def test_a_fan_out_wait_is_held_and_bounded_like_a_check_wait(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    """A fan-out's ``?wait`` takes its hold in the read of its record (its members
+    have not ended): 429 for a key holding its most, none left behind after."""
+    live_vantages(redis_client)
+    app = make_app(max_held_per_key=1)
+    client = app.test_client()
+    spread = client.post("/v1/checks", json={**CHECK, "vantage": "all"}, headers=ALICE)
+    location = spread.headers["Location"]
+
+    started = time.monotonic()
+    answer = client.get(f"{location}?wait=1", headers=ALICE)
+    assert answer.status_code == 200
+    assert answer.get_json()["status"] == "queued"
+    assert 0.9 < time.monotonic() - started < 10  # held: nothing ran
+    with holding(client, redis_client, 1):
+        assert_429(client.get(f"{location}?wait=1", headers=ALICE), "too-many-held")
+    assert redis_client.zcard("smtpcheck:held:alice") == 0
+    assert app.extensions["smtpcheck.holds"].held == 0
+
+
 def test_a_fan_out_counts_each_vantage_against_the_rate(
     make_app: Callable[..., Flask], redis_client: redis.Redis
 ) -> None:
