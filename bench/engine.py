@@ -19,10 +19,12 @@ load: the bench's fast check (connect, banner, EHLO, QUIT and the PTR
 lookup with its forward confirmation, against a DNS server in the target's
 process) run by one tree's engine in a child process, which prints its
 Python calls per check (a profile hook in every thread), its CPU per check
-(getrusage over ``--checks`` checks, run one after another) and its CPU per
-check with ``--threads`` threads running checks side by side, as a worker
-does. With ``--baseline`` both trees run in turns, and the script prints
-new/old of each figure and the load beside them.
+(getrusage over ``--checks`` checks, run one after another), the same two
+with a transcript listener that encodes every line as the worker's
+publisher does (``listened_*``), and its CPU per check with ``--threads``
+threads running checks side by side, as a worker does. With ``--baseline``
+both trees run in turns, and the script prints new/old of each figure and
+the load beside them.
 
     .venv/bin/python -m bench.engine --cpu [--checks N] [--rounds R] [--threads T] [--baseline REV]
 
@@ -184,16 +186,32 @@ calls = [0]
 def hook(frame, event, arg):
     if event == "call":
         calls[0] += 1
-threading.setprofile(hook)
-sys.setprofile(hook)
-for _ in range(50):
-    check()
-sys.setprofile(None)
-threading.setprofile(None)
-started = cpu()
-for _ in range(n):
-    check()
-alone = (cpu() - started) / n
+def counted(run):
+    calls[0] = 0
+    threading.setprofile(hook)
+    sys.setprofile(hook)
+    for _ in range(50):
+        run()
+    sys.setprofile(None)
+    threading.setprofile(None)
+    return calls[0] / 50
+def cpu_of(run):
+    started = cpu()
+    for _ in range(n):
+        run()
+    return (cpu() - started) / n
+try:  # the encoding of a published line; an older tree has it in workers.events
+    from workers.transcript import entry_json as encoded
+except ImportError:
+    from workers.events import _encode as encoded
+from workers.transcript import listening
+published = []
+def listened():
+    with listening(lambda entry: published.append(encoded(entry))):
+        check()
+    published.clear()
+alone_calls, alone = counted(check), cpu_of(check)
+listened_calls, listened_cpu = counted(listened), cpu_of(listened)
 def runs():
     for _ in range(n // threads):
         check()
@@ -204,7 +222,13 @@ for thread in pool:
 for thread in pool:
     thread.join()
 side_by_side = (cpu() - started) / (n // threads * threads)
-figures = {"calls": calls[0] / 50, "cpu_ms": alone * 1e3, "threads_cpu_ms": side_by_side * 1e3}
+figures = {
+    "calls": alone_calls,
+    "cpu_ms": alone * 1e3,
+    "listened_calls": listened_calls,
+    "listened_cpu_ms": listened_cpu * 1e3,
+    "threads_cpu_ms": side_by_side * 1e3,
+}
 print(json.dumps(figures))
 """
 
@@ -356,12 +380,13 @@ def main() -> None:
             baseline = stack.enter_context(checkout(args.baseline)) if args.baseline else None
             with_engine(port, settings, 20)  # warm both paths up
             with_smtplib(port, 20)
-            for _ in range(args.rounds):  # interleaved, so drift hits all alike
+            for turn in range(args.rounds):  # interleaved, so drift hits all alike
                 engine.append(with_engine(port, settings, args.checks))
                 stdlib.append(with_smtplib(port, args.checks))
-                if baseline is not None:
-                    new.append(engine_of(ROOT, port, args.checks))
-                    old.append(engine_of(baseline, port, args.checks))
+                if baseline is not None:  # each tree first every other round
+                    trees = [(new, ROOT), (old, baseline)]
+                    for figures, tree in trees if turn % 2 == 0 else trees[::-1]:
+                        figures.append(engine_of(tree, port, args.checks))
     finally:
         parent.close()
         server.join(10)
