@@ -71,6 +71,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -196,10 +197,10 @@ class Flight:
 
 @dataclass(eq=False)
 class _Spare:
-    """A check's thread between two checks: the next one is handed over here."""
+    """A check's thread between two checks: the next one is handed over here
+    (a C queue: the woken thread runs no Python of an Event's to get it)."""
 
-    ready: threading.Event = field(default_factory=threading.Event)
-    flight: Flight | None = None
+    handoff: SimpleQueue[Flight] = field(default_factory=SimpleQueue)
 
 
 class ThreadedCheckWorker(_Reregistering, SimpleWorker):
@@ -495,8 +496,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         with self._spare_lock:
             spare = self._spares.pop() if self._spares else None
         if spare is not None:
-            spare.flight = flight
-            spare.ready.set()
+            spare.handoff.put(flight)
             return
         thread = threading.Thread(
             target=self._serve, args=(flight,), name=f"check-{job.id[:8]}", daemon=True
@@ -513,15 +513,14 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             contextvars.Context().run(self._run_flight, flight)
             with self._spare_lock:
                 self._spares.append(spare)
-            if not spare.ready.wait(SPARE_IDLE):
+            try:
+                flight = spare.handoff.get(timeout=SPARE_IDLE)
+            except Empty:
                 with self._spare_lock:
                     if spare in self._spares:  # nobody took it: end
                         self._spares.remove(spare)
                         return
-                spare.ready.wait()  # taken just now: its check is being handed over
-            spare.ready.clear()
-            assert spare.flight is not None
-            flight, spare.flight = spare.flight, None
+                flight = spare.handoff.get()  # taken just now: its check is being handed over
 
     def _drain(self) -> None:
         """Let the checks in flight end (each by its deadline), unless told to stop at once."""
