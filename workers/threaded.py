@@ -81,7 +81,8 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import release_slot
-from rq.registry import StartedJobRegistry
+from rq.registry import FinishedJobRegistry, StartedJobRegistry
+from rq.results import Result
 from rq.timeouts import BaseDeathPenalty
 from rq.utils import now
 from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
@@ -233,6 +234,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         self._worker_beat_at = -math.inf  # monotonic time of the last worker heartbeat
         self._failing = 0  # checks the watchdog is failing right now (out of _flights)
         self._taken: deque[tuple[Job, Queue]] = deque()  # dequeued, not yet started
+        self._finished: dict[str, FinishedJobRegistry] = {}  # by queue name: see _finished_registry
         self._spares: list[_Spare] = []  # idle check threads (guarded by _spare_lock)
         self._spare_lock = threading.Lock()
 
@@ -675,17 +677,26 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
             result_ttl = job.get_result_ttl(self.default_result_ttl)
             if result_ttl != 0:
-                job._handle_success(
-                    result_ttl,
-                    pipeline=pipeline,
+                # RQ's job._handle_success, in fewer commands: its status goes in
+                # the job's one HSET, and with its meta too (RQ saves the job
+                # without it), so a job Redis lost while it ran comes back whole
+                # (no lost-job check before this).
+                job._status = JobStatus.FINISHED
+                mapping = job.to_dict(include_meta=False, include_result=False)
+                mapping["meta"] = job._serialize_meta()
+                pipeline.hset(job.key, mapping=mapping)
+                Result.create(
+                    job,
+                    Result.Type.SUCCESSFUL,
+                    return_value=job._result,
+                    ttl=result_ttl,
                     worker_name=self.name,
+                    pipeline=pipeline,
                     execution_id=execution.id,
                     execution_started_at=execution.created_at,
                     execution_ended_at=job.ended_at,
                 )
-                # RQ saves the job without its meta; with it, a job Redis lost
-                # while it ran comes back whole (no lost-job check before this).
-                pipeline.hset(job.key, "meta", job._serialize_meta())
+                self._finished_registry(job.origin).add(job, result_ttl, pipeline)
             if result_ttl > 0:  # RQ's job.cleanup, less the EXPIREs of the job's
                 # dependents and dependencies sets, which a plain check never has
                 pipeline.expire(job.key, result_ttl)
@@ -699,6 +710,19 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             else:
                 pipeline.execute()
         release_slot(job)
+
+    def _finished_registry(self, queue_name: str) -> FinishedJobRegistry:
+        """The queue's finished registry, as ``job.finished_job_registry`` builds it
+        for each job (built once: each build checks its serializer anew)."""
+        registry = self._finished.get(queue_name)
+        if registry is None:
+            registry = self._finished[queue_name] = FinishedJobRegistry(
+                queue_name,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+            )
+        return registry
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         """RQ's, without its lone round trip writing the job's last heartbeat:
