@@ -16,6 +16,7 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 from redis.client import Pipeline
@@ -27,7 +28,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import current_timestamp
+from rq.utils import current_timestamp, str_to_date
 
 from smtpcheck import delivery
 from smtpcheck.config import Settings
@@ -93,6 +94,15 @@ class StoredJob(Job):
     """
 
     latest: Result | None = None
+
+    def restore(self, raw: dict[bytes, bytes]) -> None:
+        """RQ's ``Job.restore``, its five moments read in one C call each rather
+        than RQ's ``strptime`` (a third of the restore's time), to the same values."""
+        super().restore({field: value for field, value in raw.items() if field not in _MOMENTS})
+        for field, attribute in _MOMENTS.items():
+            value = raw.get(field)
+            if value:  # absent: as RQ leaves it (created_at: now)
+                setattr(self, attribute, _utc_moment(value))
 
 
 class JobStore:
@@ -505,6 +515,27 @@ def stage_fetch(pipe: Pipeline, check_id: str) -> None:
     """Read a job's hash, then its latest result (see :class:`StoredJob`)."""
     pipe.hgetall(Job.key_for(check_id))
     pipe.xrevrange(Result.get_key(check_id), "+", "-", count=1)
+
+
+#: The job hash's timestamps (as rq.utils.utcformat writes them) and the Job
+#: attributes RQ restores them to.
+_MOMENTS = {
+    b"created_at": "created_at",
+    b"enqueued_at": "enqueued_at",
+    b"started_at": "started_at",
+    b"ended_at": "ended_at",
+    b"last_heartbeat": "last_heartbeat",
+}
+
+
+def _utc_moment(raw: bytes) -> datetime:
+    """A job hash's timestamp as ``rq.utils.str_to_date`` reads it: RQ writes
+    ``%Y-%m-%dT%H:%M:%S.%fZ`` (once without the fraction), which ``fromisoformat``
+    reads to the same aware UTC datetime; anything else goes to RQ's own parse."""
+    if raw.endswith(b"Z"):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(raw.decode())
+    return str_to_date(raw)
 
 
 def _public(raw: bytes | str) -> str:
