@@ -77,7 +77,7 @@ from typing import Any
 
 import redis
 from rq.exceptions import DequeueTimeout, NoSuchJobError
-from rq.executions import Execution
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import release_slot
@@ -703,7 +703,14 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             else:
                 job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
             job._status = JobStatus.FINISHED
-            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            # RQ's cleanup_execution (Execution.delete), on the started registry
+            # at hand rather than one built anew from the job
+            pipeline.delete(execution.key)
+            started_job_registry.remove_execution(execution, pipeline=pipeline)
+            ExecutionRegistry(job.id, self.connection).remove(execution, pipeline=pipeline)
+            if execution.worker_name:
+                pipeline.srem(execution.worker_executions_key, execution.composite_key)
+            self.executions.pop(execution.id, None)
             if held is not None and held.writes_to(self.connection):
                 # With the check's last lines, counters and slot, in the publisher's round trip.
                 held.commit(wire.staged(pipeline))
