@@ -577,6 +577,15 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                     del self._by_owner[flight.owner]
                 self._changed.notify_all()
 
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """How long a check's execution, its started-registry entry and the
+        worker's registration live from its start: ``HEARTBEAT_TTL``, as with
+        the simple and fork classes, since the heartbeat thread beats them all
+        every ``JOB_MONITORING_INTERVAL``. (RQ's own, the job timeout plus
+        60 s, left a check whose whole pool was lost before its first beat
+        reading ``running`` for 150 s by default.)"""
+        return HEARTBEAT_TTL
+
     def _begin(self, job: Job, queue: Queue) -> Execution:
         """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one
         transaction (they were two), sent with the publisher's next round trip

@@ -29,6 +29,7 @@ from tests.service import jobs
 from tests.service.conftest import ALICE, API_KEYS, BOB, submit
 from tests.smtp_servers import SMTPTarget
 from workers import events, threaded
+from workers.pool import HEARTBEAT_TTL
 from workers.threaded import ThreadedCheckWorker
 
 #: Not counted: the test's own CONFIG RESETSTAT, and a new connection's handshake.
@@ -421,3 +422,39 @@ def test_a_check_failing_at_once_is_stored_after_its_start_not_before(
         assert job.get_status() == "failed"
     assert redis_client.zcard("rq:wip:vantage:default") == 0
     assert not redis_client.keys("rq:execution:*")
+
+
+def test_a_check_started_lives_a_heartbeat_ttl_not_its_job_timeout(
+    client: FlaskClient, store: JobStore, redis_client: redis.Redis
+) -> None:
+    """A check's first started-registry entry expires ``HEARTBEAT_TTL`` after
+    its start (the heartbeat thread renews it every few seconds), so a check
+    whose whole pool is lost before its first beat reads abandoned within
+    seconds, not after its job timeout plus a minute."""
+    store.job_function = jobs.NAP
+    check_id = submit(client, {"host": "mx.example.com", "timeouts": {"connect": 1.5}})
+    job = Job.fetch(check_id, connection=redis_client, serializer=JSONSerializer)
+    assert job.timeout is not None and job.timeout + 60 > 2 * HEARTBEAT_TTL
+    pool = worker(redis_client, concurrency=2)
+    seen: list[tuple[float, int]] = []  # (seconds the entry has left, the worker's TTL)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() and not seen:
+            entries = redis_client.zrange("rq:wip:vantage:default", 0, -1, withscores=True)
+            if entries:
+                seen.append((entries[0][1] - time.time(), int(redis_client.ttl(pool.key))))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        pool.work(burst=True, logging_level="WARNING")
+    finally:
+        done.set()
+        watcher.join()
+
+    ((left, worker_ttl),) = seen
+    assert 0 < left <= HEARTBEAT_TTL + 1
+    assert 0 < worker_ttl <= HEARTBEAT_TTL + 1
+    assert client.get(f"/v1/checks/{check_id}", headers=ALICE).get_json()["status"] == "finished"
