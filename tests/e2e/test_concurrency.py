@@ -164,6 +164,8 @@ def test_sigkill_with_50_in_flight_fails_them_all_and_restarts(bench: Any) -> No
             lambda: f"{statuses(client, ids)}\n{service.logs()}",
         )
         assert time.monotonic() - killed_at < 15
+        # By the pool, at once (Pool._abandon), not by the entries lapsing 12 s on.
+        assert f"died during {TARPIT_CHECKS} check(s): failed" in service.logs()
         body = client.request("GET", f"/v1/checks/{ids[0]}").json()
         assert body["error"] == "the worker running this check stopped before it finished"
 
