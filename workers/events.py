@@ -308,7 +308,10 @@ class HeldEnd:
         written = events.publisher.finish(
             events.connection, self.stage, events.key, events.ttl, commit=commands
         )
-        written.wait()  # the thread's round trip is bounded by the socket's timeout
+        # Not bounded here: worker connections have no read timeout (RQ's blocking
+        # pops), so a Redis that holds the connection open without answering
+        # holds this end too, until the connection breaks.
+        written.wait()
         if written.error is not None:
             raise written.error
 

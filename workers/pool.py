@@ -1,15 +1,19 @@
 """The worker pool: N RQ worker processes for one vantage point, supervised.
 
 ``smtpcheck worker`` runs :func:`run_pool`. The parent process only
-supervises: it forks one RQ worker per slot, restarts a worker that dies,
-and on SIGTERM/SIGINT asks every worker for a warm shutdown (finish the
-check in hand, then exit), exiting itself once they are all gone. A second
-signal makes the stop cold (RQ's own meaning of a second signal).
+supervises: it forks one RQ worker process per slot, restarts one that dies,
+and on SIGTERM/SIGINT asks every worker for a warm shutdown (take no new
+check, let every check in flight end by its own deadline, then exit),
+exiting itself once they are all gone. A second signal makes the stop cold
+(RQ's own meaning of a second signal: the checks still in flight fail at
+once, with the reason).
 
-Worker class: :class:`CheckWorker` (RQ's ``SimpleWorker``: the check runs in
-the worker process, no fork per job) is the default; :class:`ForkingCheckWorker`
-(RQ's ``Worker``: one forked work horse per job) is kept as an option. The
-measured costs and the reasons are in the README.
+Worker class: ``threads`` (:class:`workers.threaded.ThreadedCheckWorker`,
+many checks at once per process, a thread each) is the default;
+:class:`CheckWorker` (``simple``: RQ's ``SimpleWorker``, one check at a time
+in the worker process) and :class:`ForkingCheckWorker` (``fork``: RQ's
+``Worker``, one forked work horse per job) are kept as options. The
+measured costs and the reasons are in the README and docs/architecture.md.
 
 A worker that dies mid-check must never leave its check ``running``:
 
