@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -104,3 +105,16 @@ def rq_worker(redis_url: str, *options: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def commands_sent(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """From now on, every packed command (or pipeline) redis-py sends, as bytes."""
+    sent: list[bytes] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    return sent

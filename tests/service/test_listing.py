@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -14,7 +13,7 @@ from service import create_app
 from service.jobstore import JobStore
 from smtpcheck.config import Settings
 from tests.service import jobs
-from tests.service.conftest import ALICE, BOB, submit
+from tests.service.conftest import ALICE, BOB, commands_sent, submit
 
 
 @pytest.fixture
@@ -80,14 +79,7 @@ def test_a_page_reads_its_checks_in_one_round_trip(
 ) -> None:
     ids = [submit(client, {"host": "mx.example.com"}) for _ in range(6)]
     client.get("/v1/checks?limit=5", headers=ALICE)  # connections made
-    sent: list[bytes] = []
-    send = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(self: Any, command: Any, check_health: bool = True) -> None:
-        sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
-        send(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    sent = commands_sent(monkeypatch)
     body = client.get("/v1/checks?limit=5", headers=ALICE).get_json()
 
     assert [item["id"] for item in body["items"]] == ids[:0:-1]

@@ -13,11 +13,11 @@ from ipaddress import ip_network
 from typing import Any
 
 import pytest
-import redis
 from flask.testing import FlaskClient
 
 from service import create_app
 from smtpcheck.config import Limits, Settings
+from tests.service.conftest import commands_sent
 
 KEY = {"Authorization": "Bearer key-alice", "X-Request-ID": "pinned-1"}
 PROBLEM = "application/problem+json"
@@ -176,14 +176,7 @@ def test_a_post_is_one_round_trip_of_one_command(
     """The admission script, with the check's writes as its arguments, is all a POST
     at the default vantage sends: one EVALSHA, packed once (service/ratelimit.py)."""
     assert answer(client, json={"host": "mx.example.com"}, headers=KEY)[0] == 202  # warm
-    sent: list[bytes] = []
-    send = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(self: Any, command: Any, check_health: bool = True) -> None:
-        sent.append(b"".join(command) if isinstance(command, list) else bytes(command))
-        send(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    sent = commands_sent(monkeypatch)
     assert answer(client, json={"host": "mx.example.com"}, headers=KEY)[0] == 202
     assert len(sent) == 1
     assert sent[0].split(b"\r\n")[2] == b"EVALSHA"  # *<n>, $7, EVALSHA, ...: one command
