@@ -184,9 +184,10 @@ def test_sigterm_finishes_in_flight_then_a_second_signal_fails_the_rest(bench: A
     try:
         wait_until(lambda: worker_count(where.redis.url) == 2, 30, service.logs)
         client = service.client
-        short = [client.submit(tarpit_check(tarpit.port, 3)) for _ in range(10)]
-        long = [client.submit(tarpit_check(tarpit.port, 120)) for _ in range(10)]
-        wait_until(lambda: running(where.redis.url) == 20, 30, service.logs)
+        # 50 in flight, as the kill -9 and Redis restart have.
+        short = [client.submit(tarpit_check(tarpit.port, 3)) for _ in range(TARPIT_CHECKS // 2)]
+        long = [client.submit(tarpit_check(tarpit.port, 120)) for _ in range(TARPIT_CHECKS // 2)]
+        wait_until(lambda: running(where.redis.url) == TARPIT_CHECKS, 30, service.logs)
         assert service.workers is not None
         service.workers.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         time.sleep(0.5)
