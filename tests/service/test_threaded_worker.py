@@ -173,6 +173,19 @@ def test_a_check_failed_before_its_thread_starts_it_stays_failed(
     assert not redis_client.keys("rq:execution:*")
 
 
+def _napping_check(connection: redis.Redis) -> Job:
+    """A check of alice's queued as the API queues one, that naps 1.5 s."""
+    queue = Queue("vantage:default", connection=connection, serializer=JSONSerializer)
+    request = {"host": "mx.example.com", "port": 25, "vantage": "default",
+               "timeouts": {"connect": 1.5}}  # fmt: skip
+    return queue.enqueue(
+        jobs.NAP,
+        kwargs={"request": request, "sealed_password": None},
+        description="smtpcheck",
+        meta={"owner": "alice"},
+    )
+
+
 def test_a_result_that_ends_while_redis_is_away_is_stored_once_it_is_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -181,15 +194,7 @@ def test_a_result_that_ends_while_redis_is_away_is_stored_once_it_is_back(
     server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
     connection = redis.Redis.from_url(server.url)
     try:
-        queue = Queue("vantage:default", connection=connection, serializer=JSONSerializer)
-        request = {"host": "mx.example.com", "port": 25, "vantage": "default",
-                   "timeouts": {"connect": 1.5}}  # fmt: skip
-        job = queue.enqueue(
-            jobs.NAP,
-            kwargs={"request": request, "sealed_password": None},
-            description="smtpcheck",
-            meta={"owner": "alice"},
-        )
+        job = _napping_check(connection)
 
         def outage() -> None:  # from mid-check until after the check has ended
             time.sleep(0.5)
@@ -210,6 +215,43 @@ def test_a_result_that_ends_while_redis_is_away_is_stored_once_it_is_back(
         said = [record.getMessage() for record in caplog.records]
         assert any("cannot store its result yet" in line for line in said), said
         assert any("Redis lost this running check" in line for line in said), said
+    finally:
+        connection.close()
+        server.stop()
+
+
+def test_a_result_that_cannot_be_stored_in_time_is_reported_not_dropped_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis goes away mid-check and stays away past ``STORE_RETRY_SECONDS``: the
+    worker gives up on that end with one ERROR line naming the check and its
+    outcome (the check is not silently lost), and its burst ends instead of hanging."""
+    monkeypatch.setattr(threaded, "STORE_RETRY_SECONDS", 1.0)
+    server = EmbeddedRedis(tmp_path / "redis", persist=False).start()
+    connection = redis.Redis.from_url(server.url)
+    try:
+        job = _napping_check(connection)
+
+        def outage() -> None:  # from mid-check on, for good
+            time.sleep(0.5)
+            server.stop()
+
+        away = threading.Thread(target=outage)
+        away.start()
+        started = time.monotonic()
+        # The burst ends with RQ's teardown (its death registered), which
+        # raises while Redis is still away; the check's end was given up before.
+        with pytest.raises(redis.exceptions.ConnectionError):
+            worker(connection).work(burst=True, logging_level="WARNING")
+        away.join()
+
+        assert time.monotonic() - started < 20
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        lost = [r for r in errors if "could not be stored" in r.getMessage()]
+        assert len(lost) == 1, [r.getMessage() for r in errors]
+        assert f"check {job.id}:" in lost[0].getMessage()
+        assert "(outcome ok)" in lost[0].getMessage()
+        assert getattr(lost[0], "outcome", None) == "ok"
     finally:
         connection.close()
         server.stop()
