@@ -19,7 +19,7 @@ from typing import Any
 from redis.client import Pipeline
 from rq.job import Job
 
-from smtpcheck.contract import ALL_VANTAGES, FANOUT_PREFIX
+from smtpcheck.contract import ALL_VANTAGES, FANOUT_PREFIX, NO_LIVE_VANTAGE
 from smtpcheck.document import ENDED_STATUSES, TERMINAL, isoformat, links, public_status
 from smtpcheck.report import render_text
 
@@ -30,7 +30,6 @@ from .ratelimit import Command
 from .schemas import check_id_is_valid
 
 ALL = ALL_VANTAGES
-NO_WORKERS = "urn:smtpcheck:problem:no-live-vantage"
 
 
 @dataclass
@@ -50,7 +49,7 @@ def prepare(store: JobStore, request: dict[str, Any], owner: str) -> tuple[FanOu
             503,
             "Service Unavailable",
             "no vantage has a live worker, so vantage 'all' has nowhere to run",
-            type=NO_WORKERS,
+            type=NO_LIVE_VANTAGE,
         )
     prepared = [store.prepare({**request, "vantage": vantage}, owner) for vantage in live]
     fanout = FanOut(

@@ -105,7 +105,7 @@ VANTAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 ALL_VANTAGES = "all"
 
 # ---------------------------------------------------------------------------
-# Redis: the queue of each vantage and the keys besides RQ's own
+# Problem details: the API's error answers
 # ---------------------------------------------------------------------------
 
 #: RFC 9457 problem details: the media type and the ``type`` of each problem
@@ -127,6 +127,7 @@ RATE_LIMITED = TYPE_PREFIX + "rate-limited"
 TOO_MANY_CHECKS = TYPE_PREFIX + "too-many-checks"
 TOO_MANY_HELD = TYPE_PREFIX + "too-many-held"
 SERVER_BUSY = TYPE_PREFIX + "busy"
+NO_LIVE_VANTAGE = TYPE_PREFIX + "no-live-vantage"
 INTERNAL_ERROR = TYPE_PREFIX + "internal-error"
 
 #: Every type above, for the spec's enum.
@@ -144,8 +145,13 @@ PROBLEM_TYPES = (
     TOO_MANY_CHECKS,
     TOO_MANY_HELD,
     SERVER_BUSY,
+    NO_LIVE_VANTAGE,
     INTERNAL_ERROR,
 )
+
+# ---------------------------------------------------------------------------
+# Redis: the queue of each vantage and the keys besides RQ's own
+# ---------------------------------------------------------------------------
 
 #: RQ queue of a vantage: ``vantage:<name>`` (docs/architecture.md).
 QUEUE_PREFIX = "vantage:"

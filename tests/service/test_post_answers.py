@@ -7,6 +7,7 @@ callers get while it is.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from ipaddress import ip_network
@@ -17,6 +18,7 @@ from flask.testing import FlaskClient
 
 from service import create_app
 from smtpcheck.config import Limits, Settings
+from smtpcheck.contract import PROBLEM_TYPES
 from tests.service.conftest import commands_sent
 
 KEY = {"Authorization": "Bearer key-alice", "X-Request-ID": "pinned-1"}
@@ -180,3 +182,21 @@ def test_a_post_is_one_round_trip_of_one_command(
     assert answer(client, json={"host": "mx.example.com"}, headers=KEY)[0] == 202
     assert len(sent) == 1
     assert sent[0].split(b"\r\n")[2] == b"EVALSHA"  # *<n>, $7, EVALSHA, ...: one command
+
+
+def test_vantage_all_with_no_live_worker_is_a_503_of_a_type_the_spec_names(
+    client: FlaskClient,
+) -> None:
+    """Nowhere to run a ``vantage: "all"`` check: 503, with a problem type that
+    openapi.yaml's enum lists (it did not before the type joined the contract's)."""
+    status, headers, body = answer(
+        client, json={"host": "mx.example.com", "vantage": "all"}, headers=KEY
+    )
+    assert (status, body) == (
+        503,
+        b'{"type": "urn:smtpcheck:problem:no-live-vantage", "title": "Service Unavailable", '
+        b'"status": 503, "detail": "no vantage has a live worker, so vantage \'all\' has '
+        b'nowhere to run"}\n',
+    )
+    assert headers == problem_headers(body)
+    assert json.loads(body)["type"] in PROBLEM_TYPES
