@@ -679,18 +679,17 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             super().handle_job_success(job, queue, started_job_registry, execution)
             return
         assert job.started_at is not None and job.ended_at is not None
-        flight: Flight | None = getattr(self._local, "flight", None)
-        held = flight.held if flight is not None and flight.job is job else None
+        held = self._held_end(job)
         with self.connection.pipeline() as pipeline:  # MULTI ... EXEC, as RQ's
             self.increment_successful_job_count(pipeline=pipeline)
             self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
             result_ttl = job.get_result_ttl(self.default_result_ttl)
+            job._status = JobStatus.FINISHED
             if result_ttl != 0:
                 # RQ's job._handle_success, in fewer commands: its status goes in
                 # the job's one HSET, and with its meta too (RQ saves the job
                 # without it), so a job Redis lost while it ran comes back whole
                 # (no lost-job check before this).
-                job._status = JobStatus.FINISHED
                 mapping = job.to_dict(include_meta=False, include_result=False)
                 mapping["meta"] = job._serialize_meta()
                 pipeline.hset(job.key, mapping=mapping)
@@ -711,7 +710,6 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 pipeline.expire(job.key, result_ttl)
             else:
                 job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
-            job._status = JobStatus.FINISHED
             # RQ's cleanup_execution (Execution.delete), on the started registry
             # at hand rather than one built anew from the job
             pipeline.delete(execution.key)
@@ -726,6 +724,12 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             else:
                 pipeline.execute()
         release_slot(job)
+
+    def _held_end(self, job: Job) -> events.HeldEnd | None:
+        """The end this thread's check keeps to go out with its result
+        (``perform_job``), when ``job`` is that check."""
+        flight: Flight | None = getattr(self._local, "flight", None)
+        return flight.held if flight is not None and flight.job is job else None
 
     def _finished_registry(self, queue_name: str) -> FinishedJobRegistry:
         """The queue's finished registry, as ``job.finished_job_registry`` builds it
@@ -759,8 +763,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         """RQ's success or failure path, retried while Redis cannot be reached."""
         give_up = time.monotonic() + STORE_RETRY_SECONDS
         pause = 0.25
-        flight: Flight | None = getattr(self._local, "flight", None)
-        held = flight.held if flight is not None and flight.job is job else None
+        held = self._held_end(job)
         if held is None or not held.pending:  # this end goes straight to Redis:
             events.written_so_far(self.connection)  # after the check's start
         while True:
