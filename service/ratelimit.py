@@ -66,7 +66,7 @@ ENDED = frozenset(
 # Returns {0} when all were counted and written; {1, window, seconds to
 # wait} when a window has no room (seconds -1: the request alone is over
 # the limit); {2, held} when the cap has no room. Refused: nothing written.
-_ADMIT = """
+_ADMIT = wire.Script("""
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local windows = tonumber(ARGV[4])
@@ -117,7 +117,7 @@ while i <= #ARGV do
   i = i + words + 1
 end
 return {0}
-"""
+""")
 
 #: One Redis command as redis-py takes it: its words.
 Command = tuple[EncodableT, ...]
@@ -140,7 +140,6 @@ class Admission:
             Window(item.amount, item.get_expiry(), str(item))
             for item in parse_many(settings.rate_limit)
         ]
-        self._admit_sha = connection.register_script(_ADMIT).sha
         # One EVALSHA per POST, its arguments the check's whole job hash: packed in
         # one go on a connection of the pool, past redis-py's per-command machinery.
         # A write, so never sent twice (smtpcheck/redis_client.py).
@@ -195,7 +194,7 @@ class Admission:
         for command in writes:
             args += [len(command), *command]
         keys = [self.active_key(owner)] + [self.window_key(owner, w) for w in self.windows]
-        verdict = self._wire.script(_ADMIT, self._admit_sha, keys, args)
+        verdict = self._wire.script(_ADMIT, keys, args)
         return [int(x) for x in cast(list[int], verdict)]
 
     def _rate_limited(self, verdict: list[int], created: int) -> Problem:

@@ -19,6 +19,7 @@ which both use it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import weakref
@@ -36,6 +37,17 @@ except ImportError:  # redis-py packs in Python then
     _hiredis_pack = None
 
 Command = tuple[Any, ...]
+
+
+class Script:
+    """A Lua script as :meth:`Wire.script` sends it: its text, and the SHA1
+    Redis names it by (``EVALSHA``; not a security use)."""
+
+    __slots__ = ("sha", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
 class Wire:
@@ -95,14 +107,14 @@ class Wire:
             raise reply
         return reply
 
-    def script(self, script: str, sha: str, keys: list[Any], args: list[Any]) -> Any:
+    def script(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         """``EVALSHA``, and ``EVAL`` once when Redis does not have the script
         (a restart, a failover), as redis-py's registered scripts do."""
         command = (len(keys), *keys, *args)
         try:
-            return self.command("EVALSHA", sha, *command)
+            return self.command("EVALSHA", script.sha, *command)
         except redis.exceptions.NoScriptError:
-            return self.command("EVAL", script, *command)
+            return self.command("EVAL", script.text, *command)
 
 
 def _send(connection: ConnectionInterface, commands: list[Command], transaction: bool) -> list[Any]:

@@ -57,7 +57,7 @@ POLL_MAX = 0.5
 # KEYS[1] the address's set; ARGV: limit, member, lease seconds, the caller's
 # member prefix ('' for none) and its share. Returns {taken (1/0), held, mine}:
 # how many held a slot (all callers, then this caller) before.
-_ACQUIRE = """
+_ACQUIRE = wire.Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -80,13 +80,10 @@ end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
 return {1, held, mine}
-"""
-
-#: What Redis names the script by (EVALSHA), not a security use.
-_ACQUIRE_SHA = hashlib.sha1(_ACQUIRE.encode(), usedforsecurity=False).hexdigest()
+""")
 
 # KEYS[1] the address's set; ARGV: member, lease seconds. 1 if still held.
-_RENEW = """
+_RENEW = wire.Script("""
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return 0
 end
@@ -95,8 +92,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
 return 1
-"""
-_RENEW_SHA = hashlib.sha1(_RENEW.encode(), usedforsecurity=False).hexdigest()
+""")
 
 
 class TargetBusy(CheckAborted):
@@ -178,7 +174,7 @@ class TargetGate:
         waiting = False
         args: list[str | int | float] = [self.limit, member, self.lease, self.prefix, self.share]
         while True:
-            reply = wire.pooled(self.connection).script(_ACQUIRE, _ACQUIRE_SHA, [key], args)
+            reply = wire.pooled(self.connection).script(_ACQUIRE, [key], args)
             taken, held, mine = (int(n) for n in cast(list[int], reply))
             if taken:
                 break
@@ -217,9 +213,7 @@ class TargetGate:
     def renew(self, key: str, member: str) -> bool:
         """Extend one lease; False when it was lost (expired, or Redis lost it).
         Called by the renewer thread, on a connection of its own."""
-        return bool(
-            wire.of(self.connection).script(_RENEW, _RENEW_SHA, [key], [member, self.lease])
-        )
+        return bool(wire.of(self.connection).script(_RENEW, [key], [member, self.lease]))
 
 
 @dataclass(eq=False)

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import logging
 import math
 import signal
@@ -128,7 +127,7 @@ _ENDED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # '1' (sent right behind a BLMOVE into KEYS[2], which Redis runs first), the
 # reply starts with the last id in KEYS[2] and its hash: the BLMOVE's check,
 # unless another worker's move came between them ('' when KEYS[2] is empty).
-_TAKE = """
+_TAKE = wire.Script("""
 local taken = {}
 if ARGV[3] == '1' then
   local id = redis.call('LINDEX', KEYS[2], -1)
@@ -149,9 +148,7 @@ for _ = 1, tonumber(ARGV[1]) do
   taken[#taken + 1] = redis.call('HGETALL', ARGV[2] .. id)
 end
 return taken
-"""
-#: What Redis names the script by (EVALSHA), not a security use.
-_TAKE_SHA = hashlib.sha1(_TAKE.encode(), usedforsecurity=False).hexdigest()
+""")
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 
@@ -389,7 +386,6 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         publisher's do: no pool checkout per batch.)"""
         reply = wire.of(self.connection).script(
             _TAKE,
-            _TAKE_SHA,
             [queue.key, queue.intermediate_queue_key],
             [most, self.job_class.redis_job_namespace_prefix, 0],
         )
@@ -410,7 +406,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 ("BLMOVE", queue.key, inter, "LEFT", "RIGHT", timeout),
                 (
                     "EVAL",
-                    _TAKE,
+                    _TAKE.text,
                     2,
                     queue.key,
                     inter,

@@ -54,11 +54,11 @@ def test_a_pipeline_runs_as_staged_and_a_script_is_loaded_once_missing(
     batch = wire.pooled(client)
     assert batch.run(pipe, transaction=True) == [2, 1]
     assert not pipe.command_stack
-    script = "return redis.call('HGET', KEYS[1], ARGV[1])"
+    script = wire.Script("return redis.call('HGET', KEYS[1], ARGV[1])")
     client.script_flush()
-    sha = client.script_load(script)
+    assert client.script_load(script.text) == script.sha  # Redis names it so
     client.script_flush()  # as after a restart: EVALSHA fails, EVAL runs it
-    assert batch.script(script, sha, ["job"], ["b"]) == b"2"
+    assert batch.script(script, ["job"], ["b"]) == b"2"
 
 
 def test_one_command_gives_its_raw_reply_or_raises_its_error(client: redis.Redis) -> None:
