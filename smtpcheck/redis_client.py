@@ -111,6 +111,16 @@ def _command_name(args: tuple[Any, ...]) -> str:
     return name
 
 
+#: Connections one client's pool may open. redis-py 6 and later stop at 100 and
+#: then raise ``MaxConnectionsError`` for the next command; every process here
+#: bounds how many commands it has in flight itself (a worker's ``--concurrency``
+#: threads, an API process's gunicorn connections and ``SMTPCHECK_MAX_HELD``), so
+#: the pool must not fail below those: a worker's 101st check entering the
+#: politeness gate at once would otherwise go ungated, and an API process's 101st
+#: held ``?wait`` would fail.
+MAX_CONNECTIONS = 2**31 - 1
+
+
 def connect(
     source: Settings | str | None,
     *,
@@ -135,6 +145,7 @@ def connect(
         # No blind resend (redis-py's default retries every command three times):
         # reads are retried by FailoverRedis, writes not at all.
         "retry": Retry(NoBackoff(), 0),
+        "max_connections": MAX_CONNECTIONS,
     }
     tls = _tls_options(settings)
     if isinstance(target, SentinelTarget):

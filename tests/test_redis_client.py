@@ -357,3 +357,37 @@ def test_rediss_with_a_private_ca_and_a_client_certificate(redis_url: str, tmp_p
             connect(f"rediss://127.0.0.1:{front.port}/0").set("over-tls", "no")
     finally:
         front.close()
+
+
+def test_a_client_serves_more_than_a_hundred_commands_in_flight(redis_url: str) -> None:
+    """redis-py's pool stops at 100 connections by default and raises for the
+    next command: a worker's checks entering the politeness gate together, or
+    an API process's held ``?wait`` requests, are many more than that."""
+    client = connect(redis_url, read_timeout=None)
+    errors: list[BaseException] = []
+    started = threading.Barrier(150)
+
+    def block() -> None:
+        started.wait()
+        try:
+            client.blpop(["smtpcheck:test:nothing"], timeout=1)
+        except BaseException as exc:  # what a thread raised is the finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=block) for _ in range(150)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    client.close()
+    assert errors == []
+
+
+def test_a_sentinel_client_has_the_same_pool_bound(group: SentinelGroup) -> None:
+    client = connect(group.url)
+    assert (
+        client.connection_pool.max_connections
+        == connect("redis://h/0").connection_pool.max_connections
+    )
+    assert client.connection_pool.max_connections > 10_000
+    client.close()
