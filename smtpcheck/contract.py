@@ -175,6 +175,9 @@ HELD_PREFIX = KEY_PREFIX + "held:"
 FANOUT_PREFIX = KEY_PREFIX + "fanout:"
 #: ``<prefix><address>``: the checks holding a politeness slot to one address.
 TARGET_SLOTS_PREFIX = KEY_PREFIX + "target:"
+#: ``<prefix><worker name>``: the checks a threaded worker process took off its
+#: queue and has not started yet (put back by its pool if the process dies).
+TAKEN_KEY_PREFIX = KEY_PREFIX + "taken:"
 
 #: A check's live view in Redis, each key with the check's TTL: the worker
 #: appends every transcript line to the stream ``smtpcheck:events:<id>``

@@ -20,7 +20,8 @@ A worker that dies mid-check must never leave its check ``running``:
 * the pool notices at once when one of its workers dies (SIGKILL, OOM kill,
   a crash) and sends the checks that worker held through RQ's own
   abandoned-job path (``StartedJobRegistry.cleanup``: failed, or retried if
-  the job has retries left);
+  the job has retries left); the checks a threaded worker had taken off the
+  queue but not started go back to the head of the queue, in order;
 * when the whole pool dies (machine lost, pool SIGKILLed), each check's
   entry in the started registry expires ``HEARTBEAT_TTL`` seconds after its
   last heartbeat (a thread beats every ``JOB_MONITORING_INTERVAL`` seconds
@@ -61,8 +62,9 @@ from rq.utils import as_text, parse_composite_key
 from rq.worker import BaseWorker, WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
+from smtpcheck import wire
 from smtpcheck.config import Settings
-from smtpcheck.contract import queue_name
+from smtpcheck.contract import TAKEN_KEY_PREFIX, queue_name
 from smtpcheck.logs import JSONFormatter
 from smtpcheck.redis_client import connect
 
@@ -88,6 +90,26 @@ WORKER_CLASSES = ("threads", "simple", "fork")
 #: Checks in flight per process by default (``threads``): sized for I/O-bound
 #: checks, so a burst of slow ones (tarpits, dead hosts) leaves room for the rest.
 DEFAULT_CONCURRENCY = 200
+
+
+# The checks a dead process had taken off the queue KEYS[1] and not started
+# (its taken list KEYS[3]) back to the head of the queue, in the order taken:
+# each one still 'queued' (its job hash under the prefix ARGV[1]) and still
+# in the intermediate list KEYS[2], from which it is removed. Returns how many.
+_PUT_BACK_TAKEN = wire.Script("""
+local ids = redis.call('LRANGE', KEYS[3], 0, -1)
+local back = 0
+for i = #ids, 1, -1 do
+  local id = ids[i]
+  if redis.call('HGET', ARGV[1] .. id, 'status') == 'queued'
+      and redis.call('LREM', KEYS[2], 1, id) == 1 then
+    redis.call('LPUSH', KEYS[1], id)
+    back = back + 1
+  end
+end
+redis.call('DEL', KEYS[3])
+return back
+""")
 
 
 def worker_name(vantage: str) -> str:
@@ -491,11 +513,15 @@ class Pool:
         return 1
 
     def _abandon(self, name: str, *, checks: bool) -> None:
-        """Forget a dead worker now; with ``checks``, fail the checks it held.
+        """Forget a dead worker now; with ``checks``, fail the checks it held
+        and put back those it had taken but not started.
 
         The held checks go through RQ's own abandoned-job path (failed, or
         retried when the job has retries left), as they would after their
-        heartbeat expired, only without the wait.
+        heartbeat expired, only without the wait. The taken ones never
+        reached the target: they go back to the head of the queue, still
+        ``queued``, for the next worker (instead of RQ failing them as
+        "stuck in intermediate queue" a minute later).
         """
         try:
             if self._redis is None:
@@ -509,6 +535,19 @@ class Pool:
                 pipeline.execute()
             if not checks:
                 return
+            queue = Queue(queue_name(self.vantage), connection=connection)
+            back = wire.pooled(connection).script(
+                _PUT_BACK_TAKEN,
+                [queue.key, queue.intermediate_queue_key, TAKEN_KEY_PREFIX + name],
+                [Job.redis_job_namespace_prefix],
+            )
+            if back:
+                log.warning(
+                    "pool: worker %s died with %d check(s) taken but not started: "
+                    "put back at the head of the queue",
+                    name,
+                    back,
+                )
             registry = StartedJobRegistry(
                 queue_name(self.vantage), connection=connection, serializer=JSONSerializer
             )

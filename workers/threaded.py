@@ -12,7 +12,8 @@ its work loop replaced:
   comes with its job hash and up to ``TAKE_AT_ONCE`` checks in all (no more
   than the free slots) come in one round trip (the script doing RQ's
   ``LMOVE`` for each of the others). Checks taken but not started when it
-  stops go back to the queue's front.
+  stops go back to the queue's front; the script lists them in the process's
+  taken list too, so that if the process dies its pool puts them back there.
   Everything else of RQ's is kept per check: the
   thread creates the check's own ``Execution`` (its entry in the started
   registry and in the worker's execution set), runs the job through
@@ -87,6 +88,7 @@ from rq.utils import now
 from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
 
 from smtpcheck import wire
+from smtpcheck.contract import TAKEN_KEY_PREFIX
 from smtpcheck.logs import log_context
 from workers import events
 from workers.pool import DEFAULT_CONCURRENCY, HEARTBEAT_TTL, _Reregistering
@@ -103,6 +105,8 @@ RESERVE_SHARE = 0.1
 DEQUEUE_BLOCK = 1
 #: Checks taken from the queue at most in one round trip while slots are free.
 TAKE_AT_ONCE = 16
+#: Seconds the process's list of checks taken but not started lives after a take.
+TAKEN_TTL = 60
 #: How long a finished check keeps trying to store its result while Redis is away.
 STORE_RETRY_SECONDS = 60.0
 #: Watchdog margin when a job carries no timeout of its own.
@@ -127,13 +131,21 @@ _ENDED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # '1' (sent right behind a BLMOVE into KEYS[2], which Redis runs first), the
 # reply starts with the last id in KEYS[2] and its hash: the BLMOVE's check,
 # unless another worker's move came between them ('' when KEYS[2] is empty).
+# Every id taken with its hash is also appended to the process's taken list
+# KEYS[3] (it lives ARGV[4] seconds): the pool puts those not started back if
+# the process dies (workers/pool.py, Pool._abandon); a start or a put-back
+# removes its id.
 _TAKE = wire.Script("""
 local taken = {}
+local ids = {}
 if ARGV[3] == '1' then
   local id = redis.call('LINDEX', KEYS[2], -1)
   if id then
     taken[1] = id
     taken[2] = redis.call('HGETALL', ARGV[2] .. id)
+    if #taken[2] > 0 then
+      ids[1] = id
+    end
   else
     taken[1] = ''
     taken[2] = {}
@@ -144,8 +156,16 @@ for _ = 1, tonumber(ARGV[1]) do
   if not id then
     break
   end
+  local fields = redis.call('HGETALL', ARGV[2] .. id)
   taken[#taken + 1] = id
-  taken[#taken + 1] = redis.call('HGETALL', ARGV[2] .. id)
+  taken[#taken + 1] = fields
+  if #fields > 0 then
+    ids[#ids + 1] = id
+  end
+end
+if #ids > 0 then
+  redis.call('RPUSH', KEYS[3], unpack(ids))
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
 end
 return taken
 """)
@@ -234,6 +254,12 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         self._finished: dict[str, FinishedJobRegistry] = {}  # by queue name: see _finished_registry
         self._spares: list[_Spare] = []  # idle check threads (guarded by _spare_lock)
         self._spare_lock = threading.Lock()
+
+    @property
+    def taken_key(self) -> str:
+        """The list of checks this process took off its queue and has not
+        started (nor put back), which the pool puts back if the process dies."""
+        return TAKEN_KEY_PREFIX + self.name
 
     # -- the work loop ----------------------------------------------------------
 
@@ -386,8 +412,8 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         publisher's do: no pool checkout per batch.)"""
         reply = wire.of(self.connection).script(
             _TAKE,
-            [queue.key, queue.intermediate_queue_key],
-            [most, self.job_class.redis_job_namespace_prefix, 0],
+            [queue.key, queue.intermediate_queue_key, self.taken_key],
+            [most, self.job_class.redis_job_namespace_prefix, 0, TAKEN_TTL],
         )
         self._restore_taken(queue, reply)
 
@@ -407,12 +433,14 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 (
                     "EVAL",
                     _TAKE.text,
-                    2,
+                    3,
                     queue.key,
                     inter,
+                    self.taken_key,
                     most - 1,
                     self.job_class.redis_job_namespace_prefix,
                     1,
+                    TAKEN_TTL,
                 ),
             ]
         )
@@ -424,6 +452,11 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             if last == moved:
                 self._restore_taken(queue, [moved, fields])
             else:
+                # The script listed the other worker's check as taken: list this one instead.
+                with self.connection.pipeline() as pipe:
+                    pipe.lrem(self.taken_key, 1, last)
+                    pipe.rpush(self.taken_key, moved)
+                    pipe.execute()
                 with contextlib.suppress(NoSuchJobError):  # gone meanwhile: RQ passes over it too
                     job = self.job_class.fetch(
                         moved.decode(), connection=self.connection, serializer=self.serializer
@@ -465,6 +498,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         try:
             with self.connection.pipeline() as pipe:
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipe.lrem(self.taken_key, 1, job.id)
                 if front:
                     pipe.lpush(queue.key, job.id)
                 else:
@@ -605,6 +639,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             pipe.persist(job.key)
             if len(self.queues) == 1:
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipe.lrem(self.taken_key, 1, job.id)
             # With the publisher's next round trip (the check's first lines, or
             # its end), ahead of everything later of this check that goes there.
             events.publisher().start(self.connection, wire.staged(pipe), job.id)

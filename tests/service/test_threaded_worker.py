@@ -29,7 +29,7 @@ from tests.service import jobs
 from tests.service.conftest import ALICE, API_KEYS, BOB, submit
 from tests.smtp_servers import SMTPTarget
 from workers import events, threaded
-from workers.pool import HEARTBEAT_TTL
+from workers.pool import HEARTBEAT_TTL, Pool
 from workers.threaded import ThreadedCheckWorker
 
 #: Not counted: the test's own CONFIG RESETSTAT, and a new connection's handshake.
@@ -371,14 +371,51 @@ def test_free_slots_take_several_checks_in_one_round_trip_and_a_stop_gives_them_
     assert [job.id for job, _ in pool._taken] == [ids[2]]  # three slots free: three taken
     stats = redis_client.info("commandstats")
     sent = {name: entry["calls"] for name, entry in stats.items() if name not in UNCOUNTED}
-    # The script's own commands are counted too.
+    # The script's own commands are counted too (with the taken list's RPUSH and EXPIRE).
     assert sent == {"cmdstat_evalsha": 1, "cmdstat_eval": 1, "cmdstat_lmove": 3,
-                    "cmdstat_hgetall": 3}, sent  # fmt: skip
+                    "cmdstat_hgetall": 3, "cmdstat_rpush": 1,
+                    "cmdstat_expire": 1}, sent  # fmt: skip
     assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [i.encode() for i in ids[:3]]
     pool._taken.appendleft(first)
     pool._give_back_taken()
     assert redis_client.lrange(queue.key, 0, -1) == [ids[i].encode() for i in (0, 2, 3, 4)]
     assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [ids[1].encode()]
+    # Each listed as taken until it went back; the one whose hash was gone never was.
+    assert not redis_client.exists(pool.taken_key)
+
+
+def test_checks_a_dead_process_took_but_never_started_go_back_to_the_head_of_the_queue(
+    settings: Settings, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The take lists every check it takes in the process's taken list (a start
+    or a put-back removes it): when the process dies, its pool puts those not
+    started back at the head of the queue, in order, still 'queued', and fails
+    the one that had started, as RQ's abandoned-job path does."""
+    queue = Queue("vantage:default", connection=redis_client, serializer=JSONSerializer)
+    ids = [queue.enqueue(jobs.NAP, kwargs={"request": {}}).id for _ in range(5)]
+    doomed = worker(redis_client, concurrency=4)
+    doomed._ordered_queues = doomed.queues
+    first = doomed._dequeue(None)
+    assert first is not None and [job.id for job, _ in doomed._taken] == ids[1:4]
+    doomed._begin(*first)  # the first one starts (its start is in Redis below) ...
+    assert events.written_so_far(redis_client)
+    over, over_queue = doomed._taken.pop()  # ... the last goes back (over its key's share)
+    doomed._put_back(over, over_queue, front=False)
+    assert redis_client.lrange(doomed.taken_key, 0, -1) == [i.encode() for i in ids[1:3]]
+
+    # ... and the process dies there: its pool sees it.
+    Pool(settings, vantage="default", processes=1)._abandon(doomed.name, checks=True)
+
+    assert redis_client.lrange(queue.key, 0, -1) == [ids[i].encode() for i in (1, 2, 4, 3)]
+    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == []
+    assert not redis_client.exists(doomed.taken_key)
+    statuses = [
+        Job.fetch(i, connection=redis_client, serializer=JSONSerializer).get_status() for i in ids
+    ]
+    assert statuses == ["failed", "queued", "queued", "queued", "queued"]
+    said = [record.getMessage() for record in caplog.records]
+    assert any("2 check(s) taken but not started: put back" in line for line in said), said
+    assert any("died during 1 check(s): failed" in line for line in said), said
 
 
 def test_a_wait_on_the_queue_brings_the_check_and_its_job_hash_in_one_round_trip(
@@ -410,7 +447,8 @@ def test_a_wait_on_the_queue_brings_the_check_and_its_job_hash_in_one_round_trip
     assert [job.id for job, _ in pool._taken] == ids[1:3]  # three slots free: three taken
     # One BLMOVE and one script (its own commands are counted too), nothing else.
     assert sent() == {"cmdstat_blmove": 1, "cmdstat_eval": 1, "cmdstat_lindex": 1,
-                      "cmdstat_lmove": 2, "cmdstat_hgetall": 3}  # fmt: skip
+                      "cmdstat_lmove": 2, "cmdstat_hgetall": 3, "cmdstat_rpush": 1,
+                      "cmdstat_expire": 1}  # fmt: skip
     assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [i.encode() for i in ids[:3]]
     assert redis_client.lrange(queue.key, 0, -1) == [ids[3].encode()]
 
@@ -448,6 +486,8 @@ def test_a_move_between_the_wait_and_its_script_still_brings_the_waited_for_chec
         job.id.encode(),
         b"another-workers-check",
     ]
+    # Listed as taken: its own check, not the other worker's.
+    assert redis_client.lrange(pool.taken_key, 0, -1) == [job.id.encode()]
 
 
 def test_a_check_failing_at_once_is_stored_after_its_start_not_before(
