@@ -41,13 +41,12 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 from smtpcheck import wire
 from smtpcheck.contract import EVENTS_KEY_PREFIX, EVENTS_MAXLEN
@@ -69,7 +68,9 @@ EXPIRE_REFRESH = 60.0
 #: (each then gets one more ``EXPIRE`` than it needs).
 MAX_TRACKED = 10_000
 
-Stage = Callable[[Pipeline], object]
+#: Commands as sent (smtpcheck/wire.py). What callers add to the publisher's
+#: round trips comes built like this, not staged on a redis-py pipeline (about
+#: a hundred Python calls per batch, on the way to every check's result).
 Commands = list[wire.Command]
 _MAXLEN = str(EVENTS_MAXLEN)
 
@@ -92,7 +93,7 @@ class _Batch:
     lines: list[tuple[str, str]] = field(default_factory=list)  # (stream key, JSON entry)
     ttls: dict[str, int] = field(default_factory=dict)
     ends: dict[str, int] = field(default_factory=dict)  # streams of checks that ended: TTL
-    stages: list[Stage] = field(default_factory=list)
+    added: Commands = field(default_factory=list)  # callers' commands
     starts: list[tuple[Commands, str]] = field(default_factory=list)  # (commands, check id)
     commits: list[tuple[Commands, Written]] = field(default_factory=list)
     done: list[Written] = field(default_factory=list)
@@ -133,11 +134,11 @@ class Publisher:
             if first:  # the thread waits for a first line; later ones it takes with it
                 self._cond.notify()
 
-    def stage(self, connection: redis.Redis, stage: Stage) -> None:
-        """Add ``stage``'s commands to the next round trip (within ``LINGER``)."""
+    def add(self, connection: redis.Redis, commands: Commands) -> None:
+        """Add ``commands`` to the next round trip (within ``LINGER``)."""
         with self._cond:
             first = not self._batches
-            self._batch(connection).stages.append(stage)
+            self._batch(connection).added += commands
             if first:
                 self._cond.notify()
 
@@ -154,12 +155,12 @@ class Publisher:
     def finish(
         self,
         connection: redis.Redis,
-        stage: Stage | None = None,
+        commands: Commands | None = None,
         key: str | None = None,
         ttl: int = 0,
         commit: Commands | None = None,
     ) -> Written:
-        """Write every line handed over so far, and ``stage``'s commands, now;
+        """Write every line handed over so far, and ``commands``, now;
         with ``key``, that stream's check has ended: it expires ``ttl`` from now.
         With ``commit``, those commands come last, and the whole round trip is
         one transaction; the answer's ``error`` says whether they failed."""
@@ -168,8 +169,8 @@ class Publisher:
             batch = self._batch(connection)
             if key is not None:
                 batch.ends[key] = ttl
-            if stage is not None:
-                batch.stages.append(stage)
+            if commands is not None:
+                batch.added += commands
             if commit is not None:
                 batch.commits.append((commit, done))
             batch.done.append(done)
@@ -221,11 +222,7 @@ class Publisher:
                 for key, data in batch.lines
             ]
             commands += self._expiries(batch)
-            if batch.stages:
-                staging = connection.pipeline(transaction=False)
-                for stage in batch.stages:
-                    stage(staging)
-                commands += wire.staged(staging)
+            commands += batch.added
             shared = len(commands)
             spans = []
             for staged, written in batch.commits:
@@ -246,12 +243,12 @@ class Publisher:
                     log.warning("check %s: its start was not written: %s", check_id, error)
             first = starts[-1][1] if starts else 0
             failed = wire.first_error(replies[first:shared])
-            if failed is not None:  # a stage's or a line's command: the checks go on
+            if failed is not None:  # a caller's or a line's command: the checks go on
                 log.warning("publishing transcript lines: a command failed: %s", failed)
             elif self._failing:
                 log.info("transcript lines are published again")
             self._failing = False
-        except Exception as exc:  # Redis away, or a stage's bug: the thread goes on
+        except Exception as exc:  # Redis away, or a bug: the thread goes on
             for _, written in batch.commits:
                 written.error = exc
             for _, _, check_id in starts:
@@ -283,7 +280,7 @@ class HeldEnd:
 
     def __init__(self) -> None:
         self.events: CheckEvents | None = None
-        self.stage: Stage | None = None
+        self.commands: Commands | None = None
 
     @property
     def pending(self) -> bool:
@@ -297,7 +294,7 @@ class HeldEnd:
         """Write the end on its own (no result with it): a failure, a retry, a
         check failed meanwhile. False when its lines took past ``FINISH_WAIT``."""
         events, self.events = self.events, None
-        return events is None or events.write_end(self.stage)
+        return events is None or events.write_end(self.commands)
 
     def commit(self, commands: Commands) -> None:
         """Write the end and ``commands`` (RQ's end of the check) in one
@@ -306,7 +303,7 @@ class HeldEnd:
         events, self.events = self.events, None
         assert events is not None
         written = events.publisher.finish(
-            events.connection, self.stage, events.key, events.ttl, commit=commands
+            events.connection, self.commands, events.key, events.ttl, commit=commands
         )
         # Not bounded here: worker connections have no read timeout (RQ's blocking
         # pops), so a Redis that holds the connection open without answering
@@ -351,20 +348,20 @@ class CheckEvents:
         data = entry_json(entry)
         self.publisher.line(self.connection, self.key, self.ttl, data)
 
-    def finish(self, stage: Stage | None = None) -> bool:
-        """Write the rest of the check's lines (and ``stage``) now; True once
+    def finish(self, commands: Commands | None = None) -> bool:
+        """Write the rest of the check's lines (and ``commands``) now; True once
         they are in Redis, False when that took longer than ``FINISH_WAIT``.
         Inside :func:`holding`, the end is kept there instead (True)."""
         self.finished = True
         held = _held.get()
         if held is not None and not held.pending:
-            held.events, held.stage = self, stage
+            held.events, held.commands = self, commands
             return True
-        return self.write_end(stage)
+        return self.write_end(commands)
 
-    def write_end(self, stage: Stage | None) -> bool:
+    def write_end(self, commands: Commands | None) -> bool:
         started = time.monotonic()
-        done = self.publisher.finish(self.connection, stage, self.key, self.ttl)
+        done = self.publisher.finish(self.connection, commands, self.key, self.ttl)
         written = done.wait(FINISH_WAIT)
         if not written:
             log.warning(
@@ -401,12 +398,12 @@ def written_so_far(connection: redis.Redis, publisher: Publisher | None = None) 
     return (publisher or _publisher).finish(connection).wait(FINISH_WAIT)
 
 
-def defer(connection: redis.Redis, stage: Stage) -> bool:
-    """Send ``stage``'s commands with the running check's lines (within
+def defer(connection: redis.Redis, commands: Commands) -> bool:
+    """Send ``commands`` with the running check's lines (within
     ``LINGER``, at the latest in its last round trip, which its end waits for).
     False outside a published check or for another Redis: run them yourself."""
     events = _current.get()
     if events is None or events.connection is not connection or events.finished:
         return False
-    events.publisher.stage(connection, stage)
+    events.publisher.add(connection, commands)
     return True

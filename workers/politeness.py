@@ -157,7 +157,7 @@ class TargetGate:
             _renewer.release(lease)
             # In a worker the slot goes back with the check's last lines, in the
             # round trip its end makes anyway; elsewhere (tests, --local) at once.
-            if not events.defer(self.connection, lambda pipe: pipe.zrem(key, member)):
+            if not events.defer(self.connection, [("ZREM", key, member)]):
                 with contextlib.suppress(redis.exceptions.RedisError):
                     self.connection.zrem(key, member)
 

@@ -5,8 +5,8 @@ process tells the whole story, whichever machine ran the check."""
 from __future__ import annotations
 
 import redis
-from redis.client import Pipeline
 
+from smtpcheck import wire
 from smtpcheck.contract import DURATION_KEY, FINISHED_KEY
 
 # Seconds: SMTP checks take from milliseconds (a refused port) to minutes (tarpits).
@@ -15,9 +15,7 @@ BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 def record(connection: redis.Redis, vantage: str, outcome: str, seconds: float) -> None:
     """Count one finished check; one round trip."""
-    with connection.pipeline(transaction=False) as pipe:
-        stage(pipe, vantage, outcome, seconds)
-        pipe.execute()
+    connection.execute_command(*counted(vantage, outcome, seconds))
 
 
 #: One check's counters in one command (they were 15, a fifth of a fast
@@ -34,14 +32,14 @@ return 1
 """
 
 
-def stage(pipe: Pipeline, vantage: str, outcome: str, seconds: float) -> None:
-    """Count one finished check in ``pipe`` (the worker's last round trip of
-    the check), atomically: the outcome, every bucket of the cumulative
-    duration histogram (each present from the first check), the count and
-    the sum."""
+def counted(vantage: str, outcome: str, seconds: float) -> wire.Command:
+    """The command counting one finished check (sent in the worker's last
+    round trip of the check), atomically: the outcome, every bucket of the
+    cumulative duration histogram (each present from the first check), the
+    count and the sum."""
     args: list[str | int | float] = [f"{vantage}|{outcome}"]
     for bound in BUCKETS:
         args += (f"{vantage}|{bound:g}", 1 if seconds <= bound else 0)
     args += (f"{vantage}|count", 1, f"{vantage}|sum", repr(float(seconds)))
-    # EVAL, not a registered Script: in a pipeline that adds a SCRIPT EXISTS round trip.
-    pipe.eval(_COUNT, 2, FINISHED_KEY, DURATION_KEY, *args)
+    # EVAL, not EVALSHA: in a batch a missing script would fail the command.
+    return ("EVAL", _COUNT, 2, FINISHED_KEY, DURATION_KEY, *args)

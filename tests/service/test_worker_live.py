@@ -227,7 +227,7 @@ def test_finish_adds_the_callers_commands_to_the_last_round_trip(
     publisher = events.Publisher()
     with events.publishing(connection, "live-last", 60, publisher) as published:
         published.line({"t_ms": 0.0, "dir": "note", "text": "done"})
-        assert published.finish(lambda pipe: pipe.set("counted", "1"))
+        assert published.finish([("SET", "counted", "1")])
         trips = publisher.round_trips
     assert connection.get("counted") == b"1"
     assert connection.xlen(EVENTS_KEY_PREFIX + "live-last") == 1
