@@ -15,12 +15,19 @@ from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from smtpcheck.contract import STATUSES
-from smtpcheck.document import TERMINAL, failure_reason, isoformat, links, public_status
+from smtpcheck.document import (
+    TERMINAL,
+    StoredCheck,
+    failure_reason,
+    isoformat,
+    links,
+    public_status,
+)
 from smtpcheck.report import render_text, transcript_lines
 
 from . import events, fanout, held, listing, metrics, ratelimit
 from .apikeys import authenticate, current_owner
-from .jobstore import JobStore, StoredJob
+from .jobstore import JobStore
 from .problems import CHECK_RUNNING, NO_TRANSCRIPT, NOT_FINISHED, Problem, validation_problem
 
 blueprint = Blueprint("checks", __name__, url_prefix="/v1")
@@ -200,7 +207,7 @@ def get_transcript(check_id: str) -> Response:
     job = found
     status = public_status(job)
     if status == "failed":
-        reason = failure_reason(job, job.latest)
+        reason = failure_reason(job)
         raise Problem(
             409,
             "Conflict",
@@ -274,7 +281,7 @@ def json_body() -> Any:
     return body
 
 
-def found_after_wait(check_id: str) -> fanout.FanOut | StoredJob:
+def found_after_wait(check_id: str) -> fanout.FanOut | StoredCheck:
     """The fan-out or check behind ``check_id`` (404 unless the caller's), once
     ``?wait=N`` has held the response until it ended or the wait ran out.
 

@@ -20,11 +20,18 @@ from redis.client import Pipeline
 from rq.job import Job
 
 from smtpcheck.contract import ALL_VANTAGES, FANOUT_PREFIX, NO_LIVE_VANTAGE
-from smtpcheck.document import ENDED_STATUSES, TERMINAL, isoformat, links, public_status
+from smtpcheck.document import (
+    ENDED_STATUSES,
+    TERMINAL,
+    StoredCheck,
+    isoformat,
+    links,
+    public_status,
+)
 from smtpcheck.report import render_text
 
 from . import held, listing
-from .jobstore import JobStore, Prepared, StoredJob, mask_secrets, stage_fetch
+from .jobstore import JobStore, Prepared, mask_secrets, stage_fetch
 from .problems import Problem
 from .ratelimit import Command
 from .schemas import check_id_is_valid
@@ -91,7 +98,7 @@ def load(store: JobStore, check_id: str, owner: str) -> FanOut | None:
 
 def find(
     store: JobStore, check_id: str, owner: str, ask: held.Ask | None = None
-) -> FanOut | StoredJob:
+) -> FanOut | StoredCheck:
     """The fan-out or the check behind ``check_id``, if ``owner`` made it (else 404):
     the fan-out's record and the check's job read in one round trip, with ``ask``'s
     take of a hold for its answer, if any."""
@@ -110,7 +117,9 @@ def find(
     return _found(store, check_id, owner, record, raw, latest)
 
 
-def find_many(store: JobStore, check_ids: list[str], owner: str) -> list[FanOut | StoredJob | None]:
+def find_many(
+    store: JobStore, check_ids: list[str], owner: str
+) -> list[FanOut | StoredCheck | None]:
     """:func:`find` of each of ``check_ids`` (None for one that is gone or not the
     owner's), all read in one round trip."""
     valid = [check_id for check_id in check_ids if check_id_is_valid(check_id)]
@@ -121,7 +130,7 @@ def find_many(store: JobStore, check_ids: list[str], owner: str) -> list[FanOut 
 
     replies = iter(store.connection.read_pipeline(stage) if valid else [])
     read = {check_id: (next(replies), next(replies), next(replies)) for check_id in valid}
-    found: list[FanOut | StoredJob | None] = []
+    found: list[FanOut | StoredCheck | None] = []
     for check_id in check_ids:
         try:
             found.append(_found(store, check_id, owner, *read[check_id]))
@@ -140,7 +149,7 @@ def _stage(check_id: str) -> Callable[[Pipeline], None]:
 
 def _found(
     store: JobStore, check_id: str, owner: str, record: Any, raw: Any, latest: Any
-) -> FanOut | StoredJob:
+) -> FanOut | StoredCheck:
     spread = _parsed(check_id, owner, record)
     return spread if spread is not None else store.loaded(check_id, owner, raw, latest)
 
@@ -154,13 +163,13 @@ def _parsed(check_id: str, owner: str, raw: bytes | str | None) -> FanOut | None
     return FanOut(check_id, owner, data["created_at"], data["request"], data["members"])
 
 
-def jobs(store: JobStore, fanout: FanOut) -> list[tuple[str, StoredJob | None]]:
+def jobs(store: JobStore, fanout: FanOut) -> list[tuple[str, StoredCheck | None]]:
     """Each member's vantage and check (None once expired or deleted), all read
     in one round trip (:func:`find_many`)."""
     members = fanout.members
     found = find_many(store, [member["id"] for member in members], fanout.owner)
     return [
-        (member["vantage"], job if isinstance(job, StoredJob) else None)
+        (member["vantage"], job if isinstance(job, StoredCheck) else None)
         for member, job in zip(members, found, strict=True)
     ]
 

@@ -16,7 +16,6 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, cast
 
 from redis.client import Pipeline
@@ -28,7 +27,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import current_timestamp, str_to_date
+from rq.utils import current_timestamp
 
 from smtpcheck import delivery
 from smtpcheck.config import Settings
@@ -47,6 +46,7 @@ from smtpcheck.contract import (
 from smtpcheck.document import (
     PUBLIC_STATUS,
     TERMINAL,
+    StoredCheck,
     check_document,
     public_status,
 )
@@ -80,29 +80,6 @@ class Prepared:
     @property
     def id(self) -> str:
         return str(self.job.id)
-
-
-class StoredJob(Job):
-    """A check's RQ job as the API reads it: its hash and its latest result, read in
-    one round trip (:func:`stage_fetch`), so its document needs no second read.
-
-    The two are read one after the other without a transaction, which is enough:
-    a worker writes a job's end and its result in one transaction, so a hash read
-    as ended has its result beside it, and only a check that has not ended (a
-    retry's next attempt) can add a result after its hash was read, one its
-    document does not show.
-    """
-
-    latest: Result | None = None
-
-    def restore(self, raw: dict[bytes, bytes]) -> None:
-        """RQ's ``Job.restore``, its five moments read in one C call each rather
-        than RQ's ``strptime`` (a third of the restore's time), to the same values."""
-        super().restore({field: value for field, value in raw.items() if field not in _MOMENTS})
-        for field, attribute in _MOMENTS.items():
-            value = raw.get(field)
-            if value:  # absent: as RQ leaves it (created_at: now)
-                setattr(self, attribute, _utc_moment(value))
 
 
 class JobStore:
@@ -240,7 +217,7 @@ class JobStore:
 
     # -- read -----------------------------------------------------------------
 
-    def load(self, check_id: str, owner: str) -> StoredJob:
+    def load(self, check_id: str, owner: str) -> StoredCheck:
         """The job for ``check_id`` if ``owner`` made it; else 404."""
         if not check_id_is_valid(check_id):
             raise _not_found(check_id)
@@ -249,42 +226,40 @@ class JobStore:
 
     def loaded(
         self, check_id: str, owner: str, raw: dict[bytes, bytes], latest: list[Any]
-    ) -> StoredJob:
+    ) -> StoredCheck:
         """:meth:`load` of what :func:`stage_fetch` read (a caller may read more beside)."""
         try:
-            job = self._stored(check_id, raw, latest)
+            check = StoredCheck.read(check_id, raw, latest)
         except NoSuchJobError:
             raise _not_found(check_id) from None
-        meta = job.meta if isinstance(job.meta, dict) else {}
-        if job.description != DESCRIPTION or meta.get("owner") != owner:
+        meta = check.meta if isinstance(check.meta, dict) else {}
+        if check.description != DESCRIPTION or meta.get("owner") != owner:
             raise _not_found(check_id)
-        if job.get_status(refresh=False) == JobStatus.STARTED:
-            job = self.reap_if_abandoned(job)
-        return job
+        if check.status == JobStatus.STARTED:
+            check = self.reap_if_abandoned(check)
+        return check
 
-    def fetch(self, check_id: str) -> StoredJob:
+    def fetch(self, check_id: str) -> StoredCheck:
         """The job and its latest result, in one round trip (retried like a read);
         NoSuchJobError if there is no such job."""
         raw, latest = self.connection.read_pipeline(lambda pipe: stage_fetch(pipe, check_id))
-        return self._stored(check_id, raw, latest)
+        return StoredCheck.read(check_id, raw, latest)
 
-    def _stored(self, check_id: str, raw: dict[bytes, bytes], latest: list[Any]) -> StoredJob:
-        if not raw:
-            raise NoSuchJobError(f"No such job: {check_id}")
-        job = StoredJob(check_id, connection=self.connection, serializer=JSONSerializer)
-        job.restore(raw)
-        if latest:
-            result_id, payload = latest[0]
-            job.latest = Result.restore(
-                check_id,
-                result_id.decode(),
-                payload,
-                connection=self.connection,
-                serializer=JSONSerializer,
-            )
+    def rq_job(self, check: StoredCheck) -> Job:
+        """RQ's own job, restored from the hash ``check`` was read from: for what RQ
+        writes (a cancel, a delete)."""
+        job = Job(check.id, connection=self.connection, serializer=JSONSerializer)
+        job.restore(check.raw)
         return job
 
-    def reap_if_abandoned(self, job: StoredJob) -> StoredJob:
+    def status_now(self, check_id: str) -> JobStatus:
+        """The job's status as Redis has it now (RQ's ``job.get_status(refresh=True)``)."""
+        status = self.connection.hget(Job.key_for(check_id), "status")
+        if not status:
+            raise InvalidJobOperation(f"Failed to retrieve status for job: {check_id}")
+        return JobStatus(cast(bytes, status).decode())
+
+    def reap_if_abandoned(self, job: StoredCheck) -> StoredCheck:
         """A running job whose worker is gone reads as failed, never hangs.
 
         Jobs whose heartbeat lapsed are moved to failed by RQ's own
@@ -302,11 +277,11 @@ class JobStore:
             return job
         registry = StartedJobRegistry(queue=self.queue_of(job))
         registry.cleanup()
-        if job.get_status(refresh=True) != JobStatus.STARTED:
+        if self.status_now(job.id) != JobStatus.STARTED:
             return self.refetch(job)
         if not job.worker_name or not self.worker_stopped(job.worker_name):
             return job
-        if job.get_status(refresh=True) != JobStatus.STARTED:  # finished meanwhile
+        if self.status_now(job.id) != JobStatus.STARTED:  # finished meanwhile
             return self.refetch(job)
         members = {
             f"{job_id}:{execution_id}": 0
@@ -320,7 +295,7 @@ class JobStore:
         registry.cleanup()
         return self.refetch(job)
 
-    def may_be_abandoned(self, job: Job) -> bool:
+    def may_be_abandoned(self, job: StoredCheck) -> bool:
         """Whether an entry of the job's started registry has lapsed (RQ's cleanup
         has work to do) or the job's worker said it stopped, in one round trip."""
         registry_key = StartedJobRegistry.key_template.format(job.origin)
@@ -343,16 +318,16 @@ class JobStore:
             registered, died = pipe.execute()
         return bool(died) and not registered
 
-    def queue_of(self, job: Job) -> Queue:
+    def queue_of(self, job: StoredCheck) -> Queue:
         return Queue(job.origin, connection=self.connection, serializer=JSONSerializer)
 
-    def refetch(self, job: Job) -> StoredJob:
+    def refetch(self, job: StoredCheck) -> StoredCheck:
         try:
             return self.fetch(job.id)
         except NoSuchJobError:
             raise _not_found(job.id) from None
 
-    def wait(self, job: StoredJob, seconds: float, lease: Lease | None = None) -> StoredJob:
+    def wait(self, job: StoredCheck, seconds: float, lease: Lease | None = None) -> StoredCheck:
         """Hold until the job has a result or ``seconds`` pass (a blocking XREAD).
 
         The job is read again, and ``lease`` (the room this held response takes,
@@ -377,29 +352,29 @@ class JobStore:
         # Safe to send again, like a read: the ZREM only removes this hold's own member.
         _, raw, latest, *_ = self.blocking.read_retry.call_with_retry(send, lambda _error: None)
         try:
-            job = self._stored(job.id, raw, latest)
+            job = StoredCheck.read(job.id, raw, latest)
         except NoSuchJobError:  # deleted meanwhile
             raise _not_found(job.id) from None
-        if job.get_status(refresh=False) == JobStatus.STARTED:
+        if job.status == JobStatus.STARTED:
             job = self.reap_if_abandoned(job)
         return job
 
-    def describe(self, job: StoredJob) -> CheckDocument:
+    def describe(self, job: StoredCheck) -> CheckDocument:
         """The GET /v1/checks/{id} body."""
-        return check_document(job, job.latest)
+        return check_document(job)
 
-    def list_item(self, job: StoredJob) -> ListedCheck:
+    def list_item(self, job: StoredCheck) -> ListedCheck:
         """A check as ``GET /v1/checks`` lists it: its document without the transcript."""
-        document: dict[str, Any] = dict(check_document(job, job.latest))
+        document: dict[str, Any] = dict(check_document(job))
         if isinstance(document.get("result"), dict):
             document["result"] = {k: v for k, v in document["result"].items() if k != "transcript"}
         return cast(ListedCheck, document)
 
-    def lines_so_far(self, job: Job) -> list[dict[str, Any]]:
+    def lines_so_far(self, job: StoredCheck) -> list[dict[str, Any]]:
         """The transcript lines a running check has recorded yet."""
         return events.lines_so_far(self.connection, job.id)
 
-    def result(self, job: StoredJob) -> dict[str, Any] | None:
+    def result(self, job: StoredCheck) -> dict[str, Any] | None:
         """The worker's result dict, once finished."""
         if public_status(job) != "finished":
             return None
@@ -411,23 +386,24 @@ class JobStore:
 
     # -- delete ---------------------------------------------------------------
 
-    def cancel(self, job: Job) -> bool:
+    def cancel(self, job: StoredCheck) -> bool:
         """Cancel a check that has not ended; False if it had ended already.
 
         A queued (or retrying) check is canceled in RQ and reads ``canceled``;
         a running one gets the flag its worker polls (workers/cancel.py) and
         ends within a second with outcome ``canceled``, its transcript so far.
         """
-        status = job.get_status(refresh=True)
+        status = self.status_now(job.id)
         if status != JobStatus.STARTED and PUBLIC_STATUS.get(status) != "queued":
             return False
         self.connection.set(CANCEL_KEY_PREFIX + job.id, "1", ex=self.settings.result_ttl)
         if status != JobStatus.STARTED:
             with contextlib.suppress(InvalidJobOperation):  # canceled meanwhile
-                job.cancel(enqueue_dependents=True)  # its webhook, if any, still goes out
+                # its webhook, if any, still goes out
+                self.rq_job(job).cancel(enqueue_dependents=True)
         return True
 
-    def delete(self, job: Job) -> None:
+    def delete(self, job: StoredCheck) -> None:
         """Delete an ended check (and what it left: listing, events, cancel flag)."""
         if not self.delete_all([job]):
             raise Problem(
@@ -439,7 +415,7 @@ class JobStore:
 
     def delete_all(
         self,
-        jobs: Sequence[Job],
+        jobs: Sequence[StoredCheck],
         *,
         also: tuple[str, ...] = (),
         unlist: tuple[str, str] | None = None,
@@ -464,7 +440,8 @@ class JobStore:
                             return False
                     pipe.multi()
                     for job in jobs:
-                        job.delete(pipeline=pipe, delete_dependents=True)  # its webhook
+                        # its webhook too
+                        self.rq_job(job).delete(pipeline=pipe, delete_dependents=True)
                         owner = (job.meta or {}).get("owner")
                         if owner:
                             pipe.zrem(listing.index_key(str(owner)), job.id)
@@ -512,30 +489,16 @@ class JobStore:
 
 
 def stage_fetch(pipe: Pipeline, check_id: str) -> None:
-    """Read a job's hash, then its latest result (see :class:`StoredJob`)."""
+    """Read a job's hash, then its latest result (:meth:`StoredCheck.read` reads both).
+
+    The two are read one after the other without a transaction, which is enough:
+    a worker writes a job's end and its result in one transaction, so a hash read
+    as ended has its result beside it, and only a check that has not ended (a
+    retry's next attempt) can add a result after its hash was read, one its
+    document does not show.
+    """
     pipe.hgetall(Job.key_for(check_id))
     pipe.xrevrange(Result.get_key(check_id), "+", "-", count=1)
-
-
-#: The job hash's timestamps (as rq.utils.utcformat writes them) and the Job
-#: attributes RQ restores them to.
-_MOMENTS = {
-    b"created_at": "created_at",
-    b"enqueued_at": "enqueued_at",
-    b"started_at": "started_at",
-    b"ended_at": "ended_at",
-    b"last_heartbeat": "last_heartbeat",
-}
-
-
-def _utc_moment(raw: bytes) -> datetime:
-    """A job hash's timestamp as ``rq.utils.str_to_date`` reads it: RQ writes
-    ``%Y-%m-%dT%H:%M:%S.%fZ`` (once without the fraction), which ``fromisoformat``
-    reads to the same aware UTC datetime; anything else goes to RQ's own parse."""
-    if raw.endswith(b"Z"):
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(raw.decode())
-    return str_to_date(raw)
 
 
 def _public(raw: bytes | str) -> str:

@@ -2,17 +2,27 @@
 
 Both sides need it: the API serves it, and a worker POSTs the very same
 document to a check's ``callback.url`` once the check ends (workers/webhook.py).
-Built here, from the RQ job alone, so neither side imports the other.
+Built here, from the RQ job and its latest result alone, so neither side
+imports the other. The API reads both straight from Redis
+(:meth:`StoredCheck.read`: the job's hash and its result stream entry, read to
+the values RQ's ``Job.restore`` and ``Result.restore`` give); the worker hands
+over RQ's own objects (:meth:`StoredCheck.of`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import zlib
+from base64 import b64decode
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
 from typing import Any, cast
 
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
+from rq.utils import now, str_to_date
 
 from smtpcheck.contract import DEFAULT_VANTAGE, CheckDocument, Links
 
@@ -48,20 +58,155 @@ def isoformat(moment: datetime | None) -> str | None:
     return text.replace("+00:00", "Z")
 
 
-def public_status(job: Job) -> str:
-    status = job.get_status(refresh=False)
-    if status == JobStatus.SCHEDULED and (job.meta or {}).get("attempts"):
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A check's latest result (an entry of RQ's result stream): what its document reads."""
+
+    type: Result.Type
+    created_at: datetime
+    return_value: Any = None
+    exc_string: str | None = None
+
+    @classmethod
+    def of(cls, result: Result) -> StoredResult:
+        return cls(result.type, result.created_at, result.return_value, result.exc_string)
+
+    @classmethod
+    def read(cls, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredResult:
+        """The entry as ``Result.restore`` reads it (with RQ's JSON serializer)."""
+        created_at = datetime.fromtimestamp(int(entry_id.split(b"-")[0]) / 1000, tz=UTC)
+        value = fields.get(b"return_value")
+        exc_string = fields.get(b"exc_string")
+        return cls(
+            Result.Type(int(fields[b"type"])),
+            created_at,
+            None if value is None else json.loads(b64decode(value).decode("utf-8")),
+            zlib.decompress(b64decode(exc_string)).decode() if exc_string else None,
+        )
+
+
+@dataclass(slots=True)
+class StoredCheck:
+    """A check's RQ job as its document reads it, and its latest result (None: it has
+    none yet). ``raw`` is the job hash it was read from, when it was read from Redis."""
+
+    id: str
+    status: JobStatus
+    description: str | None
+    origin: str
+    worker_name: str | None
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    meta: dict[str, Any]
+    data: bytes  # the job's function and arguments, serialized (uncompressed)
+    latest: StoredResult | None
+    raw: dict[bytes, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, job: Job, latest: Result | None) -> StoredCheck:
+        """From RQ's own job and its latest result."""
+        return cls(
+            id=job.id,
+            status=job.get_status(refresh=False),
+            description=job.description,
+            origin=job.origin,
+            worker_name=job.worker_name,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            ended_at=job.ended_at,
+            meta=job.meta,
+            data=job.data,
+            latest=None if latest is None else StoredResult.of(latest),
+        )
+
+    @classmethod
+    def read(
+        cls, check_id: str, raw: dict[bytes, bytes], latest: list[Any] | None = None
+    ) -> StoredCheck:
+        """From the job's hash and the reply to an ``XREVRANGE`` of its result stream
+        (``COUNT 1``), to the values ``Job.restore`` and ``Result.restore`` give
+        (tests/service/test_stored_job.py compares them). NoSuchJobError when the
+        hash is empty (no such job) or is no RQ job's."""
+        if not raw:
+            raise NoSuchJobError(f"No such job: {check_id}")
+        if b"data" not in raw:
+            raise NoSuchJobError(f"Unexpected job format: {raw}")
+        status = raw.get(b"status")
+        meta = raw.get(b"meta")
+        try:
+            meta_read = json.loads(meta.decode("utf-8")) if meta else {}
+        except Exception:  # as RQ keeps what it cannot read
+            meta_read = {"unserialized": meta}
+        description, origin, worker_name = (
+            raw.get(b"description"),
+            raw.get(b"origin"),
+            raw.get(b"worker_name"),
+        )
+        return cls(
+            id=check_id,
+            status=JobStatus(status.decode()) if status else JobStatus.CREATED,
+            description=description.decode() if description else None,
+            origin=origin.decode() if origin else "",
+            worker_name=worker_name.decode() if worker_name else None,
+            created_at=_moment(raw.get(b"created_at")) or now(),
+            started_at=_moment(raw.get(b"started_at")),
+            ended_at=_moment(raw.get(b"ended_at")),
+            meta=meta_read,
+            data=_decompressed(raw[b"data"]),
+            latest=StoredResult.read(*latest[0]) if latest else None,
+            raw=raw,
+        )
+
+    @property
+    def key(self) -> str:
+        return Job.key_for(self.id)
+
+    @property
+    def request(self) -> Any:
+        """The check's request, from the job's arguments (as ``job.kwargs`` reads them)."""
+        try:
+            _func, _instance, _args, kwargs = json.loads(self.data.decode("utf-8"))
+        except Exception as exc:
+            raise DeserializationError() from exc
+        return (kwargs or {}).get("request")
+
+
+def _decompressed(data: bytes) -> bytes:
+    try:
+        return zlib.decompress(data)
+    except zlib.error:  # RQ's fallback: stored uncompressed
+        return data
+
+
+def _moment(raw: bytes | None) -> datetime | None:
+    """A job hash's timestamp as ``rq.utils.str_to_date`` reads it: RQ writes
+    ``%Y-%m-%dT%H:%M:%S.%fZ`` (once without the fraction), which ``fromisoformat``
+    reads to the same aware UTC datetime in one C call; anything else goes to RQ's
+    own parse. Absent or empty: None."""
+    if not raw:
+        return None
+    if raw.endswith(b"Z"):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(raw.decode())
+    return str_to_date(raw)
+
+
+def public_status(check: StoredCheck) -> str:
+    status = check.status
+    if status == JobStatus.SCHEDULED and (check.meta or {}).get("attempts"):
         return "retrying"  # a greylisted check waiting for its next attempt
     return PUBLIC_STATUS.get(status, "queued")
 
 
-def failure_reason(job: Job, result: Result | None) -> str:
+def failure_reason(check: StoredCheck) -> str:
     """One line saying why a check did not produce a result."""
-    status = job.get_status(refresh=False)
+    status = check.status
     if status == JobStatus.CANCELED:
         return "the check was canceled before it ran"
     if status == JobStatus.STOPPED:
         return "the check was stopped before it finished"
+    result = check.latest
     text = (result.exc_string if result is not None else None) or ""
     if "AbandonedJobError" in text:
         return "the worker running this check stopped before it finished"
@@ -82,23 +227,11 @@ def links(check_id: str) -> Links:
     }
 
 
-class _Unread(Enum):
-    UNREAD = "unread"
-
-
-#: ``check_document``'s ``latest`` when the caller has not read the job's latest result.
-UNREAD = _Unread.UNREAD
-
-
-def check_document(job: Job, latest: Result | _Unread | None = UNREAD) -> CheckDocument:
+def check_document(check: StoredCheck) -> CheckDocument:
     """The GET /v1/checks/{id} body for one check (not a fan-out): typed in
-    the contract, and so in openapi.yaml. ``latest``: the job's latest result
-    (None: it has none) when the caller read it with the job; else it is read
-    here, when the check has ended."""
-    status = public_status(job)
-    result: Result | None = None
-    if status in TERMINAL:
-        result = job.latest_result() if latest is UNREAD else latest
+    the contract, and so in openapi.yaml."""
+    status = public_status(check)
+    result = check.latest if status in TERMINAL else None
     value = None
     error = None
     if status == "finished" and result is not None and result.type == Result.Type.SUCCESSFUL:
@@ -106,31 +239,32 @@ def check_document(job: Job, latest: Result | _Unread | None = UNREAD) -> CheckD
         if isinstance(value, dict) and value.get("outcome") == "canceled":
             status = "canceled"  # stopped by DELETE while it ran: the transcript so far
     elif status in ("failed", "canceled"):
-        error = failure_reason(job, result)
-    ended = job.ended_at
+        error = failure_reason(check)
+    ended = check.ended_at
     if ended is None and result is not None and status in TERMINAL:
         ended = result.created_at
-    meta = job.meta or {}
+    meta = check.meta or {}
+    request = check.request
     document = {
-        "id": job.id,
+        "id": check.id,
         "status": status,
         "vantage": meta.get("vantage", DEFAULT_VANTAGE),
-        "created_at": isoformat(job.created_at),
-        "started_at": isoformat(job.started_at),
+        "created_at": isoformat(check.created_at),
+        "started_at": isoformat(check.started_at),
         "ended_at": isoformat(ended) if status in TERMINAL else None,
-        "request": (job.kwargs or {}).get("request"),
+        "request": request,
         "result": value,
         "error": error,
         **_retrying(meta, status),
-        **_callback(job, meta),
-        "links": links(job.id),
+        **_callback(request, meta),
+        "links": links(check.id),
     }
     return cast(CheckDocument, document)  # the optional keys come from the spreads above
 
 
-def _callback(job: Job, meta: dict[str, Any]) -> dict[str, Any]:
+def _callback(request: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """With a ``callback``: how its delivery stands (workers/webhook.py writes it)."""
-    if not ((job.kwargs or {}).get("request") or {}).get("callback"):
+    if not (request or {}).get("callback"):
         return {}
     return {"callback": meta.get("callback") or {"status": "pending", "attempts": []}}
 

@@ -51,7 +51,7 @@ from rq.serializers import JSONSerializer
 
 from smtpcheck import delivery, signature
 from smtpcheck.config import Settings
-from smtpcheck.document import check_document, isoformat
+from smtpcheck.document import StoredCheck, check_document, isoformat
 from smtpcheck.logs import log_context
 from smtpcheck.sealing import SealError, unseal
 from smtpcheck.targetpolicy import http_target
@@ -92,7 +92,7 @@ def deliver(check_id: str, sealed_secret: str, attempt: int = 1) -> None:
     except NoSuchJobError:
         log.info("check %s was deleted before its webhook went out", check_id)
         return
-    document = check_document(check)
+    document = check_document(StoredCheck.of(check, check.latest_result()))
     callback = dict(check.meta.get("callback") or {})
     attempts = list(callback.get("attempts") or [])
     try:
