@@ -79,7 +79,7 @@ def create_check() -> Response:
     if spread is not None:
         created = {"id": spread.id, "created_at": spread.created_at}
     else:
-        created = {"id": check_ids[0], "created_at": isoformat(prepared[0].job.created_at)}
+        created = {"id": check_ids[0], "created_at": isoformat(prepared[0].created_at)}
     where = links(str(created["id"]))
     response = jsonify(
         id=created["id"],
