@@ -1,6 +1,7 @@
 """gunicorn's settings for ``smtpcheck api`` (``-c python:cli.gunicorn_config``).
 
-- **Worker class gevent**, chosen by measurement (``bench/connections.py``,
+- **Worker class gevent** (gunicorn's, with the leaner write of
+  ``cli/gunicorn_worker.py``), chosen by measurement (``bench/connections.py``,
   README "Serving"): every connection is a greenlet, so slow or idle clients
   and held ``?wait`` requests cost memory, not one of a few threads, and
   ``/healthz`` never queues behind them. gthread blocks a thread on a
@@ -55,7 +56,7 @@ ARCHIVE_PID = "archive"
 #: connection is kept.
 HEADER_TIMEOUT = 5
 
-worker_class = "gevent"
+worker_class = "cli.gunicorn_worker.Worker"
 worker_connections = 1000
 keepalive = HEADER_TIMEOUT
 timeout = 30

@@ -1,0 +1,148 @@
+"""gunicorn's gevent worker, writing each answer in as few sends as it can.
+
+gunicorn's HTTP/1 ``Response`` sends an answer's head as soon as it has made
+it, then each body piece, every one through gevent's ``sendall``, which asks
+the kernel for the socket's send buffer size before it sends. An answer of
+one body piece (every JSON answer here) so costs four system calls and
+reaches the client in two segments: a keep-alive client wakes up for the
+head, finds no body, and waits again. :class:`Response` keeps the head until
+the first body piece (or the end of the answer) and sends both at once, with
+one ``send`` when the socket takes it all, as it does for any answer that
+fits its buffer.
+
+The bytes are gunicorn's own: the head is what its ``send_headers`` makes,
+the body framing (Content-Length or chunked, nothing for HEAD, 1xx, 204 and
+304) is decided by its ``write``; tests/test_gunicorn_worker.py compares the
+two workers' bytes on the same requests. A streamed answer (``/events``)
+still goes out piece by piece, as the application yields it.
+
+:class:`Worker` is gunicorn's ``GeventWorker`` with that response; its
+keep-alive loop, header timeout and connection limit are gunicorn's
+(cli/gunicorn_config.py says why gevent). gunicorn's master imports this
+module (``worker_class``), as it imports its own gevent worker: before the
+worker process patches the standard library, so it imports no more than
+gunicorn's does.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import gevent
+from gunicorn import util
+from gunicorn.http import wsgi
+from gunicorn.workers.ggevent import GeventWorker
+
+
+class Response(wsgi.Response):
+    """gunicorn's HTTP/1 response; its head waits for the first body bytes."""
+
+    headers_sent: bool  # gunicorn's own attributes, for mypy
+    chunked: bool
+
+    def __init__(self, req: Any, sock: Any, cfg: Any) -> None:
+        super().__init__(req, sock, cfg)
+        #: The head, made but not sent yet: only ever within write, close or sendfile.
+        self.unsent_head = b""
+
+    def send_headers(self) -> None:
+        if self.headers_sent:
+            return
+        # gunicorn's Response.send_headers, kept for the next send instead of sent.
+        tosend = self.default_headers()
+        tosend.extend(["%s: %s\r\n" % (k, v) for k, v in self.headers])  # noqa: UP031
+        self.unsent_head = util.to_bytestring("%s\r\n" % "".join(tosend), "latin-1")  # noqa: UP031
+        self.headers_sent = True
+
+    def write(self, arg: bytes) -> None:
+        super().write(arg)
+        self.send(b"")  # the head alone, when no body bytes went (HEAD, 204, 304, b"")
+
+    def _emit_body(self, data: bytes) -> None:
+        # util.write's framing, and the head in front of it.
+        self.send(b"%X\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+
+    def close(self) -> None:
+        self.send_headers()
+        self.send(b"0\r\n\r\n" if self.chunked else b"")  # util.write_chunk(sock, b"")
+
+    def sendfile(self, respiter: Any) -> bool:
+        # gunicorn's sendfile writes to the socket itself, after send_headers.
+        self.send_headers()
+        self.send(b"")
+        return bool(super().sendfile(respiter))
+
+    def send(self, data: bytes) -> None:
+        """The unsent head and ``data``: one ``send`` when the socket takes all of it."""
+        data, self.unsent_head = self.unsent_head + data, b""
+        if data:
+            sent = self.sock.send(data)
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])
+
+
+class Worker(GeventWorker):
+    """gunicorn's gevent worker with :class:`Response`."""
+
+    alive: bool  # gunicorn's own attributes, for mypy
+    nr: int
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
+        """gunicorn's GeventWorker.handle_request (AsyncWorker's, HTTP/1) with
+        :class:`Response`, less its access-log clock: service/requestlog.py logs
+        every request, and cli/gunicorn_config.py's logger drops gunicorn's line."""
+        environ: dict[str, Any] = {}
+        resp: Response | None = None
+        try:
+            self.cfg.pre_request(self, req)
+            resp, environ = wsgi.create(
+                req, sock, addr, listener_name, self.cfg, response_class=Response
+            )
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests and self.alive:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+            if not self.alive or not self.cfg.keepalive:
+                resp.force_close()
+
+            respiter = self.wsgi(environ, resp.start_response)
+            if self.is_already_handled(respiter):
+                return
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            if resp.should_close():
+                raise StopIteration()
+        except (StopIteration, OSError):
+            raise  # AsyncWorker.handle, the keep-alive loop, decides what these mean
+        except (Exception, SystemExit) as error:
+            if resp is not None and resp.headers_sent:
+                # A timeout's abort is SystemExit. A 500 after a head would corrupt it.
+                self.log.exception("Error handling request")
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                except OSError:
+                    pass
+                raise StopIteration() from None
+            if not isinstance(error, SystemExit):
+                raise
+        except gevent.GreenletExit:
+            pass
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+
+
+__all__ = ["Response", "Worker"]
