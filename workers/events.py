@@ -69,8 +69,8 @@ EXPIRE_REFRESH = 60.0
 MAX_TRACKED = 10_000
 
 #: Commands as sent (smtpcheck/wire.py). What callers add to the publisher's
-#: round trips comes built like this, not staged on a redis-py pipeline (about
-#: a hundred Python calls per batch, on the way to every check's result).
+#: round trips comes built like this, not staged on a redis-py pipeline that
+#: the publisher would build for each batch on the way to a check's result.
 Commands = list[wire.Command]
 _MAXLEN = str(EVENTS_MAXLEN)
 

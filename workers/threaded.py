@@ -61,6 +61,7 @@ dequeue itself with the check's id.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import contextvars
 import logging
@@ -73,7 +74,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
+from uuid import uuid4
 
 import redis
 from rq.exceptions import DequeueTimeout, NoSuchJobError
@@ -81,10 +83,10 @@ from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import release_slot
-from rq.registry import FinishedJobRegistry, StartedJobRegistry
+from rq.registry import BaseRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.timeouts import BaseDeathPenalty
-from rq.utils import now
+from rq.utils import now, utcformat
 from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
 
 from smtpcheck import wire
@@ -169,6 +171,7 @@ if #ids > 0 then
 end
 return taken
 """)
+_Registry = TypeVar("_Registry", bound=BaseRegistry)
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 
@@ -251,7 +254,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         self._worker_beat_at = -math.inf  # monotonic time of the last worker heartbeat
         self._failing = 0  # checks the watchdog is failing right now (out of _flights)
         self._taken: deque[tuple[Job, Queue]] = deque()  # dequeued, not yet started
-        self._finished: dict[str, FinishedJobRegistry] = {}  # by queue name: see _finished_registry
+        self._registries: dict[tuple[type[BaseRegistry], str], BaseRegistry] = {}  # see _registry
         self._spares: list[_Spare] = []  # idle check threads (guarded by _spare_lock)
         self._spare_lock = threading.Lock()
 
@@ -623,27 +626,55 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         engine starts at once): the check's execution and its entry in
         the started registry, the worker BUSY (written only when it was not),
         the worker's heartbeat (only when not written for ``WORKER_BEAT_EVERY``),
-        the job ``started`` (with its first heartbeat), out of the intermediate list."""
+        the job ``started`` (with its first heartbeat), out of the intermediate list.
+
+        The execution's and the job's commands are RQ's (``Execution.create``,
+        ``Job.prepare_for_execution``; tests/service/test_worker_start.py holds
+        them to RQ's own), built as they are sent: through RQ's calls and a
+        redis-py pipeline they were a fifth of the worker's own Python per check."""
         ttl = self.get_heartbeat_ttl(job)
+        started = now()
+        execution = Execution(uuid4().hex, job.id, self.connection, worker_name=self.name)
+        execution.created_at = execution.last_heartbeat = started
+        execution._job = job
+        self.executions[execution.id] = execution  # RQ's cleanup_execution pops it
+        commands = _start_commands(
+            job, execution, self._registry(StartedJobRegistry, queue.name), ttl
+        )
+        busy = self.get_state() == WorkerStatus.BUSY
         moment = time.monotonic()
-        with self.connection.pipeline() as pipe:
-            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-            self.executions[execution.id] = execution  # RQ's cleanup_execution pops it
-            if self.get_state() != WorkerStatus.BUSY:
-                self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            if moment - self._worker_beat_at >= WORKER_BEAT_EVERY:
-                self.heartbeat(ttl, pipeline=pipe)
-                self._worker_beat_at = moment
-            # (RQ's job.heartbeat here only wrote last_heartbeat, which this writes too.)
-            job.prepare_for_execution(self.name, pipeline=pipe)
-            pipe.persist(job.key)
-            if len(self.queues) == 1:
-                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-                pipe.lrem(self.taken_key, 1, job.id)
-            # With the publisher's next round trip (the check's first lines, or
-            # its end), ahead of everything later of this check that goes there.
-            events.publisher().start(self.connection, wire.staged(pipe), job.id)
-            pipe.reset()
+        beat = moment - self._worker_beat_at >= WORKER_BEAT_EVERY
+        if not busy or beat:
+            with self.connection.pipeline() as pipe:
+                if not busy:
+                    self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+                if beat:
+                    self.heartbeat(ttl, pipeline=pipe)
+                    self._worker_beat_at = moment
+                commands += wire.staged(pipe)
+                pipe.reset()
+        # (RQ's job.heartbeat here only wrote last_heartbeat, which this writes too.)
+        job.worker_name = self.name
+        job.started_at = job.last_heartbeat = started
+        job._status = JobStatus.STARTED
+        stamp = utcformat(started)
+        commands += [
+            (
+                "HSET",
+                job.key,
+                *("last_heartbeat", stamp, "status", JobStatus.STARTED),
+                *("started_at", stamp, "worker_name", self.name),
+            ),
+            ("PERSIST", job.key),
+        ]
+        if len(self.queues) == 1:
+            commands += [
+                ("LREM", queue.intermediate_queue_key, 1, job.id),
+                ("LREM", self.taken_key, 1, job.id),
+            ]
+        # With the publisher's next round trip (the check's first lines, or
+        # its end), ahead of everything later of this check that goes there.
+        events.publisher().start(self.connection, commands, job.id)
         return execution
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -735,7 +766,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                     execution_started_at=execution.created_at,
                     execution_ended_at=job.ended_at,
                 )
-                self._finished_registry(job.origin).add(job, result_ttl, pipeline)
+                self._registry(FinishedJobRegistry, job.origin).add(job, result_ttl, pipeline)
             if result_ttl > 0:  # RQ's job.cleanup, less the EXPIREs of the job's
                 # dependents and dependencies sets, which a plain check never has
                 pipeline.expire(job.key, result_ttl)
@@ -762,18 +793,19 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         flight: Flight | None = getattr(self._local, "flight", None)
         return flight.held if flight is not None and flight.job is job else None
 
-    def _finished_registry(self, queue_name: str) -> FinishedJobRegistry:
-        """The queue's finished registry, as ``job.finished_job_registry`` builds it
-        for each job (built once: each build checks its serializer anew)."""
-        registry = self._finished.get(queue_name)
+    def _registry(self, kind: type[_Registry], queue_name: str) -> _Registry:
+        """The queue's registry of ``kind`` (started, finished), as
+        ``job.started_job_registry`` and its kin build it for each job (built
+        once: each build checks its serializer anew)."""
+        registry = self._registries.get((kind, queue_name))
         if registry is None:
-            registry = self._finished[queue_name] = FinishedJobRegistry(
+            registry = self._registries[kind, queue_name] = kind(
                 queue_name,
                 connection=self.connection,
                 job_class=self.job_class,
                 serializer=self.serializer,
             )
-        return registry
+        return cast(_Registry, registry)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         """RQ's, without its lone round trip writing the job's last heartbeat:
@@ -982,6 +1014,31 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             failed += 1
         if failed:
             log.warning("Worker %s: %d check(s) in flight marked failed", self.name, failed)
+
+
+def _start_commands(
+    job: Job, execution: Execution, started: StartedJobRegistry, ttl: int
+) -> list[wire.Command]:
+    """RQ's ``Execution.create``: the execution's hash, its entry in the job's
+    execution registry and in the started registry, and in the worker's
+    execution set, each living ``ttl`` seconds (the registries a minute more)."""
+    score = calendar.timegm(execution.created_at.utctimetuple())  # RQ's current_timestamp()
+    registry = ExecutionRegistry.key_template.format(job.id)
+    composite = execution.composite_key
+    workers_set = execution.worker_executions_key
+    return [
+        ("HSET", execution.key, *_flat(execution.serialize())),
+        ("EXPIRE", execution.key, ttl),
+        ("ZADD", registry, score + ttl + 60, execution.id),
+        ("EXPIRE", registry, ttl + 60),
+        ("ZADD", started.key, score + ttl, composite),
+        ("SADD", workers_set, composite),
+        ("EXPIRE", workers_set, ttl + 60),
+    ]
+
+
+def _flat(mapping: dict[str, Any]) -> list[Any]:
+    return [item for pair in mapping.items() for item in pair]
 
 
 def _plain(job: Job) -> bool:

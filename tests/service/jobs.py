@@ -11,11 +11,32 @@ import os
 import time
 from typing import Any
 
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
 from smtpcheck.contract import EHLO_EXTENSIONS
 
 FUNCTION = "tests.service.jobs.run_check_job"
 CRASH = "tests.service.jobs.crash"
 SLOW = "tests.service.jobs.slow"
+
+
+def enqueue_plain_check(connection: redis.Redis, queue_name: str, check_id: str) -> Queue:
+    """A check with no callback (a plain one) enqueued as the API enqueues
+    it, for tests of what the worker writes for it; its queue."""
+    queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
+    queue.enqueue(
+        "workers.job.run_check_job",
+        kwargs={"request": {"host": "mx.example.com", "port": 25}, "sealed_password": None},
+        job_id=check_id,
+        result_ttl=600,
+        failure_ttl=600,
+        ttl=600,
+        description="smtpcheck",
+        meta={"owner": "alice", "vantage": "default"},
+    )
+    return queue
 
 
 def run_check_job(request: dict[str, Any], sealed_password: str | None) -> dict[str, Any]:

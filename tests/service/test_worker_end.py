@@ -19,6 +19,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import Worker
 
+from tests.service import jobs
 from workers.threaded import ThreadedCheckWorker
 
 QUEUE = "vantage:default"
@@ -30,17 +31,7 @@ MOMENT = now().replace(microsecond=123456)
 def ended(connection: redis.Redis, pool: ThreadedCheckWorker) -> tuple[Job, Queue, Execution]:
     """The check enqueued, taken and run up to its end, as the worker leaves it."""
     connection.flushdb()
-    queue = Queue(QUEUE, connection=connection, serializer=JSONSerializer)
-    queue.enqueue(
-        "workers.job.run_check_job",
-        kwargs={"request": {"host": "mx.example.com", "port": 25}, "sealed_password": None},
-        job_id=CHECK_ID,
-        result_ttl=600,
-        failure_ttl=600,
-        ttl=600,
-        description="smtpcheck",
-        meta={"owner": "alice", "vantage": "default"},
-    )
+    queue = jobs.enqueue_plain_check(connection, QUEUE, CHECK_ID)
     job = Job.fetch(CHECK_ID, connection=connection, serializer=JSONSerializer)
     job.created_at = job.enqueued_at = MOMENT
     with connection.pipeline() as pipe:
