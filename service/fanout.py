@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +31,7 @@ from smtpcheck.document import (
 from smtpcheck.report import render_text
 
 from . import held, listing
-from .jobstore import JobStore, Prepared, mask_secrets, stage_fetch
+from .jobstore import JobStore, Prepared, fetch_commands, mask_secrets, reads
 from .problems import Problem
 from .ratelimit import Command
 from .schemas import check_id_is_valid
@@ -104,14 +104,13 @@ def find(
     take of a hold for its answer, if any."""
     if not check_id_is_valid(check_id):
         return store.load(check_id, owner)  # 404
-    read = _stage(check_id)
-
-    def stage(pipe: Pipeline) -> None:
-        read(pipe)
-        if ask is not None:
-            ask.stage(pipe, Job.key_for(check_id), FANOUT_PREFIX + check_id, ENDED_STATUSES)
-
-    record, raw, latest, *taken = store.connection.read_pipeline(stage)
+    commands = _reads(check_id)
+    take = None
+    if ask is not None:
+        take = ask.command(Job.key_for(check_id), FANOUT_PREFIX + check_id, ENDED_STATUSES)
+    if take is not None:
+        commands.append(take)
+    record, raw, latest, *taken = reads(store.connection, commands)
     if ask is not None and taken:
         ask.answer(taken[0])
     return _found(store, check_id, owner, record, raw, latest)
@@ -123,12 +122,8 @@ def find_many(
     """:func:`find` of each of ``check_ids`` (None for one that is gone or not the
     owner's), all read in one round trip."""
     valid = [check_id for check_id in check_ids if check_id_is_valid(check_id)]
-
-    def stage(pipe: Pipeline) -> None:
-        for check_id in valid:
-            _stage(check_id)(pipe)
-
-    replies = iter(store.connection.read_pipeline(stage) if valid else [])
+    commands = [command for check_id in valid for command in _reads(check_id)]
+    replies = iter(reads(store.connection, commands) if valid else [])
     read = {check_id: (next(replies), next(replies), next(replies)) for check_id in valid}
     found: list[FanOut | StoredCheck | None] = []
     for check_id in check_ids:
@@ -139,12 +134,9 @@ def find_many(
     return found
 
 
-def _stage(check_id: str) -> Callable[[Pipeline], None]:
-    def stage(pipe: Pipeline) -> None:
-        pipe.get(FANOUT_PREFIX + check_id)
-        stage_fetch(pipe, check_id)
-
-    return stage
+def _reads(check_id: str) -> list[Command]:
+    """The reads of what ``check_id`` names: a fan-out's record, or a check."""
+    return [("GET", FANOUT_PREFIX + check_id), *fetch_commands(check_id)]
 
 
 def _found(

@@ -18,10 +18,10 @@ A view that holds a check's answer asks for its room in the round trip that
 reads the check, and holds no longer than it said::
 
     with held.asking(current_owner(), seconds) as ask:
-        ...  # read the check with ask.stage(pipeline, ...) beside, ask.answer(reply)
+        ...  # read the check with ask.command(...) beside, ask.answer(reply)
         lease = ask.lease()  # 429/503 here; None: the check had ended, nothing held
-        ...  # block on Redis for at most `seconds`; lease.release(pipeline) may
-             # stage the member's removal behind the blocking read
+        ...  # block on Redis for at most `seconds`; lease.release_command() may
+             # send the member's removal behind the blocking read
 
 A streaming response (Server-Sent Events) takes its lease in the view, so
 the 429/503 comes before the response starts, and hands the lease its
@@ -40,11 +40,10 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import redis
 from flask import current_app
-from redis.client import Pipeline
 
 from smtpcheck.contract import HELD_PREFIX
 
@@ -95,19 +94,19 @@ class Lease:
     key: str
     member: str
     released: bool = False
-    staged: bool = False  # its ZREM is on a caller's pipeline
+    staged: bool = False  # its ZREM is in a caller's batch
 
-    def release(self, pipeline: Pipeline | None = None) -> None:
-        """Give the room back. With ``pipeline``, only its member in Redis, when the
-        caller sends the pipeline (after a blocking read in it; if that fails, the
-        member lapses at its stated end); this process's count of held responses
-        is given back by the call without one, which its holder makes as the
-        response ends (:func:`asking`, :meth:`around`)."""
-        if pipeline is not None:
-            if not self.released:  # each pipeline sent again stages it again
-                pipeline.zrem(self.key, self.member)
-                self.staged = True
-            return
+    def release_command(self) -> tuple[str, str, str]:
+        """The command that gives the member back in Redis, for the caller to send
+        (after a blocking read in the same batch; if that fails, the member lapses
+        at its stated end). This process's count of held responses is given back
+        by :meth:`release`, which its holder calls as the response ends
+        (:func:`asking`, :meth:`around`)."""
+        self.staged = True
+        return ("ZREM", self.key, self.member)
+
+    def release(self) -> None:
+        """Give the room back (once)."""
         if self.released:
             return
         self.released = True
@@ -188,7 +187,7 @@ class Holds:
 
 class Ask:
     """Room asked for one held answer of a check, in the round trip that reads the
-    check (:func:`asking`): :meth:`stage` the take beside the reads, hand
+    check (:func:`asking`): send :meth:`command` (the take) beside the reads, hand
     :meth:`answer` its reply, then :meth:`lease`. The take is written only for a
     check that has not ended, so an ended one costs nothing to ask for."""
 
@@ -201,16 +200,19 @@ class Ask:
         self.reply: int | None = None
         self.held: Lease | None = None
 
-    def stage(self, pipe: Pipeline, job_key: str, fanout_key: str, ended: Iterable[str]) -> None:
-        """The take, on ``pipe`` after the check's reads: for the job ``job_key`` unless
-        its status is one of ``ended``, or for the fan-out ``fanout_key``. Nothing when
+    def command(
+        self, job_key: str, fanout_key: str, ended: Iterable[str]
+    ) -> tuple[Any, ...] | None:
+        """The take, to send after the check's reads: for the job ``job_key`` unless
+        its status is one of ``ended``, or for the fan-out ``fanout_key``. None when
         this process holds its most (:meth:`lease` then answers 503). Safe to send again
         with the reads (a retried read): it only adds this answer's own member."""
         if not self.entered:
             self.entered = self.holds.enter_if_room()
-        if self.entered:
-            keys = (self.key, job_key, fanout_key)
-            pipe.eval(_TAKE, len(keys), *keys, *self.args, *ended)
+        if not self.entered:
+            return None
+        keys = (self.key, job_key, fanout_key)
+        return ("EVAL", _TAKE, len(keys), *keys, *self.args, *ended)
 
     def answer(self, reply: object) -> None:
         """The staged take's reply (a lease taken is given back when :func:`asking`

@@ -33,7 +33,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp, now, utcformat
 
-from smtpcheck import delivery
+from smtpcheck import delivery, wire
 from smtpcheck.config import Settings
 from smtpcheck.contract import (
     CANCEL_KEY_PREFIX,
@@ -55,7 +55,7 @@ from smtpcheck.document import (
     public_status,
 )
 from smtpcheck.logs import log_context
-from smtpcheck.redis_client import connect
+from smtpcheck.redis_client import FailoverRedis, connect
 from smtpcheck.sealing import seal
 
 from . import events, listing
@@ -236,15 +236,14 @@ class JobStore:
         """The job for ``check_id`` if ``owner`` made it; else 404."""
         if not check_id_is_valid(check_id):
             raise _not_found(check_id)
-        raw, latest = self.connection.read_pipeline(lambda pipe: stage_fetch(pipe, check_id))
+        raw, latest = reads(self.connection, fetch_commands(check_id))
         return self.loaded(check_id, owner, raw, latest)
 
-    def loaded(
-        self, check_id: str, owner: str, raw: dict[bytes, bytes], latest: list[Any]
-    ) -> StoredCheck:
-        """:meth:`load` of what :func:`stage_fetch` read (a caller may read more beside)."""
+    def loaded(self, check_id: str, owner: str, raw: Any, latest: Any) -> StoredCheck:
+        """:meth:`load` of the replies to :func:`fetch_commands` (a caller may read
+        more beside)."""
         try:
-            check = StoredCheck.read(check_id, raw, latest)
+            check = read_check(check_id, raw, latest)
         except NoSuchJobError:
             raise _not_found(check_id) from None
         meta = check.meta if isinstance(check.meta, dict) else {}
@@ -257,8 +256,8 @@ class JobStore:
     def fetch(self, check_id: str) -> StoredCheck:
         """The job and its latest result, in one round trip (retried like a read);
         NoSuchJobError if there is no such job."""
-        raw, latest = self.connection.read_pipeline(lambda pipe: stage_fetch(pipe, check_id))
-        return StoredCheck.read(check_id, raw, latest)
+        raw, latest = reads(self.connection, fetch_commands(check_id))
+        return read_check(check_id, raw, latest)
 
     def rq_job(self, check: StoredCheck) -> Job:
         """RQ's own job, restored from the hash ``check`` was read from: for what RQ
@@ -316,12 +315,14 @@ class JobStore:
         registry_key = StartedJobRegistry.key_template.format(job.origin)
         worker_key = Worker.redis_worker_namespace_prefix + (job.worker_name or "")
 
-        def stage(pipe: Pipeline) -> None:
-            pipe.zrangebyscore(registry_key, 0, current_timestamp(), start=0, num=1)
-            pipe.sismember(Worker.redis_workers_keys, worker_key)
-            pipe.hexists(worker_key, "death")
-
-        lapsed, registered, died = self.connection.read_pipeline(stage)
+        lapsed, registered, died = reads(
+            self.connection,
+            [
+                ("ZRANGEBYSCORE", registry_key, 0, current_timestamp(), "LIMIT", 0, 1),
+                ("SISMEMBER", Worker.redis_workers_keys, worker_key),
+                ("HEXISTS", worker_key, "death"),
+            ],
+        )
         return bool(lapsed) or (bool(job.worker_name) and bool(died) and not registered)
 
     def worker_stopped(self, worker_name: str) -> bool:
@@ -354,20 +355,17 @@ class JobStore:
             return job
 
         block = max(1, round(seconds * 1000))  # ms; 0 would block for ever
-
-        def send() -> list[Any]:
-            with self.blocking.pipeline(transaction=False) as pipe:
-                # Any result wakes it (the first is enough: the job is read again).
-                pipe.xread({Result.get_key(job.id): "0-0"}, count=1, block=block)
-                stage_fetch(pipe, job.id)
-                if lease is not None:
-                    lease.release(pipeline=pipe)
-                return pipe.execute()
-
-        # Safe to send again, like a read: the ZREM only removes this hold's own member.
-        _, raw, latest, *_ = self.blocking.read_retry.call_with_retry(send, lambda _error: None)
+        # Any result wakes it (the first is enough: the job is read again).
+        commands: list[Command] = [
+            ("XREAD", "BLOCK", block, "COUNT", 1, "STREAMS", Result.get_key(job.id), "0-0"),
+            *fetch_commands(job.id),
+        ]
+        if lease is not None:
+            # Safe to send again, like a read: it only removes this hold's own member.
+            commands.append(lease.release_command())
+        _, raw, latest, *_ = reads(self.blocking, commands)
         try:
-            job = StoredCheck.read(job.id, raw, latest)
+            job = read_check(job.id, raw, latest)
         except NoSuchJobError:  # deleted meanwhile
             raise _not_found(job.id) from None
         if job.status == JobStatus.STARTED:
@@ -553,8 +551,25 @@ def rq_job_hash(
     return fields
 
 
-def stage_fetch(pipe: Pipeline, check_id: str) -> None:
-    """Read a job's hash, then its latest result (:meth:`StoredCheck.read` reads both).
+def reads(client: FailoverRedis, commands: list[Command]) -> list[Any]:
+    """The raw replies to ``commands`` (reads, or writes safe to send twice), sent
+    in one round trip as they are (smtpcheck/wire.py: without redis-py's pipeline
+    and its reply callbacks, some 20 Python calls a command, on the path to every
+    answer) and retried like a read across a failover; the first failed command's
+    error is raised."""
+
+    def send() -> list[Any]:
+        replies = wire.pooled(client).execute(commands)
+        failed = wire.first_error(replies)
+        if failed is not None:
+            raise failed
+        return replies
+
+    return client.read_retry.call_with_retry(send, lambda _error: None)
+
+
+def fetch_commands(check_id: str) -> list[Command]:
+    """Read a job's hash, then its latest result (:func:`read_check` reads the replies).
 
     The two are read one after the other without a transaction, which is enough:
     a worker writes a job's end and its result in one transaction, so a hash read
@@ -562,8 +577,27 @@ def stage_fetch(pipe: Pipeline, check_id: str) -> None:
     retry's next attempt) can add a result after its hash was read, one its
     document does not show.
     """
-    pipe.hgetall(Job.key_for(check_id))
-    pipe.xrevrange(Result.get_key(check_id), "+", "-", count=1)
+    return [
+        ("HGETALL", Job.key_for(check_id)),
+        ("XREVRANGE", Result.get_key(check_id), "+", "-", "COUNT", 1),
+    ]
+
+
+def read_check(check_id: str, raw: Any, latest: Any) -> StoredCheck:
+    """The check from the raw replies to :func:`fetch_commands` (NoSuchJobError: none)."""
+    return StoredCheck.read(
+        check_id,
+        _fields(raw),
+        [(entry_id, _fields(fields)) for entry_id, fields in latest or ()],
+    )
+
+
+def _fields(reply: Any) -> dict[bytes, bytes]:
+    """A hash or a stream entry's fields as a raw reply has them (RESP2: a flat list
+    of field, value, ...; RESP3: a map)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
 def _public(raw: bytes | str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import redis
 from flask.testing import FlaskClient
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
@@ -28,9 +30,11 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from service.jobstore import JobStore
+from service.jobstore import JobStore, fetch_commands, reads
+from smtpcheck.redis_client import READ_RETRIES, FailoverRedis, connect
 from tests.service import jobs
 from tests.service.conftest import ALICE
+from tests.test_redis_client import ReplyLosingServer
 
 QUEUE = "vantage:default"
 REQUEST = {"host": "mx.example.com", "port": 25, "vantage": "default"}
@@ -271,3 +275,23 @@ def test_a_get_answers_the_document_rq_reads_back_to_the_byte(
     if isinstance(document["result"], dict):
         del document["result"]["transcript"]
     assert listed == {"items": [document], "next": None}
+
+
+@pytest.fixture
+def losing() -> Iterator[ReplyLosingServer]:
+    with ReplyLosingServer() as server:
+        yield server
+
+
+def test_a_gets_reads_are_retried_whole_over_a_lost_connection(
+    losing: ReplyLosingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GET's batch of reads (sent through smtpcheck/wire.py, not a redis-py
+    pipeline) is retried whole like any read across a failover."""
+    fast = Retry(ExponentialBackoff(cap=0.01, base=0.001), READ_RETRIES, (redis.ConnectionError,))
+    monkeypatch.setattr(FailoverRedis, "read_retry", fast)
+    client = connect(f"redis://127.0.0.1:{losing.port}/0")
+
+    with pytest.raises(redis.ConnectionError):
+        reads(client, fetch_commands("5f0e2a8c-1d3b-4c6e-8a9f-0b1c2d3e4f5a"))
+    assert losing.commands == ["HGETALL"] * (1 + READ_RETRIES)
