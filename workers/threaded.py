@@ -61,7 +61,6 @@ dequeue itself with the check's id.
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import contextvars
 import logging
@@ -86,7 +85,7 @@ from rq.rate_limit import release_slot
 from rq.registry import BaseRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.timeouts import BaseDeathPenalty
-from rq.utils import now, utcformat
+from rq.utils import current_timestamp, now, utcformat
 from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
 
 from smtpcheck import wire
@@ -742,49 +741,66 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             return
         assert job.started_at is not None and job.ended_at is not None
         held = self._held_end(job)
-        with self.connection.pipeline() as pipeline:  # MULTI ... EXEC, as RQ's
-            self.increment_successful_job_count(pipeline=pipeline)
-            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
-            result_ttl = job.get_result_ttl(self.default_result_ttl)
-            job._status = JobStatus.FINISHED
-            if result_ttl != 0:
-                # RQ's job._handle_success, in fewer commands: its status goes in
-                # the job's one HSET, and with its meta too (RQ saves the job
-                # without it), so a job Redis lost while it ran comes back whole
-                # (no lost-job check before this).
-                mapping = job.to_dict(include_meta=False, include_result=False)
-                mapping["meta"] = job._serialize_meta()
-                pipeline.hset(job.key, mapping=mapping)
-                Result.create(
-                    job,
-                    Result.Type.SUCCESSFUL,
-                    return_value=job._result,
-                    ttl=result_ttl,
-                    worker_name=self.name,
-                    pipeline=pipeline,
-                    execution_id=execution.id,
-                    execution_started_at=execution.created_at,
-                    execution_ended_at=job.ended_at,
-                )
-                self._registry(FinishedJobRegistry, job.origin).add(job, result_ttl, pipeline)
-            if result_ttl > 0:  # RQ's job.cleanup, less the EXPIREs of the job's
-                # dependents and dependencies sets, which a plain check never has
-                pipeline.expire(job.key, result_ttl)
-            else:
+        # RQ's increment_successful_job_count and increment_total_working_time
+        working = (job.ended_at - job.started_at).total_seconds()
+        commands: list[wire.Command] = [
+            ("HINCRBY", self.key, "successful_job_count", 1),
+            ("HINCRBYFLOAT", self.key, "total_working_time", working),
+        ]
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        job._status = JobStatus.FINISHED
+        if result_ttl != 0:
+            # RQ's job._handle_success, in fewer commands: its status goes in
+            # the job's one HSET, and with its meta too (RQ saves the job
+            # without it), so a job Redis lost while it ran comes back whole
+            # (no lost-job check before this).
+            mapping = job.to_dict(include_meta=False, include_result=False)
+            mapping["meta"] = job._serialize_meta()
+            commands.append(("HSET", job.key, *_flat(mapping)))
+            result = Result(
+                job.id,
+                Result.Type.SUCCESSFUL,
+                self.connection,
+                return_value=job._result,
+                worker_name=self.name,
+                serializer=job.serializer,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=job.ended_at,
+            )
+            commands += _result_commands(result, result_ttl)
+            # RQ's FinishedJobRegistry.add
+            finished = self._registry(FinishedJobRegistry, job.origin)
+            score = "+inf" if result_ttl == -1 else current_timestamp() + result_ttl
+            commands.append(("ZADD", finished.key, score, job.id))
+        if result_ttl > 0:  # RQ's job.cleanup, less the EXPIREs of the job's
+            # dependents and dependencies sets, which a plain check never has
+            commands.append(("EXPIRE", job.key, result_ttl))
+        else:
+            with self.connection.pipeline() as pipeline:
                 job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
-            # RQ's cleanup_execution (Execution.delete), on the started registry
-            # at hand rather than one built anew from the job
-            pipeline.delete(execution.key)
-            started_job_registry.remove_execution(execution, pipeline=pipeline)
-            ExecutionRegistry(job.id, self.connection).remove(execution, pipeline=pipeline)
-            if execution.worker_name:
-                pipeline.srem(execution.worker_executions_key, execution.composite_key)
-            self.executions.pop(execution.id, None)
-            if held is not None and held.writes_to(self.connection):
-                # With the check's last lines, counters and slot, in the publisher's round trip.
-                held.commit(wire.staged(pipeline))
-            else:
-                pipeline.execute()
+                commands += wire.staged(pipeline)
+                pipeline.reset()
+        # RQ's cleanup_execution (Execution.delete), on the started registry
+        # at hand rather than one built anew from the job
+        composite = execution.composite_key
+        commands += [
+            ("DEL", execution.key),
+            ("ZREM", started_job_registry.key, composite),
+            ("ZREM", ExecutionRegistry.key_template.format(job.id), execution.id),
+        ]
+        if execution.worker_name:
+            commands.append(("SREM", execution.worker_executions_key, composite))
+        self.executions.pop(execution.id, None)
+        if held is not None and held.writes_to(self.connection):
+            # With the check's last lines, counters and slot, in the publisher's round trip.
+            held.commit(commands)
+        else:  # MULTI ... EXEC, as RQ's
+            failed = wire.first_error(
+                wire.pooled(self.connection).execute(commands, transaction=True)
+            )
+            if failed is not None:
+                raise failed
         release_slot(job)
 
     def _held_end(self, job: Job) -> events.HeldEnd | None:
@@ -1022,7 +1038,7 @@ def _start_commands(
     """RQ's ``Execution.create``: the execution's hash, its entry in the job's
     execution registry and in the started registry, and in the worker's
     execution set, each living ``ttl`` seconds (the registries a minute more)."""
-    score = calendar.timegm(execution.created_at.utctimetuple())  # RQ's current_timestamp()
+    score = current_timestamp()
     registry = ExecutionRegistry.key_template.format(job.id)
     composite = execution.composite_key
     workers_set = execution.worker_executions_key
@@ -1035,6 +1051,15 @@ def _start_commands(
         ("SADD", workers_set, composite),
         ("EXPIRE", workers_set, ttl + 60),
     ]
+
+
+def _result_commands(result: Result, ttl: int) -> list[wire.Command]:
+    """RQ's ``Result.save``: the result's entry in the job's result stream
+    (``XADD ... MAXLEN ~ 10``, as redis-py's ``xadd(maxlen=10)`` sends it), and
+    the stream's TTL (none for -1)."""
+    key = Result.get_key(result.job_id)
+    added = ("XADD", key, "MAXLEN", "~", 10, "*", *_flat(result.serialize()))
+    return [added, ("PERSIST", key) if ttl == -1 else ("EXPIRE", key, ttl)]
 
 
 def _flat(mapping: dict[str, Any]) -> list[Any]:

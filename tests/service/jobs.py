@@ -22,7 +22,9 @@ CRASH = "tests.service.jobs.crash"
 SLOW = "tests.service.jobs.slow"
 
 
-def enqueue_plain_check(connection: redis.Redis, queue_name: str, check_id: str) -> Queue:
+def enqueue_plain_check(
+    connection: redis.Redis, queue_name: str, check_id: str, result_ttl: int = 600
+) -> Queue:
     """A check with no callback (a plain one) enqueued as the API enqueues
     it, for tests of what the worker writes for it; its queue."""
     queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
@@ -30,7 +32,7 @@ def enqueue_plain_check(connection: redis.Redis, queue_name: str, check_id: str)
         "workers.job.run_check_job",
         kwargs={"request": {"host": "mx.example.com", "port": 25}, "sealed_password": None},
         job_id=check_id,
-        result_ttl=600,
+        result_ttl=result_ttl,
         failure_ttl=600,
         ttl=600,
         description="smtpcheck",

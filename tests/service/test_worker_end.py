@@ -4,6 +4,7 @@ counters come out the same as after RQ's ``Worker.handle_job_success``."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -19,7 +20,9 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import Worker
 
+from smtpcheck import wire
 from tests.service import jobs
+from workers import threaded
 from workers.threaded import ThreadedCheckWorker
 
 QUEUE = "vantage:default"
@@ -28,10 +31,12 @@ CHECK_ID = "0b7c2f3e-6a0d-4f7e-9c41-5d2a8e6f1a20"
 MOMENT = now().replace(microsecond=123456)
 
 
-def ended(connection: redis.Redis, pool: ThreadedCheckWorker) -> tuple[Job, Queue, Execution]:
+def ended(
+    connection: redis.Redis, pool: ThreadedCheckWorker, result_ttl: int
+) -> tuple[Job, Queue, Execution]:
     """The check enqueued, taken and run up to its end, as the worker leaves it."""
     connection.flushdb()
-    queue = jobs.enqueue_plain_check(connection, QUEUE, CHECK_ID)
+    queue = jobs.enqueue_plain_check(connection, QUEUE, CHECK_ID, result_ttl)
     job = Job.fetch(CHECK_ID, connection=connection, serializer=JSONSerializer)
     job.created_at = job.enqueued_at = MOMENT
     with connection.pipeline() as pipe:
@@ -56,14 +61,19 @@ def written(connection: redis.Redis, pool: ThreadedCheckWorker) -> dict[str, Any
         "job ttl": connection.ttl(Job.key_for(CHECK_ID)) // 10,
         "result": [fields for _id, fields in entries],
         "result ttl": connection.ttl(Result.get_key(CHECK_ID)) // 10,
-        "finished": [(member, score // 10) for member, score in finished],
+        "finished": [
+            (member, score if score == math.inf else score // 10) for member, score in finished
+        ],
         "started": connection.zrange(f"rq:wip:{QUEUE}", 0, -1),
+        "executions": connection.zrange(f"rq:executions:{CHECK_ID}", 0, -1),
+        "worker executions": connection.smembers(f"rq:worker:{pool.name}:executions"),
         "worker": connection.hmget(pool.key, "successful_job_count", "total_working_time"),
     }
 
 
+@pytest.mark.parametrize("result_ttl", [600, -1, 0], ids=["kept", "for-ever", "not-kept"])
 def test_a_plain_checks_end_is_written_as_rq_writes_it(
-    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, result_ttl: int
 ) -> None:
     monkeypatch.setattr(rq.executions, "uuid4", lambda: uuid.UUID(int=7))
     monkeypatch.setattr(rq.executions, "now", lambda: MOMENT)
@@ -71,9 +81,37 @@ def test_a_plain_checks_end_is_written_as_rq_writes_it(
     pool = ThreadedCheckWorker([queue], connection=redis_client, serializer=JSONSerializer)
     ends: list[dict[str, Any]] = []
     for handle in (Worker.handle_job_success, ThreadedCheckWorker.handle_job_success):
-        job, queue, execution = ended(redis_client, pool)
+        job, queue, execution = ended(redis_client, pool, result_ttl)
         handle(pool, job, queue, job.started_job_registry, execution)
         ends.append(written(redis_client, pool))
     rq_end, ours = ends
-    assert rq_end["job"][b"status"] == b"finished" and rq_end["result"]  # it did end
+    if result_ttl:
+        assert rq_end["job"][b"status"] == b"finished" and rq_end["result"]  # it did end
+    else:
+        assert rq_end["job"] == {} and rq_end["worker"][0] == b"1"  # ended, and not kept
     assert ours == rq_end
+
+
+@pytest.mark.parametrize("ttl", [600, -1])
+def test_the_result_goes_to_its_stream_as_rq_sends_it(redis_client: redis.Redis, ttl: int) -> None:
+    """Byte for byte the commands of RQ's ``Result.save`` (its stream trimmed
+    the way redis-py's ``xadd(maxlen=10)`` trims it)."""
+    result = Result(
+        CHECK_ID,
+        Result.Type.SUCCESSFUL,
+        redis_client,
+        return_value={"outcome": "ok"},
+        worker_name="default.host.1234",
+        serializer=JSONSerializer,
+        execution_id="e" * 32,
+        execution_started_at=MOMENT,
+        execution_ended_at=MOMENT + timedelta(milliseconds=41),
+    )
+    encoder = redis_client.get_encoder()
+
+    def packed(commands: list[tuple[Any, ...]]) -> list[list[bytes]]:
+        return [[encoder.encode(arg) for arg in command] for command in commands]
+
+    with redis_client.pipeline() as pipe:
+        result.save(ttl, pipeline=pipe)
+        assert packed(threaded._result_commands(result, ttl)) == packed(wire.staged(pipe))
