@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import copy
 import json
+from ipaddress import ip_network
 from typing import Any
 
+import hypothesis
 import pytest
 import trustme
 from flask.testing import FlaskClient
+from hypothesis import strategies
+from marshmallow import ValidationError, validates_schema
 
+from service.schemas import StrictSchema, build_schemas
+from smtpcheck.config import Settings
 from tests.service.conftest import ALICE, submit
+
+#: The request schema of an app with the suite's allowed networks (tests/service/conftest.py).
+REQUEST_SCHEMA = build_schemas(
+    Settings(allow_networks=(ip_network("127.0.0.0/8"),), allowed_ports=frozenset({25, 2525}))
+).check_request()
 
 FULL: dict[str, Any] = {
     "host": "mx.example.com",
@@ -540,3 +551,113 @@ def test_the_smuggling_probe_needs_an_envelope(client: FlaskClient, missing: str
     del body[missing]
     body["probes"] = ["smuggling"]
     assert any("needs mail_from and rcpt_to" in m for m in errors_of(client, body)["probes"])
+
+
+# ---------------------------------------------------------------------------
+# the request schema's load is marshmallow's own, to the byte
+# ---------------------------------------------------------------------------
+
+#: Per field, values a body may carry: valid ones, wrong ones, wrong types.
+FIELD_VALUES: dict[str, list[Any]] = {
+    "host": ["mx.example.com", "127.0.0.1", "10.0.0.1", "[::1]", "bad host", "", 25, None],
+    "mx": [True, False, "yes"],
+    "mx_hosts": ["first", "all", "some"],
+    "port": [25, 2525, 26, "25", 25.0, None],
+    "tls": ["none", "starttls", "auto", "x"],
+    "tls_verify": [True, "true"],
+    "tls_name": [None, "mail.example.com", "192.0.2.1", "a\nb"],
+    "tls_ca": [None, "not pem"],
+    "helo": [None, "checker.example.org", "[192.0.2.1]", "bad helo"],
+    "auth": [
+        None,
+        {"username": "u", "password": "p"},
+        {"username": "u"},
+        {"username": "u", "password": "p", "mechanism": "PLAIN", "allow_plaintext": True},
+        {"username": "u", "password": "p", "bogus": 1},
+        "u:p",
+    ],
+    "mail_from": [None, "", "a@example.org", "bad"],
+    "rcpt_to": [
+        [],
+        ["b@example.com"],
+        ["jörg@example.com", "c@example.com"],
+        [""],
+        "b@example.com",
+    ],
+    "data": [None, "Subject: x\r\n\r\nhi\r\n", "a\x00b"],
+    "message": [None, {}, {"subject": "hi", "body": "x", "headers": {"X-A": "1"}}, {"bogus": 1}],
+    "stop_after": [None, "connect", "ehlo", "tls", "auth", "mail", "rcpt", "data", "quit"],
+    "timeouts": [{}, {"total": 100}, {"connect": 0}, {"command": "5"}, {"total": 10**6}],
+    "vantage": ["default", "eu-west", "bad name"],
+    "ip_version": [None, 4, 6, 5, "4"],
+    "probes": [[], ["open_relay"], ["vrfy", "vrfy"], ["smuggling"], ["nope"]],
+    "retry_temporary": [True, False, 1],
+    "retry": [{}, {"attempts": 3, "delay": 2}, {"attempts": 0}],
+    "callback": [
+        None,
+        {"url": "https://hooks.example.com/x", "secret": "s" * 32},
+        {"url": "http://10.0.0.1/"},
+    ],
+    "bogus": [1],
+}
+
+#: Values that mostly make a valid request together (the rules across fields
+#: still refuse some mixes).
+VALID_VALUES: dict[str, list[Any]] = {
+    "host": ["mx.example.com", "127.0.0.1"],
+    "port": [25, 2525],
+    "tls": ["none", "auto"],
+    "tls_verify": [True, False],
+    "helo": [None, "checker.example.org"],
+    "auth": [None, {"username": "u", "password": "p", "mechanism": "LOGIN"}],
+    "mail_from": [None, "a@example.org"],
+    "rcpt_to": [[], ["b@example.com"]],
+    "stop_after": [None, "connect", "ehlo"],
+    "timeouts": [{}, {"total": 100}],
+    "vantage": ["default", "eu-west"],
+    "ip_version": [None, 4],
+    "probes": [[], ["vrfy"]],
+    "retry_temporary": [True, False],
+    "retry": [{"attempts": 3, "delay": 2}],
+}
+
+
+def loaded(load: Any, body: dict[str, Any]) -> str:
+    """What ``load`` makes of ``body`` (or its errors), as JSON: key order included."""
+    try:
+        return json.dumps(["loaded", load(body)])
+    except ValidationError as exc:
+        return json.dumps(["refused", exc.messages])
+
+
+def bodies(values: dict[str, list[Any]]) -> strategies.SearchStrategy[dict[str, Any]]:
+    """Bodies holding any of the fields of ``values``, each with one of its values."""
+    optional = {name: strategies.sampled_from(choices) for name, choices in values.items()}
+    return strategies.fixed_dictionaries({}, optional=optional)
+
+
+@pytest.mark.parametrize("values", [FIELD_VALUES, VALID_VALUES], ids=["any", "valid"])
+@hypothesis.settings(max_examples=120, deadline=None, derandomize=True)
+@hypothesis.given(data=strategies.data())
+def test_the_request_schema_loads_as_marshmallow_loads(
+    values: dict[str, list[Any]], data: strategies.DataObject
+) -> None:
+    """Its lean load (the fields a body leaves out take their defaults directly) makes
+    what marshmallow's own ``Schema.load`` makes of every body: the same request,
+    fields in the same order, or the same errors."""
+    body = data.draw(bodies(values))
+    assert loaded(REQUEST_SCHEMA.load, body) == loaded(MARSHMALLOWS.load, body)
+
+
+class MarshmallowsLoad(StrictSchema.from_dict(dict(REQUEST_SCHEMA.declared_fields))):  # type: ignore[misc]
+    """The request schema's fields loaded by marshmallow's own machinery, the rules
+    across fields applied as a schema validator."""
+
+    @validates_schema
+    def whole(self, data: dict[str, Any], **kwargs: Any) -> None:
+        errors = REQUEST_SCHEMA.whole_errors(data)
+        if errors:
+            raise ValidationError(errors)
+
+
+MARSHMALLOWS = MarshmallowsLoad()
