@@ -108,14 +108,17 @@ class Publisher:
         self._batches: dict[int, tuple[redis.Redis, _Batch]] = {}
         self._pending = 0
         self._urgent = False
-        self._cond = threading.Condition()
+        # Taken by every line of every check: a plain lock costs no Python to
+        # take (a Condition's does); the thread waits on a Condition over it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._thread = DaemonThread(self._run, "smtpcheck-events")
         self._failing = False
         self._refresh_at: dict[str, float] = {}  # stream key: when to EXPIRE it again
         self.round_trips = 0  # for tests and benchmarks
 
     def _batch(self, connection: redis.Redis) -> _Batch:
-        """The batch being gathered for ``connection`` (call holding ``_cond``)."""
+        """The batch being gathered for ``connection`` (call holding ``_lock``)."""
         entry = self._batches.get(id(connection))
         if entry is None:
             entry = self._batches[id(connection)] = (connection, _Batch())
@@ -123,11 +126,14 @@ class Publisher:
         return entry[1]
 
     def line(self, connection: redis.Redis, key: str, ttl: int, data: str) -> None:
-        with self._cond:
+        with self._lock:
             if self._pending >= MAX_PENDING:
                 return  # Redis far behind: the line is still in the result
-            first = not self._batches
-            batch = self._batch(connection)
+            entry = self._batches.get(id(connection))
+            first = entry is None and not self._batches
+            # A batch already gathered has the thread running for it (it was
+            # started with the batch's first item), so a line needs no ensure().
+            batch = entry[1] if entry is not None else self._batch(connection)
             batch.lines.append((key, data))
             batch.ttls[key] = ttl
             self._pending += 1
@@ -136,7 +142,7 @@ class Publisher:
 
     def add(self, connection: redis.Redis, commands: Commands) -> None:
         """Add ``commands`` to the next round trip (within ``LINGER``)."""
-        with self._cond:
+        with self._lock:
             first = not self._batches
             self._batch(connection).added += commands
             if first:
@@ -146,7 +152,7 @@ class Publisher:
         """Send a check's start (RQ's start transaction) with the next round
         trip (within ``LINGER``, before anything later of the same check);
         nobody waits for it: a failure is logged and the check runs on."""
-        with self._cond:
+        with self._lock:
             first = not self._batches
             self._batch(connection).starts.append((commands, check_id))
             if first:
@@ -165,7 +171,7 @@ class Publisher:
         With ``commit``, those commands come last, and the whole round trip is
         one transaction; the answer's ``error`` says whether they failed."""
         done = Written()
-        with self._cond:
+        with self._lock:
             batch = self._batch(connection)
             if key is not None:
                 batch.ends[key] = ttl
