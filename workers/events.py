@@ -11,7 +11,8 @@ One thread per worker process writes the lines of every check in flight
 (:class:`Publisher`): a check's thread only hands a line over and goes on
 with its dialogue. The thread takes what has gathered (waiting at most
 ``LINGER`` seconds after the first line, so a line is in Redis within a few
-milliseconds) and writes it all in one pipeline: an ``XADD`` per line, an
+milliseconds) and writes it all in one pipeline: an ``XADD`` per line (the
+lines of one stream in one script), an
 ``EXPIRE`` for a stream's first lines and again at least every
 ``EXPIRE_REFRESH`` seconds, and one more with the check's last lines, so a
 stream expires ``ttl`` after its check ended (an ``EXPIRE`` per line was a
@@ -74,6 +75,25 @@ MAX_TRACKED = 10_000
 Commands = list[wire.Command]
 _MAXLEN = str(EVENTS_MAXLEN)
 
+# KEYS[1] a check's stream; ARGV[1] its cap, then one JSON entry per line: each
+# added as its own XADD would add it.
+_ADD_LINES = """
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'event', 'line', 'data', ARGV[i])
+end
+return #ARGV - 1
+"""
+
+
+def _added(key: str, entries: list[str]) -> wire.Command:
+    """The command adding ``entries`` to the stream ``key``: one line's XADD
+    (the same as redis-py's ``xadd(maxlen=EVENTS_MAXLEN, approximate=False)``),
+    or several lines' XADDs in one script (EVAL: a batch must not fail on a
+    script Redis lost), so a batch costs a reply per stream, not per line."""
+    if len(entries) == 1:
+        return ("XADD", key, "MAXLEN", _MAXLEN, "*", "event", "line", "data", entries[0])
+    return ("EVAL", _ADD_LINES, 1, key, _MAXLEN, *entries)
+
 
 @dataclass(eq=False)
 class Written:
@@ -90,7 +110,7 @@ class Written:
 class _Batch:
     """What one round trip writes for one Redis client."""
 
-    lines: list[tuple[str, str]] = field(default_factory=list)  # (stream key, JSON entry)
+    lines: dict[str, list[str]] = field(default_factory=dict)  # stream key: its JSON entries
     ttls: dict[str, int] = field(default_factory=dict)
     ends: dict[str, int] = field(default_factory=dict)  # streams of checks that ended: TTL
     added: Commands = field(default_factory=list)  # callers' commands
@@ -134,7 +154,7 @@ class Publisher:
             # A batch already gathered has the thread running for it (it was
             # started with the batch's first item), so a line needs no ensure().
             batch = entry[1] if entry is not None else self._batch(connection)
-            batch.lines.append((key, data))
+            batch.lines.setdefault(key, []).append(data)
             batch.ttls[key] = ttl
             self._pending += 1
             if first:  # the thread waits for a first line; later ones it takes with it
@@ -222,11 +242,7 @@ class Publisher:
             starts.append((len(commands), len(commands) + len(staged), check_id))
             commands += staged
         try:
-            # The same XADD as redis-py's xadd(maxlen=EVENTS_MAXLEN, approximate=False).
-            commands += [
-                ("XADD", key, "MAXLEN", _MAXLEN, "*", "event", "line", "data", data)
-                for key, data in batch.lines
-            ]
+            commands += [_added(key, entries) for key, entries in batch.lines.items()]
             commands += self._expiries(batch)
             commands += batch.added
             shared = len(commands)
@@ -262,7 +278,8 @@ class Publisher:
             if not isinstance(exc, redis.exceptions.RedisError):
                 log.exception("publishing transcript lines failed")
             elif not self._failing:  # one warning per outage; the checks go on
-                log.warning("cannot publish %d transcript lines: %s", len(batch.lines), exc)
+                lost = sum(len(entries) for entries in batch.lines.values())
+                log.warning("cannot publish %d transcript lines: %s", lost, exc)
                 self._failing = True
         finally:
             for done in batch.done:

@@ -26,6 +26,7 @@ from tests.dns_server import DNSServer
 from workers import cancel, events
 from workers.engine import run_check
 from workers.politeness import TargetGate
+from workers.transcript import entry_json
 
 #: A DELETE must end a running check within this long (DESIGN.md, DELETE).
 CANCEL_WITHIN = 1.0
@@ -281,3 +282,30 @@ def test_ends_committed_at_once_go_out_whole_after_their_lines(connection: redis
         assert connection.xlen(EVENTS_KEY_PREFIX + f"live-end-{n}") == lines_each
         assert connection.exists(f"live-end-{n}-result")
         assert 0 < connection.ttl(EVENTS_KEY_PREFIX + f"live-end-{n}") <= 60
+
+
+def test_lines_of_one_batch_go_to_their_stream_as_one_xadd_each_would(
+    connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several lines of a stream in one round trip (one script): the same
+    entries, in order, capped the same way as an XADD per line."""
+    monkeypatch.setattr(events, "_MAXLEN", "5")
+    publisher = events.Publisher(linger=5.0)  # every line in the round trip of the end
+    lines = [{"t_ms": float(i), "dir": "server", "text": f"250-line {i}"} for i in range(8)]
+    with events.publishing(connection, "batched", 60, publisher) as published:
+        for line in lines:
+            published.line(line)
+        assert published.finish()
+    assert publisher.round_trips == 1
+    for line in lines:  # one XADD per line, as the publisher sent them before
+        connection.xadd(
+            "one-by-one",
+            {"event": "line", "data": entry_json(line)},
+            maxlen=5,
+            approximate=False,
+        )
+    batched = connection.xrange(EVENTS_KEY_PREFIX + "batched")
+    assert [fields for _, fields in batched] == [
+        fields for _, fields in connection.xrange("one-by-one")
+    ]
+    assert len(batched) == 5 and connection.ttl(EVENTS_KEY_PREFIX + "batched") > 0
