@@ -120,7 +120,8 @@ def find_many(
     store: JobStore, check_ids: list[str], owner: str
 ) -> list[FanOut | StoredCheck | None]:
     """:func:`find` of each of ``check_ids`` (None for one that is gone or not the
-    owner's), all read in one round trip."""
+    owner's), all read in one round trip, and the running ones tested for a gone
+    worker in one more."""
     valid = [check_id for check_id in check_ids if check_id_is_valid(check_id)]
     commands = [command for check_id in valid for command in _reads(check_id)]
     replies = iter(reads(store.connection, commands) if valid else [])
@@ -128,10 +129,13 @@ def find_many(
     found: list[FanOut | StoredCheck | None] = []
     for check_id in check_ids:
         try:
-            found.append(_found(store, check_id, owner, *read[check_id]))
+            record, raw, latest = read[check_id]
+            spread = _parsed(check_id, owner, record)
+            found.append(spread or store.owned(check_id, owner, raw, latest))
         except (KeyError, Problem):  # not an id, gone, or another key's
             found.append(None)
-    return found
+    reaped = iter(store.reap_each([job for job in found if isinstance(job, StoredCheck)]))
+    return [next(reaped) if isinstance(job, StoredCheck) else job for job in found]
 
 
 def _reads(check_id: str) -> list[Command]:

@@ -242,6 +242,11 @@ class JobStore:
     def loaded(self, check_id: str, owner: str, raw: Any, latest: Any) -> StoredCheck:
         """:meth:`load` of the replies to :func:`fetch_commands` (a caller may read
         more beside)."""
+        return self.reap_if_abandoned(self.owned(check_id, owner, raw, latest))
+
+    def owned(self, check_id: str, owner: str, raw: Any, latest: Any) -> StoredCheck:
+        """The check the replies to :func:`fetch_commands` read, if ``owner`` made it;
+        else 404. Not yet tested for a gone worker (:meth:`reap_if_abandoned`)."""
         try:
             check = read_check(check_id, raw, latest)
         except NoSuchJobError:
@@ -249,8 +254,6 @@ class JobStore:
         meta = check.meta if isinstance(check.meta, dict) else {}
         if check.description != DESCRIPTION or meta.get("owner") != owner:
             raise _not_found(check_id)
-        if check.status == JobStatus.STARTED:
-            check = self.reap_if_abandoned(check)
         return check
 
     def fetch(self, check_id: str) -> StoredCheck:
@@ -285,10 +288,29 @@ class JobStore:
         registers again within a heartbeat, and one really gone is failed by
         its lapsed heartbeat (or by its pool, at once).
 
-        The common case, a live worker, costs one round trip of reads.
+        The common case, a live worker, costs one round trip of reads; a check
+        that is not running, none.
         """
-        if not self.may_be_abandoned(job):
+        if job.status != JobStatus.STARTED or not self.may_be_abandoned([job])[0]:
             return job
+        return self.reap(job)
+
+    def reap_each(self, jobs: Sequence[StoredCheck]) -> list[StoredCheck | None]:
+        """:meth:`reap_if_abandoned` of each of ``jobs`` (None: deleted meanwhile),
+        the running ones tested in one round trip."""
+        running = [job for job in jobs if job.status == JobStatus.STARTED]
+        maybe = self.may_be_abandoned(running)
+        suspects = {job.id for job, suspect in zip(running, maybe, strict=True) if suspect}
+        return [self._reaped_if_there(job) if job.id in suspects else job for job in jobs]
+
+    def _reaped_if_there(self, job: StoredCheck) -> StoredCheck | None:
+        try:
+            return self.reap(job)
+        except Problem:  # 404: deleted meanwhile
+            return None
+
+    def reap(self, job: StoredCheck) -> StoredCheck:
+        """:meth:`reap_if_abandoned` of a running ``job`` :meth:`may_be_abandoned`."""
         registry = StartedJobRegistry(queue=self.queue_of(job))
         registry.cleanup()
         if self.status_now(job.id) != JobStatus.STARTED:
@@ -309,21 +331,31 @@ class JobStore:
         registry.cleanup()
         return self.refetch(job)
 
-    def may_be_abandoned(self, job: StoredCheck) -> bool:
-        """Whether an entry of the job's started registry has lapsed (RQ's cleanup
-        has work to do) or the job's worker said it stopped, in one round trip."""
-        registry_key = StartedJobRegistry.key_template.format(job.origin)
-        worker_key = Worker.redis_worker_namespace_prefix + (job.worker_name or "")
-
-        lapsed, registered, died = reads(
-            self.connection,
-            [
-                ("ZRANGEBYSCORE", registry_key, 0, current_timestamp(), "LIMIT", 0, 1),
+    def may_be_abandoned(self, jobs: Sequence[StoredCheck]) -> list[bool]:
+        """For each of ``jobs``, whether an entry of its started registry has lapsed
+        (RQ's cleanup has work to do) or its worker said it stopped; all in one
+        round trip (none for no jobs)."""
+        commands: list[Command] = []
+        for job in jobs:
+            worker_key = Worker.redis_worker_namespace_prefix + (job.worker_name or "")
+            commands += [
+                (
+                    "ZRANGEBYSCORE",
+                    StartedJobRegistry.key_template.format(job.origin),
+                    0,
+                    current_timestamp(),
+                    "LIMIT",
+                    0,
+                    1,
+                ),
                 ("SISMEMBER", Worker.redis_workers_keys, worker_key),
                 ("HEXISTS", worker_key, "death"),
-            ],
-        )
-        return bool(lapsed) or (bool(job.worker_name) and bool(died) and not registered)
+            ]
+        replies = iter(reads(self.connection, commands) if commands else [])
+        return [
+            bool(lapsed) or (bool(job.worker_name) and bool(died) and not registered)
+            for job, lapsed, registered, died in zip(jobs, replies, replies, replies, strict=True)
+        ]
 
     def worker_stopped(self, worker_name: str) -> bool:
         """True when the worker unregistered itself (its hash keeps ``death`` a while)."""
@@ -368,9 +400,7 @@ class JobStore:
             job = read_check(job.id, raw, latest)
         except NoSuchJobError:  # deleted meanwhile
             raise _not_found(job.id) from None
-        if job.status == JobStatus.STARTED:
-            job = self.reap_if_abandoned(job)
-        return job
+        return self.reap_if_abandoned(job)
 
     def describe(self, job: StoredCheck) -> CheckDocument:
         """The GET /v1/checks/{id} body."""

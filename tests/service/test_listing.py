@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.utils import now
 
 from service import create_app
 from service.jobstore import JobStore
 from smtpcheck.config import Settings
 from tests.service import jobs
 from tests.service.conftest import ALICE, BOB, commands_sent, submit
+
+QUEUE = "vantage:default"
 
 
 @pytest.fixture
@@ -85,6 +91,28 @@ def test_a_page_reads_its_checks_in_one_round_trip(
     assert [item["id"] for item in body["items"]] == ids[:0:-1]
     assert body["next"] is not None
     assert len(sent) == 3  # the page's ids, their checks, whether a next page exists
+
+
+def test_a_page_of_running_checks_tests_their_workers_in_one_more_round_trip(
+    client: FlaskClient, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each running check is tested for a gone worker, all in one round trip; the
+    one whose started-registry entry lapsed reads failed, the others running."""
+    ids = [submit(client, {"host": "mx.example.com"}) for _ in range(4)]
+    for check_id in ids:
+        job = Job.fetch(check_id, connection=redis_client, serializer=JSONSerializer)
+        job.started_at = now()
+        job.set_status(JobStatus.STARTED)
+        job.save()
+    redis_client.zadd(f"rq:wip:{QUEUE}", {f"{ids[0]}:lapsed": time.time() - 1})
+    # Connections made; the lapsed entry had RQ's cleanup fail its check.
+    client.get("/v1/checks?limit=3", headers=ALICE)
+    sent = commands_sent(monkeypatch)
+    body = client.get("/v1/checks?limit=4", headers=ALICE).get_json()
+
+    assert [item["status"] for item in body["items"]] == ["running"] * 3 + ["failed"]
+    # the page's ids, their checks, the three running ones' workers, whether a next page exists
+    assert len(sent) == 4
 
 
 def test_status_filter_and_deleted_checks(client: FlaskClient) -> None:
