@@ -47,14 +47,14 @@ def install(app: Flask) -> None:
         response.headers[HEADER] = request_id()
         started = g.get("request_started")
         seconds = time.perf_counter() - started if started is not None else None
-        rule = request.url_rule
+        rule, method = request.url_rule, request.method
         route = rule.rule if rule is not None else None
         status = response.status_code
-        metrics.count(route, request.method, status, seconds)
-        if route not in UNLOGGED:
+        metrics.count(route, method, status, seconds)
+        if route not in UNLOGGED and log.isEnabledFor(logging.INFO):
             log.info(
                 "%s %s %s",
-                request.method,
+                method,
                 route or request.path[:200],
                 status,
                 extra={

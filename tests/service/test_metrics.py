@@ -117,3 +117,40 @@ def test_unknown_methods_and_paths_fold_into_one_series(client: FlaskClient) -> 
         )
         >= 50
     )
+
+
+def test_counted_answers_are_prometheus_clients_own_series() -> None:
+    """count() keeps the children .labels() gives: the same series, the same values."""
+    from prometheus_client import REGISTRY
+
+    from service import metrics
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    route = "/test/counted/<n>"
+    get, brew = {"method": "GET", "status": "200"}, {"method": "other", "status": "other"}
+    requests = "smtpcheck_http_requests_total"
+    latency = "smtpcheck_http_request_duration_seconds"
+
+    def readings() -> list[float]:
+        return [
+            value(requests, route=route, **get),
+            value(requests, route=route, **brew),
+            value(f"{latency}_count", route=route),
+            value(f"{latency}_sum", route=route),
+            value(f"{latency}_bucket", route=route, le="0.005"),
+            value(f"{latency}_bucket", route=route, le="0.0025"),
+        ]
+
+    before = readings()
+    metrics.count(route, "GET", 200, 0.003)
+    metrics.count(route, "GET", 200, 0.004)
+    metrics.count(route, "BREW", 999, None)  # not timed: counted, no latency
+    after = readings()
+    deltas = [round(a - b, 9) for a, b in zip(after, before, strict=True)]
+    assert deltas == [2, 1, 2, 0.007, 2, 0]
+    assert metrics._requests(route, "GET", "200") is metrics.HTTP_REQUESTS.labels(
+        route, "GET", "200"
+    )
+    assert metrics._latency(route) is metrics.HTTP_LATENCY.labels(route)
