@@ -41,7 +41,7 @@ from typing import Any
 from gunicorn.glogging import Logger as GunicornLogger
 
 from smtpcheck.config import Settings
-from smtpcheck.logs import gunicorn_logconfig
+from smtpcheck.logs import gather_only_what_is_written, gunicorn_logconfig
 
 METRICS_DIR_PREFIX = "smtpcheck-metrics-"
 #: A folder of ours held by no gunicorn (the flock below) is removed at start,
@@ -70,6 +70,7 @@ def _log_level() -> str:
 
 
 logconfig_dict = gunicorn_logconfig(_log_level())
+gather_only_what_is_written()  # every line here is JSONFormatter's
 
 
 class Logger(GunicornLogger):

@@ -61,6 +61,18 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+def gather_only_what_is_written() -> None:
+    """Stop :mod:`logging` gathering, for every record, what :class:`JSONFormatter`
+    never writes: the caller's file, line and function (a walk up the stack),
+    the thread and the multiprocessing process name. These are the switches of
+    the logging HOWTO's "Optimization" section; process-wide, so a process
+    calls this only when every line it writes goes through JSONFormatter (the
+    API's gunicorn, cli/gunicorn_config.py)."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+
+
 def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
     """A ``logconfig_dict`` for gunicorn that writes the same JSON lines."""
     return {

@@ -48,3 +48,45 @@ def test_library_extras_such_as_job_arguments_never_reach_the_line() -> None:
     assert "gAAAAA" not in json.dumps(entry)
     assert "kwargs" not in entry and "arguments" not in entry and "func" not in entry
     assert entry["job_id"] == "j-1"
+
+
+def test_a_line_is_the_same_without_what_logging_no_longer_gathers() -> None:
+    """gather_only_what_is_written() (the API's gunicorn) changes no field of a line.
+    In a process of its own: the switches are process-wide."""
+    import subprocess
+    import sys
+
+    code = """
+import io, json, logging
+from smtpcheck.logs import JSONFormatter, gather_only_what_is_written, log_context
+stream = io.StringIO()
+handler = logging.StreamHandler(stream)
+handler.setFormatter(JSONFormatter())
+log = logging.getLogger("smtpcheck.access")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+log_context.set({"request_id": "r-1"})
+def line():
+    log.info("%s %s %s", "GET", "/v1/checks/<check_id>", 200,
+             extra={"status": 200, "duration_ms": 1.25, "api_key": "alice"})
+line()
+gather_only_what_is_written()
+line()
+print(stream.getvalue())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    before, after = (json.loads(line) for line in done.stdout.splitlines() if line)
+    assert list(before) == list(after)
+    before.pop("time"), after.pop("time")
+    assert before == after
+    assert after == {
+        "level": "info",
+        "logger": "smtpcheck.access",
+        "message": "GET /v1/checks/<check_id> 200",
+        "request_id": "r-1",
+        "status": 200,
+        "duration_ms": 1.25,
+        "api_key": "alice",
+    }
