@@ -10,8 +10,9 @@ redis-server, by one tree's code in a child process. The child prints:
   ``flask`` (Flask and werkzeug), ``marshmallow``, ``redis``, ``rq``,
   ``stdlib`` and ``other`` packages;
 - ``round_trips``: batches the API writes to Redis per POST (each
-  ``send_packed_command`` of a redis-py connection), and ``commands``: the
-  commands Redis ran per POST (INFO commandstats, a script's own included);
+  ``send_packed_command`` of a redis-py connection), ``commands``: the
+  commands Redis ran per POST (INFO commandstats, a script's own included),
+  and ``script_us``: Redis's microseconds in the POST's script (EVALSHA);
 - ``cpu_ms``: the child's CPU per POST over ``--posts`` POSTs (getrusage).
 
 With ``--baseline REV|PATH`` that tree (a revision is checked out in a
@@ -113,13 +114,16 @@ def counting(self, *args, **kwargs):
     return send(self, *args, **kwargs)
 monitor = redis.Redis.from_url(os.environ["REDIS_URL"])
 def commands():
-    return sum(v["calls"] for v in monitor.info("commandstats").values())
-before = commands()
+    stats = monitor.info("commandstats")
+    script = stats.get("cmdstat_evalsha", {}).get("usec", 0)
+    return sum(v["calls"] for v in stats.values()), script
+before, script_before = commands()
 redis.connection.AbstractConnection.send_packed_command = counting
 for _ in range(counted):
     post()
 redis.connection.AbstractConnection.send_packed_command = send
-ran = commands() - before - 1  # the INFO itself
+after, script_after = commands()
+ran = after - before - 1  # the INFO itself
 monitor.close()
 
 def cpu():
@@ -136,6 +140,7 @@ figures = {
     },
     "round_trips": sent[0] / counted,
     "commands": ran / counted,
+    "script_us": (script_after - script_before) / counted,
     "cpu_ms": (cpu() - started) / n * 1e3,
 }
 if functions:
