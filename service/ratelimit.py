@@ -141,9 +141,10 @@ class Admission:
             for item in parse_many(settings.rate_limit)
         ]
         # One EVALSHA per POST, its arguments the check's whole job hash: packed in
-        # one go on a connection of the pool, past redis-py's per-command machinery.
-        # A write, so never sent twice (smtpcheck/redis_client.py).
-        self._wire = wire.pooled(connection)
+        # one go on a connection this Admission keeps, past redis-py's per-command
+        # machinery and its pool's checkout. A write, so never sent twice
+        # (smtpcheck/redis_client.py).
+        self._wire = wire.kept(connection)
 
     def active_key(self, owner: str) -> str:
         return ACTIVE_PREFIX + owner

@@ -1,5 +1,5 @@
-"""Batches of Redis commands sent as they are, on a connection one thread keeps
-or on one of the client's pool.
+"""Batches of Redis commands sent as they are, on a connection one thread keeps,
+on connections one long-lived object keeps, or on one of the client's pool.
 
 redis-py spends about 100 Python calls on every pipeline it runs (a pool
 checkout, retries, observability hooks) and about 19 more on every command
@@ -10,9 +10,11 @@ the API sends one script per POST (the admission script, service/ratelimit.py,
 with the check's writes as its arguments), so they go through a :class:`Wire`
 instead: the commands, as staged on a redis-py pipeline or built here, packed
 in one go and written on a connection of the client's pool that the thread
-keeps to itself (one checkout per thread, again after a fork) or takes for
-the batch, and the replies read raw, only looked at for errors. What reaches
-Redis is the same commands; nothing reads these replies but
+keeps to itself (one checkout per thread, again after a fork), that the Wire
+keeps for batches like it (one per batch in flight: the pool's checkout and
+release, some 35 Python calls, once per connection, not per batch), or that it
+takes for the batch, and the replies read raw, only looked at for errors. What
+reaches Redis is the same commands; nothing reads these replies but
 :meth:`Wire.execute`'s caller. It sits below ``service`` and ``workers``,
 which both use it.
 """
@@ -52,20 +54,39 @@ class Script:
 
 class Wire:
     """One client's Redis: on a connection of its own (``own``, for one
-    long-lived thread) or on one taken from the client's pool per batch."""
+    long-lived thread), on connections it keeps (``keep``, for one object that
+    lives as long as the client and sends from many threads or greenlets at once:
+    one connection per batch in flight), or on one taken from the client's pool
+    per batch. Kept connections are the pool's kind (Sentinel's included), made
+    by the pool but kept out of it."""
 
-    def __init__(self, client: redis.Redis, *, own: bool = False) -> None:
+    def __init__(self, client: redis.Redis, *, own: bool = False, keep: bool = False) -> None:
         self.client = client
         self.own = own
+        self.keep = keep
         self._connection: ConnectionInterface | None = None
+        self._idle: list[ConnectionInterface] = []
         self._pid = 0
 
+    def _this_process(self) -> None:
+        """After a fork the parent's connections are not this process's: new ones."""
+        if self._pid != os.getpid():
+            self._connection, self._idle, self._pid = None, [], os.getpid()
+
     def _for_this_process(self) -> ConnectionInterface:
-        connection = self._connection
-        if connection is None or self._pid != os.getpid():
-            # The pool's kind of connection (Sentinel's included), kept out of the pool.
-            connection = self._connection = self.client.connection_pool.make_connection()
-            self._pid = os.getpid()
+        self._this_process()
+        if self._connection is None:
+            self._connection = self.client.connection_pool.make_connection()
+        return self._connection
+
+    def _taken(self) -> ConnectionInterface:
+        """An idle kept connection, or a new one if none is idle."""
+        self._this_process()
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self.client.connection_pool.make_connection()
+        _ready(connection)
         return connection
 
     def execute(self, commands: list[Command], *, transaction: bool = False) -> list[Any]:
@@ -77,12 +98,14 @@ class Wire:
         refused whole (``EXECABORT``) raises the first command's error."""
         if self.own:
             connection = self._for_this_process()
-            try:  # as the pool does at a checkout: Redis closed it (a restart)? A new one.
-                if connection.can_read():
-                    connection.disconnect()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-                connection.disconnect()
+            _ready(connection)
             return _send(connection, commands, transaction)
+        if self.keep:
+            connection = self._taken()
+            try:
+                return _send(connection, commands, transaction)
+            finally:  # (disconnected by _send if the batch failed half way: it connects again)
+                self._idle.append(connection)
         pool = self.client.connection_pool
         connection = pool.get_connection()
         try:
@@ -115,6 +138,21 @@ class Wire:
             return self.command("EVALSHA", script.sha, *command)
         except redis.exceptions.NoScriptError:
             return self.command("EVAL", script.text, *command)
+
+
+def _ready(connection: ConnectionInterface) -> None:
+    """A connection readied as the pool readies one at a checkout: connected by its
+    own ``connect`` (Sentinel's asks for the primary, where a bare send would dial
+    the default address), and connected again if Redis closed it (a restart) or a
+    reply was left unread."""
+    connection.connect()
+    try:
+        if not connection.can_read():
+            return
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        pass
+    connection.disconnect()
+    connection.connect()
 
 
 def _send(connection: ConnectionInterface, commands: list[Command], transaction: bool) -> list[Any]:
@@ -176,6 +214,13 @@ def of(client: redis.Redis) -> Wire:
     if wire is None:
         wire = wires[client] = Wire(client, own=True)
     return wire
+
+
+def kept(client: redis.Redis) -> Wire:
+    """A :class:`Wire` to ``client``'s Redis on connections it keeps, one per
+    batch in flight (for an object as long-lived as its client that sends from
+    many threads or greenlets: keep the Wire, not a new one per batch)."""
+    return Wire(client, keep=True)
 
 
 def pooled(client: redis.Redis) -> Wire:

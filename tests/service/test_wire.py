@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,12 +21,15 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     connection.close()
 
 
-@pytest.mark.parametrize("own", [True, False])
+WAYS = {"own": wire.of, "kept": wire.kept, "pooled": wire.pooled}
+
+
+@pytest.mark.parametrize("way", list(WAYS))
 def test_replies_come_back_raw_with_a_failed_command_in_its_place(
-    client: redis.Redis, own: bool
+    client: redis.Redis, way: str
 ) -> None:
     client.set("text", "a")
-    batch = wire.of(client) if own else wire.pooled(client)
+    batch = WAYS[way](client)
     commands = [("HSET", "h", "f", 1), ("HINCRBY", "text", "f", 1), ("HGET", "h", "f")]
     replies = batch.execute(commands)
     assert replies[0] == 1 and replies[2] == b"1"
@@ -43,6 +49,41 @@ def test_a_threads_own_connection_comes_back_after_redis_closed_it(client: redis
         if line.get("name") == "wire-test":
             client.client_kill_filter(_id=line["id"])
     assert own.execute([("ECHO", "again")]) == [b"again"]  # reconnected, not failed
+
+
+def test_a_kept_wire_keeps_one_connection_per_batch_in_flight(client: redis.Redis) -> None:
+    kept = wire.kept(client)
+    (first,) = kept.execute([("CLIENT", "ID")])
+    assert kept.execute([("CLIENT", "ID")]) == [first]  # the same connection, kept
+
+    def blocked() -> None:  # a batch in flight on a thread
+        replies.extend(kept.execute([("BLPOP", "list", 5)]))
+
+    replies: list[object] = []
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not any(line.get("cmd") == "blpop" for line in client.client_list()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    (second, _) = kept.execute([("CLIENT", "ID"), ("RPUSH", "list", "x")])  # meanwhile
+    thread.join(5)
+    assert replies == [[b"list", b"x"]] and second != first
+    assert {kept.execute([("CLIENT", "ID")])[0] for _ in range(3)} <= {first, second}
+
+    client.client_kill_filter(_id=first)  # Redis closed one (as a restart does)
+    client.client_kill_filter(_id=second)
+    assert kept.execute([("ECHO", "again")]) == [b"again"]  # connected again, not failed
+
+
+def test_a_kept_wire_makes_new_connections_after_a_fork(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = wire.kept(client)
+    (parents,) = kept.execute([("CLIENT", "ID")])
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # this process is now a child
+    (childs,) = kept.execute([("CLIENT", "ID")])
+    assert childs != parents
 
 
 def test_a_pipeline_runs_as_staged_and_a_script_is_loaded_once_missing(
