@@ -79,6 +79,9 @@ class Settings:
     helo_name: str = "smtpcheck.invalid"
     dns_servers: tuple[tuple[str, int], ...] = ()
     dns_timeout: float = 5.0
+    # Seconds a worker waits for a Redis reply (SMTPCHECK_WORKER_REDIS_TIMEOUT):
+    # workers/pool.py raises it to cover a blocking dequeue's own block.
+    worker_redis_timeout: float = 5.0
     slow_banner: float = 5.0  # seconds; a slower greeting is a finding (tarpitting)
     vantage: str = "default"
     result_ttl: int = DEFAULT_RESULT_TTL
@@ -145,6 +148,11 @@ class Settings:
         dns_timeout = get("SMTPCHECK_DNS_TIMEOUT")
         if dns_timeout is not None:
             kwargs["dns_timeout"] = parse_seconds("SMTPCHECK_DNS_TIMEOUT", dns_timeout)
+        worker_redis_timeout = get("SMTPCHECK_WORKER_REDIS_TIMEOUT")
+        if worker_redis_timeout is not None:
+            kwargs["worker_redis_timeout"] = parse_seconds(
+                "SMTPCHECK_WORKER_REDIS_TIMEOUT", worker_redis_timeout
+            )
         slow_banner = get("SMTPCHECK_SLOW_BANNER")
         if slow_banner is not None:
             kwargs["slow_banner"] = parse_seconds("SMTPCHECK_SLOW_BANNER", slow_banner)

@@ -21,6 +21,9 @@ primary and on how a failover is followed:
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -102,6 +105,38 @@ class FailoverRedis(redis.Redis):
                 return pipe.execute()
 
         return self.read_retry.call_with_retry(send, lambda _error: None)
+
+
+class Outage:
+    """Redis not answering the many threads of one process that retry, logged
+    once per episode: a WARNING from the first caller that fails, an INFO from
+    the first that gets through again, with how long it lasted (instead of a
+    line per check and try). Thread-safe."""
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self.log = log
+        self.what = what
+        self.since: float | None = None
+        self._lock = threading.Lock()
+
+    def failed(self, error: BaseException) -> bool:
+        """Count a failure; True for the one that began the episode (it logged)."""
+        with self._lock:
+            began = self.since is None
+            if began:
+                self.since = time.monotonic()
+        if began:
+            self.log.warning("%s: Redis is not answering (%s); retrying", self.what, error)
+        return began
+
+    def answered(self) -> None:
+        """A caller that had failed got through: the episode ends (logged once)."""
+        with self._lock:
+            since, self.since = self.since, None
+        if since is not None:
+            self.log.info(
+                "%s: Redis answers again after %.1f s", self.what, time.monotonic() - since
+            )
 
 
 def _command_name(args: tuple[Any, ...]) -> str:

@@ -273,13 +273,18 @@ class Publisher:
         except Exception as exc:  # Redis away, or a bug: the thread goes on
             for _, written in batch.commits:
                 written.error = exc
-            for _, _, check_id in starts:
-                log.warning("check %s: its start was not written: %s", check_id, exc)
             if not isinstance(exc, redis.exceptions.RedisError):
+                for _, _, check_id in starts:
+                    log.warning("check %s: its start was not written: %s", check_id, exc)
                 log.exception("publishing transcript lines failed")
-            elif not self._failing:  # one warning per outage; the checks go on
+            elif not self._failing:  # one warning per outage, not one per check; they go on
                 lost = sum(len(entries) for entries in batch.lines.values())
-                log.warning("cannot publish %d transcript lines: %s", lost, exc)
+                log.warning(
+                    "cannot publish %d transcript lines (and %d checks' starts): %s",
+                    lost,
+                    len(starts),
+                    exc,
+                )
                 self._failing = True
         finally:
             for done in batch.done:
@@ -328,9 +333,9 @@ class HeldEnd:
         written = events.publisher.finish(
             events.connection, self.commands, events.key, events.ttl, commit=commands
         )
-        # Not bounded here: worker connections have no read timeout (RQ's blocking
-        # pops), so a Redis that holds the connection open without answering
-        # holds this end too, until the connection breaks.
+        # Bounded by the publisher's round trip, which the read timeout of the
+        # worker's connections bounds (workers/pool.py): a Redis that stops
+        # answering fails it (and so this end) within that timeout.
         written.wait()
         if written.error is not None:
             raise written.error

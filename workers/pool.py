@@ -85,6 +85,8 @@ MAINTENANCE_INTERVAL = 5
 MAX_JOBS_PER_PROCESS = 1000
 #: How often the parent looks at its children.
 SUPERVISE_INTERVAL = 0.2
+#: Seconds a blocking command's reply may take past its own block (the dequeue's).
+BLOCK_MARGIN = 1.0
 
 WORKER_CLASSES = ("threads", "simple", "fork")
 #: Checks in flight per process by default (``threads``): sized for I/O-bound
@@ -146,6 +148,19 @@ class _Reregistering:
     Looked at no more than once per ``MAINTENANCE_INTERVAL``."""
 
     _registration_checked = 0.0
+
+    def _set_connection(self, connection: redis.Redis) -> redis.Redis:
+        """Every reply on this worker's connections is bounded by the read
+        timeout it was made with (``SMTPCHECK_WORKER_REDIS_TIMEOUT``, a few
+        seconds), raised only as far as its dequeue's block plus
+        ``BLOCK_MARGIN``. (RQ's own raises it to that block plus 10 s, 15 s.)
+        A Redis that holds a connection open without answering then costs a
+        command that bound, not the many minutes until TCP gives up."""
+        options = connection.connection_pool.connection_kwargs
+        least = cast(BaseWorker, self).dequeue_timeout + BLOCK_MARGIN
+        if options.get("socket_timeout") is None or options["socket_timeout"] < least:
+            options["socket_timeout"] = least
+        return connection
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         """A greylisted check asking for its next attempt is routine, not an
@@ -371,7 +386,7 @@ def _run_child(
 
     # Results, logs and metrics say the vantage this pool serves (--vantage).
     workers.job.use_settings(dataclasses.replace(settings, vantage=vantage))
-    connection = connect(settings, read_timeout=None)  # RQ sets its own around blocking pops
+    connection = connect(settings, read_timeout=settings.worker_redis_timeout)
     try:
         worker = build_worker(
             settings, connection, vantage=vantage, name=name, kind=kind, concurrency=concurrency

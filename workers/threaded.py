@@ -91,6 +91,7 @@ from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
 from smtpcheck import wire
 from smtpcheck.contract import TAKEN_KEY_PREFIX
 from smtpcheck.logs import log_context
+from smtpcheck.redis_client import Outage
 from workers import events
 from workers.pool import DEFAULT_CONCURRENCY, HEARTBEAT_TTL, _Reregistering
 
@@ -124,6 +125,8 @@ SPARE_IDLE = 10.0
 STUCK_SHARE = 0.25
 
 _ENDED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: Check ends waiting for Redis to answer again, logged once per episode.
+_ENDS_OUTAGE = Outage(log, "storing check results")
 
 # Up to ARGV[1] checks from the queue KEYS[1] into its intermediate list
 # KEYS[2], each as RQ's LMOVE does, with its job hash (ARGV[2]: the job key
@@ -171,6 +174,33 @@ end
 return taken
 """)
 _Registry = TypeVar("_Registry", bound=BaseRegistry)
+
+# A plain success's end (RQ's commands for it, each as its number of words
+# and then its words, from ARGV[2] on), run unless it has run already: the
+# latest entry of the check's result stream KEYS[1] names this execution
+# (ARGV[1]). A try whose reply was lost (Redis stopped answering) may still
+# land after it was sent again, in either order; only the first one writes.
+_END_ONCE = wire.Script("""
+local latest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if latest then
+  local fields = latest[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'execution_id' then
+      if fields[i + 1] == ARGV[1] then
+        return 0
+      end
+      break
+    end
+  end
+end
+local i = 2
+while i <= #ARGV do
+  local words = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + words))
+  i = i + words + 1
+end
+return 1
+""")
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 
@@ -336,6 +366,12 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
             self._beat_stop.set()
             self.teardown()
         return bool(started)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """Seconds one wait on the queue blocks (RQ's name; the read timeout
+        of the worker's connections covers it: workers/pool.py)."""
+        return DEQUEUE_BLOCK
 
     def _maintain(self) -> None:
         if not self.should_run_maintenance_tasks:
@@ -792,15 +828,12 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         if execution.worker_name:
             commands.append(("SREM", execution.worker_executions_key, composite))
         self.executions.pop(execution.id, None)
+        ended = _end_once(job, execution, commands)
         if held is not None and held.writes_to(self.connection):
             # With the check's last lines, counters and slot, in the publisher's round trip.
-            held.commit(commands)
-        else:  # MULTI ... EXEC, as RQ's
-            failed = wire.first_error(
-                wire.pooled(self.connection).execute(commands, transaction=True)
-            )
-            if failed is not None:
-                raise failed
+            held.commit([ended])
+        else:  # one script: as atomic as RQ's MULTI ... EXEC
+            wire.pooled(self.connection).command(*ended)
         release_slot(job)
 
     def _held_end(self, job: Job) -> events.HeldEnd | None:
@@ -845,6 +878,7 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
         held = self._held_end(job)
         if held is None or not held.pending:  # this end goes straight to Redis:
             events.written_so_far(self.connection)  # after the check's start
+        retried = False
         while True:
             try:
                 if held is None or not held.pending:
@@ -855,8 +889,13 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                     self._finalize_success(job, queue, execution, return_value)
                 else:
                     self._finalize_failure(job, queue, execution, exc_info)
+                if retried:
+                    _ENDS_OUTAGE.answered()
                 return exc_info is None
             except _ENDED as exc:
+                # A try whose reply was lost may land later still: a plain
+                # success's end runs once whichever lands first (_end_once).
+                retried = True
                 outcome = return_value.get("outcome") if isinstance(return_value, dict) else None
                 if time.monotonic() + pause > give_up or self._cold:
                     log.error(
@@ -869,12 +908,13 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                         extra={"outcome": outcome},
                     )
                     return False
-                log.warning(
-                    "check %s: cannot store its result yet (%s); retrying in %.2f s",
-                    job.id,
-                    exc,
-                    pause,
-                )
+                if not _ENDS_OUTAGE.failed(exc):  # one line per episode, not one per check
+                    log.debug(
+                        "check %s: cannot store its result yet (%s); retrying in %.2f s",
+                        job.id,
+                        exc,
+                        pause,
+                    )
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
@@ -1064,6 +1104,13 @@ def _result_commands(result: Result, ttl: int) -> list[wire.Command]:
 
 def _flat(mapping: dict[str, Any]) -> list[Any]:
     return [item for pair in mapping.items() for item in pair]
+
+
+def _end_once(job: Job, execution: Execution, commands: list[wire.Command]) -> wire.Command:
+    """``commands`` (a plain success's end) as one script that writes them at
+    most once for ``execution``, however often it is sent (``_END_ONCE``)."""
+    words = [word for command in commands for word in (len(command), *command)]
+    return ("EVAL", _END_ONCE.text, 1, Result.get_key(job.id), execution.id, *words)
 
 
 def _plain(job: Job) -> bool:

@@ -213,7 +213,7 @@ def test_a_result_that_ends_while_redis_is_away_is_stored_once_it_is_back(
         assert isinstance(result, dict) and result["outcome"] == "ok"
         assert stored.meta["owner"] == "alice"
         said = [record.getMessage() for record in caplog.records]
-        assert any("cannot store its result yet" in line for line in said), said
+        assert any("storing check results: Redis is not answering" in line for line in said), said
         assert any("Redis lost this running check" in line for line in said), said
     finally:
         connection.close()
