@@ -45,7 +45,10 @@ CANDIDATES: dict[str, list[str]] = {
     "gthread 2x64 keepalive 5": [
         "--worker-class", "gthread", "--threads", "64", "--keep-alive", "5",
     ],
+    # gunicorn's own gevent worker: --worker-class overrides the config's class.
     "gevent 2 procs keepalive 5": ["--worker-class", "gevent", "--keep-alive", "5"],
+    # What `smtpcheck api` serves with: the config's class (cli/gunicorn_worker.py).
+    "smtpcheck's worker (the config's)": [],
 }  # fmt: skip
 
 
