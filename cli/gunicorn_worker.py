@@ -22,6 +22,12 @@ keep-alive loop, header timeout and connection limit are gunicorn's
 module (``worker_class``), as it imports its own gevent worker: before the
 worker process patches the standard library, so it imports no more than
 gunicorn's does.
+
+Its settings are gunicorn's too, read through :class:`SettledConfig`: a
+setting gunicorn's ``Config`` looks up in its table at every read (two
+Python calls; the parser, ``wsgi.create`` and the response read about
+twenty a request) is, once read, a plain attribute of the worker's copy.
+A worker's settings never change: a reload starts new workers.
 """
 
 from __future__ import annotations
@@ -31,8 +37,27 @@ from typing import Any
 
 import gevent
 from gunicorn import util
+from gunicorn.config import Config
 from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker
+
+
+class SettledConfig(Config):
+    """gunicorn's Config whose settings, once read, are plain attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        value = super().__getattr__(name)
+        self.__dict__[name] = value  # past Config.__setattr__, which refuses settings
+        return value
+
+    @classmethod
+    def of(cls, cfg: Config) -> Config:
+        """A copy of ``cfg`` (gunicorn's own class only) that keeps what it reads."""
+        if type(cfg) is not Config:
+            return cfg
+        settled = cls.__new__(cls)
+        settled.__dict__.update(vars(cfg))
+        return settled
 
 
 class Response(wsgi.Response):
@@ -83,10 +108,16 @@ class Response(wsgi.Response):
 
 
 class Worker(GeventWorker):
-    """gunicorn's gevent worker with :class:`Response`."""
+    """gunicorn's gevent worker with :class:`Response` and :class:`SettledConfig`."""
 
     alive: bool  # gunicorn's own attributes, for mypy
     nr: int
+    cfg: Config
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # In the master, before the fork: a copy, so the master's own stays as it was.
+        self.cfg = SettledConfig.of(self.cfg)
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
         """gunicorn's GeventWorker.handle_request (AsyncWorker's, HTTP/1) with
@@ -145,4 +176,4 @@ class Worker(GeventWorker):
                 self.log.exception("Exception in post_request hook")
 
 
-__all__ = ["Response", "Worker"]
+__all__ = ["Response", "SettledConfig", "Worker"]

@@ -21,7 +21,7 @@ from gunicorn.glogging import Logger
 from gunicorn.workers.ggevent import GeventWorker
 
 from cli import gunicorn_config
-from cli.gunicorn_worker import Response, Worker
+from cli.gunicorn_worker import Response, SettledConfig, Worker
 
 BODY = b'{"status": "finished"}\n'
 
@@ -217,3 +217,24 @@ def test_a_stream_goes_piece_by_piece_with_the_head_on_the_first() -> None:
     (head,), gone = sends("/events", "HEAD")
     assert head.endswith(b"Content-Type: text/event-stream\r\n\r\n")
     assert gone == [1, 1, 1]
+
+
+def test_the_settled_config_reads_every_setting_as_gunicorns_does(tmp_path: Path) -> None:
+    cfg = Config()
+    for name in dir(gunicorn_config):  # our settings module, as gunicorn loads it
+        if name in cfg.settings:
+            cfg.set(name, getattr(gunicorn_config, name))
+    settled = SettledConfig.of(cfg)
+    for _ in range(2):  # the first read keeps the value, the second reads what was kept
+        for name in cfg.settings:
+            assert getattr(settled, name) == getattr(cfg, name), name
+        assert settled.is_ssl == cfg.is_ssl
+        assert settled.forwarded_allow_networks() == cfg.forwarded_allow_networks()
+    assert not set(vars(cfg)) & set(cfg.settings)  # the master's own keeps nothing
+    kept = {name for name in cfg.settings if not hasattr(Config, name)}  # not its properties
+    assert kept <= set(vars(settled))
+    with pytest.raises(AttributeError):
+        settled.not_a_setting  # noqa: B018
+    worker = make_worker(Worker, tmp_path)
+    assert type(worker.cfg) is SettledConfig and worker.cfg.keepalive == gunicorn_config.keepalive
+    worker.tmp.close()
