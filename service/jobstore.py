@@ -101,8 +101,9 @@ class JobStore:
         self._queues: dict[str, Queue] = {}
 
     def close(self) -> None:
-        self.connection.close()
-        self.blocking.close()
+        for client in (self.connection, self.blocking):
+            wire.shared(client).close()
+            client.close()
 
     def ping(self) -> None:
         self.connection.ping()
@@ -585,11 +586,14 @@ def reads(client: FailoverRedis, commands: list[Command]) -> list[Any]:
     """The raw replies to ``commands`` (reads, or writes safe to send twice), sent
     in one round trip as they are (smtpcheck/wire.py: without redis-py's pipeline
     and its reply callbacks, some 20 Python calls a command, on the path to every
-    answer) and retried like a read across a failover; the first failed command's
-    error is raised."""
+    answer) on a connection the client's :func:`wire.shared` keeps (no pool checkout
+    and release, some 35 calls a batch; a batch cut off half way, a held GET's
+    XREAD among them, leaves its connection to be connected anew) and retried like
+    a read across a failover; the first failed command's error is raised."""
+    batch = wire.shared(client)
 
     def send() -> list[Any]:
-        replies = wire.pooled(client).execute(commands)
+        replies = batch.execute(commands)
         failed = wire.first_error(replies)
         if failed is not None:
             raise failed

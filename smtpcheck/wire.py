@@ -7,7 +7,8 @@ in it (options, parsing, reply callbacks): a third of a worker's Python work
 per check. The worker's per-process threads (the transcript publisher) and
 each check's thread send the same few kinds of batches again and again, and
 the API sends one script per POST (the admission script, service/ratelimit.py,
-with the check's writes as its arguments), so they go through a :class:`Wire`
+with the check's writes as its arguments) and a batch of reads per GET (shared by
+every request of a process: :func:`shared`), so they go through a :class:`Wire`
 instead: the commands, as staged on a redis-py pipeline or built here, packed
 in one go and written on a connection of the client's pool that the thread
 keeps to itself (one checkout per thread, again after a fork), that the Wire
@@ -112,6 +113,16 @@ class Wire:
             return _send(connection, commands, transaction)
         finally:
             pool.release(connection)
+
+    def close(self) -> None:
+        """Disconnect the connections it keeps idle (and a thread's own): for a
+        client that is closing. A batch in flight keeps its connection to its end."""
+        idle, self._idle = self._idle, []
+        if self._connection is not None:
+            idle.append(self._connection)
+            self._connection = None
+        for connection in idle:
+            connection.disconnect()
 
     def run(self, pipe: Pipeline, *, transaction: bool) -> list[Any]:
         """What ``pipe.execute()`` does, raising the first failed command's
@@ -221,6 +232,19 @@ def kept(client: redis.Redis) -> Wire:
     batch in flight (for an object as long-lived as its client that sends from
     many threads or greenlets: keep the Wire, not a new one per batch)."""
     return Wire(client, keep=True)
+
+
+_shared: weakref.WeakKeyDictionary[redis.Redis, Wire] = weakref.WeakKeyDictionary()
+
+
+def shared(client: redis.Redis) -> Wire:
+    """The one :func:`kept` Wire of ``client`` in this process, made on first use:
+    for the many short-lived callers of a long-lived client (a request's reads),
+    which share its kept connections rather than take one from the pool per batch."""
+    found = _shared.get(client)
+    if found is None:
+        found = _shared.setdefault(client, Wire(client, keep=True))
+    return found
 
 
 def pooled(client: redis.Redis) -> Wire:

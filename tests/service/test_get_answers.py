@@ -295,3 +295,38 @@ def test_a_gets_reads_are_retried_whole_over_a_lost_connection(
     with pytest.raises(redis.ConnectionError):
         reads(client, fetch_commands("5f0e2a8c-1d3b-4c6e-8a9f-0b1c2d3e4f5a"))
     assert losing.commands == ["HGETALL"] * (1 + READ_RETRIES)
+
+
+class ClientGone(BaseException):
+    """What cuts a held GET off mid-XREAD: its greenlet killed as its client went
+    (GreenletExit), or a timeout's abort (SystemExit); neither is a Redis error."""
+
+
+def test_a_held_read_cut_off_mid_xread_hands_its_late_reply_to_no_later_read(
+    store: JobStore, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held GET's XREAD goes out on a connection the store keeps (wire.shared), with
+    the reads behind it. A GET cut off while it waits leaves that connection to be
+    connected anew: the replies the XREAD batch would have had once the check ended
+    never reach the next held read, which gets its own check's."""
+    cut = enqueued(redis_client)
+    waiting = store.fetch(cut.id)
+    connection_reads = redis.connection.AbstractConnection.read_response
+
+    def gone(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise ClientGone
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", gone)
+    with pytest.raises(ClientGone):
+        store.wait(waiting, 5)
+    monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", connection_reads)
+    ended(cut, JobStatus.FINISHED, value=result_value(), kind=Result.Type.SUCCESSFUL)
+
+    other = enqueued(redis_client)
+    before = store.fetch(other.id)  # read while queued; its result comes before the wait
+    ended(other, JobStatus.FINISHED, value=result_value("blocked"), kind=Result.Type.SUCCESSFUL)
+    after = store.wait(before, 5)
+
+    assert after.id == other.id and after.status == JobStatus.FINISHED
+    assert (store.result(after) or {})["outcome"] == "blocked"
+    assert store.describe(after) == store.describe(store.fetch(other.id))

@@ -126,3 +126,15 @@ def test_commands_are_packed_to_the_bytes_redis_py_sends(client: redis.Redis) ->
         connection.pack_commands(commands)
     )
     connection.disconnect()
+
+
+def test_a_clients_shared_wire_keeps_its_connections_until_closed(client: redis.Redis) -> None:
+    shared = wire.shared(client)
+    assert wire.shared(client) is shared  # one per client in a process
+    (first,) = shared.execute([("CLIENT", "ID")])
+    assert shared.execute([("CLIENT", "ID")]) == [first]  # kept, not checked out anew
+
+    shared.close()  # as the client closes
+    assert all(int(line["id"]) != first for line in client.client_list())
+    (again,) = shared.execute([("CLIENT", "ID")])  # a batch after it connects again
+    assert again != first
