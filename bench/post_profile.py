@@ -20,9 +20,11 @@ temporary git worktree) runs the same rounds in turns with this one, and the
 script prints new/old of each figure and the load beside them.
 
     .venv/bin/python -m bench.post_profile [--posts N] [--rounds R] [--baseline REV|PATH]
-        [--functions K]
+        [--functions K] [--host HOST]
 
-``--functions K`` also prints this tree's K most called functions per POST.
+``--functions K`` also prints this tree's K most called functions per POST;
+``--host`` POSTs that host instead of the bench's ``127.0.0.1``: a name such as
+``mx.example.com`` (the API resolves nothing and nothing here dials it).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from smtpcheck.embedded_redis import EmbeddedRedis
 ROOT = Path(__file__).resolve().parent.parent
 #: The check body's port: allowed, never dialled (nothing here runs the check).
 PORT = 2525
+#: The bench's check body's host (bench/service.py ``check_request``).
+HOST = "127.0.0.1"
 
 #: Run in a child process whose PYTHONPATH is one tree's root; prints JSON.
 CHILD = """
@@ -56,10 +60,11 @@ from service import create_app
 from smtpcheck.config import Settings
 
 tree, n, port, functions = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+host = sys.argv[5]
 settings = Settings.from_env()
 app = create_app(settings)
 key = os.environ["SMTPCHECK_API_KEYS"].split(",")[0].partition(":")[2]
-payload = json.dumps({"host": "127.0.0.1", "port": port, "tls": "none", "stop_after": "ehlo"})
+payload = json.dumps({"host": host, "port": port, "tls": "none", "stop_after": "ehlo"})
 payload = payload.encode()
 environ = {
     "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": "/v1/checks",
@@ -151,10 +156,12 @@ print(json.dumps(figures))
 """
 
 
-def figures_of(tree: Path, env: dict[str, str], posts: int, functions: int) -> dict:
-    """One child's figures: ``tree``'s API, ``posts`` POSTs timed."""
+def figures_of(
+    tree: Path, env: dict[str, str], posts: int, functions: int, host: str = HOST
+) -> dict:
+    """One child's figures: ``tree``'s API, ``posts`` POSTs of ``host`` timed."""
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tree), str(posts), str(PORT), str(functions)],
+        [sys.executable, "-c", CHILD, str(tree), str(posts), str(PORT), str(functions), host],
         env={**env, "PYTHONPATH": str(tree)},
         cwd=tree,
         capture_output=True,
@@ -172,6 +179,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", help="a git revision or the path of a tree")
     parser.add_argument("--functions", type=int, default=0, help="this tree's most called")
+    parser.add_argument("--host", default=HOST, help="the check body's host")
     args = parser.parse_args()
     print(f"start: {load()}")
     with contextlib.ExitStack() as stack:
@@ -193,7 +201,8 @@ def main() -> None:
             for name, tree in order if turn % 2 == 0 else order[::-1]:
                 monitor.flushall()
                 monitor.config_resetstat()
-                figures = figures_of(tree, env, args.posts, args.functions if name == "new" else 0)
+                functions = args.functions if name == "new" else 0
+                figures = figures_of(tree, env, args.posts, functions, args.host)
                 top = figures.pop("functions", top)
                 runs[name].append(figures)
                 shown = ", ".join(f"{k} {v:.2f}" for k, v in figures.items())
