@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from ipaddress import ip_address
+from typing import Any
 
-from service.names import check_mailbox, normalize_helo, normalize_host
+import hypothesis
+import pytest
+from hypothesis import strategies
+
+from service.names import check_mailbox, normalize_helo, normalize_host, parse_ip_literal
 
 
 @pytest.mark.parametrize(
@@ -90,3 +95,81 @@ def test_mailbox_accepts(address: str) -> None:
 def test_mailbox_refuses(address: str) -> None:
     with pytest.raises(ValueError):
         check_mailbox(address)
+
+
+def ipaddress_reads(text: str) -> Any:
+    """What ``parse_ip_literal`` made of ``text`` when it asked ``ipaddress`` of every
+    string: the outcome the screen before ip_address must keep."""
+    candidate = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if "%" in candidate:
+        return ["refused", "an IPv6 zone index (%...) is not allowed"]
+    try:
+        address = ip_address(candidate)
+    except ValueError:
+        if candidate is not text:
+            return ["refused", f"{text!r} is not an IP address in brackets"]
+        return ["none"]
+    if candidate is not text and address.version != 6:
+        return ["refused", "only IPv6 addresses are written in brackets"]
+    return ["address", address]
+
+
+def parsed(text: str) -> Any:
+    try:
+        address = parse_ip_literal(text)
+    except ValueError as exc:
+        return ["refused", str(exc)]
+    return ["none"] if address is None else ["address", address]
+
+
+#: Strings near addresses: their characters, a few that are not, digits that are
+#: not ASCII (str.isdigit takes them, ipaddress does not), and real addresses in
+#: every spelling, some of them bracketed.
+NEAR_ADDRESSES = strategies.one_of(
+    strategies.text(alphabet="0123456789abcdefABCDEFxX:.[]%gG -_\u0663\u00b2\uff11", max_size=45),
+    strategies.ip_addresses().map(str),
+    strategies.ip_addresses(v=6).map(lambda a: a.exploded),
+    strategies.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    strategies.text(max_size=20),
+).flatmap(lambda text: strategies.sampled_from([text, f"[{text}]", f"{text}.", f"{text}:"]))
+
+
+@hypothesis.settings(max_examples=400, deadline=None, derandomize=True)
+@hypothesis.given(text=NEAR_ADDRESSES)
+def test_ip_literals_are_read_as_ipaddress_reads_them(text: str) -> None:
+    """Only strings that can be an address go to ``ipaddress`` (a host name costs a
+    regular expression, not two failed parses); every string reads as before."""
+    assert parsed(text) == ipaddress_reads(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1.2.3.4",
+        "::",
+        "::1",
+        "[::1]",
+        "[1.2.3.4]",
+        "::ffff:1.2.3.4",
+        "a:b",
+        "1.2.3",
+        "\u0663.1.1.1",
+        "mx.example.com",
+        "cafe",
+        "[cafe]",
+        "fe80::1%eth0",
+        "[]",
+        "",
+    ],
+)
+def test_ip_literals_near_the_screen_read_as_ipaddress_reads_them(text: str) -> None:
+    assert parsed(text) == ipaddress_reads(text)
+
+
+def test_a_host_name_never_reaches_ipaddress(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(text: str) -> None:
+        raise AssertionError(f"ip_address({text!r}) was asked")
+
+    monkeypatch.setattr("service.names.ip_address", refuse)
+    assert normalize_host("MX.Example.com") == ("mx.example.com", None)
+    assert normalize_host("bücher.example")[0] == "xn--bcher-kva.example"
