@@ -349,8 +349,17 @@ def default_of(defaults: Mapping[str, Any], name: str) -> Any:
     place that knows them); a list or object as a factory of fresh copies."""
     value = defaults[name]
     if isinstance(value, list | dict):
-        return lambda: _fresh(value)
+        return fresh_copies(value)
     return value
+
+
+def fresh_copies(value: list[Any] | dict[str, Any]) -> Callable[[], Any]:
+    """A factory of copies of ``value`` that share nothing mutable with it: its own
+    ``copy`` (no Python call) when it holds no list or dict, else :func:`_fresh`."""
+    items = value.values() if isinstance(value, dict) else value
+    if any(isinstance(item, list | dict) for item in items):
+        return lambda: _fresh(value)
+    return value.copy
 
 
 def _fresh(value: Any) -> Any:
@@ -692,7 +701,7 @@ def build_schemas(settings: Settings) -> Schemas:
         )
         timeouts = fields.Nested(
             TimeoutsSchema,
-            load_default=lambda: default_timeouts(settings),
+            load_default=fresh_copies(dict(default_timeouts(settings))),
         )
         vantage = fields.String(
             load_default=default_of(REQUEST_DEFAULTS, "vantage"),
@@ -725,7 +734,7 @@ def build_schemas(settings: Settings) -> Schemas:
         )
         retry = fields.Nested(
             RetrySchema,
-            load_default=lambda: default_retry(settings),
+            load_default=fresh_copies(dict(default_retry(settings))),
             metadata={"description": "with retry_temporary: how often and how long apart"},
         )
 

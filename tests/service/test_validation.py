@@ -682,3 +682,22 @@ def test_a_valid_body_is_loaded_without_marshmallows_schema_load(
     with pytest.raises(ValidationError):
         REQUEST_SCHEMA.load({**body, "port": "25"})
     assert loads[1:] == ["CheckRequestSchema", "AuthSchema"]
+
+
+def test_the_defaults_of_one_request_are_its_own() -> None:
+    """A default list or object is a fresh copy per request: changing one loaded
+    request (the API masks secrets, the CLI edits) changes no other."""
+    body = {"host": "mx.example.com"}
+    first, second = REQUEST_SCHEMA.load(body), REQUEST_SCHEMA.load(body)
+    assert first == second
+    for name in ("rcpt_to", "probes", "timeouts", "retry"):
+        assert first[name] is not second[name], name
+    first["rcpt_to"].append("x@example.com")
+    first["timeouts"]["total"] = 1
+    assert REQUEST_SCHEMA.load(body) == second
+    body = {**FULL, "message": {}}
+    first, second = REQUEST_SCHEMA.load(body), REQUEST_SCHEMA.load(body)
+    assert (
+        first["message"]["headers"] == {}
+        and first["message"]["headers"] is not (second["message"]["headers"])
+    )
