@@ -29,8 +29,22 @@ def _flask_class() -> type[Flask]:
     """Flask, less the work at every request that this API never needs (a class
     made on first use: Flask is imported in create_app, see there)."""
     from flask import Flask
+    from flask.sessions import NullSession, SecureCookieSessionInterface
+
+    class NoSessions(SecureCookieSessionInterface):
+        """Flask's sessions without a secret key, which this API never sets: every
+        request's session is the null one, refusing writes; one for all requests
+        instead of a serializer asked for, a key found missing and a new null
+        session at every request (six Python calls)."""
+
+        null = NullSession()
+
+        def open_session(self, app: Flask, request: Any) -> NullSession:
+            return self.null
 
     class Api(Flask):
+        session_interface = NoSessions()
+
         def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
             """Flask's, with its answer for a plain function found without a call.
 

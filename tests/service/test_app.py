@@ -50,3 +50,32 @@ def test_every_kind_of_callable_is_made_synchronous_as_flask_makes_it(app: Flask
         assert _outcome(app.ensure_sync, func) == theirs, name
     assert _outcome(app.ensure_sync, plain) == "as it is"
     assert _outcome(app.ensure_sync, coroutine) != "as it is"
+
+
+def test_a_session_is_flasks_null_one(app: Flask) -> None:
+    """Flask without a secret key: nothing read from a cookie, nothing written,
+    and a write refused with Flask's own error."""
+    from flask import session
+    from flask.sessions import NullSession
+
+    plain = Flask(__name__)
+
+    @plain.get("/session")
+    @app.get("/session")
+    def read() -> str:
+        assert isinstance(session, NullSession)
+        try:
+            session["seen"] = True
+        except RuntimeError as error:
+            return str(error)
+        return "written"
+
+    answers = []
+    for each in (plain, app):
+        client = each.test_client()
+        client.set_cookie("session", "eyJzZWVuIjp0cnVlfQ.x.y")
+        response = client.get("/session")
+        answers.append((response.status_code, response.get_data(), response.headers.get("Vary")))
+        assert "Set-Cookie" not in response.headers
+    assert answers[0] == answers[1]
+    assert answers[1][1].startswith(b"The session is unavailable")
