@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
+import uuid
 
 import redis
 from flask.testing import FlaskClient
 
+from service.requestlog import new_id
 from tests.prometheus_text import sample, sample_or_zero
 from tests.service.conftest import ALICE, submit
 from workers import stats
@@ -81,6 +85,20 @@ def test_request_id_is_honoured_or_made(client: FlaskClient) -> None:
     assert given.headers["X-Request-ID"] == "abc-123"
     made = client.get("/healthz", headers={"X-Request-ID": "bad id\twith junk"})
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
+    assert uuid.UUID(made.headers["X-Request-ID"]).version == 4
+
+
+def test_a_made_request_id_is_what_uuid4_makes() -> None:
+    made = [new_id() for _ in range(1000)]
+    assert len(set(made)) == len(made)
+    for each in made:
+        parsed = uuid.UUID(hex=each)
+        assert (parsed.hex, parsed.version, parsed.variant) == (each, 4, uuid.RFC_4122)
+    values = [int(each, 16) for each in made]
+    fixed = uuid.UUID(int=0, version=4).int  # the bits uuid4 sets
+    # Every other bit is random: 1000 ids each set it and each clear it somewhere.
+    assert functools.reduce(operator.or_, values) == uuid.UUID(int=2**128 - 1, version=4).int
+    assert functools.reduce(operator.and_, values) == fixed
 
 
 def test_accepted_checks_are_counted_without_a_key_name(client: FlaskClient) -> None:
