@@ -33,6 +33,7 @@ A worker's settings never change: a reload starts new workers.
 from __future__ import annotations
 
 import socket
+from contextvars import ContextVar
 from typing import Any
 
 import gevent
@@ -107,6 +108,27 @@ class Response(wsgi.Response):
                 self.sock.sendall(memoryview(data)[sent:])
 
 
+class HeadTimeout(gevent.Timeout):
+    """gevent's silent Timeout on reading a request's head, one for all the
+    requests of a connection: started at each head and stopped, not closed, after
+    it, instead of a new Timeout and libev timer per request (gunicorn's
+    ``timeout_ctx``). When it expires, the head's read ends as gevent's does:
+    the Timeout raised in the reading greenlet, caught at the ``with``."""
+
+    def __enter__(self) -> HeadTimeout:
+        # Timeout.start for a silent timeout; never pending here (__exit__ stopped it).
+        self.timer.start(self._on_expiration, gevent.getcurrent(), self, update=True)
+        return self
+
+    def __exit__(self, typ: Any, value: Any, tb: Any) -> bool:
+        self.timer.stop()
+        return value is self
+
+
+#: The connection's HeadTimeout, in the context of the greenlet that serves it.
+_head_timeout: ContextVar[HeadTimeout | None] = ContextVar("head_timeout", default=None)
+
+
 class Worker(GeventWorker):
     """gunicorn's gevent worker with :class:`Response` and :class:`SettledConfig`."""
 
@@ -118,6 +140,20 @@ class Worker(GeventWorker):
         super().__init__(*args, **kwargs)
         # In the master, before the fork: a copy, so the master's own stays as it was.
         self.cfg = SettledConfig.of(self.cfg)
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        """gunicorn's, with one :class:`HeadTimeout` for the connection's requests."""
+        timeout = HeadTimeout(self.cfg.keepalive, False)
+        token = _head_timeout.set(timeout)
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            _head_timeout.reset(token)
+            timeout.close()
+
+    def timeout_ctx(self) -> gevent.Timeout:
+        timeout = _head_timeout.get()
+        return timeout if timeout is not None else super().timeout_ctx()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
         """gunicorn's GeventWorker.handle_request (AsyncWorker's, HTTP/1) with

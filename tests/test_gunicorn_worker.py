@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent.socket
 import pytest
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
@@ -79,9 +80,11 @@ def request(path: str, method: str = "GET", version: str = "1.1", *headers: str)
     return f"{method} {path} HTTP/{version}\r\n{head}\r\n".encode()
 
 
-def make_worker(kind: type[GeventWorker], tmp_path: Path) -> GeventWorker:
+def make_worker(
+    kind: type[GeventWorker], tmp_path: Path, keepalive: int = gunicorn_config.keepalive
+) -> GeventWorker:
     cfg = Config()
-    cfg.set("keepalive", gunicorn_config.keepalive)
+    cfg.set("keepalive", keepalive)
     cfg.set("worker_tmp_dir", str(tmp_path))
     cfg.set("errorlog", str(tmp_path / "error.log"))
     worker = kind(0, 0, [], None, 30, cfg, Logger(cfg))
@@ -89,18 +92,29 @@ def make_worker(kind: type[GeventWorker], tmp_path: Path) -> GeventWorker:
     return worker
 
 
-def serve(kind: type[GeventWorker], tmp_path: Path, sent: bytes) -> bytes:
-    """What ``kind`` answers on one connection that sends ``sent`` and then shuts its side."""
-    worker = make_worker(kind, tmp_path)
+def serve(
+    kind: type[GeventWorker], tmp_path: Path, sent: bytes, keepalive: int | None = None
+) -> bytes:
+    """What ``kind`` answers on one connection that sends ``sent`` and then shuts its
+    side, or, given a ``keepalive``, keeps it open until the server closes it."""
+    worker = make_worker(kind, tmp_path, keepalive or gunicorn_config.keepalive)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname(), timeout=10)
         server, addr = listener.accept()
         server.settimeout(10)
-        thread = threading.Thread(target=worker.handle, args=(listener, server, addr))
+
+        def handle() -> None:
+            # A header timeout interrupts gevent's sockets only (gunicorn's worker
+            # process patches the socket module; this test process does not).
+            conn = gevent.socket.socket(fileno=server.detach()) if keepalive else server
+            worker.handle(listener, conn, addr)
+
+        thread = threading.Thread(target=handle)
         thread.start()
         try:
             client.sendall(sent)
-            client.shutdown(socket.SHUT_WR)
+            if keepalive is None:
+                client.shutdown(socket.SHUT_WR)
             received = b""
             while data := client.recv(65536):
                 received += data
@@ -152,6 +166,24 @@ def test_the_same_bytes_as_gunicorns_gevent_worker(sent: bytes, tmp_path: Path) 
     theirs = serve(GeventWorker, tmp_path, sent)
     assert theirs  # every case answers something
     assert serve(Worker, tmp_path, sent) == theirs
+
+
+IDLE = {
+    "nothing sent": b"",
+    "idle after two answers": request("/json") + request("/events"),
+    "stopped within a head": request("/json") + b"GET /json HTTP/1.1\r\nHost: 127.0",
+}
+
+
+@pytest.mark.parametrize("sent", IDLE.values(), ids=IDLE.keys())
+def test_an_idle_or_unfinished_connection_is_closed_at_the_header_timeout(
+    sent: bytes, tmp_path: Path
+) -> None:
+    """Every head is read under the timeout (ours starts one timer again for each
+    head): the connection the client keeps open is closed, with the same bytes."""
+    theirs = serve(GeventWorker, tmp_path, sent, keepalive=1)
+    assert serve(Worker, tmp_path, sent, keepalive=1) == theirs
+    assert theirs.count(b"HTTP/1.1 200 OK") == sent.count(b"HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 
 
 def test_a_file_answer_is_the_same_bytes(tmp_path: Path) -> None:
