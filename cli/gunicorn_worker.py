@@ -10,14 +10,16 @@ the first body piece (or the end of the answer) and sends both at once, with
 one ``send`` when the socket takes it all, as it does for any answer that
 fits its buffer.
 
-The bytes are gunicorn's own: the head is what its ``send_headers`` makes,
-the body framing (Content-Length or chunked, nothing for HEAD, 1xx, 204 and
-304) is decided by its ``write``; tests/test_gunicorn_worker.py compares the
+The bytes are gunicorn's own: the head is what its ``send_headers`` makes
+(its Date header made once a second, not at every answer), the body
+framing (Content-Length or chunked, nothing for HEAD, 1xx, 204 and 304) is
+decided by its ``write``; tests/test_gunicorn_worker.py compares the
 two workers' bytes on the same requests. A streamed answer (``/events``)
 still goes out piece by piece, as the application yields it.
 
 :class:`Worker` is gunicorn's ``GeventWorker`` with that response; its
-keep-alive loop, header timeout and connection limit are gunicorn's
+keep-alive loop, header timeout (one :class:`HeadTimeout` a connection,
+not a new Timeout a request) and connection limit are gunicorn's
 (cli/gunicorn_config.py says why gevent). gunicorn's master imports this
 module (``worker_class``), as it imports its own gevent worker: before the
 worker process patches the standard library, so it imports no more than
@@ -33,6 +35,7 @@ A worker's settings never change: a reload starts new workers.
 from __future__ import annotations
 
 import socket
+import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -61,11 +64,28 @@ class SettledConfig(Config):
         return settled
 
 
+#: The second of time.time() the Date header was last made for, and that header's value.
+_date: tuple[int, str] = (-1, "")
+
+
+def http_date() -> str:
+    """gunicorn's ``util.http_date()``, made once for each second it names."""
+    global _date
+    second = int(time.time())
+    if _date[0] != second:
+        _date = (second, util.http_date(second))
+    return _date[1]
+
+
 class Response(wsgi.Response):
     """gunicorn's HTTP/1 response; its head waits for the first body bytes."""
 
     headers_sent: bool  # gunicorn's own attributes, for mypy
     chunked: bool
+    upgrade: bool
+    status: str
+    version: str
+    headers: list[tuple[str, str]]
 
     def __init__(self, req: Any, sock: Any, cfg: Any) -> None:
         super().__init__(req, sock, cfg)
@@ -75,10 +95,24 @@ class Response(wsgi.Response):
     def send_headers(self) -> None:
         if self.headers_sent:
             return
-        # gunicorn's Response.send_headers, kept for the next send instead of sent.
-        tosend = self.default_headers()
-        tosend.extend(["%s: %s\r\n" % (k, v) for k, v in self.headers])  # noqa: UP031
-        self.unsent_head = util.to_bytestring("%s\r\n" % "".join(tosend), "latin-1")  # noqa: UP031
+        # gunicorn's Response.send_headers and default_headers, kept for the next
+        # send instead of sent, with the Date made once a second.
+        if self.upgrade:
+            connection = "upgrade"
+        elif self.should_close():
+            connection = "close"
+        else:
+            connection = "keep-alive"
+        major, minor = self.req.version
+        head = [
+            f"HTTP/{major}.{minor} {self.status}\r\nServer: {self.version}\r\n"
+            f"Date: {http_date()}\r\nConnection: {connection}\r\n"
+        ]
+        if self.chunked:
+            head.append("Transfer-Encoding: chunked\r\n")
+        head.extend([f"{k}: {v}\r\n" for k, v in self.headers])
+        head.append("\r\n")
+        self.unsent_head = "".join(head).encode("latin-1")  # util.to_bytestring's
         self.headers_sent = True
 
     def write(self, arg: bytes) -> None:

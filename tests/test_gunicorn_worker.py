@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import gevent.socket
 import pytest
+from gunicorn import util
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from gunicorn.workers.ggevent import GeventWorker
@@ -93,7 +96,11 @@ def make_worker(
 
 
 def serve(
-    kind: type[GeventWorker], tmp_path: Path, sent: bytes, keepalive: int | None = None
+    kind: type[GeventWorker],
+    tmp_path: Path,
+    sent: bytes,
+    keepalive: int | None = None,
+    keep_date: bool = False,
 ) -> bytes:
     """What ``kind`` answers on one connection that sends ``sent`` and then shuts its
     side, or, given a ``keepalive``, keeps it open until the server closes it."""
@@ -124,6 +131,8 @@ def serve(
             worker.tmp.close()
             for handler in worker.log.error_log.handlers:  # gunicorn's logger keeps its file
                 handler.close()
+    if keep_date:
+        return received
     return re.sub(rb"\r\nDate: [^\r]+\r\n", b"\r\nDate: -\r\n", received)
 
 
@@ -184,6 +193,18 @@ def test_an_idle_or_unfinished_connection_is_closed_at_the_header_timeout(
     theirs = serve(GeventWorker, tmp_path, sent, keepalive=1)
     assert serve(Worker, tmp_path, sent, keepalive=1) == theirs
     assert theirs.count(b"HTTP/1.1 200 OK") == sent.count(b"HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+
+def test_the_date_is_gunicorns_of_the_second_it_was_sent(tmp_path: Path) -> None:
+    before = int(time.time())
+    answer = serve(Worker, tmp_path, request("/json") + request("/json"), keep_date=True)
+    after = int(time.time())
+    dates = re.findall(rb"\r\nDate: ([^\r]+)\r\n", answer)
+    assert len(dates) == 2
+    for date in dates:
+        second = int(parsedate_to_datetime(date.decode()).timestamp())
+        assert before <= second <= after
+        assert date.decode() == util.http_date(second)
 
 
 def test_a_file_answer_is_the_same_bytes(tmp_path: Path) -> None:
