@@ -11,10 +11,9 @@ over RQ's own objects (:meth:`StoredCheck.of`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import zlib
-from base64 import b64decode
+from binascii import a2b_base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -47,6 +46,10 @@ TERMINAL = frozenset({"finished", "failed", "canceled"})
 ENDED_STATUSES = tuple(
     status.value for status, public in PUBLIC_STATUS.items() if public in TERMINAL
 )
+#: A job hash's ``status`` and a result entry's ``type`` as stored, to what they
+#: name (one dict lookup each, not an enum's call; anything else goes to the enum).
+_STATUSES = {status.value.encode(): status for status in JobStatus}
+_RESULT_TYPES = {str(kind.value).encode(): kind for kind in Result.Type}
 
 
 def isoformat(moment: datetime | None) -> str | None:
@@ -77,11 +80,13 @@ class StoredResult:
         created_at = datetime.fromtimestamp(int(entry_id.split(b"-")[0]) / 1000, tz=UTC)
         value = fields.get(b"return_value")
         exc_string = fields.get(b"exc_string")
+        kind = fields[b"type"]
+        # (a2b_base64 is what b64decode calls, and all it does for bytes)
         return cls(
-            Result.Type(int(fields[b"type"])),
+            _RESULT_TYPES.get(kind) or Result.Type(int(kind)),
             created_at,
-            None if value is None else json.loads(b64decode(value).decode("utf-8")),
-            zlib.decompress(b64decode(exc_string)).decode() if exc_string else None,
+            None if value is None else json.loads(a2b_base64(value).decode("utf-8")),
+            zlib.decompress(a2b_base64(exc_string)).decode() if exc_string else None,
         )
 
 
@@ -145,7 +150,7 @@ class StoredCheck:
         )
         return cls(
             id=check_id,
-            status=JobStatus(status.decode()) if status else JobStatus.CREATED,
+            status=_status(status) if status else JobStatus.CREATED,
             description=description.decode() if description else None,
             origin=origin.decode() if origin else "",
             worker_name=worker_name.decode() if worker_name else None,
@@ -172,6 +177,11 @@ class StoredCheck:
         return (kwargs or {}).get("request")
 
 
+def _status(raw: bytes) -> JobStatus:
+    """A job hash's ``status`` as ``JobStatus(raw.decode())`` reads it."""
+    return _STATUSES.get(raw) or JobStatus(raw.decode())
+
+
 def _decompressed(data: bytes) -> bytes:
     try:
         return zlib.decompress(data)
@@ -187,8 +197,10 @@ def _moment(raw: bytes | None) -> datetime | None:
     if not raw:
         return None
     if raw.endswith(b"Z"):
-        with contextlib.suppress(ValueError):
+        try:
             return datetime.fromisoformat(raw.decode())
+        except ValueError:
+            pass
     return str_to_date(raw)
 
 
