@@ -18,6 +18,7 @@ from smtpcheck.contract import STATUSES
 from smtpcheck.document import (
     TERMINAL,
     StoredCheck,
+    check_document,
     failure_reason,
     isoformat,
     links,
@@ -188,7 +189,7 @@ def get_check(check_id: str) -> Response:
     found = found_after_wait(check_id)
     if isinstance(found, fanout.FanOut):
         return jsonify(fanout.describe(store(), found))
-    return jsonify(store().describe(found))
+    return jsonify(check_document(found))  # (what JobStore.describe gives)
 
 
 @blueprint.get("/checks/<check_id>/transcript")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import zlib
 from binascii import a2b_base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -50,6 +51,8 @@ ENDED_STATUSES = tuple(
 #: name (one dict lookup each, not an enum's call; anything else goes to the enum).
 _STATUSES = {status.value.encode(): status for status in JobStatus}
 _RESULT_TYPES = {str(kind.value).encode(): kind for kind in Result.Type}
+#: The json module's own scanner (C), called straight by :func:`_json`.
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def isoformat(moment: datetime | None) -> str | None:
@@ -85,7 +88,7 @@ class StoredResult:
         return cls(
             _RESULT_TYPES.get(kind) or Result.Type(int(kind)),
             created_at,
-            None if value is None else json.loads(a2b_base64(value).decode("utf-8")),
+            None if value is None else _json(a2b_base64(value).decode("utf-8")),
             zlib.decompress(a2b_base64(exc_string)).decode() if exc_string else None,
         )
 
@@ -140,7 +143,7 @@ class StoredCheck:
         status = raw.get(b"status")
         meta = raw.get(b"meta")
         try:
-            meta_read = json.loads(meta.decode("utf-8")) if meta else {}
+            meta_read = _json(meta.decode("utf-8")) if meta else {}
         except Exception:  # as RQ keeps what it cannot read
             meta_read = {"unserialized": meta}
         description, origin, worker_name = (
@@ -171,10 +174,22 @@ class StoredCheck:
     def request(self) -> Any:
         """The check's request, from the job's arguments (as ``job.kwargs`` reads them)."""
         try:
-            _func, _instance, _args, kwargs = json.loads(self.data.decode("utf-8"))
+            _func, _instance, _args, kwargs = _json(self.data.decode("utf-8"))
         except Exception as exc:
             raise DeserializationError() from exc
         return (kwargs or {}).get("request")
+
+
+def _json(text: str) -> Any:
+    """``json.loads(text)``: the same value, or the same error. A text that is one
+    JSON value with nothing around it (as json.dumps writes them) is scanned in one
+    call of the json module's scanner, not three of json.loads and its decoder;
+    anything else (whitespace, more after it, an error) goes to json.loads."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
 
 
 def _status(raw: bytes) -> JobStatus:

@@ -16,6 +16,7 @@ from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from smtpcheck import document
 from smtpcheck.document import StoredCheck, StoredResult
 
 CHECK_ID = "5f0e2a8c-1d3b-4c6e-8a9f-0b1c2d3e4f5a"
@@ -156,3 +157,33 @@ def test_no_hash_or_one_without_data_is_no_job_as_in_rq() -> None:
         rq_read(raw, [])
     with pytest.raises(NoSuchJobError):
         StoredCheck.read(CHECK_ID, raw, [])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"owner": "alice", "vantage": "default"}',
+        '["f", null, [], {"request": {"summary": "caf\\u00e9 \\ud83d\\ude00"}}]',
+        '"a lone string"',
+        "3.0000000000000004",
+        '{"a": NaN, "b": -Infinity}',
+        ' {"a": 1}',  # whitespace around it: json.loads reads it as well
+        '{"a": 1}\n',
+        '{"a": 1} {"b": 2}',  # more after it: json.loads's error
+        '{"a": 1',
+        "",
+        "not json",
+    ],
+)
+def test_its_json_reads_as_json_loads_reads_it(text: str) -> None:
+    """What the read parses (meta, a result's value, the request) goes through a
+    shortcut of json.loads: the same value, or the same error."""
+    try:
+        expected: Any = ("value", json.loads(text))
+    except json.JSONDecodeError as error:
+        expected = ("error", str(error))
+    try:
+        got: Any = ("value", document._json(text))
+    except json.JSONDecodeError as error:
+        got = ("error", str(error))
+    assert repr(got) == repr(expected)  # (repr: NaN is not equal to itself)
