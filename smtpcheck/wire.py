@@ -156,7 +156,8 @@ def _ready(connection: ConnectionInterface) -> None:
     own ``connect`` (Sentinel's asks for the primary, where a bare send would dial
     the default address), and connected again if Redis closed it (a restart) or a
     reply was left unread."""
-    connection.connect()
+    if not getattr(connection, "is_connected", False):  # (connect() of a connected one: 5 calls)
+        connection.connect()
     try:
         if not connection.can_read():
             return
