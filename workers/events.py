@@ -32,8 +32,12 @@ lines, the ``/metrics`` counters, the politeness slot's release and the
 result in one round trip, shared with whatever else of other checks the
 thread writes at that moment. A batch holding such a commit is one
 ``MULTI``/``EXEC``, so the lines still come before the result, and nobody
-sees half of a check's end. The thread sends its batches as they are, on a
-connection of its own (:mod:`smtpcheck.wire`), not through redis-py's pipeline.
+sees half of a check's end. Batches are sent as they are, on a connection of
+the sending thread's own (:mod:`smtpcheck.wire`), not through redis-py's
+pipeline: the thread's, or, for ``finish`` (a check's end, which its caller
+waits for), the caller's own, which writes that round trip itself rather
+than waking the thread and waiting to be woken in turn; one write at a time,
+in the order the batches were taken, so a check's lines still come first.
 """
 
 from __future__ import annotations
@@ -132,6 +136,11 @@ class Publisher:
         # take (a Condition's does); the thread waits on a Condition over it.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        # Held by whoever takes gathered batches and writes them (this thread,
+        # or a caller of finish()): batches go out one round trip after the
+        # other, in the order they were taken. Taken before _lock, never while
+        # holding it.
+        self._writing = threading.Lock()
         self._thread = DaemonThread(self._run, "smtpcheck-events")
         self._failing = False
         self._refresh_at: dict[str, float] = {}  # stream key: when to EXPIRE it again
@@ -189,7 +198,15 @@ class Publisher:
         """Write every line handed over so far, and ``commands``, now;
         with ``key``, that stream's check has ended: it expires ``ttl`` from now.
         With ``commit``, those commands come last, and the whole round trip is
-        one transaction; the answer's ``error`` says whether they failed."""
+        one transaction; the answer's ``error`` says whether they failed.
+
+        The calling thread writes the round trip itself, on its own connection
+        (:func:`smtpcheck.wire.of`), with whatever else is gathered for
+        ``connection`` at that moment (other checks' lines and ends): a caller
+        waits for it anyway, and handing it to the thread cost two thread
+        switches between a check's end and its result. Only when another
+        write holds on past ``FINISH_WAIT`` (Redis slow) is it left to the
+        thread, and the answer comes once that is written."""
         done = Written()
         with self._lock:
             batch = self._batch(connection)
@@ -200,8 +217,16 @@ class Publisher:
             if commit is not None:
                 batch.commits.append((commit, done))
             batch.done.append(done)
-            self._urgent = True
-            self._cond.notify()
+        if not self._writing.acquire(timeout=FINISH_WAIT):
+            with self._lock:
+                self._urgent = True
+                self._cond.notify()
+            return done
+        try:
+            if not done.event.is_set():  # (written meanwhile, with another's round trip)
+                self._write_gathered(connection)
+        finally:
+            self._writing.release()
         return done
 
     def _run(self) -> None:
@@ -210,12 +235,28 @@ class Publisher:
                 self._cond.wait_for(lambda: bool(self._batches))
                 if not self._urgent:  # let the lines of this moment gather
                     self._cond.wait_for(lambda: self._urgent, self.linger)
-                batches = list(self._batches.values())
-                self._batches.clear()
-                self._pending = 0
+            with self._writing:
+                self._write_gathered()
+
+    def _write_gathered(self, connection: redis.Redis | None = None) -> None:
+        """Take what is gathered (for ``connection`` only, or for every
+        client) and write it, one round trip per client (holding ``_writing``)."""
+        with self._lock:
+            if connection is None:  # the thread: not a batch whose waiter writes it
+                batches = [
+                    entry for entry in self._batches.values() if self._urgent or not entry[1].done
+                ]
+                for client, _ in batches:
+                    del self._batches[id(client)]
                 self._urgent = False
-            for connection, batch in batches:
-                self._write(connection, batch)
+            else:
+                entry = self._batches.pop(id(connection), None)
+                batches = [] if entry is None else [entry]
+            self._pending = sum(
+                len(lines) for _, left in self._batches.values() for lines in left.lines.values()
+            )
+        for client, batch in batches:
+            self._write(client, batch)
 
     def _expiries(self, batch: _Batch) -> list[wire.Command]:
         """An ``EXPIRE`` for each stream that is new, due again, or ended."""

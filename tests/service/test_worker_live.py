@@ -309,3 +309,27 @@ def test_lines_of_one_batch_go_to_their_stream_as_one_xadd_each_would(
         fields for _, fields in connection.xrange("one-by-one")
     ]
     assert len(batched) == 5 and connection.ttl(EVENTS_KEY_PREFIX + "batched") > 0
+
+
+def test_an_end_goes_out_after_a_write_already_in_flight(
+    connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check's end is written by its own thread, but never ahead of a round
+    trip already on its way: while another write holds on (Redis slow), the
+    end waits, then goes out after it, with the check's lines before it."""
+    monkeypatch.setattr(events, "FINISH_WAIT", 0.1)
+    publisher = events.Publisher(linger=5.0)
+    with events.publishing(connection, "in-flight", 60, publisher) as published:
+        published.line({"t_ms": 0.0, "dir": "note", "text": "last line"})
+        publisher._writing.acquire()  # another round trip is being written
+        try:
+            done = publisher.finish(connection, [("SET", "in-flight-end", "1")])
+            assert not done.event.is_set()  # held behind that write, not sent ahead of it
+            assert connection.get("in-flight-end") is None
+            assert connection.xlen(EVENTS_KEY_PREFIX + "in-flight") == 0
+        finally:
+            publisher._writing.release()
+        assert done.wait(5)  # the publisher's thread wrote it once that write was done
+        published.finished = True
+    assert connection.get("in-flight-end") == b"1"
+    assert connection.xlen(EVENTS_KEY_PREFIX + "in-flight") == 1
