@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, NamedTuple
 
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, post_load, validate
 from marshmallow.decorators import POST_LOAD
@@ -372,6 +372,20 @@ def _fresh(value: Any) -> Any:
     return value
 
 
+class FieldPlan(NamedTuple):
+    """How :class:`RequestSchema` loads one of its fields."""
+
+    name: str
+    field: fields.Field
+    #: Its ``load_default`` (``missing`` if it has none), and whether that is a factory.
+    default: Any
+    factory: bool
+    #: Whether its ``deserialize`` of a value (not None) is marshmallow's own
+    #: ``Field.deserialize``: its ``_deserialize``, then each validator (a Validator
+    #: raises; none returns False), with no pre- or post-load function.
+    direct: bool
+
+
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -386,8 +400,9 @@ class RequestSchema(StrictSchema):
     fields (its error store, a getter and a store per field, the hooks) and takes
     every declared field through its machinery, given or not; a check request
     gives a few of its 22 fields. Here a body with no unknown field has each field
-    it gives deserialized by the field itself (``Field.deserialize``: its type, its
-    validators), and each it leaves out takes its ``load_default`` directly. The
+    it gives deserialized by the field itself (the steps of ``Field.deserialize``:
+    its ``_deserialize``, then its validators, called in turn where nothing overrides
+    them), and each it leaves out takes its ``load_default`` directly. The
     first ValidationError, from a field or from the rules across fields, hands the
     body to marshmallow's own load (its ``partial`` naming the fields left out, so
     :meth:`completed` fills them in), so a refusal lists what marshmallow's lists.
@@ -410,7 +425,7 @@ class RequestSchema(StrictSchema):
                     return complete
             partial = [
                 name
-                for name, _, default, _ in self.defaults
+                for name, _, default, _, _ in self.defaults
                 if default is not missing and name not in data
             ]
         return super().load(data, many=many, partial=partial, unknown=unknown)
@@ -421,10 +436,15 @@ class RequestSchema(StrictSchema):
         value, its name, the body and an empty ``partial`` (a nested object is whole)."""
         complete: dict[str, Any] = {}
         try:
-            for name, field, default, factory in self.defaults:
+            for name, field, default, factory, direct in self.defaults:
                 value = data.get(name, missing)
-                if value is not missing:
+                if value is None or (value is not missing and not direct):
                     complete[name] = field.deserialize(value, name, data, partial=())
+                elif value is not missing:  # Field.deserialize's steps for a value
+                    value = field._deserialize(value, name, data, partial=())
+                    for validator in field.validators:
+                        validator(value)
+                    complete[name] = value
                 elif default is missing:
                     return None  # a required field left out
                 else:
@@ -438,9 +458,8 @@ class RequestSchema(StrictSchema):
         return frozenset(self.load_fields)
 
     @cached_property
-    def defaults(self) -> list[tuple[str, fields.Field, Any, bool]]:
-        """Every field in its order: its name, the field, its ``load_default``
-        (``missing`` if it has none) and whether that is a factory."""
+    def defaults(self) -> list[FieldPlan]:
+        """Every field in its order, and how it is loaded."""
         skipped = {hook for hook, methods in self._hooks.items() if methods} - {POST_LOAD}
         if skipped or self.many or len(self._hooks[POST_LOAD]) != 1:
             raise TypeError(f"hooks the lean load would skip are not supported here: {skipped}")
@@ -448,14 +467,23 @@ class RequestSchema(StrictSchema):
         for name, field in self.load_fields.items():
             if field.data_key is not None or field.attribute is not None:
                 raise TypeError(f"{name}: data_key and attribute are not supported here")
-            found.append((name, field, field.load_default, callable(field.load_default)))
+            direct = (
+                type(field).deserialize is fields.Field.deserialize
+                and type(field)._validate is fields.Field._validate
+                and type(field)._validate_all is fields.Field._validate_all
+                and not field.pre_load
+                and not field.post_load
+                and all(isinstance(check, validate.Validator) for check in field.validators)
+            )
+            default = field.load_default
+            found.append(FieldPlan(name, field, default, callable(default), direct))
         return found
 
     @post_load
     def completed(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Every field in its order: as loaded, or its default if the body left it out."""
         complete: dict[str, Any] = {}
-        for name, _, default, factory in self.defaults:
+        for name, _, default, factory, _ in self.defaults:
             if name in data:
                 complete[name] = data[name]
             elif default is not missing:
