@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import strategies
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from service import create_app
+from service.checks import json_body
+from service.problems import Problem
 from smtpcheck.config import ConfigError, Limits, Settings
 from smtpcheck.embedded_redis import EmbeddedRedis, free_port
 from smtpcheck.redis_client import READ_RETRIES, FailoverRedis
@@ -71,6 +76,84 @@ def test_body_that_is_not_json_is_400(client: FlaskClient, data: bytes) -> None:
     response = client.post("/v1/checks", data=data, content_type="application/json", headers=ALICE)
 
     assert_problem(response, 400)
+
+
+def json_loads_reads(data: bytes) -> object:
+    """What json_body made of a body when it called json.loads with parse_constant:
+    the outcome its decoder made once must keep (a Problem's detail, or the value)."""
+
+    def refuse(name: str) -> object:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        return ["parsed", json.loads(data, parse_constant=refuse)]
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        return ["400", (str(exc) or type(exc).__name__).splitlines()[0][:200]]
+
+
+def json_body_reads(app: Flask, data: bytes, content_type: str = "application/json") -> object:
+    with app.test_request_context(
+        "/v1/checks", method="POST", data=data, content_type=content_type
+    ):
+        try:
+            return ["parsed", json_body()]
+        except Problem as problem:
+            return [
+                str(problem.status),
+                problem.detail.removeprefix("the body is not valid JSON: "),
+            ]
+
+
+#: JSON texts and near misses, in the encodings json.loads detects (a BOM included).
+JSON_BODIES = strategies.one_of(
+    strategies.recursive(
+        strategies.none() | strategies.booleans() | strategies.floats() | strategies.text(),
+        lambda inner: strategies.lists(inner) | strategies.dictionaries(strategies.text(), inner),
+        max_leaves=8,
+    ).map(lambda value: json.dumps(value, ensure_ascii=False)),
+    strategies.text(alphabet='{}[]":,.0123456789eE+-NaIfinity\\ud800 \u00e9', max_size=30),
+).flatmap(
+    lambda text: strategies.sampled_from(
+        ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"]
+    ).map(lambda encoding: text.encode(encoding, "surrogatepass"))
+) | strategies.binary(max_size=30)
+
+
+@hypothesis.settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],  # one app for all
+)
+@hypothesis.given(data=JSON_BODIES)
+def test_a_body_parses_as_json_loads_parses_it(app: Flask, data: bytes) -> None:
+    expected = json_loads_reads(data)
+    if expected[0] == "parsed" and not data.isascii():  # a lone surrogate is refused later
+        try:
+            json.dumps(expected[1], ensure_ascii=False).encode("utf-8")
+        except UnicodeError:
+            return
+    assert json_body_reads(app, data) == expected
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/problem+json",
+        "application/jsonx",
+        "text/json",
+        "text/plain",
+        "",
+    ],
+)
+def test_json_is_told_by_its_media_type_as_werkzeug_tells_it(app: Flask, content_type: str) -> None:
+    with app.test_request_context("/", method="POST", data=b"1", content_type=content_type) as ctx:
+        expected = ["parsed", 1] if ctx.request.is_json else ["415"]
+    got = json_body_reads(app, b"1", content_type)
+    assert got[:1] == ["415"] if expected == ["415"] else got == expected
 
 
 def test_json_with_charset_parameter_is_accepted(client: FlaskClient) -> None:
