@@ -13,10 +13,14 @@ from collections.abc import Iterator
 from ipaddress import ip_network
 from typing import Any
 
+import hypothesis
 import pytest
+from flask import jsonify
 from flask.testing import FlaskClient
+from hypothesis import strategies
 
 from service import create_app
+from service.checks import _accepted
 from smtpcheck.config import Limits, Settings
 from smtpcheck.contract import PROBLEM_TYPES
 from tests.service.conftest import commands_sent
@@ -200,3 +204,43 @@ def test_vantage_all_with_no_live_worker_is_a_503_of_a_type_the_spec_names(
     )
     assert headers == problem_headers(body)
     assert json.loads(body)["type"] in PROBLEM_TYPES
+
+
+@hypothesis.settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],  # one app for all
+)
+@hypothesis.given(
+    values=strategies.lists(strategies.text() | strategies.none(), min_size=4, max_size=4),
+    debug=strategies.booleans(),
+)
+def test_the_202_is_jsonifys_to_the_byte(
+    client: FlaskClient, values: list[str | None], debug: bool
+) -> None:
+    """The 202's body and headers, built without jsonify, are jsonify's (then the
+    Location), for any strings in it; in debug mode, where jsonify indents, too."""
+    app = client.application
+    check_id, vantage, created_at, link = values
+    location = "/v1/checks/pinned"
+    document = {
+        "id": check_id,
+        "status": "queued",
+        "vantage": vantage,
+        "created_at": created_at,
+        "links": {"self": link, "transcript": check_id},
+    }
+    app.debug = debug
+    try:
+        with app.test_request_context("/v1/checks", method="POST"):
+            got = _accepted(document, location)
+            expected = jsonify(document)
+    finally:
+        app.debug = False
+    expected.headers["Location"] = location
+    assert (got.status_code, list(got.headers.items()), got.get_data()) == (
+        202,
+        list(expected.headers.items()),
+        expected.get_data(),
+    )
