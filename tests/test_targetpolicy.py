@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
+import hypothesis
 import pytest
+from hypothesis import strategies
 
-from smtpcheck.targetpolicy import forbidden_reason
+from smtpcheck.targetpolicy import (
+    EMBEDDING_IPV4,
+    FORBIDDEN,
+    GLOBAL_UNICAST_IPV6,
+    IPAddress,
+    IPNetwork,
+    forbidden_reason,
+)
 
 
 @pytest.mark.parametrize(
@@ -72,3 +81,55 @@ def test_allowed_ports_take_ranges() -> None:
     for bad in ("2614-2601", "1-70000", "25-", "a-b", "-"):
         with pytest.raises(ConfigError, match="SMTPCHECK_ALLOWED_PORTS"):
             Settings.from_env({"SMTPCHECK_ALLOWED_PORTS": bad})
+
+
+def table_reason(address: IPAddress, allow_networks: tuple[IPNetwork, ...] = ()) -> str | None:
+    """The rule read straight off the tables with ipaddress's own operations: what
+    forbidden_reason's integer ranges must keep."""
+    if any(address in net for net in allow_networks if net.version == address.version):
+        return None
+    if isinstance(address, IPv6Address):
+        for prefix, kind, shift in EMBEDDING_IPV4:
+            if address in prefix:
+                embedded = IPv4Address((int(address) >> shift) & 0xFFFFFFFF)
+                reason = table_reason(embedded, allow_networks)
+                if reason is None:
+                    return None
+                return f"{kind} address embedding a {reason} IPv4 address ({embedded})"
+    for network, reason in FORBIDDEN:
+        if address.version == network.version and address in network:
+            return reason
+    if isinstance(address, IPv6Address) and address not in GLOBAL_UNICAST_IPV6:
+        return "reserved"
+    return None
+
+
+#: Every table row's network, and the networks an operator might allow.
+EDGES = [network for network, _ in FORBIDDEN] + [prefix for prefix, _, _ in EMBEDDING_IPV4]
+ALLOWABLE = [ip_network(cidr) for cidr in ("127.0.0.0/8", "10.1.0.0/16", "fd00::/8", "::1/128")]
+
+
+@strategies.composite
+def addresses(draw: strategies.DrawFn) -> IPAddress:
+    """Anywhere, inside a row (its ends included), or embedding an IPv4 address."""
+    network = draw(strategies.sampled_from(EDGES))
+    return draw(
+        strategies.one_of(
+            strategies.ip_addresses(),
+            strategies.ip_addresses(network=network),
+            strategies.sampled_from([network.network_address, network.broadcast_address]),
+            strategies.ip_addresses(v=4).map(lambda v4: IPv6Address(f"64:ff9b::{v4}")),
+            strategies.ip_addresses(v=4).map(
+                lambda v4: IPv6Address((0x2002 << 112) | (int(v4) << 80))
+            ),
+        )
+    )
+
+
+@hypothesis.settings(max_examples=600, deadline=None, derandomize=True)
+@hypothesis.given(
+    address=addresses(),
+    allowed=strategies.lists(strategies.sampled_from(ALLOWABLE), max_size=3, unique=True),
+)
+def test_the_ranges_judge_as_the_tables_do(address: IPAddress, allowed: list[IPNetwork]) -> None:
+    assert forbidden_reason(address, allowed) == table_reason(address, tuple(allowed))
