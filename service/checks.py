@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -46,8 +46,8 @@ def store() -> JobStore:
     return jobstore
 
 
-def request_schema() -> Schema:
-    schema: Schema = current_app.extensions["smtpcheck.request_schema"]
+def request_schema(app: Flask) -> Schema:
+    schema: Schema = app.extensions["smtpcheck.request_schema"]
     return schema
 
 
@@ -55,14 +55,15 @@ def request_schema() -> Schema:
 def create_check() -> Response:
     """Validate, then admit and write every check the request creates in one script:
     one Redis round trip for a check at the default vantage."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # once, not per use
     owner = current_owner()
-    jobstore = store()
-    admission = ratelimit.admission()
+    jobstore: JobStore = app.extensions["smtpcheck"]
+    admission = ratelimit.admission(app)
     try:
         body = json_body()
         if not isinstance(body, dict):
             raise validation_problem({"_schema": ["the request body must be a JSON object"]})
-        checked = request_schema().load(body)
+        checked = request_schema(app).load(body)
         spread = None
         if checked["vantage"] == fanout.ALL:
             spread, prepared = fanout.prepare(jobstore, checked, owner)
@@ -90,7 +91,7 @@ def create_check() -> Response:
         "links": where,
     }
     metrics.CHECKS_ACCEPTED.inc(len(check_ids))
-    return _accepted(document, where["self"])
+    return _accepted(app, document, where["self"])
 
 
 #: jsonify's compact form as create_app configures the app's JSON (keys in their
@@ -98,16 +99,15 @@ def create_check() -> Response:
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
-def _accepted(document: dict[str, Any], location: str) -> Response:
+def _accepted(app: Flask, document: dict[str, Any], location: str) -> Response:
     """The 202 of a new check: ``jsonify(document)``'s bytes and headers, then its
     ``Location``; in debug mode (where jsonify indents) jsonify's own."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
     if app.debug:
         response = jsonify(document)
         response.status_code = 202
     else:
         text = _COMPACT_JSON.encode(document) + "\n"
-        response = app.response_class(text, 202, mimetype=app.json.mimetype)
+        response = app.response_class(text, 202, mimetype="application/json")
     response.headers["Location"] = location
     return response
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import redis
-from flask import current_app
+from flask import Flask
 from limits import parse_many
 from redis.typing import EncodableT
 from rq.job import Job, JobStatus
@@ -238,11 +238,10 @@ class Admission:
             self.connection.zrem(key, *gone)
 
 
-def admission() -> Admission:
+def admission(app: Flask) -> Admission:
     """The app's :class:`Admission`, made on first use (so the app starts without Redis)."""
-    found = current_app.extensions.get("smtpcheck.admission")
+    found: Admission | None = app.extensions.get("smtpcheck.admission")
     if found is None:
-        store = current_app.extensions["smtpcheck"]
-        found = Admission(store.settings, store.connection)
-        current_app.extensions["smtpcheck.admission"] = found
-    return cast(Admission, found)
+        store = app.extensions["smtpcheck"]
+        found = app.extensions["smtpcheck.admission"] = Admission(store.settings, store.connection)
+    return found

@@ -234,7 +234,7 @@ def test_the_202_is_jsonifys_to_the_byte(
     app.debug = debug
     try:
         with app.test_request_context("/v1/checks", method="POST"):
-            got = _accepted(document, location)
+            got = _accepted(app, document, location)
             expected = jsonify(document)
     finally:
         app.debug = False
