@@ -312,34 +312,35 @@ def found_after_wait(check_id: str) -> fanout.FanOut | StoredCheck:
     reads the check, and only for a check that has not ended: an ended one is
     answered at once, holding nothing."""
     owner = current_owner()
+    jobstore = store()
     try:
-        seconds = wait_seconds()
+        seconds = wait_seconds(jobstore)
     except Problem:  # a check not there (or not the caller's) is 404 before a bad ?wait is 422
-        fanout.find(store(), check_id, owner)
+        fanout.find(jobstore, check_id, owner)
         raise
     if seconds <= 0:
-        return fanout.find(store(), check_id, owner)
+        return fanout.find(jobstore, check_id, owner)
     with held.asking(owner, seconds) as ask:
-        found = fanout.find(store(), check_id, owner, ask)
+        found = fanout.find(jobstore, check_id, owner, ask)
         if isinstance(found, fanout.FanOut):
             ask.lease()
-            fanout.wait(store(), found, seconds)
+            fanout.wait(jobstore, found, seconds)
             return found
         job = found
         if public_status(job) in TERMINAL:
             return job
         lease = ask.lease()
         if lease is None:  # it ended between the reads (the take saw it): read it again
-            return store().refetch(job)
-        return store().wait(job, seconds, lease)
+            return jobstore.refetch(job)
+        return jobstore.wait(job, seconds, lease)
 
 
-def wait_seconds() -> int:
-    """``?wait=N``: whole seconds from 0 to the configured maximum."""
+def wait_seconds(jobstore: JobStore) -> int:
+    """``?wait=N``: whole seconds from 0 to ``jobstore``'s configured maximum."""
     raw = request.args.get("wait")
     if raw is None:
         return 0
-    limit = store().settings.limits.max_wait
+    limit = jobstore.settings.limits.max_wait
     if not _WAIT.fullmatch(raw) or int(raw) > limit:
         raise validation_problem({"wait": [f"must be a whole number of seconds from 0 to {limit}"]})
     return int(raw)
