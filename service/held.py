@@ -38,7 +38,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -238,6 +237,12 @@ class Ask:
         elif self.entered and self.reply is None:
             self.holds.leave()  # staged, never answered (the read failed)
 
+    def __enter__(self) -> Ask:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def _take_args(owner: str, seconds: float, per_key: int) -> tuple[str, str, list[str | float]]:
     """The held set's key, a new member and the take script's first four arguments."""
@@ -257,14 +262,11 @@ def holds() -> Holds:
     return cast(Holds, found)
 
 
-@contextmanager
-def asking(owner: str, seconds: float) -> Iterator[Ask]:
-    """An :class:`Ask` of the current app, its room given back when the block ends."""
-    ask = Ask(holds(), owner, seconds)
-    try:
-        yield ask
-    finally:
-        ask.close()
+def asking(owner: str, seconds: float) -> Ask:
+    """An :class:`Ask` of the current app, its room given back when the ``with``
+    block ends (a class's own ``__exit__``: a generator's contextmanager costs
+    three Python calls more)."""
+    return Ask(holds(), owner, seconds)
 
 
 def acquire(owner: str, seconds: float) -> Lease:
