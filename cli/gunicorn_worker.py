@@ -34,6 +34,7 @@ A worker's settings never change: a reload starts new workers.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from contextvars import ContextVar
@@ -41,7 +42,7 @@ from typing import Any
 
 import gevent
 from gunicorn import util
-from gunicorn.config import Config
+from gunicorn.config import Config, PostRequest, PreRequest
 from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -169,11 +170,19 @@ class Worker(GeventWorker):
     alive: bool  # gunicorn's own attributes, for mypy
     nr: int
     cfg: Config
+    log: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # In the master, before the fork: a copy, so the master's own stays as it was.
         self.cfg = SettledConfig.of(self.cfg)
+        # The request hooks worth a call: gunicorn's own pre_request only writes a
+        # debug line (service/requestlog.py writes every request's), its own
+        # post_request does nothing.
+        pre, post = self.cfg.pre_request, self.cfg.post_request
+        debug = self.log.error_log.isEnabledFor(logging.DEBUG)
+        self.pre_request = None if pre is PreRequest.default and not debug else pre
+        self.post_request = None if post is PostRequest.default else post
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         """gunicorn's, with one :class:`HeadTimeout` for the connection's requests."""
@@ -196,7 +205,8 @@ class Worker(GeventWorker):
         environ: dict[str, Any] = {}
         resp: Response | None = None
         try:
-            self.cfg.pre_request(self, req)
+            if self.pre_request is not None:
+                self.pre_request(self, req)
             resp, environ = wsgi.create(
                 req, sock, addr, listener_name, self.cfg, response_class=Response
             )
@@ -240,10 +250,11 @@ class Worker(GeventWorker):
         except gevent.GreenletExit:
             pass
         finally:
-            try:
-                self.cfg.post_request(self, req, environ, resp)
-            except Exception:
-                self.log.exception("Exception in post_request hook")
+            if self.post_request is not None:
+                try:
+                    self.post_request(self, req, environ, resp)
+                except Exception:
+                    self.log.exception("Exception in post_request hook")
 
 
 __all__ = ["Response", "SettledConfig", "Worker"]

@@ -84,10 +84,15 @@ def request(path: str, method: str = "GET", version: str = "1.1", *headers: str)
 
 
 def make_worker(
-    kind: type[GeventWorker], tmp_path: Path, keepalive: int = gunicorn_config.keepalive
+    kind: type[GeventWorker],
+    tmp_path: Path,
+    keepalive: int = gunicorn_config.keepalive,
+    **settings: Any,
 ) -> GeventWorker:
     cfg = Config()
     cfg.set("keepalive", keepalive)
+    for name, value in settings.items():
+        cfg.set(name, value)
     cfg.set("worker_tmp_dir", str(tmp_path))
     cfg.set("errorlog", str(tmp_path / "error.log"))
     worker = kind(0, 0, [], None, 30, cfg, Logger(cfg))
@@ -101,10 +106,11 @@ def serve(
     sent: bytes,
     keepalive: int | None = None,
     keep_date: bool = False,
+    **settings: Any,
 ) -> bytes:
     """What ``kind`` answers on one connection that sends ``sent`` and then shuts its
     side, or, given a ``keepalive``, keeps it open until the server closes it."""
-    worker = make_worker(kind, tmp_path, keepalive or gunicorn_config.keepalive)
+    worker = make_worker(kind, tmp_path, keepalive or gunicorn_config.keepalive, **settings)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname(), timeout=10)
         server, addr = listener.accept()
@@ -205,6 +211,38 @@ def test_the_date_is_gunicorns_of_the_second_it_was_sent(tmp_path: Path) -> None
         second = int(parsedate_to_datetime(date.decode()).timestamp())
         assert before <= second <= after
         assert date.decode() == util.http_date(second)
+
+
+def recording_hooks(seen: list[tuple[str, str, Any]]) -> tuple[Any, Any]:
+    """A pre_request and a post_request hook (of the arities gunicorn checks) noting their calls."""
+
+    def pre(worker: Any, req: Any) -> None:
+        seen.append(("pre", req.path, None))
+
+    def post(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+        seen.append(("post", req.path, resp.status))
+
+    return pre, post
+
+
+def test_request_hooks_are_called_as_gunicorns_worker_calls_them(tmp_path: Path) -> None:
+    """Ours skips gunicorn's default hooks (a debug line, and nothing), not anyone's."""
+    sent = request("/json") + request("/no-content")
+    calls: dict[type, list[tuple[str, str, Any]]] = {}
+    for kind in (GeventWorker, Worker):
+        pre, post = recording_hooks(calls.setdefault(kind, []))
+        serve(kind, tmp_path, sent, pre_request=pre, post_request=post)
+    assert calls[Worker] == calls[GeventWorker]
+    assert [what for what, _, _ in calls[Worker]] == ["pre", "post", "pre", "post"]
+
+
+def test_gunicorns_debug_line_is_written_when_its_log_is_at_debug(tmp_path: Path) -> None:
+    logged = {}
+    for kind in (GeventWorker, Worker):
+        serve(kind, tmp_path, request("/json"), loglevel="debug")
+        logged[kind] = (tmp_path / "error.log").read_text()
+        (tmp_path / "error.log").unlink()
+    assert "GET /json" in logged[GeventWorker] and "GET /json" in logged[Worker]
 
 
 def test_a_file_answer_is_the_same_bytes(tmp_path: Path) -> None:
