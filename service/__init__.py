@@ -28,8 +28,15 @@ log = logging.getLogger("smtpcheck.service")
 def _flask_class() -> type[Flask]:
     """Flask, less the work at every request that this API never needs (a class
     made on first use: Flask is imported in create_app, see there)."""
-    from flask import Flask
+    from flask import Flask, Request
     from flask.sessions import NullSession, SecureCookieSessionInterface
+
+    class ApiRequest(Request):
+        #: Flask's, worked out once a request: Flask asks for it when it runs the
+        #: before-request hooks, the after-request hooks and the teardown (three
+        #: properties deep each time), and the URL rule it follows is matched
+        #: before any of them and never again.
+        blueprints = functools.cached_property(Request.blueprints.fget)  # type: ignore[attr-defined]
 
     class NoSessions(SecureCookieSessionInterface):
         """Flask's sessions without a secret key, which this API never sets: every
@@ -43,6 +50,7 @@ def _flask_class() -> type[Flask]:
             return self.null
 
     class Api(Flask):
+        request_class = ApiRequest
         session_interface = NoSessions()
 
         def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:

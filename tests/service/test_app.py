@@ -79,3 +79,12 @@ def test_a_session_is_flasks_null_one(app: Flask) -> None:
         assert "Set-Cookie" not in response.headers
     assert answers[0] == answers[1]
     assert answers[1][1].startswith(b"The session is unavailable")
+
+
+def test_a_requests_blueprints_are_flasks(app: Flask) -> None:
+    from flask import Request, request
+
+    for path, names in (("/v1/checks", ["checks"]), ("/healthz", ["health"]), ("/nowhere", [])):
+        with app.test_request_context(path):
+            assert request.blueprints == Request.blueprints.fget(request) == names, path  # type: ignore[attr-defined]
+            assert request.blueprints is request.blueprints  # worked out once
