@@ -2,8 +2,10 @@
 
 The API sets ``smtpcheck:cancel:<check id>`` (smtpcheck/contract.py). One
 thread per worker process (:class:`Watcher`) looks at the flags of every
-check in flight there, all in one ``MGET``, every ``POLL`` seconds (and only
-while a check runs inside ``watching(...)``), and marks a check's
+check in flight there, all in one ``MGET``, every ``POLL`` seconds (while a
+check runs inside ``watching(...)``; with none, it goes on waking every
+``POLL`` for ``IDLE_LOOKS`` seconds, so that a check starting then costs it
+no wake-up, between the check's start and its connect), and marks a check's
 :class:`CancelWatch` when its flag is up. The check's own thread never asks
 Redis; it looks at its mark wherever it waits:
 
@@ -41,6 +43,9 @@ POLL = 0.1  # seconds between two looks at the flags (one MGET per process)
 SLICE = 0.25  # seconds of one read slice: a read sees the mark within POLL + SLICE
 GRACE = 0.5  # seconds a read may still take once the check is canceled (the QUIT reply)
 LOOKUP_SLICE = 0.05  # seconds between two looks at the mark while a DNS lookup runs
+#: Seconds the watcher goes on waking every ``POLL`` once no check is watched,
+#: before it waits to be woken by the next one (a check's ``SPARE_IDLE``).
+IDLE_LOOKS = 10.0
 
 log = logging.getLogger("smtpcheck.worker")
 
@@ -80,28 +85,39 @@ class Watcher:
     cancel flags of every check watched (per Redis client, on a connection
     of the thread's own: :mod:`smtpcheck.wire`), marking those up."""
 
-    def __init__(self, poll: float = POLL) -> None:
+    def __init__(self, poll: float = POLL, idle: float = IDLE_LOOKS) -> None:
         self.poll = poll
+        self.idle = idle
         self._watches: set[CancelWatch] = set()
         self._cond = threading.Condition()
         self._thread = DaemonThread(self._run, "smtpcheck-cancel")
         self._failing = False
+        #: The thread waits for a first watch (or has not started): only then
+        #: does a new watch wake it (a wake-up on the way to the check's connect).
+        self.parked = True
         self.round_trips = 0  # for tests and benchmarks
 
     def add(self, watch: CancelWatch) -> None:
         with self._cond:
             self._watches.add(watch)
             self._thread.ensure()
-            self._cond.notify()
+            if self.parked:
+                self._cond.notify()
 
     def discard(self, watch: CancelWatch) -> None:
         with self._cond:
             self._watches.discard(watch)
 
     def _run(self) -> None:
+        watched_at = time.monotonic()
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._watches))
+                if self._watches:
+                    watched_at = time.monotonic()
+                elif time.monotonic() - watched_at >= self.idle:
+                    self.parked = True
+                    self._cond.wait_for(lambda: bool(self._watches))
+                self.parked = False
             time.sleep(self.poll)
             with self._cond:
                 watches = [w for w in self._watches if not w.requested()]

@@ -333,3 +333,33 @@ def test_an_end_goes_out_after_a_write_already_in_flight(
         published.finished = True
     assert connection.get("in-flight-end") == b"1"
     assert connection.xlen(EVENTS_KEY_PREFIX + "in-flight") == 1
+
+
+def test_a_watcher_looks_on_a_while_after_its_checks_then_waits_for_the_next(
+    connection: redis.Redis,
+) -> None:
+    """Between two checks the watcher goes on looking (a new check needs no
+    wake-up of it on the way to its connect); idle past ``idle`` it waits,
+    and the next check wakes it: either way that check's flag is read."""
+    watcher = cancel.Watcher(poll=0.02, idle=0.2)
+
+    def flag_is_read(check_id: str) -> bool:
+        watch = cancel.CancelWatch(connection, check_id)
+        connection.set(CANCEL_KEY_PREFIX + check_id, "1")
+        watcher.add(watch)
+        ends = time.monotonic() + 5
+        while not watch.requested() and time.monotonic() < ends:
+            time.sleep(0.01)
+        watcher.discard(watch)
+        return watch.requested()
+
+    assert flag_is_read("first")
+    assert not watcher.parked  # still looking, just after its check
+    assert flag_is_read("soon-after")
+    ends = time.monotonic() + 5
+    while not watcher.parked and time.monotonic() < ends:
+        time.sleep(0.01)
+    assert watcher.parked  # idle: it waits instead of waking every poll
+    looks = watcher.round_trips
+    assert flag_is_read("after-a-pause")  # and the next check wakes it
+    assert watcher.round_trips > looks
