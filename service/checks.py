@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -206,7 +206,17 @@ def get_check(check_id: str) -> Response:
     found = found_after_wait(check_id)
     if isinstance(found, fanout.FanOut):
         return jsonify(fanout.describe(store(), found))
-    return jsonify(check_document(found))  # (what JobStore.describe gives)
+    return _document_answer(check_document(found))  # (what JobStore.describe gives)
+
+
+def _document_answer(document: Mapping[str, Any]) -> Response:
+    """``jsonify(document)``'s bytes and headers, encoded by the encoder made once
+    (a check's document holds JSON's own values: what it read from Redis, strings
+    and None); in debug mode (where jsonify indents) jsonify's own."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if app.debug:
+        return jsonify(document)
+    return app.response_class(_COMPACT_JSON.encode(document) + "\n", mimetype="application/json")
 
 
 @blueprint.get("/checks/<check_id>/transcript")

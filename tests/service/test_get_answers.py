@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import hypothesis
 import pytest
 import redis
+from flask import jsonify
 from flask.testing import FlaskClient
+from hypothesis import strategies
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from rq import Queue
@@ -30,6 +33,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
+from service import checks
 from service.jobstore import JobStore, fetch_commands, reads
 from smtpcheck.redis_client import READ_RETRIES, FailoverRedis, connect
 from tests.service import jobs
@@ -330,3 +334,65 @@ def test_a_held_read_cut_off_mid_xread_hands_its_late_reply_to_no_later_read(
     assert after.id == other.id and after.status == JobStatus.FINISHED
     assert (store.result(after) or {})["outcome"] == "blocked"
     assert store.describe(after) == store.describe(store.fetch(other.id))
+
+
+JSON_VALUES = strategies.recursive(
+    strategies.none()
+    | strategies.booleans()
+    | strategies.integers()
+    | strategies.floats()  # NaN and the infinities too, as json.dumps writes them
+    | strategies.text(),  # any code point: escaped, astral ones as surrogate pairs
+    lambda inner: (
+        strategies.lists(inner, max_size=4)
+        | strategies.dictionaries(strategies.text(), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@hypothesis.settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],  # one app for all
+)
+@hypothesis.given(
+    request_value=JSON_VALUES,
+    result=JSON_VALUES,
+    lines=strategies.lists(strategies.text(), max_size=5),
+    debug=strategies.booleans(),
+)
+def test_a_documents_answer_is_jsonifys_to_the_byte(
+    client: FlaskClient, request_value: Any, result: Any, lines: list[str], debug: bool
+) -> None:
+    """A check's answer, encoded without jsonify, has jsonify's body and headers for
+    any JSON a document can hold (a transcript's lines in any script among them); in
+    debug mode, where jsonify indents, too."""
+    app = client.application
+    document = {
+        "id": "5f0e2a8c-1d3b-4c6e-8a9f-0b1c2d3e4f5a",
+        "status": "finished",
+        "request": request_value,
+        "result": {
+            "summary": "caf\u00e9 \u2713 \U0001f600",
+            "value": result,
+            "transcript": [
+                {"t_ms": index * 0.1, "dir": "server", "text": text}
+                for index, text in enumerate(lines)
+            ],
+        },
+        "error": None,
+        "links": {"self": "/v1/checks/x", "transcript": "/v1/checks/x/transcript"},
+    }
+    app.debug = debug
+    try:
+        with app.test_request_context("/v1/checks/x"):
+            got = checks._document_answer(document)
+            expected = jsonify(document)
+    finally:
+        app.debug = False
+    assert (got.status_code, list(got.headers.items()), got.get_data()) == (
+        expected.status_code,
+        list(expected.headers.items()),
+        expected.get_data(),
+    )
