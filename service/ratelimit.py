@@ -145,6 +145,7 @@ class Admission:
         # machinery and its pool's checkout. A write, so never sent twice
         # (smtpcheck/redis_client.py).
         self._wire = wire.kept(connection)
+        self._keys: dict[str, list[str]] = {}
 
     def active_key(self, owner: str) -> str:
         return ACTIVE_PREFIX + owner
@@ -194,9 +195,12 @@ class Admission:
         args += [len(members), *members]
         for command in writes:
             args += [len(command), *command]
-        keys = [self.active_key(owner)] + [self.window_key(owner, w) for w in self.windows]
-        verdict = self._wire.script(_ADMIT, keys, args)
-        return [int(x) for x in cast(list[int], verdict)]
+        keys = self._keys.get(owner)
+        if keys is None:  # one list per API key name (they are configured: a few)
+            keys = [self.active_key(owner)] + [self.window_key(owner, w) for w in self.windows]
+            self._keys[owner] = keys
+        verdict: list[int] = self._wire.script(_ADMIT, keys, args)
+        return list(map(int, verdict))
 
     def _rate_limited(self, verdict: list[int], created: int) -> Problem:
         window = self.windows[verdict[1] - 1]
