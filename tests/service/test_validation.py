@@ -12,9 +12,9 @@ import pytest
 import trustme
 from flask.testing import FlaskClient
 from hypothesis import strategies
-from marshmallow import Schema, ValidationError, validates_schema
+from marshmallow import Schema, ValidationError, fields, validates_schema
 
-from service.schemas import StrictSchema, build_schemas
+from service.schemas import JSONInteger, StrictSchema, build_schemas
 from smtpcheck.config import Settings
 from tests.service.conftest import ALICE, submit
 
@@ -701,3 +701,25 @@ def test_the_defaults_of_one_request_are_its_own() -> None:
         first["message"]["headers"] == {}
         and first["message"]["headers"] is not (second["message"]["headers"])
     )
+
+
+@hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
+@hypothesis.given(
+    value=strategies.integers()
+    | strategies.booleans()
+    | strategies.floats()
+    | strategies.text(max_size=5)
+    | strategies.none()
+    | strategies.lists(strategies.integers(), max_size=2)
+)
+def test_a_json_integer_loads_as_a_strict_integer(value: Any) -> None:
+    """JSONInteger takes a plain int as it is; the outcome is marshmallow's strict Integer's."""
+
+    def outcome(field: fields.Field) -> Any:
+        try:
+            loaded = field.deserialize(value)
+        except ValidationError as exc:
+            return ["refused", exc.messages]
+        return ["loaded", type(loaded).__name__, loaded]
+
+    assert outcome(JSONInteger()) == outcome(fields.Integer(strict=True))
