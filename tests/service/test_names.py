@@ -130,6 +130,11 @@ NEAR_ADDRESSES = strategies.one_of(
     strategies.ip_addresses().map(str),
     strategies.ip_addresses(v=6).map(lambda a: a.exploded),
     strategies.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    strategies.lists(
+        strategies.integers(0, 300).map(str) | strategies.sampled_from(["00", "01", "099", ""]),
+        min_size=3,
+        max_size=5,
+    ).map(".".join),
     strategies.text(max_size=20),
 ).flatmap(lambda text: strategies.sampled_from([text, f"[{text}]", f"{text}.", f"{text}:"]))
 
@@ -166,10 +171,13 @@ def test_ip_literals_near_the_screen_read_as_ipaddress_reads_them(text: str) -> 
     assert parsed(text) == ipaddress_reads(text)
 
 
-def test_a_host_name_never_reaches_ipaddress(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_host_name_or_a_dotted_quad_never_reaches_ipaddress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def refuse(text: str) -> None:
         raise AssertionError(f"ip_address({text!r}) was asked")
 
     monkeypatch.setattr("service.names.ip_address", refuse)
     assert normalize_host("MX.Example.com") == ("mx.example.com", None)
     assert normalize_host("bücher.example")[0] == "xn--bcher-kva.example"
+    assert normalize_host("192.0.2.10") == ("192.0.2.10", ip_address("192.0.2.10"))
