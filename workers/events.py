@@ -132,6 +132,7 @@ class Publisher:
         self._batches: dict[int, tuple[redis.Redis, _Batch]] = {}
         self._pending = 0
         self._urgent = False
+        self._told = False  # the thread was woken for what is gathered
         # Taken by every line of every check: a plain lock costs no Python to
         # take (a Condition's does); the thread waits on a Condition over it.
         self._lock = threading.Lock()
@@ -159,32 +160,38 @@ class Publisher:
             if self._pending >= MAX_PENDING:
                 return  # Redis far behind: the line is still in the result
             entry = self._batches.get(id(connection))
-            first = entry is None and not self._batches
             # A batch already gathered has the thread running for it (it was
             # started with the batch's first item), so a line needs no ensure().
             batch = entry[1] if entry is not None else self._batch(connection)
             batch.lines.setdefault(key, []).append(data)
             batch.ttls[key] = ttl
             self._pending += 1
-            if first:  # the thread waits for a first line; later ones it takes with it
+            if not self._told:  # it waits for a first line; later ones it takes with it
+                self._told = True
                 self._cond.notify()
 
     def add(self, connection: redis.Redis, commands: Commands) -> None:
-        """Add ``commands`` to the next round trip (within ``LINGER``)."""
+        """Add ``commands`` to the next round trip: the one a line asks for
+        (within ``LINGER``) or a check's end makes. It wakes no thread: a
+        check's politeness slot goes back this way just before its end."""
         with self._lock:
-            first = not self._batches
             self._batch(connection).added += commands
-            if first:
-                self._cond.notify()
 
-    def start(self, connection: redis.Redis, commands: Commands, check_id: str) -> None:
+    def start(
+        self, connection: redis.Redis, commands: Commands, check_id: str, *, wake: bool = True
+    ) -> None:
         """Send a check's start (RQ's start transaction) with the next round
-        trip (within ``LINGER``, before anything later of the same check);
-        nobody waits for it: a failure is logged and the check runs on."""
+        trip (within ``LINGER``), before anything later of the same check;
+        nobody waits for it: a failure is logged and the check runs on.
+
+        Without ``wake`` the thread is not woken for it (a thread switch
+        between a check's start and its connect): for a job whose first step
+        is a transcript line (which wakes it; a check notes one before it
+        resolves its host or dials it) or its end."""
         with self._lock:
-            first = not self._batches
             self._batch(connection).starts.append((commands, check_id))
-            if first:
+            if wake and not self._told:
+                self._told = True
                 self._cond.notify()
 
     def finish(
@@ -219,7 +226,7 @@ class Publisher:
             batch.done.append(done)
         if not self._writing.acquire(timeout=FINISH_WAIT):
             with self._lock:
-                self._urgent = True
+                self._urgent = self._told = True
                 self._cond.notify()
             return done
         try:
@@ -232,7 +239,9 @@ class Publisher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._batches))
+                while not self._batches:
+                    self._told = False
+                    self._cond.wait()
                 if not self._urgent:  # let the lines of this moment gather
                     self._cond.wait_for(lambda: self._urgent, self.linger)
             with self._writing:
@@ -241,6 +250,11 @@ class Publisher:
     def _write_gathered(self, connection: redis.Redis | None = None) -> None:
         """Take what is gathered (for ``connection`` only, or for every
         client) and write it, one round trip per client (holding ``_writing``)."""
+        for client, batch in self._gathered(connection):
+            self._write(client, batch)
+
+    def _gathered(self, connection: redis.Redis | None) -> list[tuple[redis.Redis, _Batch]]:
+        """Take what is gathered, for ``connection`` or (the thread) every client."""
         with self._lock:
             if connection is None:  # the thread: not a batch whose waiter writes it
                 batches = [
@@ -255,8 +269,7 @@ class Publisher:
             self._pending = sum(
                 len(lines) for _, left in self._batches.values() for lines in left.lines.values()
             )
-        for client, batch in batches:
-            self._write(client, batch)
+        return batches
 
     def _expiries(self, batch: _Batch) -> list[wire.Command]:
         """An ``EXPIRE`` for each stream that is new, due again, or ended."""
@@ -468,8 +481,8 @@ def written_so_far(connection: redis.Redis, publisher: Publisher | None = None) 
 
 
 def defer(connection: redis.Redis, commands: Commands) -> bool:
-    """Send ``commands`` with the running check's lines (within
-    ``LINGER``, at the latest in its last round trip, which its end waits for).
+    """Send ``commands`` with the running check's next round trip (its next
+    lines', within ``LINGER``, or its end's, which the end waits for).
     False outside a published check or for another Redis: run them yourself."""
     events = _current.get()
     if events is None or events.connection is not connection or events.finished:

@@ -89,7 +89,7 @@ from rq.utils import current_timestamp, now, utcformat
 from rq.worker import DequeueStrategy, SimpleWorker, WorkerStatus
 
 from smtpcheck import wire
-from smtpcheck.contract import TAKEN_KEY_PREFIX
+from smtpcheck.contract import JOB_FUNCTION, TAKEN_KEY_PREFIX
 from smtpcheck.logs import log_context
 from smtpcheck.redis_client import Outage
 from workers import events
@@ -657,8 +657,9 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
     def _begin(self, job: Job, queue: Queue) -> Execution:
         """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one
         transaction (they were two), sent with the publisher's next round trip
-        (the check's first lines, or its end; nobody waits for it, so the
-        engine starts at once): the check's execution and its entry in
+        (the one the check's first line asks for, or its end; nobody waits for
+        it, nor is a thread woken for it, so the engine starts at once): the
+        check's execution and its entry in
         the started registry, the worker BUSY (written only when it was not),
         the worker's heartbeat (only when not written for ``WORKER_BEAT_EVERY``),
         the job ``started`` (with its first heartbeat), out of the intermediate list.
@@ -707,9 +708,11 @@ class ThreadedCheckWorker(_Reregistering, SimpleWorker):
                 ("LREM", queue.intermediate_queue_key, 1, job.id),
                 ("LREM", self.taken_key, 1, job.id),
             ]
-        # With the publisher's next round trip (the check's first lines, or
-        # its end), ahead of everything later of this check that goes there.
-        events.publisher().start(self.connection, commands, job.id)
+        # With the publisher's next round trip, ahead of everything later of
+        # this check; a check's (not a webhook delivery's) wakes no thread: its
+        # first line (noted before it resolves its host, or dials) asks for it.
+        check = job.func_name == JOB_FUNCTION
+        events.publisher().start(self.connection, commands, job.id, wake=not check)
         return execution
 
     def execute_job(self, job: Job, queue: Queue) -> None:

@@ -363,3 +363,18 @@ def test_a_watcher_looks_on_a_while_after_its_checks_then_waits_for_the_next(
     looks = watcher.round_trips
     assert flag_is_read("after-a-pause")  # and the next check wakes it
     assert watcher.round_trips > looks
+
+
+def test_a_checks_start_goes_out_with_its_first_line_ahead_of_it(connection: redis.Redis) -> None:
+    """A check's start wakes no thread; the check's first line does, and the
+    start goes out with it, ahead of it, without waiting for the check's end."""
+    publisher = events.Publisher()
+    publisher.start(connection, [("SET", "started-with-a-line", "1")], "quiet", wake=False)
+    with events.publishing(connection, "quiet", 60, publisher) as published:
+        published.line({"t_ms": 0.0, "dir": "note", "text": "connecting to 192.0.2.1:25"})
+        ends = time.monotonic() + 5
+        while not connection.xlen(EVENTS_KEY_PREFIX + "quiet") and time.monotonic() < ends:
+            time.sleep(0.002)
+        assert connection.get("started-with-a-line") == b"1"
+        assert connection.xlen(EVENTS_KEY_PREFIX + "quiet") == 1
+        assert not published.finished  # the check is still running
