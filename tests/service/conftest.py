@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -105,6 +108,28 @@ def rq_worker(redis_url: str, *options: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def stop_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process of an :func:`rq_worker`'s session and reap the worker.
+
+    Not its process group alone: RQ's work horse moves to a group of its own
+    (``os.setpgrp``), and a horse whose worker exited first (a cold shutdown
+    that did not reach it) would otherwise outlive the test."""
+    for pid in {process.pid, *_session_members(process.pid)}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def _session_members(session: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[3]) == session:  # state, ppid, pgrp, session
+                members.append(int(stat.parent.name))
+    return members
 
 
 def commands_sent(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:

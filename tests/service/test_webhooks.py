@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import socket
 import threading
 import time
@@ -30,7 +28,7 @@ from smtpcheck.config import ConfigError, Settings
 from smtpcheck.signature import sign
 from tests.dns_server import DNSServer
 from tests.security.leaks import FERNET_PREFIX, Needle, base64_forms, find, redis_values
-from tests.service.conftest import ALICE, API_KEYS, rq_worker, submit
+from tests.service.conftest import ALICE, API_KEYS, rq_worker, stop_session, submit
 from tests.smtp_servers import LOCAL_DOMAIN, Certificates, ScriptedServer, SMTPTarget, TargetHandler
 from tests.webhook_receiver import Receiver, verify
 from workers import webhook
@@ -482,8 +480,7 @@ def test_a_check_whose_worker_died_is_posted_as_failed(
     try:
         assert talking.wait(20), "the check never reached the server"
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # without a word
-        process.wait(timeout=10)
+        stop_session(process)  # without a word
         released.set()
     registry = StartedJobRegistry(
         "vantage:default", connection=redis_client, serializer=JSONSerializer

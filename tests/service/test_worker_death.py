@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 
 from service.jobstore import JobStore
 from tests.service import jobs
-from tests.service.conftest import ALICE, rq_worker, submit
+from tests.service.conftest import ALICE, rq_worker, stop_session, submit
 
 
 @pytest.fixture
@@ -26,9 +26,7 @@ def worker_process(redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        stop_session(process)  # its work horse too, if a cold shutdown left it
 
 
 def wait_for_status(client: FlaskClient, check_id: str, status: str, timeout: float = 15) -> dict:
