@@ -18,8 +18,9 @@ two workers' bytes on the same requests. A streamed answer (``/events``)
 still goes out piece by piece, as the application yields it.
 
 :class:`Worker` is gunicorn's ``GeventWorker`` with that response; its
-keep-alive loop, header timeout (one :class:`HeadTimeout` a connection,
-not a new Timeout a request) and connection limit are gunicorn's
+keep-alive loop, header timeout (a new gevent Timeout for each head: one
+timer kept for a connection and stopped between heads resumes with the time
+left, so it cut a busy keep-alive connection off) and connection limit are gunicorn's
 (cli/gunicorn_config.py says why gevent). gunicorn's master imports this
 module (``worker_class``), as it imports its own gevent worker: before the
 worker process patches the standard library, so it imports no more than
@@ -37,7 +38,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from contextvars import ContextVar
 from typing import Any
 
 import gevent
@@ -143,27 +143,6 @@ class Response(wsgi.Response):
                 self.sock.sendall(memoryview(data)[sent:])
 
 
-class HeadTimeout(gevent.Timeout):
-    """gevent's silent Timeout on reading a request's head, one for all the
-    requests of a connection: started at each head and stopped, not closed, after
-    it, instead of a new Timeout and libev timer per request (gunicorn's
-    ``timeout_ctx``). When it expires, the head's read ends as gevent's does:
-    the Timeout raised in the reading greenlet, caught at the ``with``."""
-
-    def __enter__(self) -> HeadTimeout:
-        # Timeout.start for a silent timeout; never pending here (__exit__ stopped it).
-        self.timer.start(self._on_expiration, gevent.getcurrent(), self, update=True)
-        return self
-
-    def __exit__(self, typ: Any, value: Any, tb: Any) -> bool:
-        self.timer.stop()
-        return value is self
-
-
-#: The connection's HeadTimeout, in the context of the greenlet that serves it.
-_head_timeout: ContextVar[HeadTimeout | None] = ContextVar("head_timeout", default=None)
-
-
 class Worker(GeventWorker):
     """gunicorn's gevent worker with :class:`Response` and :class:`SettledConfig`."""
 
@@ -183,20 +162,6 @@ class Worker(GeventWorker):
         debug = self.log.error_log.isEnabledFor(logging.DEBUG)
         self.pre_request = None if pre is PreRequest.default and not debug else pre
         self.post_request = None if post is PostRequest.default else post
-
-    def handle(self, listener: Any, client: Any, addr: Any) -> None:
-        """gunicorn's, with one :class:`HeadTimeout` for the connection's requests."""
-        timeout = HeadTimeout(self.cfg.keepalive, False)
-        token = _head_timeout.set(timeout)
-        try:
-            super().handle(listener, client, addr)
-        finally:
-            _head_timeout.reset(token)
-            timeout.close()
-
-    def timeout_ctx(self) -> gevent.Timeout:
-        timeout = _head_timeout.get()
-        return timeout if timeout is not None else super().timeout_ctx()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
         """gunicorn's GeventWorker.handle_request (AsyncWorker's, HTTP/1) with

@@ -194,8 +194,8 @@ IDLE = {
 def test_an_idle_or_unfinished_connection_is_closed_at_the_header_timeout(
     sent: bytes, tmp_path: Path
 ) -> None:
-    """Every head is read under the timeout (ours starts one timer again for each
-    head): the connection the client keeps open is closed, with the same bytes."""
+    """Every head is read under the timeout: the connection the client keeps open
+    is closed, with the same bytes."""
     theirs = serve(GeventWorker, tmp_path, sent, keepalive=1)
     assert serve(Worker, tmp_path, sent, keepalive=1) == theirs
     assert theirs.count(b"HTTP/1.1 200 OK") == sent.count(b"HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

@@ -140,6 +140,33 @@ def pipelined(service: Service, requests: list[bytes]) -> int:
     return received.count(b"HTTP/1.1 ")
 
 
+def test_a_keep_alive_connection_in_use_is_not_cut_at_the_header_timeout(
+    abused: Service,
+) -> None:
+    """The header timeout bounds each head's wait, not a connection's life: a
+    client that keeps asking on one connection, a request every 10 ms, is
+    answered past it. (One timer kept for a connection's heads once resumed
+    with the time left, not the whole timeout, and so cut such a connection
+    off after about 5 s of waits between its requests.)"""
+    sock = connect(abused)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ask = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    received = b""
+    answered = 0
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < HEADER_TIMEOUT + 2:
+            sock.sendall(ask)
+            while received.count(b"HTTP/1.1 200") == answered:
+                data = sock.recv(65536)
+                assert data, f"closed after {answered} answers, {time.monotonic() - started:.1f} s"
+                received += data
+            answered += 1
+            time.sleep(0.01)
+    finally:
+        sock.close()
+
+
 def random_requests(rng: random.Random, count: int) -> list[bytes]:
     """``count`` requests of made-up methods and paths, the last asking to close."""
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
