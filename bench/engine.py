@@ -53,7 +53,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from smtpcheck.config import Settings
 from smtpcheck.contract import check_request
@@ -291,6 +293,44 @@ def cpu_of(tree: Path, port: int, dns_port: int, n: int, threads: int) -> dict[s
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def figures_in_turns(
+    trees: dict[str, Path],
+    rounds: int,
+    measure: Callable[[str, Path], dict[str, Any]],
+    *,
+    no_ratio: str,
+) -> None:
+    """``measure(name, tree)`` of each tree in turns (the other order every other
+    round), printed per round with the load, then each figure's median, new/old
+    when there is an "old" tree (but for the figure ``no_ratio``), and the most
+    called functions if a figures dict carried them (its "functions")."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    top: list[list[Any]] = []
+    for turn in range(rounds):
+        order = list(trees.items())
+        for name, tree in order if turn % 2 == 0 else order[::-1]:
+            figures = measure(name, tree)
+            top = figures.pop("functions", top)
+            runs[name].append(figures)
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in figures.items())
+            print(f"round {turn + 1} {name}: {shown}  ({load()})")
+    medians = {
+        name: {key: statistics.median(run[key] for run in got) for key in got[0]}
+        for name, got in runs.items()
+    }
+    for name, figures in medians.items():
+        print(f"median {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
+    if "old" in medians:
+        new, old = medians["new"], medians["old"]
+        print(
+            "new/old: "
+            + ", ".join(f"{k} {new[k] / old[k]:.2f}" for k in new if old[k] and k != no_ratio)
+        )
+    for function, calls in top:
+        print(f"{calls:8.2f}  {function}")
+    print(f"end: {load()}")
 
 
 def cpu_rounds(args: argparse.Namespace, port: int, dns_port: int) -> None:

@@ -37,11 +37,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from bench.engine import checkout, child_figures, load
+from bench.engine import checkout, child_figures, figures_in_turns, load
 from bench.service import bench_env, check_request, smtp_target
 from bench.worker import pool
 from smtpcheck.embedded_redis import EmbeddedRedis
@@ -204,33 +204,13 @@ def main() -> None:
         stack.callback(conn.close)
         stack.enter_context(pool(env, tmp, conn, 1))
         body = json.dumps(check_request(target.smtp_port))
-        runs: dict[str, list[dict]] = {name: [] for name in trees}
-        top: list[list] = []
-        for turn in range(args.rounds):
-            order = list(trees.items())
-            for name, tree in order if turn % 2 == 0 else order[::-1]:
-                functions = args.functions if name == "new" else 0
-                argv = [str(tree), str(args.gets), body, str(functions)]
-                figures = child_figures(tree, CHILD, argv, env)
-                top = figures.pop("functions", top)
-                runs[name].append(figures)
-                shown = ", ".join(f"{k} {v:.2f}" for k, v in figures.items())
-                print(f"round {turn + 1} {name}: {shown}  ({load()})")
-    medians = {
-        name: {key: statistics.median(run[key] for run in got) for key in got[0]}
-        for name, got in runs.items()
-    }
-    for name, figures in medians.items():
-        print(f"median {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
-    if args.baseline:
-        new, old = medians["new"], medians["old"]
-        print(
-            "new/old: "
-            + ", ".join(f"{k} {new[k] / old[k]:.2f}" for k in new if old[k] and k != "held")
-        )
-    for function, calls in top:
-        print(f"{calls:8.2f}  {function}")
-    print(f"end: {load()}")
+
+        def measure(name: str, tree: Path) -> dict[str, Any]:
+            functions = args.functions if name == "new" else 0
+            argv = [str(tree), str(args.gets), body, str(functions)]
+            return child_figures(tree, CHILD, argv, env)
+
+        figures_in_turns(trees, args.rounds, measure, no_ratio="held")
 
 
 if __name__ == "__main__":

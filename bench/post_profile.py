@@ -32,15 +32,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import redis
 
-from bench.engine import checkout, load
+from bench.engine import checkout, figures_in_turns, load
 from bench.service import bench_env
 from smtpcheck.embedded_redis import EmbeddedRedis
 
@@ -194,34 +194,14 @@ def main() -> None:
         stack.callback(server.stop)
         env = bench_env(server.url, [PORT], 53)
         monitor = stack.enter_context(contextlib.closing(redis.Redis.from_url(server.url)))
-        runs: dict[str, list[dict]] = {name: [] for name in trees}
-        top: list[list] = []
-        for turn in range(args.rounds):
-            order = list(trees.items())
-            for name, tree in order if turn % 2 == 0 else order[::-1]:
-                monitor.flushall()
-                monitor.config_resetstat()
-                functions = args.functions if name == "new" else 0
-                figures = figures_of(tree, env, args.posts, functions, args.host)
-                top = figures.pop("functions", top)
-                runs[name].append(figures)
-                shown = ", ".join(f"{k} {v:.2f}" for k, v in figures.items())
-                print(f"round {turn + 1} {name}: {shown}  ({load()})")
-    medians = {
-        name: {key: statistics.median(run[key] for run in got) for key in got[0]}
-        for name, got in runs.items()
-    }
-    for name, figures in medians.items():
-        print(f"median {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
-    if args.baseline:
-        new, old = medians["new"], medians["old"]
-        print(
-            "new/old: "
-            + ", ".join(f"{k} {new[k] / old[k]:.2f}" for k in new if old[k] and k != "other")
-        )
-    for function, calls in top:
-        print(f"{calls:8.2f}  {function}")
-    print(f"end: {load()}")
+
+        def measure(name: str, tree: Path) -> dict[str, Any]:
+            monitor.flushall()
+            monitor.config_resetstat()
+            functions = args.functions if name == "new" else 0
+            return figures_of(tree, env, args.posts, functions, args.host)
+
+        figures_in_turns(trees, args.rounds, measure, no_ratio="other")
 
 
 if __name__ == "__main__":
