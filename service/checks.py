@@ -95,21 +95,29 @@ def create_check() -> Response:
 
 
 #: jsonify's compact form as create_app configures the app's JSON (keys in their
-#: order, ASCII escapes), made once: the 202's values are all strings.
+#: order, ASCII escapes), made once (:func:`_json_answer`).
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def _accepted(app: Flask, document: dict[str, Any], location: str) -> Response:
     """The 202 of a new check: ``jsonify(document)``'s bytes and headers, then its
-    ``Location``; in debug mode (where jsonify indents) jsonify's own."""
-    if app.debug:
-        response = jsonify(document)
-        response.status_code = 202
-    else:
-        text = _COMPACT_JSON.encode(document) + "\n"
-        response = app.response_class(text, 202, mimetype="application/json")
+    ``Location``."""
+    response = _json_answer(app, document, 202)
     response.headers["Location"] = location
     return response
+
+
+def _json_answer(app: Flask, document: Mapping[str, Any], status: int = 200) -> Response:
+    """``jsonify(document)``'s bytes and headers with ``status``, encoded by the
+    encoder made once, for a document of JSON's own values (strings, numbers,
+    None, lists and objects of them: what a check's document holds, read from
+    Redis); in debug mode (where jsonify indents) jsonify's own."""
+    if app.debug:
+        response = jsonify(document)
+        response.status_code = status
+        return response
+    text = _COMPACT_JSON.encode(document) + "\n"
+    return app.response_class(text, status, mimetype="application/json")
 
 
 @blueprint.get("/checks")
@@ -206,17 +214,8 @@ def get_check(check_id: str) -> Response:
     found = found_after_wait(check_id)
     if isinstance(found, fanout.FanOut):
         return jsonify(fanout.describe(store(), found))
-    return _document_answer(check_document(found))  # (what JobStore.describe gives)
-
-
-def _document_answer(document: Mapping[str, Any]) -> Response:
-    """``jsonify(document)``'s bytes and headers, encoded by the encoder made once
-    (a check's document holds JSON's own values: what it read from Redis, strings
-    and None); in debug mode (where jsonify indents) jsonify's own."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    if app.debug:
-        return jsonify(document)
-    return app.response_class(_COMPACT_JSON.encode(document) + "\n", mimetype="application/json")
+    return _json_answer(app, check_document(found))  # (what JobStore.describe gives)
 
 
 @blueprint.get("/checks/<check_id>/transcript")

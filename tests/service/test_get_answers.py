@@ -387,7 +387,7 @@ def test_a_documents_answer_is_jsonifys_to_the_byte(
     app.debug = debug
     try:
         with app.test_request_context("/v1/checks/x"):
-            got = checks._document_answer(document)
+            got = checks._json_answer(app, document)
             expected = jsonify(document)
     finally:
         app.debug = False
