@@ -295,6 +295,18 @@ def load() -> str:
     return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
+def new_and_old(stack: contextlib.ExitStack, baseline: str | None) -> dict[str, Path]:
+    """This tree as "new" and, given a ``baseline`` (a tree's path, or a revision
+    checked out in a worktree that ``stack`` removes), that one as "old"."""
+    trees = {"new": ROOT}
+    if baseline:
+        given = Path(baseline)
+        trees["old"] = (
+            given.resolve() if given.is_dir() else stack.enter_context(checkout(baseline))
+        )
+    return trees
+
+
 def figures_in_turns(
     trees: dict[str, Path],
     rounds: int,

@@ -41,13 +41,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.engine import checkout, child_figures, figures_in_turns, load
+from bench.engine import child_figures, figures_in_turns, load, new_and_old
 from bench.service import bench_env, check_request, smtp_target
 from bench.worker import pool
 from smtpcheck.embedded_redis import EmbeddedRedis
 from smtpcheck.redis_client import connect
-
-ROOT = Path(__file__).resolve().parent.parent
 
 #: Run in a child process whose PYTHONPATH is one tree's root; prints JSON.
 CHILD = """
@@ -189,12 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"start: {load()}")
     with contextlib.ExitStack() as stack:
-        trees = {"new": ROOT}
-        if args.baseline:
-            given = Path(args.baseline)
-            trees["old"] = (
-                given.resolve() if given.is_dir() else stack.enter_context(checkout(args.baseline))
-            )
+        trees = new_and_old(stack, args.baseline)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="smtpcheck-bench-")))
         server = EmbeddedRedis(tmp / "redis", persist=False).start()
         stack.callback(server.stop)

@@ -40,11 +40,10 @@ from typing import Any
 
 import redis
 
-from bench.engine import checkout, figures_in_turns, load
+from bench.engine import figures_in_turns, load, new_and_old
 from bench.service import bench_env
 from smtpcheck.embedded_redis import EmbeddedRedis
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The check body's port: allowed, never dialled (nothing here runs the check).
 PORT = 2525
 #: The bench's check body's host (bench/service.py ``check_request``).
@@ -183,12 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"start: {load()}")
     with contextlib.ExitStack() as stack:
-        trees = {"new": ROOT}
-        if args.baseline:
-            given = Path(args.baseline)
-            trees["old"] = (
-                given.resolve() if given.is_dir() else stack.enter_context(checkout(args.baseline))
-            )
+        trees = new_and_old(stack, args.baseline)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="smtpcheck-bench-")))
         server = EmbeddedRedis(tmp / "redis", persist=False).start()
         stack.callback(server.stop)
