@@ -73,12 +73,14 @@ def log(message: str) -> None:
 
 @contextlib.contextmanager
 def process(
-    argv: list[str], env: dict[str, str], log_path: Path
+    argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` running (in ``cwd``, so that ``-m cli`` is that tree's) until the
+    block ends: then SIGTERM, and SIGKILL to its group after 30 s."""
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
             yield proc

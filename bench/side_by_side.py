@@ -23,13 +23,10 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +40,7 @@ from bench.service import (  # noqa: E402
     check_request,
     http_status,
     post_request,
+    process,
     smtp_target,
     wait_for,
 )
@@ -51,26 +49,6 @@ from smtpcheck.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from smtpcheck.redis_client import connect  # noqa: E402
 
 WARM_UP = 100  # checks through each service before the counted ones
-
-
-@contextlib.contextmanager
-def started(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[None]:
-    """``argv`` run in ``cwd`` (so ``-m cli`` is that tree's), stopped after the block."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        try:
-            yield
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 class Through:
@@ -123,8 +101,8 @@ def main() -> int:
             port = free_port()
             api = [python, "-m", "cli", "api", "--bind", f"127.0.0.1:{port}"]
             worker = [python, "-m", "cli", "worker", "--processes", str(args.processes)]
-            stack.enter_context(started(api, env, tree, tmp / f"api-{number}.log"))
-            stack.enter_context(started(worker, env, tree, tmp / f"worker-{number}.log"))
+            stack.enter_context(process(api, env, tmp / f"api-{number}.log", tree))
+            stack.enter_context(process(worker, env, tmp / f"worker-{number}.log", tree))
             wait_for(lambda port=port: http_status(port, "/readyz") == 200, 60, "the API")
             wait_for(
                 lambda conn=conn: int(conn.scard(f"rq:workers:{QUEUE}")) >= args.processes,
