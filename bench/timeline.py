@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -233,30 +233,33 @@ def role_of(process: dict[int, int], roles: dict[str, list[int]]) -> dict[int, s
     return {tid: by_pid[pid] for tid, pid in process.items() if pid in by_pid}
 
 
-def cpu_in(runs: list[Run], role: dict[int, str], low: float, high: float) -> dict[str, float]:
-    """Microseconds on CPU of each role between ``low`` and ``high``."""
-    spent: dict[str, float] = collections.defaultdict(float)
+def cpu_in(
+    runs: list[Run], name: Callable[[int], object], low: float, high: float
+) -> dict[object, float]:
+    """Microseconds on CPU between ``low`` and ``high`` of each ``name(tid)`` (runs
+    of threads it names None are left out)."""
+    spent: dict[object, float] = collections.defaultdict(float)
     for run in runs:
-        name = role.get(run.tid)
+        key = name(run.tid)
         start, end = max(run.start, low), min(run.end, high)
-        if name and end > start:
-            spent[name] += (end - start) * 1e6
+        if key is not None and end > start:
+            spent[key] += (end - start) * 1e6
     return spent
 
 
 def worker_threads(runs: list[Run], role: dict[int, str], pairs: list[Pair]) -> list[list[float]]:
-    """Each worker thread's microseconds on CPU in each pair, the busiest thread
-    first (threads under 1 us per pair left out)."""
-    spent: dict[int, list[float]] = collections.defaultdict(lambda: [0.0] * len(pairs))
-    for run in runs:
-        if role.get(run.tid) != "worker":
-            continue
-        for index, pair in enumerate(pairs):
-            low, high = max(run.start, pair.start), min(run.end, pair.end)
-            if high > low:
-                spent[run.tid][index] += (high - low) * 1e6
-    ranked = sorted(spent.values(), key=sum, reverse=True)
-    return [per_pair for per_pair in ranked if sum(per_pair) / len(pairs) >= 1]
+    """Each worker thread's microseconds on CPU in each pair (through the service),
+    the busiest thread first (threads under 1 us per pair left out)."""
+
+    def thread(tid: int) -> int | None:
+        return tid if role.get(tid) == "worker" else None
+
+    per_pair = [cpu_in(runs, thread, pair.start, pair.end) for pair in pairs]
+    tids = {tid for spent in per_pair for tid in spent}
+    ranked = sorted(
+        ([spent.get(tid, 0.0) for spent in per_pair] for tid in tids), key=sum, reverse=True
+    )
+    return [each for each in ranked if sum(each) / len(pairs) >= 1]
 
 
 def dialogue_alone(wakes: list[Wake], role: dict[int, str], pair: Pair) -> float | None:
@@ -324,8 +327,8 @@ def main() -> int:
     role = role_of(process, roles)
     print(f"load average {os.getloadavg()[0]:.2f}; {len(done)} pairs, back to back")
     print()
-    alone_cpu = [cpu_in(runs, role, p.alone_start, p.alone_end) for p in done]
-    service_cpu = [cpu_in(runs, role, p.start, p.end) for p in done]
+    alone_cpu = [cpu_in(runs, role.get, p.alone_start, p.alone_end) for p in done]
+    service_cpu = [cpu_in(runs, role.get, p.start, p.end) for p in done]
     print("| process | CPU, median us: the in-process check | the check through the service |")
     print("| --- | ---: | ---: |")
     for name in roles:
